@@ -1,0 +1,179 @@
+# Shared helpers for bench/run.sh and bench/scaling.sh (source it, don't run it).
+# Everything here talks to 127.0.0.1 only and is bounded in time.
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT_DIR="$(cd "$BENCH_DIR/.." && pwd)"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+# shellcheck source=bench/nginx.sh
+. "$BENCH_DIR/nginx.sh"
+
+CLK_TCK="$(getconf CLK_TCK)"
+COREKV_PID=""
+COREKV_BIN="${COREKV_BIN:-$ROOT_DIR/target/release/corekv}"
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# cpu_ticks PID: utime+stime (clock ticks) of PID and its direct children
+# (nginx master + worker). For a multi-threaded process /proc/PID/stat
+# already sums all threads. Prints nothing and fails if PID is gone.
+cpu_ticks() {
+    local pid="$1" total=0 p line rest
+    [ -r "/proc/$pid/stat" ] || return 1
+    local kids=""
+    kids="$(cat /proc/"$pid"/task/*/children 2>/dev/null || true)"
+    for p in $pid $kids; do
+        line="$(cat "/proc/$p/stat" 2>/dev/null)" || continue
+        rest="${line##*) }"            # drop "pid (comm) " (comm may hold spaces)
+        # shellcheck disable=SC2086
+        set -- $rest                   # $1=state ... $12=utime $13=stime
+        total=$(( total + ${12} + ${13} ))
+    done
+    echo "$total"
+}
+
+# rss_kib PID: VmRSS of PID in KiB.
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null; }
+
+# wait_http URL TIMEOUT_S [PID]: poll until URL answers 2xx; fail on timeout
+# or when PID (if given) exits.
+wait_http() {
+    local url="$1" timeout_s="$2" pid="${3:-}"
+    local deadline=$(( $(date +%s) + timeout_s ))
+    while :; do
+        curl -sf -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
+        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+            log "process $pid exited while waiting for $url"; return 1
+        fi
+        [ "$(date +%s)" -lt "$deadline" ] || { log "timeout (${timeout_s}s) waiting for $url"; return 1; }
+        sleep 0.2
+    done
+}
+
+port_busy() { curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$1/" 2>/dev/null; }
+
+# write_sharding_toml FILE NSHARDS BASE_PORT: primaries BASE..BASE+N-1,
+# replicas BASE+N..BASE+2N-1 (3 shards, 19080: primaries 19080-19082,
+# replicas 19083-19085).
+write_sharding_toml() {
+    local file="$1" n="$2" base="$3" i
+    : >"$file"
+    for ((i = 0; i < n; i++)); do
+        cat >>"$file" <<EOF
+[[shards]]
+name = "shard$((i + 1))"
+idx = $i
+address = "127.0.0.1:$((base + i))"
+replica = "127.0.0.1:$((base + n + i))"
+
+EOF
+    done
+}
+
+# corekv_start CONFIG DATA_DIR LOGFILE HEALTH_PORTS...: start the server in
+# the background, wait (max COREKV_START_TIMEOUT s, default 30) for /health
+# on every given port. Sets COREKV_PID.
+corekv_start() {
+    local config="$1" data="$2" logfile="$3"; shift 3
+    [ -x "$COREKV_BIN" ] || die "no server binary at $COREKV_BIN"
+    local p
+    for p in "$@"; do
+        port_busy "$p" && die "127.0.0.1:$p already answers; another server is running there"
+    done
+    mkdir -p "$data"
+    "$COREKV_BIN" --config "$config" --data-dir "$data" >"$logfile" 2>&1 &
+    COREKV_PID=$!
+    log "started corekv PID $COREKV_PID (log $logfile)"
+    local deadline=$(( $(date +%s) + ${COREKV_START_TIMEOUT:-30} ))
+    for p in "$@"; do
+        local left=$(( deadline - $(date +%s) ))
+        [ "$left" -gt 0 ] || left=1
+        if ! wait_http "http://127.0.0.1:$p/health" "$left" "$COREKV_PID"; then
+            log "corekv did not become healthy on port $p; last log lines:"
+            tail -n 30 "$logfile" >&2 || true
+            return 1
+        fi
+    done
+    log "corekv healthy on ports $*"
+}
+
+# corekv_stop: TERM exactly COREKV_PID, KILL after 10 s.
+corekv_stop() {
+    local pid="$COREKV_PID"
+    [ -n "$pid" ] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        local i
+        for i in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "corekv PID $pid ignored SIGTERM for 10 s; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$pid" 2>/dev/null || true
+    COREKV_PID=""
+}
+
+# measure ID SCENARIO TOOL TARGET CONNS DEPTH REF SERVER_PID HEALTH_URL -- CMD...
+# Runs CMD (bounded), records server CPU ticks around it and appends a row
+# to $INDEX. Raw output goes to $RAW_DIR/ID.txt and is appended to $RUN_LOG.
+measure() {
+    local id="$1" scen="$2" tool="$3" target="$4" conns="$5" depth="$6" ref="$7" pid="$8" health="$9"
+    shift 9
+    [ "$1" = "--" ] && shift
+    local raw="$RAW_DIR/$id.txt"
+    local t0 t1 ok=1 rc=0
+    t0="$(cpu_ticks "$pid")" || { log "server PID $pid is gone before '$scen' ($tool)"; t0=0; ok=0; }
+    log "run: $scen [$tool, $target, ${conns}x${depth}]"
+    "$@" >"$raw" 2>&1 || rc=$?
+    t1="$(cpu_ticks "$pid")" || { t1="$t0"; ok=0; }
+    if [ "$ok" = 1 ] && [ -n "$health" ]; then
+        curl -sf -o /dev/null --max-time 3 "$health" || { ok=0; log "server unhealthy after '$scen'"; }
+    fi
+    [ "$rc" = 0 ] || log "$tool exited with status $rc (see $raw)"
+    {
+        echo "===== $id: $scen [$tool $target ${conns}x${depth}] rc=$rc server_ok=$ok cpu_ticks=$((t1 - t0))"
+        printf '$'; printf ' %q' "$@"; echo
+        cat "$raw"
+    } >>"$RUN_LOG"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$id" "$scen" "$tool" "$target" "$conns" "$depth" "$raw" "$((t1 - t0))" "$CLK_TCK" "$ok" "$ref" >>"$INDEX"
+    local summary
+    summary="$(python3 "$BENCH_DIR/report.py" parse "$tool" "$raw" 2>&1 | cut -c1-200)" || true
+    log "   -> $summary"
+    [ "$ok" = 1 ]
+}
+
+# wrk_run URL CONNS LUA_ARGS...: wrk with the suite's settings (bounded).
+wrk_run() {
+    local url="$1" conns="$2"; shift 2
+    timeout -k 5 $(( ${DURATION:-10} + 30 )) \
+        wrk -t"${THREADS:-2}" -c"$conns" -d"${DURATION:-10}s" --timeout 5s \
+        -s "$BENCH_DIR/lua/corekv.lua" "$url" -- "$@"
+}
+
+# oha_run CONNS OHA_ARGS...: oha with the suite's settings (bounded). For key
+# rotation pass `--urls-from-file FILE` (oha picks URLs from it at random).
+oha_run() {
+    local conns="$1"; shift
+    timeout -k 5 $(( ${DURATION:-10} + 30 )) \
+        oha --no-tui -z "${DURATION:-10}s" -c "$conns" -t 5s --output-format json "$@"
+}
+
+env_header() {
+    # Markdown description of the machine and software for the results file.
+    local commit fs
+    commit="$(git -C "$ROOT_DIR" rev-parse --short HEAD 2>/dev/null || echo 'uncommitted')"
+    fs="$(df -T "${1:-/tmp}" 2>/dev/null | awk 'NR==2 {print $2}')"
+    cat <<EOF
+- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')
+- machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, kernel $(uname -r)
+- corekv: commit $commit$(git -C "$ROOT_DIR" diff --quiet HEAD -- src 2>/dev/null || echo ' + uncommitted changes'); data dir on ${fs:-?}
+- clients: $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), $(oha --version 2>/dev/null); reference: $(nginx_bin >/dev/null && "$(nginx_bin)" -v 2>&1 | sed 's/nginx version: //')
+- load: ${THREADS:-2} wrk threads (oha: 2 worker threads), ${DURATION:-10} s per run; clients and servers share the same $(nproc) cores
+EOF
+}

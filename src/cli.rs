@@ -1,0 +1,110 @@
+//! Command-line options of the `corekv` binary.
+//!
+//! Pure: arguments in, [`Command`] out. No I/O.
+
+use crate::node::Options;
+use std::path::PathBuf;
+
+pub const USAGE: &str = "\
+usage: corekv [options]
+
+Runs the corekv nodes of sharding.toml that live on this host.
+
+options:
+  --config FILE        cluster layout (default: ./sharding.toml)
+  --data-dir DIR       where the redb files live (default: ./data)
+  --serve ADDR[,ADDR]  run only the nodes with these configured addresses;
+                       every other node is reached over HTTP (default: all)
+  --log-retention N    replication log entries kept for lagging replicas
+                       (default: 1000000)
+  --no-fsync           acknowledge writes before they are on disk
+                       (testing only: loses acknowledged writes on a crash)
+  -h, --help           print this help
+  -V, --version        print the version
+";
+
+/// What the command line asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Run(Options),
+    Help,
+    Version,
+}
+
+/// Parses the arguments after the program name.
+///
+/// # Errors
+/// An unknown option, a missing or invalid option value.
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
+    let mut opts = Options::default();
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |what: &str| {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("option {name} needs {what}"))
+        };
+        match name.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--config" => opts.config = PathBuf::from(value("a file")?),
+            "--data-dir" => opts.data_dir = PathBuf::from(value("a directory")?),
+            "--serve" => {
+                let list: Vec<String> = value("addresses")?
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect();
+                if list.is_empty() {
+                    return Err("--serve needs at least one address".into());
+                }
+                opts.serve = Some(list);
+            }
+            "--log-retention" => {
+                opts.log_retention = value("a number")?
+                    .parse()
+                    .map_err(|_| "--log-retention needs a whole number".to_string())?;
+            }
+            "--no-fsync" => opts.durable = false,
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    Ok(Command::Run(opts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| (*s).to_string()).collect()
+    }
+
+    #[test]
+    fn defaults_and_options() {
+        assert_eq!(parse(args(&[])), Ok(Command::Run(Options::default())));
+        let Ok(Command::Run(o)) = parse(args(&[
+            "--config",
+            "c.toml",
+            "--data-dir=d",
+            "--serve",
+            "h:1, h:2",
+            "--no-fsync",
+        ])) else {
+            panic!("should parse");
+        };
+        assert_eq!(o.config, PathBuf::from("c.toml"));
+        assert_eq!(o.data_dir, PathBuf::from("d"));
+        assert_eq!(o.serve, Some(vec!["h:1".to_string(), "h:2".to_string()]));
+        assert!(!o.durable);
+        assert!(parse(args(&["--bogus"])).is_err());
+        assert!(parse(args(&["--config"])).is_err());
+        assert_eq!(parse(args(&["-h"])), Ok(Command::Help));
+    }
+}

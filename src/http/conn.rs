@@ -1,0 +1,135 @@
+//! The server side of one HTTP/1.1 connection, generic over the handler.
+//!
+//! Depends on glommio's `TcpStream` and on [`super::parse`] /
+//! [`super::encode`]. Invariants: responses go out in request order; all
+//! responses to requests found in one read are written with one write
+//! (pipelining); after a parse error the error is answered and the
+//! connection closed; a connection idle for longer than `idle_timeout`, or
+//! that takes longer than `request_timeout` to deliver a started request,
+//! is closed (the latter with a 408).
+
+use super::encode::{Response, encode};
+use super::parse::{Limits, Method, Parsed, Request, parse};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Per-connection settings.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnConfig {
+    pub limits: Limits,
+    /// Longest wait for the first byte of the next request.
+    pub idle_timeout: Duration,
+    /// Longest time from the first byte of a request to its last.
+    pub request_timeout: Duration,
+}
+
+impl Default for ConnConfig {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+const INITIAL_BUF: usize = 16 * 1024;
+
+/// Serves requests on `stream` until the peer closes, an error, a timeout,
+/// or a request asks to close.
+pub async fn serve<F, Fut>(mut stream: TcpStream, cfg: ConnConfig, handler: F)
+where
+    F: Fn(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    let _ = stream.set_nodelay(true);
+    let max_buf = cfg.limits.max_head + cfg.limits.max_body + INITIAL_BUF;
+    let mut buf = vec![0u8; INITIAL_BUF];
+    let (mut start, mut end) = (0usize, 0usize);
+    let mut out: Vec<u8> = Vec::with_capacity(INITIAL_BUF);
+    let mut request_started: Option<Instant> = None;
+    loop {
+        let mut close = false;
+        loop {
+            match parse(&buf[start..end], &cfg.limits) {
+                Ok(Parsed::Complete(req, used)) => {
+                    start += used;
+                    let head_only = req.method == Method::Head;
+                    let keep_alive = req.keep_alive;
+                    let resp = handler(req).await;
+                    let keep_alive = keep_alive && !resp.close;
+                    encode(&resp, head_only, keep_alive, &mut out);
+                    if !keep_alive {
+                        close = true;
+                        break;
+                    }
+                }
+                Ok(Parsed::Partial) => break,
+                Err(e) => {
+                    encode(&Response::text(e.status(), &e.to_string()), false, false, &mut out);
+                    close = true;
+                    break;
+                }
+            }
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if close {
+            return;
+        }
+        // Make room for the next read.
+        if start == end {
+            start = 0;
+            end = 0;
+            request_started = None;
+        } else {
+            request_started.get_or_insert_with(Instant::now);
+            if end == buf.len() {
+                if start > 0 {
+                    buf.copy_within(start..end, 0);
+                    end -= start;
+                    start = 0;
+                } else if buf.len() < max_buf {
+                    buf.resize((buf.len() * 2).min(max_buf), 0);
+                }
+            }
+        }
+        let timeout = match request_started {
+            None => cfg.idle_timeout,
+            Some(t) => match cfg.request_timeout.checked_sub(t.elapsed()) {
+                Some(left) if !left.is_zero() => left,
+                _ => {
+                    timed_out(&mut stream).await;
+                    return;
+                }
+            },
+        };
+        if stream.set_read_timeout(Some(timeout)).is_err() {
+            return;
+        }
+        match stream.read(&mut buf[end..]).await {
+            Ok(0) => return,
+            Ok(n) => end += n,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                if request_started.is_some() {
+                    timed_out(&mut stream).await;
+                }
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+async fn timed_out(stream: &mut TcpStream) {
+    let mut out = Vec::new();
+    let resp = Response::text(408, "request not completed in time; closing the connection");
+    encode(&resp, false, false, &mut out);
+    let _ = stream.write_all(&out).await;
+}

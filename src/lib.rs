@@ -1,0 +1,30 @@
+//! corekv: a sharded, replicated key-value database spoken to over HTTP/1.1.
+//!
+//! # Layout
+//!
+//! Data flows one way: parse → route → shard/forward → storage → replication.
+//! Nothing imports a module from a layer above it.
+//!
+//! - pure, no I/O: [`config`] (sharding.toml → `ClusterConfig`), [`topology`]
+//!   (FNV-1 placement, who owns what), [`http::parse`] and [`http::encode`].
+//! - storage: [`storage`], the only module that imports redb (synchronous).
+//! - per executor: [`shard`] (a node's store and its group-commit thread),
+//!   [`replication`] (primary and replica sides), [`http::conn`] (the
+//!   connection loop), [`http::client`] (keep-alive client for forwarding
+//!   and replication over the network).
+//! - request path: [`router`] (local / in-process peer / remote host) and
+//!   [`api`] (the only place that knows URLs and status codes).
+//! - wiring: [`node`] (executors, mailboxes, listeners, start-up checks);
+//!   `main.rs` only parses the command line.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod node;
+pub mod protocol;
+pub mod replication;
+pub mod router;
+pub mod shard;
+pub mod storage;
+pub mod topology;

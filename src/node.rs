@@ -1,0 +1,439 @@
+//! Wiring: start-up checks, one glommio executor per local node (pinned to
+//! a CPU, round-robin when there are more nodes than CPUs), mailboxes,
+//! listeners, and the wait for a shutdown signal.
+//!
+//! Depends on every layer below. Start-up order is fixed so that nothing
+//! binds a port before the whole configuration, the system limits and
+//! every redb file have been checked: config → topology → preflight
+//! (io_uring, `RLIMIT_MEMLOCK`) → address resolution → stores → executors
+//! (each binds its listener and reports) → ready. Any failure returns an
+//! error and the process exits non-zero.
+
+use crate::api::{Api, LocalStats};
+use crate::config::{self, ConfigError};
+use crate::http::client::Client;
+use crate::http::conn::{self, ConnConfig};
+use crate::protocol::Mail;
+use crate::replication::{self, PrimaryLog, Upstream};
+use crate::router::{Mailboxes, Router};
+use crate::shard::{Shard, StartError};
+use crate::storage::Store;
+use crate::topology::{NodeInfo, Role, Topology, TopologyError};
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Minimum `RLIMIT_MEMLOCK` glommio needs per executor.
+const MEMLOCK_PER_EXECUTOR: u64 = 512 * 1024;
+
+/// How the process runs (from the command line).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    /// Addresses of the nodes this process runs; `None` = all.
+    pub serve: Option<Vec<String>>,
+    /// fsync every commit (off only for tests that show loss is detected).
+    pub durable: bool,
+    /// Replication log entries kept beyond what every replica applied.
+    pub log_retention: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            config: PathBuf::from("sharding.toml"),
+            data_dir: PathBuf::from("data"),
+            serve: None,
+            durable: true,
+            log_retention: 1_000_000,
+        }
+    }
+}
+
+/// Why the process could not start (or keep) running.
+#[derive(Debug)]
+pub enum NodeError {
+    Config(ConfigError),
+    Topology(TopologyError),
+    IoUring(String),
+    MemLock { have: u64, need: u64 },
+    Address { addr: String, error: String },
+    DataDir { path: PathBuf, error: std::io::Error },
+    Storage { node: String, path: PathBuf, error: StartError },
+    Executor { node: String, error: String },
+    Bind { node: String, addr: String, error: String },
+    Signal(std::io::Error),
+    StartTimeout,
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(e) => write!(f, "invalid configuration: {e}"),
+            Self::Topology(e) => e.fmt(f),
+            Self::IoUring(why) => write!(f, "io_uring is not usable: {why}"),
+            Self::MemLock { have, need } => write!(
+                f,
+                "RLIMIT_MEMLOCK is {} KiB but glommio needs at least {} KiB; raise it (e.g. `ulimit -l {}` or LimitMEMLOCK= in a systemd unit)",
+                have / 1024,
+                need / 1024,
+                need / 1024
+            ),
+            Self::Address { addr, error } => write!(f, "cannot resolve address {addr}: {error}"),
+            Self::DataDir { path, error } => {
+                write!(f, "cannot create data directory {}: {error}", path.display())
+            }
+            Self::Storage { node, path, error } => {
+                write!(f, "{node}: cannot open {}: {error}", path.display())
+            }
+            Self::Executor { node, error } => write!(
+                f,
+                "{node}: cannot start its glommio executor: {error} (glommio needs io_uring and RLIMIT_MEMLOCK >= 512 KiB)"
+            ),
+            Self::Bind { node, addr, error } => write!(f, "{node}: cannot listen on {addr}: {error}"),
+            Self::Signal(e) => write!(f, "cannot wait for signals: {e}"),
+            Self::StartTimeout => write!(f, "executors did not come up within 30 s"),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+/// Runs the local nodes until SIGINT or SIGTERM.
+///
+/// # Errors
+/// Any start-up failure (see the module doc for the order of checks).
+pub fn run(opts: &Options) -> Result<(), NodeError> {
+    let cfg = config::load(&opts.config).map_err(NodeError::Config)?;
+    let topo = Arc::new(Topology::new(&cfg, opts.serve.as_deref()).map_err(NodeError::Topology)?);
+    let locals: Vec<NodeInfo> = topo.local_nodes().cloned().collect();
+    preflight(locals.len())?;
+    let addrs = locals
+        .iter()
+        .map(|n| resolve(&n.address))
+        .collect::<Result<Vec<_>, _>>()?;
+    std::fs::create_dir_all(&opts.data_dir).map_err(|error| NodeError::DataDir {
+        path: opts.data_dir.clone(),
+        error,
+    })?;
+    let mut shards = Vec::new();
+    for n in &locals {
+        let path = opts.data_dir.join(format!("{}.redb", n.file_stem()));
+        let storage = |error| NodeError::Storage {
+            node: n.name.clone(),
+            path: path.clone(),
+            error,
+        };
+        let store = Store::open(&path, opts.durable).map_err(|e| storage(StartError::Storage(e)))?;
+        shards.push(Shard::start(store, &n.name).map_err(storage)?);
+    }
+    let mut txs: Vec<Option<flume::Sender<Mail>>> = vec![None; topo.nodes.len()];
+    let mut rxs = Vec::new();
+    for n in &locals {
+        let (tx, rx) = flume::unbounded();
+        txs[n.id] = Some(tx);
+        rxs.push(rx);
+    }
+    let mailboxes: Mailboxes = Arc::new(txs);
+    let stats: LocalStats = Arc::new(
+        locals
+            .iter()
+            .zip(&shards)
+            .map(|(n, s)| (n.clone(), s.stats.clone()))
+            .collect(),
+    );
+    let signals = block_signals()?;
+    let cpus = allowed_cpus();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), NodeError>>();
+    let mut placed = Vec::new();
+    for (i, ((node, shard), (mailbox, addr))) in locals
+        .iter()
+        .cloned()
+        .zip(shards)
+        .zip(rxs.into_iter().zip(addrs))
+        .enumerate()
+    {
+        let cpu = cpus[i % cpus.len()];
+        placed.push((node.name.clone(), node.address.clone(), cpu));
+        let ctx = NodeContext {
+            node,
+            topo: topo.clone(),
+            shard,
+            mailbox,
+            mailboxes: mailboxes.clone(),
+            stats: stats.clone(),
+            retain: opts.log_retention,
+        };
+        let ready = ready_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("exec {}", ctx.node.name))
+            .spawn(move || run_executor(ctx, cpu, addr, &ready))
+            .map_err(|e| NodeError::Executor {
+                node: placed[i].0.clone(),
+                error: e.to_string(),
+            })?;
+    }
+    drop(ready_tx);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for _ in 0..locals.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match ready_rx.recv_timeout(left) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(NodeError::StartTimeout),
+        }
+    }
+    for (name, address, cpu) in &placed {
+        println!("corekv: {name} listening on http://{address} (cpu {cpu})");
+    }
+    println!(
+        "corekv: ready, {} node(s) of {} shard(s); data in {}",
+        locals.len(),
+        topo.shard_count(),
+        opts.data_dir.display()
+    );
+    let sig = wait_signal(&signals)?;
+    println!("corekv: received signal {sig}, exiting");
+    Ok(())
+}
+
+/// Everything one executor needs; `Send`, moved into its thread.
+struct NodeContext {
+    node: NodeInfo,
+    topo: Arc<Topology>,
+    shard: Shard,
+    mailbox: flume::Receiver<Mail>,
+    mailboxes: Mailboxes,
+    stats: LocalStats,
+    retain: u64,
+}
+
+fn run_executor(
+    ctx: NodeContext,
+    cpu: usize,
+    addr: SocketAddr,
+    ready: &std::sync::mpsc::Sender<Result<(), NodeError>>,
+) {
+    let name = ctx.node.name.clone();
+    let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+        .name(&name)
+        // Network I/O does not use glommio's registered DMA memory.
+        .io_memory(256 * 1024);
+    let ex = match builder.make() {
+        Ok(ex) => ex,
+        Err(e) => {
+            let _ = ready.send(Err(NodeError::Executor {
+                node: name,
+                error: e.to_string(),
+            }));
+            return;
+        }
+    };
+    ex.run(async move {
+        let listener = match TcpListener::bind(addr) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(NodeError::Bind {
+                    node: name,
+                    addr: ctx.node.address.clone(),
+                    error: e.to_string(),
+                }));
+                return;
+            }
+        };
+        let _ = ready.send(Ok(()));
+        serve_node(ctx, listener).await;
+    });
+}
+
+async fn serve_node(ctx: NodeContext, listener: TcpListener) {
+    let NodeContext {
+        node,
+        topo,
+        shard,
+        mailbox,
+        mailboxes,
+        stats,
+        retain,
+    } = ctx;
+    let shard = Rc::new(shard);
+    let client = Rc::new(Client::new(Duration::from_secs(1), Duration::from_secs(5)));
+    let primary = match node.role {
+        Role::Primary => {
+            let replicas = topo.replicas_of(node.shard).map(|r| r.name.clone()).collect();
+            let log = Rc::new(PrimaryLog::new(shard.clone(), replicas, retain));
+            glommio::spawn_local(log.clone().trim_forever()).detach();
+            Some(log)
+        }
+        Role::Replica(_) => {
+            let owner = topo.primary_of(node.shard);
+            let upstream = match mailboxes.get(owner.id) {
+                Some(Some(tx)) => Upstream::Local(tx.clone()),
+                _ => Upstream::Remote {
+                    client: client.clone(),
+                    addr: owner.address.clone(),
+                },
+            };
+            glommio::spawn_local(replication::follow(shard.clone(), upstream, node.name.clone()))
+                .detach();
+            None
+        }
+    };
+    let router = Router::new(topo, node.id, mailboxes, client);
+    let api = Rc::new(Api::new(router, shard, primary.clone(), stats));
+    glommio::spawn_local(drain_mailbox(api.clone(), primary, mailbox)).detach();
+    let cfg = ConnConfig::default();
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let api = api.clone();
+                glommio::spawn_local(async move {
+                    conn::serve(stream, cfg, |req| {
+                        let api = api.clone();
+                        async move { api.handle(req).await }
+                    })
+                    .await;
+                })
+                .detach();
+            }
+            Err(e) => {
+                eprintln!("corekv: {}: accept failed: {e}", node.name);
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Serves requests other executors of this process send here.
+async fn drain_mailbox(api: Rc<Api>, primary: Option<Rc<PrimaryLog>>, rx: flume::Receiver<Mail>) {
+    while let Ok(mail) = rx.recv_async().await {
+        match mail {
+            Mail::Kv(req, reply) => {
+                let api = api.clone();
+                glommio::spawn_local(async move {
+                    let _ = reply.send(api.handle_forwarded(req).await);
+                })
+                .detach();
+            }
+            Mail::Pull(pull, reply) => {
+                let primary = primary.clone();
+                glommio::spawn_local(async move {
+                    let answer = match primary {
+                        Some(p) => p.serve(pull).await,
+                        None => crate::protocol::PullReply::Failed(
+                            "pull sent to a node that is not a primary".into(),
+                        ),
+                    };
+                    let _ = reply.send(answer);
+                })
+                .detach();
+            }
+        }
+    }
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, NodeError> {
+    let err = |error: String| NodeError::Address {
+        addr: addr.to_string(),
+        error,
+    };
+    addr.to_socket_addrs()
+        .map_err(|e| err(e.to_string()))?
+        // Prefer IPv4 for names like localhost that resolve to both.
+        .min_by_key(SocketAddr::is_ipv6)
+        .ok_or_else(|| err("no addresses".into()))
+}
+
+/// Checks io_uring availability and raises `RLIMIT_MEMLOCK` if needed.
+fn preflight(executors: usize) -> Result<(), NodeError> {
+    if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        if v.trim() == "2" {
+            return Err(NodeError::IoUring(
+                "disabled by the kernel (sysctl kernel.io_uring_disabled=2)".into(),
+            ));
+        }
+    }
+    let want = MEMLOCK_PER_EXECUTOR * executors.max(1) as u64;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read/write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) != 0 {
+            return Ok(());
+        }
+        if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < want {
+            let raised = libc::rlimit {
+                rlim_cur: if lim.rlim_max == libc::RLIM_INFINITY {
+                    want
+                } else {
+                    want.min(lim.rlim_max)
+                },
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < MEMLOCK_PER_EXECUTOR {
+        return Err(NodeError::MemLock {
+            have: lim.rlim_cur,
+            need: MEMLOCK_PER_EXECUTOR,
+        });
+    }
+    Ok(())
+}
+
+/// CPUs this process may run on (its affinity mask), in order.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
+    let mut cpus = Vec::new();
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            for cpu in 0..libc::CPU_SETSIZE as usize {
+                if libc::CPU_ISSET(cpu, &set) {
+                    cpus.push(cpu);
+                }
+            }
+        }
+    }
+    if cpus.is_empty() {
+        cpus.push(0);
+    }
+    cpus
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and every thread it spawns
+/// later) so that [`wait_signal`] receives them.
+fn block_signals() -> Result<libc::sigset_t, NodeError> {
+    // SAFETY: sigset manipulation on a local, then pthread_sigmask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(NodeError::Signal(std::io::Error::last_os_error()));
+        }
+        Ok(set)
+    }
+}
+
+fn wait_signal(set: &libc::sigset_t) -> Result<i32, NodeError> {
+    let mut sig: libc::c_int = 0;
+    // SAFETY: set was initialised by block_signals.
+    let rc = unsafe { libc::sigwait(set, &mut sig) };
+    if rc != 0 {
+        return Err(NodeError::Signal(std::io::Error::from_raw_os_error(rc)));
+    }
+    Ok(sig)
+}

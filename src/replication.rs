@@ -1,0 +1,359 @@
+//! Asynchronous, ordered replication by pull: each replica asks its primary
+//! for log entries after its applied seq (a long poll), applies them in one
+//! transaction per batch, and re-seeds from a snapshot when the primary has
+//! trimmed past it.
+//!
+//! Per executor (`!Send`). Depends on `shard`, `protocol` and
+//! `http::client`. The same [`follow`] loop runs over both transports: a
+//! flume mailbox to a primary in this process, or HTTP to a primary on
+//! another host (`GET /internal/pull`, body in `protocol`'s encoding).
+//! Invariants: a replica applies entries strictly in seq order and stores
+//! its applied seq in the same transaction as the data; the primary trims
+//! only entries every known replica has applied, or beyond the retention
+//! bound.
+
+use crate::http::client::Client;
+use crate::http::form;
+use crate::protocol::{Mail, Pull, PullKind, PullReply, decode_reply};
+use crate::shard::Shard;
+use crate::storage::LogRead;
+use futures_lite::future;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// Entries per pull reply, at most.
+const PULL_MAX_ENTRIES: usize = 10_000;
+/// Payload bytes per pull reply, about.
+const PULL_MAX_BYTES: usize = 4 * 1024 * 1024;
+/// Pairs per snapshot page.
+const SNAPSHOT_PAGE: usize = 10_000;
+/// How long a primary holds a log pull open when there is nothing new.
+pub const LONG_POLL: Duration = Duration::from_secs(2);
+
+/// Where a replica is in following its primary (published in `/status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicaState {
+    Connecting = 0,
+    Following = 1,
+    CatchingUp = 2,
+    Reseeding = 3,
+    Disconnected = 4,
+}
+
+impl ReplicaState {
+    #[must_use]
+    pub fn from_code(code: u64) -> Self {
+        match code {
+            1 => Self::Following,
+            2 => Self::CatchingUp,
+            3 => Self::Reseeding,
+            4 => Self::Disconnected,
+            _ => Self::Connecting,
+        }
+    }
+
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Following => "following",
+            Self::CatchingUp => "catching-up",
+            Self::Reseeding => "reseeding",
+            Self::Disconnected => "disconnected",
+        }
+    }
+}
+
+/// The primary side: knows the committed seq, holds long polls, serves
+/// log pages and snapshot pages, and trims the log.
+pub struct PrimaryLog {
+    shard: Rc<Shard>,
+    committed: Cell<u64>,
+    waiters: RefCell<Vec<flume::Sender<()>>>,
+    /// Applied seq last reported by each replica (by node name).
+    progress: RefCell<HashMap<String, u64>>,
+    replicas: Vec<String>,
+    retain: u64,
+}
+
+impl PrimaryLog {
+    /// `replicas` are the names of the shard's configured replicas; the log
+    /// keeps at most `retain` entries beyond what all of them applied.
+    #[must_use]
+    pub fn new(shard: Rc<Shard>, replicas: Vec<String>, retain: u64) -> Self {
+        let committed = shard.stats.seq.load(Ordering::Acquire);
+        Self {
+            shard,
+            committed: Cell::new(committed),
+            waiters: RefCell::new(Vec::new()),
+            progress: RefCell::new(HashMap::new()),
+            replicas,
+            retain,
+        }
+    }
+
+    #[must_use]
+    pub fn committed(&self) -> u64 {
+        self.committed.get()
+    }
+
+    /// Called after a write with `seq` is durable: wakes held pulls.
+    pub fn on_commit(&self, seq: u64) {
+        if seq > self.committed.get() {
+            self.committed.set(seq);
+            for w in self.waiters.borrow_mut().drain(..) {
+                let _ = w.try_send(());
+            }
+        }
+    }
+
+    /// Answers one pull.
+    pub async fn serve(&self, pull: Pull) -> PullReply {
+        match pull.kind {
+            PullKind::Log { after } => {
+                self.progress.borrow_mut().insert(pull.replica, after);
+                if self.committed.get() <= after && !pull.wait.is_zero() {
+                    let (tx, rx) = flume::bounded(1);
+                    self.waiters.borrow_mut().push(tx);
+                    let wait = pull.wait.min(Duration::from_secs(30));
+                    future::or(
+                        async {
+                            let _ = rx.recv_async().await;
+                        },
+                        glommio::timer::sleep(wait),
+                    )
+                    .await;
+                }
+                let primary_seq = self.committed.get();
+                match self
+                    .shard
+                    .store()
+                    .read_log(after, PULL_MAX_ENTRIES, PULL_MAX_BYTES)
+                {
+                    Ok(LogRead::Entries(entries)) => PullReply::Entries {
+                        primary_seq,
+                        entries,
+                    },
+                    Ok(LogRead::Trimmed) => PullReply::Trimmed { primary_seq },
+                    Err(e) => PullReply::Failed(e.to_string()),
+                }
+            }
+            PullKind::Snapshot { after_key } => {
+                match self
+                    .shard
+                    .store()
+                    .snapshot_chunk(after_key.as_deref(), SNAPSHOT_PAGE)
+                {
+                    Ok((seq, pairs)) => {
+                        let done = pairs.len() < SNAPSHOT_PAGE;
+                        PullReply::Snapshot { seq, pairs, done }
+                    }
+                    Err(e) => PullReply::Failed(e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// The seq up to which the log may be trimmed now.
+    #[must_use]
+    pub fn trim_point(&self) -> u64 {
+        let committed = self.committed.get();
+        let progress = self.progress.borrow();
+        let slowest = self
+            .replicas
+            .iter()
+            .map(|r| progress.get(r).copied().unwrap_or(0))
+            .min()
+            .unwrap_or(committed);
+        slowest.max(committed.saturating_sub(self.retain)).min(committed)
+    }
+
+    /// Trims the log once a second, forever.
+    pub async fn trim_forever(self: Rc<Self>) {
+        let mut trimmed = 0;
+        loop {
+            glommio::timer::sleep(Duration::from_secs(1)).await;
+            let upto = self.trim_point();
+            if upto > trimmed {
+                match self.shard.trim(upto).await {
+                    Ok(_) => trimmed = upto,
+                    Err(e) => eprintln!("corekv: log trim failed: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// How a replica reaches its primary.
+pub enum Upstream {
+    /// The primary runs in this process: its executor's mailbox.
+    Local(flume::Sender<Mail>),
+    /// The primary runs on another host.
+    Remote { client: Rc<Client>, addr: String },
+}
+
+impl Upstream {
+    async fn pull(&self, pull: Pull) -> Result<PullReply, String> {
+        match self {
+            Self::Local(mailbox) => {
+                let (tx, rx) = flume::bounded(1);
+                mailbox
+                    .send_async(Mail::Pull(pull, tx))
+                    .await
+                    .map_err(|_| "primary executor stopped".to_string())?;
+                rx.recv_async()
+                    .await
+                    .map_err(|_| "primary executor dropped the pull".to_string())
+            }
+            Self::Remote { client, addr } => {
+                let req = pull_request_bytes(addr, &pull);
+                let timeout = pull.wait + Duration::from_secs(5);
+                let resp = client
+                    .send(addr, &req, Some(timeout))
+                    .await
+                    .map_err(|e| format!("{addr}: {e}"))?;
+                if resp.status != 200 {
+                    return Err(format!(
+                        "{addr}: status {} {}",
+                        resp.status,
+                        String::from_utf8_lossy(&resp.body).trim()
+                    ));
+                }
+                decode_reply(&resp.body).map_err(|e| format!("{addr}: {e}"))
+            }
+        }
+    }
+}
+
+/// The HTTP form of a pull: `GET /internal/pull?replica=..&after=..&wait_ms=..`
+/// or `..&snapshot=1&after_key=..`.
+fn pull_request_bytes(addr: &str, pull: &Pull) -> Vec<u8> {
+    let mut q = b"/internal/pull?replica=".to_vec();
+    form::encode_into(pull.replica.as_bytes(), &mut q);
+    match &pull.kind {
+        PullKind::Log { after } => {
+            q.extend_from_slice(format!("&after={after}&wait_ms={}", pull.wait.as_millis()).as_bytes());
+        }
+        PullKind::Snapshot { after_key } => {
+            q.extend_from_slice(b"&snapshot=1");
+            if let Some(k) = after_key {
+                q.extend_from_slice(b"&after_key=");
+                form::encode_into(k, &mut q);
+            }
+        }
+    }
+    let mut out = b"GET ".to_vec();
+    out.extend_from_slice(&q);
+    out.extend_from_slice(format!(" HTTP/1.1\r\nHost: {addr}\r\nX-Corekv-Forwarded: 1\r\n\r\n").as_bytes());
+    out
+}
+
+fn set_state(shard: &Shard, state: ReplicaState) {
+    shard.stats.state.store(state as u64, Ordering::Relaxed);
+}
+
+/// The replica side: follows the primary forever.
+pub async fn follow(shard: Rc<Shard>, upstream: Upstream, name: String) {
+    let mut backoff = Duration::from_millis(50);
+    let mut last_error = String::new();
+    loop {
+        let step = match shard.store().reseed_pending() {
+            Ok(true) => reseed(&shard, &upstream, &name).await,
+            Ok(false) => pull_once(&shard, &upstream, &name).await,
+            Err(e) => Err(e.to_string()),
+        };
+        match step {
+            Ok(()) => {
+                backoff = Duration::from_millis(50);
+                last_error.clear();
+            }
+            Err(e) => {
+                set_state(&shard, ReplicaState::Disconnected);
+                if e != last_error {
+                    eprintln!("corekv: replica {name}: {e}; retrying");
+                    last_error = e;
+                }
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn pull_once(shard: &Shard, upstream: &Upstream, name: &str) -> Result<(), String> {
+    let applied = shard.stats.seq.load(Ordering::Acquire);
+    let pull = Pull {
+        replica: name.to_string(),
+        kind: PullKind::Log { after: applied },
+        wait: LONG_POLL,
+    };
+    match upstream.pull(pull).await? {
+        PullReply::Entries {
+            primary_seq,
+            entries,
+        } => {
+            shard.stats.primary_seq.store(primary_seq, Ordering::Relaxed);
+            let last = entries.last().map_or(applied, |e| e.seq);
+            let state = if last >= primary_seq {
+                ReplicaState::Following
+            } else {
+                ReplicaState::CatchingUp
+            };
+            if !entries.is_empty() {
+                shard.apply(entries).await.map_err(|e| e.to_string())?;
+            }
+            set_state(shard, state);
+            Ok(())
+        }
+        PullReply::Trimmed { primary_seq } => {
+            shard.stats.primary_seq.store(primary_seq, Ordering::Relaxed);
+            eprintln!(
+                "corekv: replica {name}: primary trimmed its log past seq {applied}; re-seeding"
+            );
+            reseed(shard, upstream, name).await
+        }
+        PullReply::Snapshot { .. } => Err("primary answered a log pull with a snapshot".into()),
+        PullReply::Failed(msg) => Err(format!("primary failed: {msg}")),
+    }
+}
+
+/// Copies the primary's data page by page (the store is already marked as
+/// re-seeding and emptied), then follows the log from the first page's seq.
+async fn reseed(shard: &Shard, upstream: &Upstream, name: &str) -> Result<(), String> {
+    set_state(shard, ReplicaState::Reseeding);
+    // A re-seed interrupted earlier starts again from an empty table.
+    shard.reseed_begin().await.map_err(|e| e.to_string())?;
+    let mut cursor: Option<Vec<u8>> = None;
+    let mut start_seq: Option<u64> = None;
+    loop {
+        let pull = Pull {
+            replica: name.to_string(),
+            kind: PullKind::Snapshot {
+                after_key: cursor.clone(),
+            },
+            wait: Duration::ZERO,
+        };
+        match upstream.pull(pull).await? {
+            PullReply::Snapshot { seq, pairs, done } => {
+                start_seq.get_or_insert(seq);
+                shard.stats.primary_seq.store(seq, Ordering::Relaxed);
+                if let Some((k, _)) = pairs.last() {
+                    cursor = Some(k.clone());
+                }
+                shard.reseed_chunk(pairs).await.map_err(|e| e.to_string())?;
+                if done {
+                    break;
+                }
+            }
+            PullReply::Failed(msg) => return Err(format!("primary failed: {msg}")),
+            _ => return Err("primary answered a snapshot pull with log entries".into()),
+        }
+    }
+    let seq = start_seq.unwrap_or(0);
+    shard.reseed_finish(seq).await.map_err(|e| e.to_string())?;
+    eprintln!("corekv: replica {name}: re-seeded at seq {seq}");
+    Ok(())
+}

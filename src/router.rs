@@ -1,0 +1,127 @@
+//! Where a request for a shard goes: this node, another executor of this
+//! process (flume mailbox), or a node on another host (HTTP), and the two
+//! transports that carry it there.
+//!
+//! Per executor. Depends on `topology`, `protocol` and `http::client`; it
+//! knows no URLs or status codes (the caller, `api`, builds the bytes of a
+//! remote request and maps failures to statuses).
+
+use crate::http::client::{Client, ClientError, ClientResponse};
+use crate::http::encode::Response;
+use crate::protocol::{KvRequest, Mail};
+use crate::topology::{NodeInfo, Topology};
+use std::fmt;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// Mailboxes of the executors in this process, indexed by node id
+/// (`None` for nodes on other hosts).
+pub type Mailboxes = Arc<Vec<Option<flume::Sender<Mail>>>>;
+
+/// Where to send a request.
+pub enum Route {
+    /// This node serves it.
+    Local,
+    /// Another executor in this process.
+    Peer(flume::Sender<Mail>),
+    /// A node on another host, by configured address.
+    Remote(String),
+}
+
+/// Why a forwarded request got no answer.
+#[derive(Debug)]
+pub enum ForwardError {
+    /// The owner executor in this process has stopped.
+    PeerStopped,
+    /// The remote owner did not answer.
+    Remote(ClientError),
+}
+
+impl fmt::Display for ForwardError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PeerStopped => write!(f, "owner executor is not running"),
+            Self::Remote(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ForwardError {}
+
+/// Routing table and transports of one executor.
+pub struct Router {
+    topo: Arc<Topology>,
+    me: usize,
+    mailboxes: Mailboxes,
+    client: Rc<Client>,
+}
+
+impl Router {
+    #[must_use]
+    pub fn new(topo: Arc<Topology>, me: usize, mailboxes: Mailboxes, client: Rc<Client>) -> Self {
+        Self {
+            topo,
+            me,
+            mailboxes,
+            client,
+        }
+    }
+
+    #[must_use]
+    pub fn me(&self) -> &NodeInfo {
+        &self.topo.nodes[self.me]
+    }
+
+    #[must_use]
+    pub fn topology(&self) -> &Topology {
+        &self.topo
+    }
+
+    #[must_use]
+    pub fn client(&self) -> &Rc<Client> {
+        &self.client
+    }
+
+    /// The route to `node`.
+    #[must_use]
+    pub fn route_to(&self, node: &NodeInfo) -> Route {
+        if node.id == self.me {
+            return Route::Local;
+        }
+        match self.mailboxes.get(node.id) {
+            Some(Some(tx)) => Route::Peer(tx.clone()),
+            _ => Route::Remote(node.address.clone()),
+        }
+    }
+
+    /// Sends `req` to an executor of this process and waits for its answer.
+    ///
+    /// # Errors
+    /// The peer executor is gone.
+    pub async fn to_peer(
+        &self,
+        peer: &flume::Sender<Mail>,
+        req: KvRequest,
+    ) -> Result<Response, ForwardError> {
+        let (tx, rx) = flume::bounded(1);
+        peer.send_async(Mail::Kv(req, tx))
+            .await
+            .map_err(|_| ForwardError::PeerStopped)?;
+        rx.recv_async().await.map_err(|_| ForwardError::PeerStopped)
+    }
+
+    /// Sends complete request bytes to a node on another host.
+    ///
+    /// # Errors
+    /// Connect, timeout or protocol failures.
+    pub async fn to_remote(
+        &self,
+        addr: &str,
+        request: &[u8],
+    ) -> Result<ClientResponse, ForwardError> {
+        self.client
+            .send(addr, request, None)
+            .await
+            .map_err(ForwardError::Remote)
+    }
+}

@@ -1,0 +1,279 @@
+//! A node's store and its committer thread (group commit).
+//!
+//! Depends on `storage` and flume. The executor reads the store directly
+//! (redb reads run beside a commit) but never writes it: every write goes
+//! to the node's committer thread as a [`Job`]. The committer takes every
+//! job waiting in its queue, commits all queued writes in one transaction
+//! (one fsync), then answers each writer; writes that arrive during a
+//! commit form the next batch. Blocking disk work therefore never runs on
+//! an executor's network loop.
+
+use crate::storage::{LogEntry, StorageError, Store, Versioned, WriteOp};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Most writes committed in one transaction.
+pub const MAX_BATCH: usize = 4096;
+
+/// Counters a node publishes for `/status` (read by any executor).
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    /// Last committed (primary) or applied (replica) seq.
+    pub seq: AtomicU64,
+    /// The primary's last seq as last seen by a replica.
+    pub primary_seq: AtomicU64,
+    pub keys: AtomicU64,
+    pub commits: AtomicU64,
+    pub committed_writes: AtomicU64,
+    /// Replica state, see `replication::ReplicaState`.
+    pub state: AtomicU64,
+}
+
+/// Why a write or apply did not complete.
+#[derive(Debug, Clone)]
+pub enum ShardError {
+    Storage(Arc<StorageError>),
+    /// The committer thread is gone (process shutting down).
+    Stopped,
+}
+
+impl fmt::Display for ShardError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Storage(e) => e.fmt(f),
+            Self::Stopped => write!(f, "storage is shutting down"),
+        }
+    }
+}
+
+impl std::error::Error for ShardError {}
+
+type Reply<T> = flume::Sender<Result<T, ShardError>>;
+
+/// Work for the committer thread.
+enum Job {
+    Write(WriteOp, Reply<u64>),
+    Apply(Vec<LogEntry>, Reply<u64>),
+    Trim(u64, Reply<usize>),
+    ReseedBegin(Reply<()>),
+    ReseedChunk(Vec<(Vec<u8>, Versioned)>, Reply<()>),
+    ReseedFinish(u64, Reply<()>),
+}
+
+/// Handle to a node's storage; `Send`, created before the executor starts.
+pub struct Shard {
+    store: Arc<Store>,
+    jobs: flume::Sender<Job>,
+    pub stats: Arc<NodeStats>,
+}
+
+impl Shard {
+    /// Starts the committer thread for `store`.
+    ///
+    /// # Errors
+    /// The store cannot be read or the thread cannot be spawned.
+    pub fn start(store: Store, name: &str) -> Result<Self, StartError> {
+        let stats = Arc::new(NodeStats::default());
+        stats.seq.store(store.seq()?, Ordering::Relaxed);
+        stats.keys.store(store.key_count()?, Ordering::Relaxed);
+        let store = Arc::new(store);
+        let (tx, rx) = flume::unbounded();
+        let (s, st) = (store.clone(), stats.clone());
+        std::thread::Builder::new()
+            .name(format!("commit {name}"))
+            .spawn(move || committer(&s, &rx, &st))
+            .map_err(StartError::Thread)?;
+        Ok(Self {
+            store,
+            jobs: tx,
+            stats,
+        })
+    }
+
+    #[must_use]
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Reads `key` (on the calling thread; redb reads do not block commits).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
+        self.store.get(key)
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Job) -> Result<T, ShardError> {
+        let (tx, rx) = flume::bounded(1);
+        self.jobs.send(make(tx)).map_err(|_| ShardError::Stopped)?;
+        rx.recv_async().await.map_err(|_| ShardError::Stopped)?
+    }
+
+    /// Primary: durably commits `op`; returns its seq once it is on disk.
+    ///
+    /// # Errors
+    /// Storage failure of the batch this write was part of.
+    pub async fn write(&self, op: WriteOp) -> Result<u64, ShardError> {
+        self.call(|r| Job::Write(op, r)).await
+    }
+
+    /// Replica: applies log entries in one transaction; returns applied seq.
+    ///
+    /// # Errors
+    /// Storage failure or a gap in the entries.
+    pub async fn apply(&self, entries: Vec<LogEntry>) -> Result<u64, ShardError> {
+        self.call(|r| Job::Apply(entries, r)).await
+    }
+
+    /// Primary: removes log entries up to `upto` (a bounded amount per call).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn trim(&self, upto: u64) -> Result<usize, ShardError> {
+        self.call(|r| Job::Trim(upto, r)).await
+    }
+
+    /// Replica re-seed steps; see `Store::reseed_*`.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub async fn reseed_begin(&self) -> Result<(), ShardError> {
+        self.call(Job::ReseedBegin).await
+    }
+
+    /// # Errors
+    /// Storage failures.
+    pub async fn reseed_chunk(&self, pairs: Vec<(Vec<u8>, Versioned)>) -> Result<(), ShardError> {
+        self.call(|r| Job::ReseedChunk(pairs, r)).await
+    }
+
+    /// # Errors
+    /// Storage failures.
+    pub async fn reseed_finish(&self, seq: u64) -> Result<(), ShardError> {
+        self.call(|r| Job::ReseedFinish(seq, r)).await
+    }
+}
+
+/// Failure to bring up a node's storage.
+#[derive(Debug)]
+pub enum StartError {
+    Storage(StorageError),
+    Thread(std::io::Error),
+}
+
+impl From<StorageError> for StartError {
+    fn from(e: StorageError) -> Self {
+        Self::Storage(e)
+    }
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Storage(e) => e.fmt(f),
+            Self::Thread(e) => write!(f, "cannot start committer thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+fn storage_err(e: StorageError) -> ShardError {
+    ShardError::Storage(Arc::new(e))
+}
+
+fn committer(store: &Store, rx: &flume::Receiver<Job>, stats: &NodeStats) {
+    let mut ops: Vec<WriteOp> = Vec::new();
+    let mut replies: Vec<Reply<u64>> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Write(op, reply) => {
+                    ops.push(op);
+                    replies.push(reply);
+                    if ops.len() >= MAX_BATCH {
+                        flush(store, stats, &mut ops, &mut replies);
+                    }
+                }
+                other => {
+                    // Keep queue order: writes queued before this job commit first.
+                    flush(store, stats, &mut ops, &mut replies);
+                    run_other(store, stats, other);
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        flush(store, stats, &mut ops, &mut replies);
+    }
+}
+
+fn flush(store: &Store, stats: &NodeStats, ops: &mut Vec<WriteOp>, replies: &mut Vec<Reply<u64>>) {
+    if ops.is_empty() {
+        return;
+    }
+    let n = ops.len() as u64;
+    match store.commit_writes(ops) {
+        Ok(last) => {
+            publish(store, stats, last);
+            stats.commits.fetch_add(1, Ordering::Relaxed);
+            stats.committed_writes.fetch_add(n, Ordering::Relaxed);
+            for (i, reply) in (0u64..).zip(replies.drain(..)) {
+                let _ = reply.send(Ok(last - n + 1 + i));
+            }
+        }
+        Err(e) => {
+            let e = storage_err(e);
+            for reply in replies.drain(..) {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+    ops.clear();
+}
+
+fn publish(store: &Store, stats: &NodeStats, seq: u64) {
+    stats.seq.store(seq, Ordering::Release);
+    if let Ok(k) = store.key_count() {
+        stats.keys.store(k, Ordering::Relaxed);
+    }
+}
+
+fn run_other(store: &Store, stats: &NodeStats, job: Job) {
+    match job {
+        Job::Write(..) => {}
+        Job::Apply(entries, reply) => {
+            let r = store.apply_entries(&entries).map_err(storage_err);
+            if let Ok(seq) = r {
+                publish(store, stats, seq);
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = reply.send(r);
+        }
+        Job::Trim(upto, reply) => {
+            let _ = reply.send(store.trim_log(upto, 100_000).map_err(storage_err));
+        }
+        Job::ReseedBegin(reply) => {
+            let r = store.reseed_begin().map_err(storage_err);
+            if r.is_ok() {
+                stats.keys.store(0, Ordering::Relaxed);
+            }
+            let _ = reply.send(r);
+        }
+        Job::ReseedChunk(pairs, reply) => {
+            let r = store.reseed_chunk(&pairs).map_err(storage_err);
+            if let Ok(k) = store.key_count() {
+                stats.keys.store(k, Ordering::Relaxed);
+            }
+            let _ = reply.send(r);
+        }
+        Job::ReseedFinish(seq, reply) => {
+            let r = store.reseed_finish(seq).map_err(storage_err);
+            if r.is_ok() {
+                publish(store, stats, seq);
+            }
+            let _ = reply.send(r);
+        }
+    }
+}

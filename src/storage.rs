@@ -1,0 +1,535 @@
+//! The one module that imports redb: a node's key-value data and its
+//! replication log in one file.
+//!
+//! Synchronous; no async, no executor types. A primary's write stores the
+//! data change and its log entry in one transaction; a replica's apply
+//! stores the data change and its applied sequence in one transaction.
+//! Transactions never outlive a call. Layout of the file:
+//!
+//! ```text
+//! data: key bytes -> [seq: u64 LE][value bytes]   seq = the write that set it
+//! log : seq u64   -> [op: u8][key len: u32 LE][key][value]   (primary only)
+//! meta: "seq"     -> last committed (primary) / last applied (replica)
+//!       "reseed"  -> 1 while a replica re-seed is incomplete
+//! ```
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+use std::fmt;
+use std::path::Path;
+
+const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const META_SEQ: &str = "seq";
+const META_RESEED: &str = "reseed";
+
+const OP_SET: u8 = 1;
+const OP_DELETE: u8 = 2;
+
+/// A storage failure. Every redb error kind collapses into `Db`; the other
+/// variants are protocol violations that callers handle differently.
+#[derive(Debug)]
+pub enum StorageError {
+    Db(redb::Error),
+    /// A replica was handed an entry that does not follow its applied seq.
+    Gap { applied: u64, got: u64 },
+    /// A stored value or log entry does not decode.
+    Corrupt(&'static str),
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Db(e) => write!(f, "storage error: {e}"),
+            Self::Gap { applied, got } => {
+                write!(f, "replication gap: applied {applied}, next entry is {got}")
+            }
+            Self::Corrupt(what) => write!(f, "corrupt {what}"),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+impl<E: Into<redb::Error>> From<E> for StorageError {
+    fn from(e: E) -> Self {
+        Self::Db(e.into())
+    }
+}
+
+/// A change to one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOp {
+    Set { key: Vec<u8>, value: Vec<u8> },
+    Delete { key: Vec<u8> },
+}
+
+impl WriteOp {
+    #[must_use]
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Self::Set { key, .. } | Self::Delete { key } => key,
+        }
+    }
+
+    /// Encodes as a log record.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let (op, key, value): (u8, &[u8], &[u8]) = match self {
+            Self::Set { key, value } => (OP_SET, key, value),
+            Self::Delete { key } => (OP_DELETE, key, &[]),
+        };
+        out.push(op);
+        out.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(key);
+        out.extend_from_slice(value);
+    }
+
+    /// Decodes a log record written by [`WriteOp::encode_into`].
+    ///
+    /// # Errors
+    /// Truncated or unknown records.
+    pub fn decode(bytes: &[u8]) -> Result<Self, StorageError> {
+        let bad = StorageError::Corrupt("log entry");
+        let (&op, rest) = bytes.split_first().ok_or(StorageError::Corrupt("log entry"))?;
+        let len_bytes: [u8; 4] = rest
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(StorageError::Corrupt("log entry"))?;
+        let klen = u32::from_le_bytes(len_bytes) as usize;
+        let key = rest.get(4..4 + klen).ok_or(StorageError::Corrupt("log entry"))?;
+        let value = &rest[4 + klen..];
+        match op {
+            OP_SET => Ok(Self::Set {
+                key: key.to_vec(),
+                value: value.to_vec(),
+            }),
+            OP_DELETE if value.is_empty() => Ok(Self::Delete { key: key.to_vec() }),
+            _ => Err(bad),
+        }
+    }
+}
+
+/// A write with its position in the shard's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEntry {
+    pub seq: u64,
+    pub op: WriteOp,
+}
+
+/// What a replica asked for, as the primary's log can answer it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LogRead {
+    /// Entries after the requested seq, in order (possibly none yet).
+    Entries(Vec<LogEntry>),
+    /// The log no longer holds the entry after the requested seq.
+    Trimmed,
+}
+
+/// A value with the sequence number of the write that stored it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    pub seq: u64,
+    pub value: Vec<u8>,
+}
+
+fn encode_value(seq: u64, value: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + value.len());
+    v.extend_from_slice(&seq.to_le_bytes());
+    v.extend_from_slice(value);
+    v
+}
+
+fn decode_value(raw: &[u8]) -> Result<Versioned, StorageError> {
+    let seq_bytes: [u8; 8] = raw
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(StorageError::Corrupt("stored value"))?;
+    Ok(Versioned {
+        seq: u64::from_le_bytes(seq_bytes),
+        value: raw[8..].to_vec(),
+    })
+}
+
+/// One node's redb file.
+pub struct Store {
+    db: Database,
+    durability: Durability,
+}
+
+impl Store {
+    /// Opens (or creates) the file at `path`. `durable` selects fsync on
+    /// every commit (`Durability::Immediate`); off only for tests that must
+    /// show the crash test can detect loss.
+    ///
+    /// # Errors
+    /// The file cannot be created, opened or locked.
+    pub fn open(path: &Path, durable: bool) -> Result<Self, StorageError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(DATA)?;
+        txn.open_table(LOG)?;
+        txn.open_table(META)?;
+        txn.commit()?;
+        Ok(Self {
+            db,
+            durability: if durable {
+                Durability::Immediate
+            } else {
+                Durability::None
+            },
+        })
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, StorageError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(self.durability)?;
+        Ok(txn)
+    }
+
+    /// The current value of `key`.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(DATA)?;
+        let found = table.get(key)?;
+        found.map(|v| decode_value(v.value())).transpose()
+    }
+
+    /// Last committed (primary) or applied (replica) sequence number.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn seq(&self) -> Result<u64, StorageError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(META_SEQ)?.map_or(0, |v| v.value()))
+    }
+
+    /// Number of keys stored.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn key_count(&self) -> Result<u64, StorageError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(DATA)?.len()?)
+    }
+
+    /// Primary: commits `ops` in one transaction, giving them consecutive
+    /// sequence numbers after the last committed one. Returns the seq of the
+    /// last op (the first is `last - ops.len() + 1`).
+    ///
+    /// # Errors
+    /// Storage failures; nothing of the batch is committed then.
+    pub fn commit_writes(&self, ops: &[WriteOp]) -> Result<u64, StorageError> {
+        let txn = self.begin_write()?;
+        let last = {
+            let mut meta = txn.open_table(META)?;
+            let mut data = txn.open_table(DATA)?;
+            let mut log = txn.open_table(LOG)?;
+            let mut seq = meta.get(META_SEQ)?.map_or(0, |v| v.value());
+            let mut record = Vec::new();
+            for op in ops {
+                seq += 1;
+                match op {
+                    WriteOp::Set { key, value } => {
+                        data.insert(key.as_slice(), encode_value(seq, value).as_slice())?;
+                    }
+                    WriteOp::Delete { key } => {
+                        data.remove(key.as_slice())?;
+                    }
+                }
+                record.clear();
+                op.encode_into(&mut record);
+                log.insert(seq, record.as_slice())?;
+            }
+            meta.insert(META_SEQ, seq)?;
+            seq
+        };
+        txn.commit()?;
+        Ok(last)
+    }
+
+    /// Primary: log entries after `after`, at most `max_entries` and about
+    /// `max_bytes` of payload (always at least one entry when any exists).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn read_log(
+        &self,
+        after: u64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<LogRead, StorageError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let last = meta.get(META_SEQ)?.map_or(0, |v| v.value());
+        if after >= last {
+            return Ok(LogRead::Entries(Vec::new()));
+        }
+        let log = txn.open_table(LOG)?;
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        for item in log.range(after + 1..)? {
+            let (seq, raw) = item?;
+            let seq = seq.value();
+            if entries.is_empty() && seq != after + 1 {
+                return Ok(LogRead::Trimmed);
+            }
+            let raw = raw.value();
+            bytes += raw.len();
+            entries.push(LogEntry {
+                seq,
+                op: WriteOp::decode(raw)?,
+            });
+            if entries.len() >= max_entries || bytes >= max_bytes {
+                break;
+            }
+        }
+        if entries.is_empty() {
+            // after < last but nothing is logged past it: trimmed away.
+            return Ok(LogRead::Trimmed);
+        }
+        Ok(LogRead::Entries(entries))
+    }
+
+    /// Primary: the lowest seq still in the log, if any.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn first_logged(&self) -> Result<Option<u64>, StorageError> {
+        let txn = self.db.begin_read()?;
+        let log = txn.open_table(LOG)?;
+        Ok(log.first()?.map(|(k, _)| k.value()))
+    }
+
+    /// Primary: removes log entries with seq `<= upto`, at most `max` of them
+    /// (so one call stays short). Returns how many were removed.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn trim_log(&self, upto: u64, max: usize) -> Result<usize, StorageError> {
+        let txn = self.begin_write()?;
+        let removed = {
+            let mut log = txn.open_table(LOG)?;
+            let mut keys = Vec::new();
+            for item in log.range(..=upto)? {
+                keys.push(item?.0.value());
+                if keys.len() >= max {
+                    break;
+                }
+            }
+            for k in &keys {
+                log.remove(*k)?;
+            }
+            keys.len()
+        };
+        txn.commit()?;
+        Ok(removed)
+    }
+
+    /// Replica: applies `entries` in order in one transaction and records
+    /// the last one as applied. Entries at or below the applied seq are
+    /// skipped (re-delivery is harmless); a gap is an error.
+    ///
+    /// # Errors
+    /// [`StorageError::Gap`] or storage failures; nothing is applied then.
+    pub fn apply_entries(&self, entries: &[LogEntry]) -> Result<u64, StorageError> {
+        let txn = self.begin_write()?;
+        let applied = {
+            let mut meta = txn.open_table(META)?;
+            let mut data = txn.open_table(DATA)?;
+            let mut applied = meta.get(META_SEQ)?.map_or(0, |v| v.value());
+            for e in entries {
+                if e.seq <= applied {
+                    continue;
+                }
+                if e.seq != applied + 1 {
+                    return Err(StorageError::Gap {
+                        applied,
+                        got: e.seq,
+                    });
+                }
+                match &e.op {
+                    WriteOp::Set { key, value } => {
+                        data.insert(key.as_slice(), encode_value(e.seq, value).as_slice())?;
+                    }
+                    WriteOp::Delete { key } => {
+                        data.remove(key.as_slice())?;
+                    }
+                }
+                applied = e.seq;
+            }
+            meta.insert(META_SEQ, applied)?;
+            applied
+        };
+        txn.commit()?;
+        Ok(applied)
+    }
+
+    /// Primary: up to `max` stored pairs with keys strictly after `after`
+    /// (from the start when `None`), as `(key, seq, value)`, plus the
+    /// committed seq of the snapshot they were read from.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn snapshot_chunk(
+        &self,
+        after: Option<&[u8]>,
+        max: usize,
+    ) -> Result<(u64, Vec<(Vec<u8>, Versioned)>), StorageError> {
+        let txn = self.db.begin_read()?;
+        let seq = txn
+            .open_table(META)?
+            .get(META_SEQ)?
+            .map_or(0, |v| v.value());
+        let data = txn.open_table(DATA)?;
+        let mut out = Vec::new();
+        let iter = match after {
+            Some(k) => data.range::<&[u8]>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded))?,
+            None => data.range::<&[u8]>(..)?,
+        };
+        for item in iter {
+            let (k, v) = item?;
+            out.push((k.value().to_vec(), decode_value(v.value())?));
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok((seq, out))
+    }
+
+    /// Replica: true while a re-seed was started and not finished.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn reseed_pending(&self) -> Result<bool, StorageError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(META_RESEED)?.is_some_and(|v| v.value() == 1))
+    }
+
+    /// Replica: starts a re-seed: drops every key and marks the re-seed as
+    /// pending, so a crash in the middle restarts it.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn reseed_begin(&self) -> Result<(), StorageError> {
+        let txn = self.begin_write()?;
+        txn.delete_table(DATA)?;
+        txn.open_table(DATA)?;
+        txn.open_table(META)?.insert(META_RESEED, 1)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Replica: stores one chunk of a re-seed snapshot.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn reseed_chunk(&self, pairs: &[(Vec<u8>, Versioned)]) -> Result<(), StorageError> {
+        let txn = self.begin_write()?;
+        {
+            let mut data = txn.open_table(DATA)?;
+            for (k, v) in pairs {
+                data.insert(k.as_slice(), encode_value(v.seq, &v.value).as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Replica: ends a re-seed whose first chunk was read at `seq`; the log
+    /// is followed from there (entries after `seq` re-apply idempotently).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn reseed_finish(&self, seq: u64) -> Result<(), StorageError> {
+        let txn = self.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(META_SEQ, seq)?;
+            meta.remove(META_RESEED)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(k: &str, v: &str) -> WriteOp {
+        WriteOp::Set {
+            key: k.as_bytes().to_vec(),
+            value: v.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn log_record_roundtrip() {
+        for op in [set("k", "v"), set("", ""), WriteOp::Delete { key: b"x".to_vec() }] {
+            let mut buf = Vec::new();
+            op.encode_into(&mut buf);
+            assert_eq!(WriteOp::decode(&buf).expect("decode"), op);
+        }
+        assert!(WriteOp::decode(&[9, 0, 0, 0, 0]).is_err());
+        assert!(WriteOp::decode(&[1, 5, 0, 0, 0, b'a']).is_err());
+    }
+
+    #[test]
+    fn primary_commit_log_and_replica_apply() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Store::open(&dir.path().join("p.redb"), true).expect("open");
+        assert_eq!(p.commit_writes(&[set("a", "1"), set("b", "2")]).expect("c"), 2);
+        assert_eq!(p.commit_writes(&[WriteOp::Delete { key: b"a".to_vec() }]).expect("c"), 3);
+        assert_eq!(p.get(b"a").expect("get"), None);
+        assert_eq!(p.get(b"b").expect("get").map(|v| (v.seq, v.value)), Some((2, b"2".to_vec())));
+        assert_eq!(p.key_count().expect("count"), 1);
+
+        let LogRead::Entries(entries) = p.read_log(0, 100, 1 << 20).expect("log") else {
+            panic!("log trimmed unexpectedly");
+        };
+        assert_eq!(entries.len(), 3);
+        let r = Store::open(&dir.path().join("r.redb"), true).expect("open");
+        assert_eq!(r.apply_entries(&entries[..2]).expect("apply"), 2);
+        // Re-delivery is skipped; the rest applies.
+        assert_eq!(r.apply_entries(&entries).expect("apply"), 3);
+        assert_eq!(r.get(b"a").expect("get"), None);
+        assert_eq!(r.seq().expect("seq"), 3);
+        // A gap is refused.
+        let gap = LogEntry { seq: 5, op: set("z", "z") };
+        assert!(matches!(r.apply_entries(&[gap]), Err(StorageError::Gap { applied: 3, got: 5 })));
+
+        assert_eq!(p.trim_log(2, 100).expect("trim"), 2);
+        assert_eq!(p.read_log(0, 100, 1 << 20).expect("log"), LogRead::Trimmed);
+        assert!(matches!(p.read_log(2, 100, 1 << 20).expect("log"), LogRead::Entries(e) if e.len() == 1));
+        assert_eq!(p.read_log(3, 100, 1 << 20).expect("log"), LogRead::Entries(vec![]));
+    }
+
+    #[test]
+    fn reseed_replaces_contents() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Store::open(&dir.path().join("p.redb"), true).expect("open");
+        p.commit_writes(&[set("a", "1"), set("b", "2"), set("c", "3")]).expect("c");
+        let r = Store::open(&dir.path().join("r.redb"), true).expect("open");
+        r.apply_entries(&[LogEntry { seq: 1, op: set("stale", "x") }]).expect("apply");
+        r.reseed_begin().expect("begin");
+        assert!(r.reseed_pending().expect("pending"));
+        let (seq, first) = p.snapshot_chunk(None, 2).expect("chunk");
+        assert_eq!((seq, first.len()), (3, 2));
+        r.reseed_chunk(&first).expect("chunk");
+        let (_, rest) = p.snapshot_chunk(Some(&first[1].0), 2).expect("chunk");
+        assert_eq!(rest.len(), 1);
+        r.reseed_chunk(&rest).expect("chunk");
+        r.reseed_finish(seq).expect("finish");
+        assert!(!r.reseed_pending().expect("pending"));
+        assert_eq!(r.get(b"stale").expect("get"), None);
+        assert_eq!(r.key_count().expect("count"), 3);
+        assert_eq!(r.seq().expect("seq"), 3);
+    }
+}
