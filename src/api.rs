@@ -79,9 +79,7 @@ impl ApiError {
             Self::Owner { owner, error } => {
                 let status = match error {
                     ForwardError::Remote(ClientError::Timeout) => 504,
-                    ForwardError::Remote(
-                        ClientError::Connect(_) | ClientError::Resolve(_),
-                    )
+                    ForwardError::Remote(ClientError::Connect(_) | ClientError::Resolve(_))
                     | ForwardError::PeerStopped => 503,
                     ForwardError::Remote(_) => 502,
                 };
@@ -201,8 +199,9 @@ impl Api {
         let storage = |e: &dyn std::fmt::Display| ApiError::Storage(e.to_string());
         let resp = match kv.op {
             KvOp::Get => match self.shard.get(&kv.key).map_err(|e| storage(&e))? {
-                Some(v) => Response::new(200, BYTES, v.value)
-                    .with_header("X-Version", v.seq.to_string()),
+                Some(v) => {
+                    Response::new(200, BYTES, v.value).with_header("X-Version", v.seq.to_string())
+                }
                 None => Response::text(404, "key not found"),
             },
             KvOp::Set(value) => {
@@ -262,7 +261,13 @@ impl Api {
             }
         };
         let wait = Duration::from_millis(num("wait_ms").unwrap_or(0));
-        let reply = primary.serve(Pull { replica, kind, wait }).await;
+        let reply = primary
+            .serve(Pull {
+                replica,
+                kind,
+                wait,
+            })
+            .await;
         Ok(Response::new(200, BYTES, encode_reply(&reply)))
     }
 
@@ -341,7 +346,8 @@ fn kv_request(req: &Request) -> Result<KvRequest, ApiError> {
     }
     let mut params = form::parse_pairs(&req.query).map_err(|_| ApiError::BadEncoding("query"))?;
     if matches!(req.method, Method::Post | Method::Put) && (req.form_body || !req.body.is_empty()) {
-        params.extend(form::parse_pairs(&req.body).map_err(|_| ApiError::BadEncoding("form body"))?);
+        params
+            .extend(form::parse_pairs(&req.body).map_err(|_| ApiError::BadEncoding("form body"))?);
     }
     let mut take = |name: &str| {
         params
@@ -394,7 +400,14 @@ fn from_remote(resp: ClientResponse) -> Response {
         _ => TEXT,
     };
     let mut out = Response::new(resp.status, content_type, Vec::new());
-    for name in ["X-Shard", "X-Served-By", "X-Seq", "X-Version", "X-Applied-Seq", "Allow"] {
+    for name in [
+        "X-Shard",
+        "X-Served-By",
+        "X-Seq",
+        "X-Version",
+        "X-Applied-Seq",
+        "Allow",
+    ] {
         if let Some(v) = resp.header(name) {
             out.headers.push((name, v.to_string()));
         }

@@ -234,8 +234,11 @@ replica = "localhost:8084"
 
     #[test]
     fn repo_sharding_toml_loads() {
-        let cfg = load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/sharding.toml")))
-            .expect("repo sharding.toml");
+        let cfg = load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/sharding.toml"
+        )))
+        .expect("repo sharding.toml");
         assert_eq!(cfg.shards.len(), 3);
     }
 
@@ -251,7 +254,10 @@ replica = "localhost:8084"
     fn expect_err(text: &str, line: Option<usize>, needle: &str) {
         let e = p(text).expect_err("must be rejected");
         assert_eq!(e.line, line, "{e}");
-        assert!(e.to_string().contains(needle), "{e} should mention {needle}");
+        assert!(
+            e.to_string().contains(needle),
+            "{e} should mention {needle}"
+        );
         assert!(e.to_string().starts_with("sharding.toml"), "{e}");
     }
 
@@ -289,10 +295,26 @@ replica = "localhost:8084"
 
     #[test]
     fn rejects_bad_address_and_types() {
-        expect_err("[[shards]]\nname='a'\nidx=0\naddress='nope'\n", Some(4), "host:port");
-        expect_err("[[shards]]\nname='a'\nidx=0\naddress='h:0'\n", Some(4), "port");
-        expect_err("[[shards]]\nname='a'\nidx='zero'\naddress='h:1'\n", Some(3), "");
-        expect_err("[[shards]]\nname='a'\nidx=0\naddress='h:1'\ncolour=1\n", Some(5), "colour");
+        expect_err(
+            "[[shards]]\nname='a'\nidx=0\naddress='nope'\n",
+            Some(4),
+            "host:port",
+        );
+        expect_err(
+            "[[shards]]\nname='a'\nidx=0\naddress='h:0'\n",
+            Some(4),
+            "port",
+        );
+        expect_err(
+            "[[shards]]\nname='a'\nidx='zero'\naddress='h:1'\n",
+            Some(3),
+            "",
+        );
+        expect_err(
+            "[[shards]]\nname='a'\nidx=0\naddress='h:1'\ncolour=1\n",
+            Some(5),
+            "colour",
+        );
         expect_err("[[shards]]\nname='a'\naddress='h:1'\n", Some(1), "idx");
         expect_err("", None, "no [[shards]]");
     }

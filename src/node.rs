@@ -62,12 +62,32 @@ pub enum NodeError {
     Config(ConfigError),
     Topology(TopologyError),
     IoUring(String),
-    MemLock { have: u64, need: u64 },
-    Address { addr: String, error: String },
-    DataDir { path: PathBuf, error: std::io::Error },
-    Storage { node: String, path: PathBuf, error: StartError },
-    Executor { node: String, error: String },
-    Bind { node: String, addr: String, error: String },
+    MemLock {
+        have: u64,
+        need: u64,
+    },
+    Address {
+        addr: String,
+        error: String,
+    },
+    DataDir {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    Storage {
+        node: String,
+        path: PathBuf,
+        error: Box<StartError>,
+    },
+    Executor {
+        node: String,
+        error: String,
+    },
+    Bind {
+        node: String,
+        addr: String,
+        error: String,
+    },
     Signal(std::io::Error),
     StartTimeout,
 }
@@ -87,7 +107,11 @@ impl fmt::Display for NodeError {
             ),
             Self::Address { addr, error } => write!(f, "cannot resolve address {addr}: {error}"),
             Self::DataDir { path, error } => {
-                write!(f, "cannot create data directory {}: {error}", path.display())
+                write!(
+                    f,
+                    "cannot create data directory {}: {error}",
+                    path.display()
+                )
             }
             Self::Storage { node, path, error } => {
                 write!(f, "{node}: cannot open {}: {error}", path.display())
@@ -96,7 +120,9 @@ impl fmt::Display for NodeError {
                 f,
                 "{node}: cannot start its glommio executor: {error} (glommio needs io_uring and RLIMIT_MEMLOCK >= 512 KiB)"
             ),
-            Self::Bind { node, addr, error } => write!(f, "{node}: cannot listen on {addr}: {error}"),
+            Self::Bind { node, addr, error } => {
+                write!(f, "{node}: cannot listen on {addr}: {error}")
+            }
             Self::Signal(e) => write!(f, "cannot wait for signals: {e}"),
             Self::StartTimeout => write!(f, "executors did not come up within 30 s"),
         }
@@ -128,9 +154,10 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         let storage = |error| NodeError::Storage {
             node: n.name.clone(),
             path: path.clone(),
-            error,
+            error: Box::new(error),
         };
-        let store = Store::open(&path, opts.durable).map_err(|e| storage(StartError::Storage(e)))?;
+        let store =
+            Store::open(&path, opts.durable).map_err(|e| storage(StartError::Storage(e)))?;
         shards.push(Shard::start(store, &n.name).map_err(storage)?);
     }
     let mut txs: Vec<Option<flume::Sender<Mail>>> = vec![None; topo.nodes.len()];
@@ -266,7 +293,10 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
     let client = Rc::new(Client::new(Duration::from_secs(1), Duration::from_secs(5)));
     let primary = match node.role {
         Role::Primary => {
-            let replicas = topo.replicas_of(node.shard).map(|r| r.name.clone()).collect();
+            let replicas = topo
+                .replicas_of(node.shard)
+                .map(|r| r.name.clone())
+                .collect();
             let log = Rc::new(PrimaryLog::new(shard.clone(), replicas, retain));
             glommio::spawn_local(log.clone().trim_forever()).detach();
             Some(log)
@@ -280,8 +310,12 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
                     addr: owner.address.clone(),
                 },
             };
-            glommio::spawn_local(replication::follow(shard.clone(), upstream, node.name.clone()))
-                .detach();
+            glommio::spawn_local(replication::follow(
+                shard.clone(),
+                upstream,
+                node.name.clone(),
+            ))
+            .detach();
             None
         }
     };
@@ -352,12 +386,12 @@ fn resolve(addr: &str) -> Result<SocketAddr, NodeError> {
 
 /// Checks io_uring availability and raises `RLIMIT_MEMLOCK` if needed.
 fn preflight(executors: usize) -> Result<(), NodeError> {
-    if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
-        if v.trim() == "2" {
-            return Err(NodeError::IoUring(
-                "disabled by the kernel (sysctl kernel.io_uring_disabled=2)".into(),
-            ));
-        }
+    if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        && v.trim() == "2"
+    {
+        return Err(NodeError::IoUring(
+            "disabled by the kernel (sysctl kernel.io_uring_disabled=2)".into(),
+        ));
     }
     let want = MEMLOCK_PER_EXECUTOR * executors.max(1) as u64;
     let mut lim = libc::rlimit {

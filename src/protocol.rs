@@ -48,11 +48,18 @@ pub struct Pull {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PullReply {
     /// Entries in order after the requested seq (none: nothing new in time).
-    Entries { primary_seq: u64, entries: Vec<LogEntry> },
+    Entries {
+        primary_seq: u64,
+        entries: Vec<LogEntry>,
+    },
     /// The log was trimmed past the replica's position: re-seed.
     Trimmed { primary_seq: u64 },
     /// A page of a re-seed snapshot read at `seq`; `done` on the last page.
-    Snapshot { seq: u64, pairs: Vec<(Vec<u8>, Versioned)>, done: bool },
+    Snapshot {
+        seq: u64,
+        pairs: Vec<(Vec<u8>, Versioned)>,
+        done: bool,
+    },
     /// The primary could not answer (storage failure), with its message.
     Failed(String),
 }
@@ -198,15 +205,35 @@ mod tests {
             PullReply::Entries {
                 primary_seq: 9,
                 entries: vec![
-                    LogEntry { seq: 8, op: WriteOp::Set { key: b"k".to_vec(), value: b"v".to_vec() } },
-                    LogEntry { seq: 9, op: WriteOp::Delete { key: b"\x00".to_vec() } },
+                    LogEntry {
+                        seq: 8,
+                        op: WriteOp::Set {
+                            key: b"k".to_vec(),
+                            value: b"v".to_vec(),
+                        },
+                    },
+                    LogEntry {
+                        seq: 9,
+                        op: WriteOp::Delete {
+                            key: b"\x00".to_vec(),
+                        },
+                    },
                 ],
             },
-            PullReply::Entries { primary_seq: 0, entries: vec![] },
+            PullReply::Entries {
+                primary_seq: 0,
+                entries: vec![],
+            },
             PullReply::Trimmed { primary_seq: 77 },
             PullReply::Snapshot {
                 seq: 5,
-                pairs: vec![(b"a".to_vec(), Versioned { seq: 3, value: b"x".to_vec() })],
+                pairs: vec![(
+                    b"a".to_vec(),
+                    Versioned {
+                        seq: 3,
+                        value: b"x".to_vec(),
+                    },
+                )],
                 done: true,
             },
             PullReply::Failed("disk on fire".into()),

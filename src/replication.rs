@@ -168,7 +168,9 @@ impl PrimaryLog {
             .map(|r| progress.get(r).copied().unwrap_or(0))
             .min()
             .unwrap_or(committed);
-        slowest.max(committed.saturating_sub(self.retain)).min(committed)
+        slowest
+            .max(committed.saturating_sub(self.retain))
+            .min(committed)
     }
 
     /// Trims the log once a second, forever.
@@ -235,7 +237,9 @@ fn pull_request_bytes(addr: &str, pull: &Pull) -> Vec<u8> {
     form::encode_into(pull.replica.as_bytes(), &mut q);
     match &pull.kind {
         PullKind::Log { after } => {
-            q.extend_from_slice(format!("&after={after}&wait_ms={}", pull.wait.as_millis()).as_bytes());
+            q.extend_from_slice(
+                format!("&after={after}&wait_ms={}", pull.wait.as_millis()).as_bytes(),
+            );
         }
         PullKind::Snapshot { after_key } => {
             q.extend_from_slice(b"&snapshot=1");
@@ -247,7 +251,9 @@ fn pull_request_bytes(addr: &str, pull: &Pull) -> Vec<u8> {
     }
     let mut out = b"GET ".to_vec();
     out.extend_from_slice(&q);
-    out.extend_from_slice(format!(" HTTP/1.1\r\nHost: {addr}\r\nX-Corekv-Forwarded: 1\r\n\r\n").as_bytes());
+    out.extend_from_slice(
+        format!(" HTTP/1.1\r\nHost: {addr}\r\nX-Corekv-Forwarded: 1\r\n\r\n").as_bytes(),
+    );
     out
 }
 
@@ -295,7 +301,10 @@ async fn pull_once(shard: &Shard, upstream: &Upstream, name: &str) -> Result<(),
             primary_seq,
             entries,
         } => {
-            shard.stats.primary_seq.store(primary_seq, Ordering::Relaxed);
+            shard
+                .stats
+                .primary_seq
+                .store(primary_seq, Ordering::Relaxed);
             let last = entries.last().map_or(applied, |e| e.seq);
             let state = if last >= primary_seq {
                 ReplicaState::Following
@@ -309,7 +318,10 @@ async fn pull_once(shard: &Shard, upstream: &Upstream, name: &str) -> Result<(),
             Ok(())
         }
         PullReply::Trimmed { primary_seq } => {
-            shard.stats.primary_seq.store(primary_seq, Ordering::Relaxed);
+            shard
+                .stats
+                .primary_seq
+                .store(primary_seq, Ordering::Relaxed);
             eprintln!(
                 "corekv: replica {name}: primary trimmed its log past seq {applied}; re-seeding"
             );

@@ -34,7 +34,10 @@ const OP_DELETE: u8 = 2;
 pub enum StorageError {
     Db(redb::Error),
     /// A replica was handed an entry that does not follow its applied seq.
-    Gap { applied: u64, got: u64 },
+    Gap {
+        applied: u64,
+        got: u64,
+    },
     /// A stored value or log entry does not decode.
     Corrupt(&'static str),
 }
@@ -92,13 +95,17 @@ impl WriteOp {
     /// Truncated or unknown records.
     pub fn decode(bytes: &[u8]) -> Result<Self, StorageError> {
         let bad = StorageError::Corrupt("log entry");
-        let (&op, rest) = bytes.split_first().ok_or(StorageError::Corrupt("log entry"))?;
+        let (&op, rest) = bytes
+            .split_first()
+            .ok_or(StorageError::Corrupt("log entry"))?;
         let len_bytes: [u8; 4] = rest
             .get(..4)
             .and_then(|b| b.try_into().ok())
             .ok_or(StorageError::Corrupt("log entry"))?;
         let klen = u32::from_le_bytes(len_bytes) as usize;
-        let key = rest.get(4..4 + klen).ok_or(StorageError::Corrupt("log entry"))?;
+        let key = rest
+            .get(4..4 + klen)
+            .ok_or(StorageError::Corrupt("log entry"))?;
         let value = &rest[4 + klen..];
         match op {
             OP_SET => Ok(Self::Set {
@@ -151,6 +158,9 @@ fn decode_value(raw: &[u8]) -> Result<Versioned, StorageError> {
         value: raw[8..].to_vec(),
     })
 }
+
+/// A page of `(key, value)` pairs copied for a re-seed.
+pub type SnapshotPage = Vec<(Vec<u8>, Versioned)>;
 
 /// One node's redb file.
 pub struct Store {
@@ -380,7 +390,7 @@ impl Store {
         &self,
         after: Option<&[u8]>,
         max: usize,
-    ) -> Result<(u64, Vec<(Vec<u8>, Versioned)>), StorageError> {
+    ) -> Result<(u64, SnapshotPage), StorageError> {
         let txn = self.db.begin_read()?;
         let seq = txn
             .open_table(META)?
@@ -389,7 +399,9 @@ impl Store {
         let data = txn.open_table(DATA)?;
         let mut out = Vec::new();
         let iter = match after {
-            Some(k) => data.range::<&[u8]>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded))?,
+            Some(k) => {
+                data.range::<&[u8]>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded))?
+            }
             None => data.range::<&[u8]>(..)?,
         };
         for item in iter {
@@ -472,7 +484,11 @@ mod tests {
 
     #[test]
     fn log_record_roundtrip() {
-        for op in [set("k", "v"), set("", ""), WriteOp::Delete { key: b"x".to_vec() }] {
+        for op in [
+            set("k", "v"),
+            set("", ""),
+            WriteOp::Delete { key: b"x".to_vec() },
+        ] {
             let mut buf = Vec::new();
             op.encode_into(&mut buf);
             assert_eq!(WriteOp::decode(&buf).expect("decode"), op);
@@ -485,10 +501,20 @@ mod tests {
     fn primary_commit_log_and_replica_apply() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = Store::open(&dir.path().join("p.redb"), true).expect("open");
-        assert_eq!(p.commit_writes(&[set("a", "1"), set("b", "2")]).expect("c"), 2);
-        assert_eq!(p.commit_writes(&[WriteOp::Delete { key: b"a".to_vec() }]).expect("c"), 3);
+        assert_eq!(
+            p.commit_writes(&[set("a", "1"), set("b", "2")]).expect("c"),
+            2
+        );
+        assert_eq!(
+            p.commit_writes(&[WriteOp::Delete { key: b"a".to_vec() }])
+                .expect("c"),
+            3
+        );
         assert_eq!(p.get(b"a").expect("get"), None);
-        assert_eq!(p.get(b"b").expect("get").map(|v| (v.seq, v.value)), Some((2, b"2".to_vec())));
+        assert_eq!(
+            p.get(b"b").expect("get").map(|v| (v.seq, v.value)),
+            Some((2, b"2".to_vec()))
+        );
         assert_eq!(p.key_count().expect("count"), 1);
 
         let LogRead::Entries(entries) = p.read_log(0, 100, 1 << 20).expect("log") else {
@@ -502,22 +528,38 @@ mod tests {
         assert_eq!(r.get(b"a").expect("get"), None);
         assert_eq!(r.seq().expect("seq"), 3);
         // A gap is refused.
-        let gap = LogEntry { seq: 5, op: set("z", "z") };
-        assert!(matches!(r.apply_entries(&[gap]), Err(StorageError::Gap { applied: 3, got: 5 })));
+        let gap = LogEntry {
+            seq: 5,
+            op: set("z", "z"),
+        };
+        assert!(matches!(
+            r.apply_entries(&[gap]),
+            Err(StorageError::Gap { applied: 3, got: 5 })
+        ));
 
         assert_eq!(p.trim_log(2, 100).expect("trim"), 2);
         assert_eq!(p.read_log(0, 100, 1 << 20).expect("log"), LogRead::Trimmed);
-        assert!(matches!(p.read_log(2, 100, 1 << 20).expect("log"), LogRead::Entries(e) if e.len() == 1));
-        assert_eq!(p.read_log(3, 100, 1 << 20).expect("log"), LogRead::Entries(vec![]));
+        assert!(
+            matches!(p.read_log(2, 100, 1 << 20).expect("log"), LogRead::Entries(e) if e.len() == 1)
+        );
+        assert_eq!(
+            p.read_log(3, 100, 1 << 20).expect("log"),
+            LogRead::Entries(vec![])
+        );
     }
 
     #[test]
     fn reseed_replaces_contents() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = Store::open(&dir.path().join("p.redb"), true).expect("open");
-        p.commit_writes(&[set("a", "1"), set("b", "2"), set("c", "3")]).expect("c");
+        p.commit_writes(&[set("a", "1"), set("b", "2"), set("c", "3")])
+            .expect("c");
         let r = Store::open(&dir.path().join("r.redb"), true).expect("open");
-        r.apply_entries(&[LogEntry { seq: 1, op: set("stale", "x") }]).expect("apply");
+        r.apply_entries(&[LogEntry {
+            seq: 1,
+            op: set("stale", "x"),
+        }])
+        .expect("apply");
         r.reseed_begin().expect("begin");
         assert!(r.reseed_pending().expect("pending"));
         let (seq, first) = p.snapshot_chunk(None, 2).expect("chunk");

@@ -201,7 +201,12 @@ mod tests {
             (b"", 2),
         ];
         for (key, want) in cases {
-            assert_eq!(shard_for(key, 3), *want, "key {:?}", String::from_utf8_lossy(key));
+            assert_eq!(
+                shard_for(key, 3),
+                *want,
+                "key {:?}",
+                String::from_utf8_lossy(key)
+            );
         }
     }
 

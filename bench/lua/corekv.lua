@@ -117,38 +117,31 @@ function request()
    return next_single()
 end
 
--- wrk's latency:percentile() can return 0 for high percentiles: its
--- coordinated-omission correction adds samples below the recorded minimum,
--- which percentile() never visits. Walk the whole histogram instead
--- (latency[i] is the count of samples of i-1 microseconds).
-local function percentiles(latency, ps)
-   local max = latency.max
-   local total = 0
-   for i = 0, max do total = total + latency[i + 1] end
-   local out = {}
-   local j, acc = 1, 0
-   local ranks = {}
-   for k, p in ipairs(ps) do ranks[k] = math.max(1, math.ceil(p / 100 * total)) end
-   for i = 0, max do
-      acc = acc + latency[i + 1]
-      while j <= #ps and acc >= ranks[j] do
-         out[j] = i
-         j = j + 1
-      end
-      if j > #ps then break end
+-- wrk's latency:percentile(p) can return 0 for high p (typically when
+-- pipelining): wrk's coordinated-omission correction adds synthetic samples
+-- *below* the recorded minimum, and percentile() only walks [min, max], so
+-- that mass is never counted. Measure the missing fraction (the largest q
+-- for which percentile(q) is still non-zero) and shift p by it.
+local function percentile(latency, p)
+   if latency:percentile(100) > 0 then return latency:percentile(p) end
+   local lo, hi = 0, 100
+   for _ = 1, 40 do
+      local mid = (lo + hi) / 2
+      if latency:percentile(mid) > 0 then lo = mid else hi = mid end
    end
-   for k = j, #ps do out[k] = max end
-   return out, total
+   local q = p - (100 - lo)
+   if q <= 0 then return latency.min end
+   return latency:percentile(q)
 end
 
 function done(summary, latency, requests)
    local e = summary.errors
    local secs = summary.duration / 1e6
-   local p, samples = percentiles(latency, { 50, 90, 99 })
+   local p = { percentile(latency, 50), percentile(latency, 90), percentile(latency, 99) }
    io.write(string.format(
       "WRK_RESULT requests=%d duration_us=%d rps=%.1f p50_us=%.1f p90_us=%.1f p99_us=%.1f max_us=%.1f mean_us=%.1f "
-      .. "samples=%d bytes=%d non2xx=%d connect_err=%d read_err=%d write_err=%d timeout_err=%d\n",
+      .. "bytes=%d non2xx=%d connect_err=%d read_err=%d write_err=%d timeout_err=%d\n",
       summary.requests, summary.duration, summary.requests / secs,
-      p[1], p[2], p[3], latency.max, latency.mean, samples,
+      p[1], p[2], p[3], latency.max, latency.mean,
       summary.bytes, e.status, e.connect, e.read, e.write, e.timeout))
 end

@@ -175,13 +175,17 @@ impl Client {
         loop {
             if end == buf.len() {
                 if buf.len() >= MAX_RESPONSE {
-                    return Err(Failure::Failed(ClientError::BadResponse("response too large")));
+                    return Err(Failure::Failed(ClientError::BadResponse(
+                        "response too large",
+                    )));
                 }
                 buf.resize(buf.len() * 2, 0);
             }
             let n = match stream.read(&mut buf[end..]).await {
                 Ok(0) if end == 0 => {
-                    return Err(Failure::Stale(ClientError::Io(io::ErrorKind::UnexpectedEof.into())));
+                    return Err(Failure::Stale(ClientError::Io(
+                        io::ErrorKind::UnexpectedEof.into(),
+                    )));
                 }
                 Ok(0) => {
                     return Err(Failure::Failed(ClientError::Io(
@@ -229,7 +233,12 @@ fn parse_response(buf: &[u8]) -> Result<Option<(ClientResponse, usize, bool)>, &
     for h in resp.headers.iter() {
         let value = String::from_utf8_lossy(h.value).into_owned();
         if h.name.eq_ignore_ascii_case("content-length") {
-            len = Some(value.trim().parse::<usize>().map_err(|_| "bad Content-Length")?);
+            len = Some(
+                value
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| "bad Content-Length")?,
+            );
         } else if h.name.eq_ignore_ascii_case("connection") {
             reusable = reusable && !value.eq_ignore_ascii_case("close");
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {

@@ -68,7 +68,12 @@ where
                 }
                 Ok(Parsed::Partial) => break,
                 Err(e) => {
-                    encode(&Response::text(e.status(), &e.to_string()), false, false, &mut out);
+                    encode(
+                        &Response::text(e.status(), &e.to_string()),
+                        false,
+                        false,
+                        &mut out,
+                    );
                     close = true;
                     break;
                 }

@@ -43,12 +43,15 @@ pub fn decode(input: &[u8]) -> Result<Vec<u8>, BadEscape> {
     Ok(out)
 }
 
+/// Decoded `(name, value)` pairs in input order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Splits `a=1&b=2` into decoded pairs, in order. Empty segments are
 /// skipped; a segment without `=` has an empty value.
 ///
 /// # Errors
 /// A malformed escape in any name or value.
-pub fn parse_pairs(input: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BadEscape> {
+pub fn parse_pairs(input: &[u8]) -> Result<Pairs, BadEscape> {
     let mut out = Vec::new();
     let mut offset = 0;
     for seg in input.split(|&b| b == b'&') {
@@ -58,8 +61,8 @@ pub fn parse_pairs(input: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BadEscape> {
                 None => (seg, &[][..]),
             };
             let name = decode(name).map_err(|BadEscape(i)| BadEscape(offset + i))?;
-            let value = decode(value)
-                .map_err(|BadEscape(i)| BadEscape(offset + name.len() + 1 + i))?;
+            let value =
+                decode(value).map_err(|BadEscape(i)| BadEscape(offset + name.len() + 1 + i))?;
             out.push((name, value));
         }
         offset += seg.len() + 1;
@@ -119,7 +122,10 @@ mod tests {
         let all: Vec<u8> = (0..=255).collect();
         let mut enc = Vec::new();
         encode_into(&all, &mut enc);
-        assert!(enc.iter().all(|b| b.is_ascii_graphic() && *b != b'&' && *b != b'+'));
+        assert!(
+            enc.iter()
+                .all(|b| b.is_ascii_graphic() && *b != b'&' && *b != b'+')
+        );
         assert_eq!(decode(&enc).expect("decode"), all);
     }
 }

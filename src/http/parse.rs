@@ -169,13 +169,18 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
                 .map_err(|_| ParseError::BodyTooLarge)?;
             content_length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(if content_length.is_some()
-                || req.headers.iter().any(|x| x.name.eq_ignore_ascii_case("content-length"))
-            {
-                ParseError::BadFraming("both Content-Length and Transfer-Encoding")
-            } else {
-                ParseError::UnsupportedTransferEncoding
-            });
+            return Err(
+                if content_length.is_some()
+                    || req
+                        .headers
+                        .iter()
+                        .any(|x| x.name.eq_ignore_ascii_case("content-length"))
+                {
+                    ParseError::BadFraming("both Content-Length and Transfer-Encoding")
+                } else {
+                    ParseError::UnsupportedTransferEncoding
+                },
+            );
         } else if name.eq_ignore_ascii_case("connection") {
             if has_token(h.value, "close") {
                 keep_alive = false;
@@ -258,8 +263,16 @@ mod tests {
     #[test]
     fn keep_alive_rules() {
         assert!(!complete(b"GET / HTTP/1.0\r\n\r\n").0.keep_alive);
-        assert!(complete(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").0.keep_alive);
-        assert!(!complete(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").0.keep_alive);
+        assert!(
+            complete(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .0
+                .keep_alive
+        );
+        assert!(
+            !complete(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .0
+                .keep_alive
+        );
     }
 
     #[test]
@@ -277,7 +290,10 @@ mod tests {
     fn every_split_point_is_partial_then_complete() {
         let raw = b"POST /set?key=k HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
         for cut in 0..raw.len() {
-            assert!(matches!(one(&raw[..cut]), Ok(Parsed::Partial)), "cut at {cut}");
+            assert!(
+                matches!(one(&raw[..cut]), Ok(Parsed::Partial)),
+                "cut at {cut}"
+            );
         }
         assert_eq!(complete(raw).0.body, b"hello");
     }
@@ -285,11 +301,23 @@ mod tests {
     #[test]
     fn framing_errors_table() {
         let cases: &[(&[u8], u16)] = &[
-            (b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-            (b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n", 400),
-            (b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+            (
+                b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                400,
+            ),
+            (
+                b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n",
+                400,
+            ),
+            (
+                b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                400,
+            ),
             (b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
-            (b"GET / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n", 413),
+            (
+                b"GET / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+                413,
+            ),
             (b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
             (b"GET / HTTP/1.1\r\nContent-Length: 9000000\r\n\r\n", 413),
             (b"GET / HTTP/2.0\r\n\r\n", 505),
@@ -310,8 +338,14 @@ mod tests {
             max_body: 10,
         };
         let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(100));
-        assert_eq!(parse(long.as_bytes(), &limits).map(|_| ()), Err(ParseError::HeadTooLarge));
+        assert_eq!(
+            parse(long.as_bytes(), &limits).map(|_| ()),
+            Err(ParseError::HeadTooLarge)
+        );
         let many = b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\n\r\n";
-        assert_eq!(parse(many, &limits).map(|_| ()), Err(ParseError::TooManyHeaders));
+        assert_eq!(
+            parse(many, &limits).map(|_| ()),
+            Err(ParseError::TooManyHeaders)
+        );
     }
 }
