@@ -13,7 +13,7 @@ use crate::http::encode::{BYTES, JSON, Response, TEXT};
 use crate::http::form;
 use crate::http::parse::{Method, Request};
 use crate::protocol::{KvOp, KvRequest, Pull, PullKind, encode_reply};
-use crate::replication::{PrimaryLog, ReplicaState};
+use crate::replication::{PrimaryLog, ReplicaState, SeqWatch};
 use crate::router::{ForwardError, Route, Router};
 use crate::shard::{NodeStats, Shard};
 use crate::storage::WriteOp;
@@ -26,6 +26,9 @@ use std::time::Duration;
 
 /// Largest accepted key, in bytes.
 pub const MAX_KEY: usize = 8 * 1024;
+/// Default and largest wait for `min_seq`, in milliseconds.
+pub const MIN_SEQ_WAIT_MS: u64 = 2_000;
+pub const MAX_MIN_SEQ_WAIT_MS: u64 = 10_000;
 
 /// Stats of every node this process runs, for `/status`.
 pub type LocalStats = Arc<Vec<(NodeInfo, Arc<NodeStats>)>>;
@@ -40,10 +43,26 @@ pub enum ApiError {
     MissingParam(&'static str),
     EmptyKey,
     KeyTooLarge(usize),
-    ReadOnlyReplica { node: String, primary: String },
-    Misdirected { node: String, shard: usize },
+    ReadOnlyReplica {
+        node: String,
+        primary: String,
+    },
+    Misdirected {
+        node: String,
+        shard: usize,
+    },
+    BadNumber(&'static str),
+    Behind {
+        node: String,
+        applied: u64,
+        wanted: u64,
+        waited_ms: u64,
+    },
     Storage(String),
-    Owner { owner: String, error: ForwardError },
+    Owner {
+        owner: String,
+        error: ForwardError,
+    },
 }
 
 impl ApiError {
@@ -75,6 +94,18 @@ impl ApiError {
                     "{node} does not own shard {shard} and does not forward forwarded requests (do all hosts use the same sharding.toml?)"
                 ),
             ),
+            Self::BadNumber(p) => (400, format!("parameter `{p}` must be a whole number")),
+            Self::Behind {
+                node,
+                applied,
+                wanted,
+                waited_ms,
+            } => (
+                504,
+                format!(
+                    "{node} has applied seq {applied}, not yet {wanted}, after waiting {waited_ms} ms"
+                ),
+            ),
             Self::Storage(e) => (500, format!("storage failure: {e}")),
             Self::Owner { owner, error } => {
                 let status = match error {
@@ -95,6 +126,8 @@ pub struct Api {
     router: Router,
     shard: Rc<Shard>,
     primary: Option<Rc<PrimaryLog>>,
+    /// Committed (primary) or applied (replica) seq of this node.
+    seq: Rc<SeqWatch>,
     local_stats: LocalStats,
     shard_header: String,
 }
@@ -105,6 +138,7 @@ impl Api {
         router: Router,
         shard: Rc<Shard>,
         primary: Option<Rc<PrimaryLog>>,
+        seq: Rc<SeqWatch>,
         local_stats: LocalStats,
     ) -> Self {
         let shard_header = router.me().shard.to_string();
@@ -112,6 +146,7 @@ impl Api {
             router,
             shard,
             primary,
+            seq,
             local_stats,
             shard_header,
         }
@@ -197,6 +232,19 @@ impl Api {
     /// Runs `kv` against this node's own store.
     async fn execute(&self, kv: KvRequest) -> Result<Response, ApiError> {
         let storage = |e: &dyn std::fmt::Display| ApiError::Storage(e.to_string());
+        if kv.min_seq > 0
+            && !self
+                .seq
+                .wait_for(kv.min_seq, Duration::from_millis(kv.wait_ms))
+                .await
+        {
+            return Err(ApiError::Behind {
+                node: self.me().name.clone(),
+                applied: self.seq.get(),
+                wanted: kv.min_seq,
+                waited_ms: kv.wait_ms,
+            });
+        }
         let resp = match kv.op {
             KvOp::Get => match self.shard.get(&kv.key).map_err(|e| storage(&e))? {
                 Some(v) => {
@@ -222,9 +270,7 @@ impl Api {
             .write(op)
             .await
             .map_err(|e| ApiError::Storage(e.to_string()))?;
-        if let Some(p) = &self.primary {
-            p.on_commit(seq);
-        }
+        self.seq.advance(seq);
         Ok(seq)
     }
 
@@ -367,7 +413,26 @@ fn kv_request(req: &Request) -> Result<KvRequest, ApiError> {
         b"/set" => KvOp::Set(take("value").ok_or(ApiError::MissingParam("value"))?),
         _ => KvOp::Delete,
     };
-    Ok(KvRequest { op, key })
+    let mut number = |name: &'static str| -> Result<Option<u64>, ApiError> {
+        take(name)
+            .map(|v| {
+                std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                    .ok_or(ApiError::BadNumber(name))
+            })
+            .transpose()
+    };
+    let min_seq = number("min_seq")?.unwrap_or(0);
+    let wait_ms = number("wait_ms")?
+        .unwrap_or(MIN_SEQ_WAIT_MS)
+        .min(MAX_MIN_SEQ_WAIT_MS);
+    Ok(KvRequest {
+        op,
+        key,
+        min_seq,
+        wait_ms,
+    })
 }
 
 /// The bytes of `kv` sent to its owner on another host.
@@ -383,6 +448,11 @@ fn forward_request_bytes(addr: &str, kv: &KvRequest) -> Vec<u8> {
         }
         KvOp::Delete => "/delete",
     };
+    if kv.min_seq > 0 {
+        body.extend_from_slice(
+            format!("&min_seq={}&wait_ms={}", kv.min_seq, kv.wait_ms).as_bytes(),
+        );
+    }
     let mut out = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nX-Corekv-Forwarded: 1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
         body.len()

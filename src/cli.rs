@@ -17,6 +17,8 @@ options:
                        every other node is reached over HTTP (default: all)
   --log-retention N    replication log entries kept for lagging replicas
                        (default: 1000000)
+  --commit-batch N     most writes per group commit (default: 4096;
+                       1 = one fsync per write, a benchmark baseline)
   --no-fsync           acknowledge writes before they are on disk
                        (testing only: loses acknowledged writes on a crash)
   -h, --help           print this help
@@ -70,6 +72,13 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                 opts.log_retention = value("a number")?
                     .parse()
                     .map_err(|_| "--log-retention needs a whole number".to_string())?;
+            }
+            "--commit-batch" => {
+                opts.commit_batch = value("a number")?
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| "--commit-batch needs a number >= 1".to_string())?;
             }
             "--no-fsync" => opts.durable = false,
             other => return Err(format!("unknown option {other:?}")),

@@ -14,7 +14,7 @@ use crate::config::{self, ConfigError};
 use crate::http::client::Client;
 use crate::http::conn::{self, ConnConfig};
 use crate::protocol::Mail;
-use crate::replication::{self, PrimaryLog, Upstream};
+use crate::replication::{self, PrimaryLog, SeqWatch, Upstream};
 use crate::router::{Mailboxes, Router};
 use crate::shard::{Shard, StartError};
 use crate::storage::Store;
@@ -26,6 +26,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// Minimum `RLIMIT_MEMLOCK` glommio needs per executor.
@@ -42,6 +43,8 @@ pub struct Options {
     pub durable: bool,
     /// Replication log entries kept beyond what every replica applied.
     pub log_retention: u64,
+    /// Most writes per commit (1 disables group commit; for benchmarks).
+    pub commit_batch: usize,
 }
 
 impl Default for Options {
@@ -52,6 +55,7 @@ impl Default for Options {
             serve: None,
             durable: true,
             log_retention: 1_000_000,
+            commit_batch: crate::shard::DEFAULT_MAX_BATCH,
         }
     }
 }
@@ -158,7 +162,7 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         };
         let store =
             Store::open(&path, opts.durable).map_err(|e| storage(StartError::Storage(e)))?;
-        shards.push(Shard::start(store, &n.name).map_err(storage)?);
+        shards.push(Shard::start(store, &n.name, opts.commit_batch).map_err(storage)?);
     }
     let mut txs: Vec<Option<flume::Sender<Mail>>> = vec![None; topo.nodes.len()];
     let mut rxs = Vec::new();
@@ -291,7 +295,7 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
     } = ctx;
     let shard = Rc::new(shard);
     let client = Rc::new(Client::new(Duration::from_secs(1), Duration::from_secs(5)));
-    let primary = match node.role {
+    let (primary, seq) = match node.role {
         Role::Primary => {
             let replicas = topo
                 .replicas_of(node.shard)
@@ -299,7 +303,8 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
                 .collect();
             let log = Rc::new(PrimaryLog::new(shard.clone(), replicas, retain));
             glommio::spawn_local(log.clone().trim_forever()).detach();
-            Some(log)
+            let seq = log.committed().clone();
+            (Some(log), seq)
         }
         Role::Replica(_) => {
             let owner = topo.primary_of(node.shard);
@@ -310,17 +315,19 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
                     addr: owner.address.clone(),
                 },
             };
+            let applied = Rc::new(SeqWatch::new(shard.stats.seq.load(Ordering::Acquire)));
             glommio::spawn_local(replication::follow(
                 shard.clone(),
+                applied.clone(),
                 upstream,
                 node.name.clone(),
             ))
             .detach();
-            None
+            (None, applied)
         }
     };
     let router = Router::new(topo, node.id, mailboxes, client);
-    let api = Rc::new(Api::new(router, shard, primary.clone(), stats));
+    let api = Rc::new(Api::new(router, shard, primary.clone(), seq, stats));
     glommio::spawn_local(drain_mailbox(api.clone(), primary, mailbox)).detach();
     let cfg = ConnConfig::default();
     loop {

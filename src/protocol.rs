@@ -23,6 +23,11 @@ pub enum KvOp {
 pub struct KvRequest {
     pub op: KvOp,
     pub key: Vec<u8>,
+    /// Read-your-writes: answer a get only once the serving node has
+    /// applied at least this seq (0: no condition).
+    pub min_seq: u64,
+    /// How long to wait for `min_seq`, in milliseconds.
+    pub wait_ms: u64,
 }
 
 /// What a replica asks its primary for.

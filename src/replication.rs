@@ -67,12 +67,65 @@ impl ReplicaState {
     }
 }
 
+/// A node's durable seq (committed on a primary, applied on a replica)
+/// as seen by its own executor, with waiters for it to reach a target.
+pub struct SeqWatch {
+    seq: Cell<u64>,
+    waiters: RefCell<Vec<flume::Sender<()>>>,
+}
+
+impl SeqWatch {
+    #[must_use]
+    pub fn new(seq: u64) -> Self {
+        Self {
+            seq: Cell::new(seq),
+            waiters: RefCell::new(Vec::new()),
+        }
+    }
+
+    #[must_use]
+    pub fn get(&self) -> u64 {
+        self.seq.get()
+    }
+
+    /// Records that everything up to `seq` is durable and wakes waiters.
+    pub fn advance(&self, seq: u64) {
+        if seq > self.seq.get() {
+            self.seq.set(seq);
+            for w in self.waiters.borrow_mut().drain(..) {
+                let _ = w.try_send(());
+            }
+        }
+    }
+
+    /// Waits until the seq is at least `target` or `timeout` passes;
+    /// returns whether the target was reached.
+    pub async fn wait_for(&self, target: u64, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.seq.get() < target {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let (tx, rx) = flume::bounded(1);
+            self.waiters.borrow_mut().push(tx);
+            future::or(
+                async {
+                    let _ = rx.recv_async().await;
+                },
+                glommio::timer::sleep(left),
+            )
+            .await;
+        }
+        true
+    }
+}
+
 /// The primary side: knows the committed seq, holds long polls, serves
 /// log pages and snapshot pages, and trims the log.
 pub struct PrimaryLog {
     shard: Rc<Shard>,
-    committed: Cell<u64>,
-    waiters: RefCell<Vec<flume::Sender<()>>>,
+    committed: Rc<SeqWatch>,
     /// Applied seq last reported by each replica (by node name).
     progress: RefCell<HashMap<String, u64>>,
     replicas: Vec<String>,
@@ -87,27 +140,17 @@ impl PrimaryLog {
         let committed = shard.stats.seq.load(Ordering::Acquire);
         Self {
             shard,
-            committed: Cell::new(committed),
-            waiters: RefCell::new(Vec::new()),
+            committed: Rc::new(SeqWatch::new(committed)),
             progress: RefCell::new(HashMap::new()),
             replicas,
             retain,
         }
     }
 
+    /// The committed seq; advanced by the API after each durable write.
     #[must_use]
-    pub fn committed(&self) -> u64 {
-        self.committed.get()
-    }
-
-    /// Called after a write with `seq` is durable: wakes held pulls.
-    pub fn on_commit(&self, seq: u64) {
-        if seq > self.committed.get() {
-            self.committed.set(seq);
-            for w in self.waiters.borrow_mut().drain(..) {
-                let _ = w.try_send(());
-            }
-        }
+    pub fn committed(&self) -> &Rc<SeqWatch> {
+        &self.committed
     }
 
     /// Answers one pull.
@@ -115,18 +158,8 @@ impl PrimaryLog {
         match pull.kind {
             PullKind::Log { after } => {
                 self.progress.borrow_mut().insert(pull.replica, after);
-                if self.committed.get() <= after && !pull.wait.is_zero() {
-                    let (tx, rx) = flume::bounded(1);
-                    self.waiters.borrow_mut().push(tx);
-                    let wait = pull.wait.min(Duration::from_secs(30));
-                    future::or(
-                        async {
-                            let _ = rx.recv_async().await;
-                        },
-                        glommio::timer::sleep(wait),
-                    )
-                    .await;
-                }
+                let wait = pull.wait.min(Duration::from_secs(30));
+                self.committed.wait_for(after + 1, wait).await;
                 let primary_seq = self.committed.get();
                 match self
                     .shard
@@ -262,7 +295,7 @@ fn set_state(shard: &Shard, state: ReplicaState) {
 }
 
 /// The replica side: follows the primary forever.
-pub async fn follow(shard: Rc<Shard>, upstream: Upstream, name: String) {
+pub async fn follow(shard: Rc<Shard>, applied: Rc<SeqWatch>, upstream: Upstream, name: String) {
     let mut backoff = Duration::from_millis(50);
     let mut last_error = String::new();
     loop {
@@ -271,6 +304,7 @@ pub async fn follow(shard: Rc<Shard>, upstream: Upstream, name: String) {
             Ok(false) => pull_once(&shard, &upstream, &name).await,
             Err(e) => Err(e.to_string()),
         };
+        applied.advance(shard.stats.seq.load(Ordering::Acquire));
         match step {
             Ok(()) => {
                 backoff = Duration::from_millis(50);

@@ -13,8 +13,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Most writes committed in one transaction.
-pub const MAX_BATCH: usize = 4096;
+/// Most writes committed in one transaction, by default.
+pub const DEFAULT_MAX_BATCH: usize = 4096;
 
 /// Counters a node publishes for `/status` (read by any executor).
 #[derive(Debug, Default)]
@@ -69,11 +69,12 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// Starts the committer thread for `store`.
+    /// Starts the committer thread for `store`, committing at most
+    /// `max_batch` writes per transaction (1 = one fsync per write).
     ///
     /// # Errors
     /// The store cannot be read or the thread cannot be spawned.
-    pub fn start(store: Store, name: &str) -> Result<Self, StartError> {
+    pub fn start(store: Store, name: &str, max_batch: usize) -> Result<Self, StartError> {
         let stats = Arc::new(NodeStats::default());
         stats.seq.store(store.seq()?, Ordering::Relaxed);
         stats.keys.store(store.key_count()?, Ordering::Relaxed);
@@ -82,7 +83,7 @@ impl Shard {
         let (s, st) = (store.clone(), stats.clone());
         std::thread::Builder::new()
             .name(format!("commit {name}"))
-            .spawn(move || committer(&s, &rx, &st))
+            .spawn(move || committer(&s, &rx, &st, max_batch.max(1)))
             .map_err(StartError::Thread)?;
         Ok(Self {
             store,
@@ -183,7 +184,7 @@ fn storage_err(e: StorageError) -> ShardError {
     ShardError::Storage(Arc::new(e))
 }
 
-fn committer(store: &Store, rx: &flume::Receiver<Job>, stats: &NodeStats) {
+fn committer(store: &Store, rx: &flume::Receiver<Job>, stats: &NodeStats, max_batch: usize) {
     let mut ops: Vec<WriteOp> = Vec::new();
     let mut replies: Vec<Reply<u64>> = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -193,7 +194,7 @@ fn committer(store: &Store, rx: &flume::Receiver<Job>, stats: &NodeStats) {
                 Job::Write(op, reply) => {
                     ops.push(op);
                     replies.push(reply);
-                    if ops.len() >= MAX_BATCH {
+                    if ops.len() >= max_batch {
                         flush(store, stats, &mut ops, &mut replies);
                     }
                 }
