@@ -335,11 +335,12 @@ async fn pull_once(shard: &Shard, upstream: &Upstream, name: &str) -> Result<(),
             primary_seq,
             entries,
         } => {
+            let last = entries.last().map_or(applied, |e| e.seq);
+            let primary_seq = primary_seq.max(last);
             shard
                 .stats
                 .primary_seq
                 .store(primary_seq, Ordering::Relaxed);
-            let last = entries.last().map_or(applied, |e| e.seq);
             let state = if last >= primary_seq {
                 ReplicaState::Following
             } else {
