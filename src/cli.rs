@@ -2,8 +2,17 @@
 //!
 //! Pure: arguments in, [`Command`] out. No I/O.
 
+use crate::log::Level;
 use crate::node::Options;
 use std::path::PathBuf;
+use std::time::Duration;
+
+fn number(text: &str, option: &str) -> Result<usize, String> {
+    text.parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{option} needs a whole number above 0, not {text:?}"))
+}
 
 pub const USAGE: &str = "\
 usage: corekv [options]
@@ -19,6 +28,17 @@ options:
                        (default: 1000000)
   --commit-batch N     most writes per group commit (default: 4096;
                        1 = one fsync per write, a benchmark baseline)
+  --token TOKEN        shared secret required (as `Authorization: Bearer
+                       TOKEN`) for writes and internal endpoints; also read
+                       from the COREKV_TOKEN environment variable
+  --log-level LEVEL    error, warn, info (default) or debug
+  --max-connections N  open connections per node (default: 10000)
+  --max-body BYTES     request body limit, 413 above (default: 8388608)
+  --max-header-bytes B request line + headers limit, 431 above (default: 16384)
+  --max-headers N      header count limit, 431 above (default: 64)
+  --max-key BYTES      key size limit, 413 above (default: 8192)
+  --idle-timeout SECS  close idle keep-alive connections (default: 60)
+  --request-timeout S  time to send a whole request, 408 after (default: 10)
   --no-fsync           acknowledge writes before they are on disk
                        (testing only: loses acknowledged writes on a crash)
   -h, --help           print this help
@@ -38,7 +58,10 @@ pub enum Command {
 /// # Errors
 /// An unknown option, a missing or invalid option value.
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
-    let mut opts = Options::default();
+    let mut opts = Options {
+        token: std::env::var("COREKV_TOKEN").ok().filter(|t| !t.is_empty()),
+        ..Options::default()
+    };
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -79,6 +102,32 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                     .ok()
                     .filter(|n| *n > 0)
                     .ok_or_else(|| "--commit-batch needs a number >= 1".to_string())?;
+            }
+            "--token" => {
+                let t = value("a token")?;
+                if t.is_empty() || t.contains(['\r', '\n']) {
+                    return Err("--token must be non-empty and on one line".into());
+                }
+                opts.token = Some(t);
+            }
+            "--log-level" => {
+                opts.log_level = Level::parse(&value("a level")?)
+                    .ok_or("--log-level must be error, warn, info or debug")?;
+            }
+            "--max-connections" => opts.conn.max_connections = number(&value("a number")?, &name)?,
+            "--max-body" => opts.conn.limits.max_body = number(&value("a number")?, &name)?,
+            "--max-header-bytes" => opts.conn.limits.max_head = number(&value("a number")?, &name)?,
+            "--max-headers" => {
+                opts.conn.limits.max_headers = number(&value("a number")?, &name)?.min(128);
+            }
+            "--max-key" => opts.max_key = number(&value("a number")?, &name)?,
+            "--idle-timeout" => {
+                opts.conn.idle_timeout =
+                    Duration::from_secs(number(&value("seconds")?, &name)? as u64);
+            }
+            "--request-timeout" => {
+                opts.conn.request_timeout =
+                    Duration::from_secs(number(&value("seconds")?, &name)? as u64);
             }
             "--no-fsync" => opts.durable = false,
             other => return Err(format!("unknown option {other:?}")),

@@ -21,6 +21,8 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod log;
+pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod replication;

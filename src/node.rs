@@ -9,16 +9,20 @@
 //! (each binds its listener and reports) → ready. Any failure returns an
 //! error and the process exits non-zero.
 
-use crate::api::{Api, LocalStats};
+use crate::api::{Api, LocalNodes};
 use crate::config::{self, ConfigError};
 use crate::http::client::Client;
-use crate::http::conn::{self, ConnConfig};
+use crate::http::conn::{self, ConnConfig, Tracker};
+use crate::log::Level;
+use crate::log_at;
+use crate::metrics::Metrics;
 use crate::protocol::Mail;
 use crate::replication::{self, PrimaryLog, SeqWatch, Upstream};
 use crate::router::{Mailboxes, Router};
 use crate::shard::{Shard, StartError};
 use crate::storage::Store;
 use crate::topology::{NodeInfo, Role, Topology, TopologyError};
+use futures_lite::future;
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::fmt;
@@ -45,6 +49,13 @@ pub struct Options {
     pub log_retention: u64,
     /// Most writes per commit (1 disables group commit; for benchmarks).
     pub commit_batch: usize,
+    /// Shared token required for writes and internal endpoints.
+    pub token: Option<String>,
+    /// HTTP limits and timeouts per connection.
+    pub conn: ConnConfig,
+    /// Largest key in bytes.
+    pub max_key: usize,
+    pub log_level: Level,
 }
 
 impl Default for Options {
@@ -56,6 +67,10 @@ impl Default for Options {
             durable: true,
             log_retention: 1_000_000,
             commit_batch: crate::shard::DEFAULT_MAX_BATCH,
+            token: None,
+            conn: ConnConfig::default(),
+            max_key: crate::api::DEFAULT_MAX_KEY,
+            log_level: Level::Info,
         }
     }
 }
@@ -94,6 +109,8 @@ pub enum NodeError {
     },
     Signal(std::io::Error),
     StartTimeout,
+    /// An executor stopped while the process was running.
+    ExecutorDied(String),
 }
 
 impl fmt::Display for NodeError {
@@ -129,17 +146,20 @@ impl fmt::Display for NodeError {
             }
             Self::Signal(e) => write!(f, "cannot wait for signals: {e}"),
             Self::StartTimeout => write!(f, "executors did not come up within 30 s"),
+            Self::ExecutorDied(node) => write!(f, "{node}: executor stopped unexpectedly"),
         }
     }
 }
 
 impl std::error::Error for NodeError {}
 
-/// Runs the local nodes until SIGINT or SIGTERM.
+/// Runs the local nodes until SIGINT or SIGTERM, then shuts down
+/// gracefully: stop accepting, finish requests in flight, exit.
 ///
 /// # Errors
 /// Any start-up failure (see the module doc for the order of checks).
 pub fn run(opts: &Options) -> Result<(), NodeError> {
+    crate::log::set_level(opts.log_level);
     let cfg = config::load(&opts.config).map_err(NodeError::Config)?;
     let topo = Arc::new(Topology::new(&cfg, opts.serve.as_deref()).map_err(NodeError::Topology)?);
     let locals: Vec<NodeInfo> = topo.local_nodes().cloned().collect();
@@ -172,17 +192,18 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         rxs.push(rx);
     }
     let mailboxes: Mailboxes = Arc::new(txs);
-    let stats: LocalStats = Arc::new(
+    let nodes: LocalNodes = Arc::new(
         locals
             .iter()
             .zip(&shards)
-            .map(|(n, s)| (n.clone(), s.stats.clone()))
+            .map(|(n, s)| (n.clone(), s.stats.clone(), Arc::new(Metrics::default())))
             .collect(),
     );
+    let token: Option<Arc<str>> = opts.token.as_deref().map(Arc::from);
     let signals = block_signals()?;
     let cpus = allowed_cpus();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), NodeError>>();
-    let mut placed = Vec::new();
+    let (events_tx, events_rx) = std::sync::mpsc::channel::<Event>();
+    let mut stops = Vec::new();
     for (i, ((node, shard), (mailbox, addr))) in locals
         .iter()
         .cloned()
@@ -191,47 +212,114 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         .enumerate()
     {
         let cpu = cpus[i % cpus.len()];
-        placed.push((node.name.clone(), node.address.clone(), cpu));
+        let (stop_tx, stop_rx) = flume::bounded(1);
+        stops.push(stop_tx);
+        let name = node.name.clone();
         let ctx = NodeContext {
             node,
             topo: topo.clone(),
             shard,
             mailbox,
             mailboxes: mailboxes.clone(),
-            stats: stats.clone(),
+            nodes: nodes.clone(),
             retain: opts.log_retention,
+            token: token.clone(),
+            conn: opts.conn,
+            max_key: opts.max_key,
+            stop: stop_rx,
         };
-        let ready = ready_tx.clone();
+        let events = events_tx.clone();
         std::thread::Builder::new()
-            .name(format!("exec {}", ctx.node.name))
-            .spawn(move || run_executor(ctx, cpu, addr, &ready))
+            .name(format!("exec {name}"))
+            .spawn(move || run_executor(ctx, cpu, addr, &events))
             .map_err(|e| NodeError::Executor {
-                node: placed[i].0.clone(),
+                node: name,
                 error: e.to_string(),
             })?;
     }
-    drop(ready_tx);
+    drop(events_tx);
     let deadline = Instant::now() + Duration::from_secs(30);
     for _ in 0..locals.len() {
         let left = deadline.saturating_duration_since(Instant::now());
-        match ready_rx.recv_timeout(left) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(e),
+        match events_rx.recv_timeout(left) {
+            Ok(Event::Ready { node, cpu }) => {
+                let address = &topo.nodes[node].address;
+                let name = &topo.nodes[node].name;
+                log_at!(
+                    Level::Info,
+                    name,
+                    "listening on http://{address} (cpu {cpu})"
+                );
+            }
+            Ok(Event::Failed(e)) => return Err(e),
+            Ok(Event::Stopped(node)) => {
+                return Err(NodeError::ExecutorDied(topo.nodes[node].name.clone()));
+            }
             Err(_) => return Err(NodeError::StartTimeout),
         }
     }
-    for (name, address, cpu) in &placed {
-        println!("corekv: {name} listening on http://{address} (cpu {cpu})");
-    }
-    println!(
-        "corekv: ready, {} node(s) of {} shard(s); data in {}",
+    log_at!(
+        Level::Info,
+        "corekv",
+        "ready: {} node(s) of {} shard(s), data in {}",
         locals.len(),
         topo.shard_count(),
         opts.data_dir.display()
     );
-    let sig = wait_signal(&signals)?;
-    println!("corekv: received signal {sig}, exiting");
+    // A watcher thread turns a signal into an event, so that an executor
+    // dying and a signal arriving are waited for in one place.
+    let signal_events = {
+        let (tx, rx) = std::sync::mpsc::channel::<Result<i32, NodeError>>();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let _ = tx.send(wait_signal(&signals));
+            })
+            .map_err(NodeError::Signal)?;
+        rx
+    };
+    loop {
+        if let Ok(sig) = signal_events.try_recv() {
+            let sig = sig?;
+            log_at!(
+                Level::Info,
+                "corekv",
+                "signal {sig}: draining and shutting down"
+            );
+            break;
+        }
+        match events_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(Event::Stopped(node) | Event::Ready { node, .. }) => {
+                return Err(NodeError::ExecutorDied(topo.nodes[node].name.clone()));
+            }
+            Ok(Event::Failed(e)) => return Err(e),
+            Err(_) => {}
+        }
+    }
+    let (done_tx, done_rx) = flume::unbounded::<()>();
+    for stop in &stops {
+        let _ = stop.send(done_tx.clone());
+    }
+    let deadline = Instant::now() + SHUTDOWN_GRACE + Duration::from_secs(1);
+    for _ in 0..stops.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if done_rx.recv_timeout(left).is_err() {
+            log_at!(Level::Warn, "corekv", "shutdown grace period over; exiting");
+            break;
+        }
+    }
+    log_at!(Level::Info, "corekv", "stopped");
     Ok(())
+}
+
+/// Longest wait for requests in flight at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What executors tell the main thread.
+enum Event {
+    Ready { node: usize, cpu: usize },
+    Failed(NodeError),
+    Stopped(usize),
 }
 
 /// Everything one executor needs; `Send`, moved into its thread.
@@ -241,17 +329,23 @@ struct NodeContext {
     shard: Shard,
     mailbox: flume::Receiver<Mail>,
     mailboxes: Mailboxes,
-    stats: LocalStats,
+    nodes: LocalNodes,
     retain: u64,
+    token: Option<Arc<str>>,
+    conn: ConnConfig,
+    max_key: usize,
+    /// Shutdown request; the executor answers on the enclosed channel.
+    stop: flume::Receiver<flume::Sender<()>>,
 }
 
 fn run_executor(
     ctx: NodeContext,
     cpu: usize,
     addr: SocketAddr,
-    ready: &std::sync::mpsc::Sender<Result<(), NodeError>>,
+    events: &std::sync::mpsc::Sender<Event>,
 ) {
     let name = ctx.node.name.clone();
+    let id = ctx.node.id;
     let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
         .name(&name)
         // Network I/O does not use glommio's registered DMA memory.
@@ -259,7 +353,7 @@ fn run_executor(
     let ex = match builder.make() {
         Ok(ex) => ex,
         Err(e) => {
-            let _ = ready.send(Err(NodeError::Executor {
+            let _ = events.send(Event::Failed(NodeError::Executor {
                 node: name,
                 error: e.to_string(),
             }));
@@ -270,7 +364,7 @@ fn run_executor(
         let listener = match TcpListener::bind(addr) {
             Ok(l) => l,
             Err(e) => {
-                let _ = ready.send(Err(NodeError::Bind {
+                let _ = events.send(Event::Failed(NodeError::Bind {
                     node: name,
                     addr: ctx.node.address.clone(),
                     error: e.to_string(),
@@ -278,9 +372,10 @@ fn run_executor(
                 return;
             }
         };
-        let _ = ready.send(Ok(()));
+        let _ = events.send(Event::Ready { node: id, cpu });
         serve_node(ctx, listener).await;
     });
+    let _ = events.send(Event::Stopped(id));
 }
 
 async fn serve_node(ctx: NodeContext, listener: TcpListener) {
@@ -290,8 +385,12 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
         shard,
         mailbox,
         mailboxes,
-        stats,
+        nodes,
         retain,
+        token,
+        conn: cfg,
+        max_key,
+        stop,
     } = ctx;
     let shard = Rc::new(shard);
     let client = Rc::new(Client::new(Duration::from_secs(1), Duration::from_secs(5)));
@@ -313,6 +412,7 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
                 _ => Upstream::Remote {
                     client: client.clone(),
                     addr: owner.address.clone(),
+                    token: token.clone(),
                 },
             };
             let applied = Rc::new(SeqWatch::new(shard.stats.seq.load(Ordering::Acquire)));
@@ -327,28 +427,57 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
         }
     };
     let router = Router::new(topo, node.id, mailboxes, client);
-    let api = Rc::new(Api::new(router, shard, primary.clone(), seq, stats));
+    let api = Rc::new(Api::new(
+        router,
+        shard,
+        primary.clone(),
+        seq,
+        nodes,
+        token,
+        max_key,
+    ));
     glommio::spawn_local(drain_mailbox(api.clone(), primary, mailbox)).detach();
-    let cfg = ConnConfig::default();
-    loop {
-        match listener.accept().await {
-            Ok(stream) => {
+    let tracker = Rc::new(Tracker::default());
+    let done = loop {
+        let next = future::or(async { Ok(listener.accept().await) }, async {
+            Err(stop.recv_async().await)
+        })
+        .await;
+        match next {
+            Ok(Ok(stream)) => {
                 let api = api.clone();
+                let tracker = tracker.clone();
                 glommio::spawn_local(async move {
-                    conn::serve(stream, cfg, |req| {
+                    let metrics = api.metrics().clone();
+                    metrics.open_connections.fetch_add(1, Ordering::Relaxed);
+                    conn::serve(stream, cfg, &tracker, |req| {
                         let api = api.clone();
                         async move { api.handle(req).await }
                     })
                     .await;
+                    metrics.open_connections.fetch_sub(1, Ordering::Relaxed);
                 })
                 .detach();
             }
-            Err(e) => {
-                eprintln!("corekv: {}: accept failed: {e}", node.name);
+            Ok(Err(e)) => {
+                log_at!(Level::Warn, &node.name, "accept failed: {e}");
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
+            Err(done) => break done.ok(),
         }
+    };
+    // Shutdown: stop accepting, let connections finish what they started.
+    drop(listener);
+    tracker.drain();
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while tracker.in_flight() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
     }
+    if let Some(done) = done {
+        let _ = done.send(());
+    }
+    // Keep serving forwarded requests and replication until the process exits.
+    future::pending::<()>().await;
 }
 
 /// Serves requests other executors of this process send here.
@@ -374,6 +503,9 @@ async fn drain_mailbox(api: Rc<Api>, primary: Option<Rc<PrimaryLog>>, rx: flume:
                     let _ = reply.send(answer);
                 })
                 .detach();
+            }
+            Mail::Scan(scan, reply) => {
+                let _ = reply.send(api.scan_local(&scan).map_err(|e| format!("{e:?}")));
             }
         }
     }

@@ -6,7 +6,7 @@
 //! `http::encode::Response`. Every type that crosses executors is `Send`.
 
 use crate::http::encode::Response;
-use crate::storage::{LogEntry, StorageError, Versioned, WriteOp};
+use crate::storage::{Cond, LogEntry, SnapshotPage, StorageError, Versioned, WriteOp};
 use std::time::Duration;
 
 /// A key-value operation addressed to the node that owns the key.
@@ -15,6 +15,15 @@ pub enum KvOp {
     Get,
     Set(Vec<u8>),
     Delete,
+}
+
+/// Which API a request came in on, so the owner answers in its form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    /// `/get`, `/set`, `/delete`.
+    Seed,
+    /// `/v1/kv/{key}` (and the batch endpoint).
+    Rest,
 }
 
 /// A key-value request as routed between nodes. A `KvRequest` that reaches
@@ -28,6 +37,18 @@ pub struct KvRequest {
     pub min_seq: u64,
     /// How long to wait for `min_seq`, in milliseconds.
     pub wait_ms: u64,
+    /// Condition on the key's current version (writes only).
+    pub cond: Cond,
+    pub style: Style,
+}
+
+/// A prefix scan of one shard's primary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scan {
+    pub prefix: Vec<u8>,
+    /// Resume strictly after this key.
+    pub after: Option<Vec<u8>>,
+    pub limit: usize,
 }
 
 /// What a replica asks its primary for.
@@ -75,6 +96,8 @@ pub enum Mail {
     Kv(KvRequest, flume::Sender<Response>),
     /// A replication pull from a replica in this process.
     Pull(Pull, flume::Sender<PullReply>),
+    /// A prefix scan for a listing; answered with the page or a message.
+    Scan(Scan, flume::Sender<Result<SnapshotPage, String>>),
 }
 
 const TAG_ENTRIES: u8 = 1;

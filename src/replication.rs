@@ -14,6 +14,8 @@
 
 use crate::http::client::Client;
 use crate::http::form;
+use crate::log::Level;
+use crate::log_at;
 use crate::protocol::{Mail, Pull, PullKind, PullReply, decode_reply};
 use crate::shard::Shard;
 use crate::storage::LogRead;
@@ -215,7 +217,7 @@ impl PrimaryLog {
             if upto > trimmed {
                 match self.shard.trim(upto).await {
                     Ok(_) => trimmed = upto,
-                    Err(e) => eprintln!("corekv: log trim failed: {e}"),
+                    Err(e) => log_at!(Level::Error, "primary", "log trim failed: {e}"),
                 }
             }
         }
@@ -226,8 +228,12 @@ impl PrimaryLog {
 pub enum Upstream {
     /// The primary runs in this process: its executor's mailbox.
     Local(flume::Sender<Mail>),
-    /// The primary runs on another host.
-    Remote { client: Rc<Client>, addr: String },
+    /// The primary runs on another host; `token` authorises the pulls.
+    Remote {
+        client: Rc<Client>,
+        addr: String,
+        token: Option<std::sync::Arc<str>>,
+    },
 }
 
 impl Upstream {
@@ -243,8 +249,12 @@ impl Upstream {
                     .await
                     .map_err(|_| "primary executor dropped the pull".to_string())
             }
-            Self::Remote { client, addr } => {
-                let req = pull_request_bytes(addr, &pull);
+            Self::Remote {
+                client,
+                addr,
+                token,
+            } => {
+                let req = pull_request_bytes(addr, &pull, token.as_deref());
                 let timeout = pull.wait + Duration::from_secs(5);
                 let resp = client
                     .send(addr, &req, Some(timeout))
@@ -265,7 +275,7 @@ impl Upstream {
 
 /// The HTTP form of a pull: `GET /internal/pull?replica=..&after=..&wait_ms=..`
 /// or `..&snapshot=1&after_key=..`.
-fn pull_request_bytes(addr: &str, pull: &Pull) -> Vec<u8> {
+fn pull_request_bytes(addr: &str, pull: &Pull, token: Option<&str>) -> Vec<u8> {
     let mut q = b"/internal/pull?replica=".to_vec();
     form::encode_into(pull.replica.as_bytes(), &mut q);
     match &pull.kind {
@@ -285,8 +295,12 @@ fn pull_request_bytes(addr: &str, pull: &Pull) -> Vec<u8> {
     let mut out = b"GET ".to_vec();
     out.extend_from_slice(&q);
     out.extend_from_slice(
-        format!(" HTTP/1.1\r\nHost: {addr}\r\nX-Corekv-Forwarded: 1\r\n\r\n").as_bytes(),
+        format!(" HTTP/1.1\r\nHost: {addr}\r\nX-Corekv-Forwarded: 1\r\n").as_bytes(),
     );
+    if let Some(t) = token {
+        out.extend_from_slice(format!("Authorization: Bearer {t}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
     out
 }
 
@@ -313,7 +327,7 @@ pub async fn follow(shard: Rc<Shard>, applied: Rc<SeqWatch>, upstream: Upstream,
             Err(e) => {
                 set_state(&shard, ReplicaState::Disconnected);
                 if e != last_error {
-                    eprintln!("corekv: replica {name}: {e}; retrying");
+                    log_at!(Level::Warn, &name, "replication: {e}; retrying");
                     last_error = e;
                 }
                 glommio::timer::sleep(backoff).await;
@@ -357,8 +371,10 @@ async fn pull_once(shard: &Shard, upstream: &Upstream, name: &str) -> Result<(),
                 .stats
                 .primary_seq
                 .store(primary_seq, Ordering::Relaxed);
-            eprintln!(
-                "corekv: replica {name}: primary trimmed its log past seq {applied}; re-seeding"
+            log_at!(
+                Level::Warn,
+                name,
+                "primary trimmed its log past seq {applied}; re-seeding"
             );
             reseed(shard, upstream, name).await
         }
@@ -401,6 +417,6 @@ async fn reseed(shard: &Shard, upstream: &Upstream, name: &str) -> Result<(), St
     }
     let seq = start_seq.unwrap_or(0);
     shard.reseed_finish(seq).await.map_err(|e| e.to_string())?;
-    eprintln!("corekv: replica {name}: re-seeded at seq {seq}");
+    log_at!(Level::Info, name, "re-seeded at seq {seq}");
     Ok(())
 }

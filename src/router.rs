@@ -8,7 +8,8 @@
 
 use crate::http::client::{Client, ClientError, ClientResponse};
 use crate::http::encode::Response;
-use crate::protocol::{KvRequest, Mail};
+use crate::protocol::{KvRequest, Mail, Scan};
+use crate::storage::SnapshotPage;
 use crate::topology::{NodeInfo, Topology};
 use std::fmt;
 use std::rc::Rc;
@@ -105,6 +106,22 @@ impl Router {
     ) -> Result<Response, ForwardError> {
         let (tx, rx) = flume::bounded(1);
         peer.send_async(Mail::Kv(req, tx))
+            .await
+            .map_err(|_| ForwardError::PeerStopped)?;
+        rx.recv_async().await.map_err(|_| ForwardError::PeerStopped)
+    }
+
+    /// Asks an executor of this process for a page of a prefix scan.
+    ///
+    /// # Errors
+    /// The peer executor is gone.
+    pub async fn scan_peer(
+        &self,
+        peer: &flume::Sender<Mail>,
+        scan: Scan,
+    ) -> Result<Result<SnapshotPage, String>, ForwardError> {
+        let (tx, rx) = flume::bounded(1);
+        peer.send_async(Mail::Scan(scan, tx))
             .await
             .map_err(|_| ForwardError::PeerStopped)?;
         rx.recv_async().await.map_err(|_| ForwardError::PeerStopped)

@@ -8,7 +8,7 @@
 //! commit form the next batch. Blocking disk work therefore never runs on
 //! an executor's network loop.
 
-use crate::storage::{LogEntry, StorageError, Store, Versioned, WriteOp};
+use crate::storage::{LogEntry, Outcome, StorageError, Store, Versioned, Write};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +28,18 @@ pub struct NodeStats {
     pub committed_writes: AtomicU64,
     /// Replica state, see `replication::ReplicaState`.
     pub state: AtomicU64,
+    /// Commit batch sizes: counts of batches with size <= 1, 2, 4, ... 4096, more.
+    pub batch_sizes: [AtomicU64; BATCH_BUCKETS],
+}
+
+/// Buckets of [`NodeStats::batch_sizes`]: powers of two 1..=4096, then +Inf.
+pub const BATCH_BUCKETS: usize = 14;
+
+impl NodeStats {
+    fn record_batch(&self, size: usize) {
+        let bucket = (usize::BITS - size.saturating_sub(1).leading_zeros()) as usize;
+        self.batch_sizes[bucket.min(BATCH_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Why a write or apply did not complete.
@@ -53,7 +65,7 @@ type Reply<T> = flume::Sender<Result<T, ShardError>>;
 
 /// Work for the committer thread.
 enum Job {
-    Write(WriteOp, Reply<u64>),
+    Write(Write, Reply<Outcome>),
     Apply(Vec<LogEntry>, Reply<u64>),
     Trim(u64, Reply<usize>),
     ReseedBegin(Reply<()>),
@@ -111,12 +123,13 @@ impl Shard {
         rx.recv_async().await.map_err(|_| ShardError::Stopped)?
     }
 
-    /// Primary: durably commits `op`; returns its seq once it is on disk.
+    /// Primary: durably commits `write` if its condition holds; answers
+    /// once the batch it joined is on disk.
     ///
     /// # Errors
     /// Storage failure of the batch this write was part of.
-    pub async fn write(&self, op: WriteOp) -> Result<u64, ShardError> {
-        self.call(|r| Job::Write(op, r)).await
+    pub async fn write(&self, write: Write) -> Result<Outcome, ShardError> {
+        self.call(|r| Job::Write(write, r)).await
     }
 
     /// Replica: applies log entries in one transaction; returns applied seq.
@@ -185,8 +198,8 @@ fn storage_err(e: StorageError) -> ShardError {
 }
 
 fn committer(store: &Store, rx: &flume::Receiver<Job>, stats: &NodeStats, max_batch: usize) {
-    let mut ops: Vec<WriteOp> = Vec::new();
-    let mut replies: Vec<Reply<u64>> = Vec::new();
+    let mut ops: Vec<Write> = Vec::new();
+    let mut replies: Vec<Reply<Outcome>> = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         while let Some(job) = next.take() {
@@ -210,18 +223,35 @@ fn committer(store: &Store, rx: &flume::Receiver<Job>, stats: &NodeStats, max_ba
     }
 }
 
-fn flush(store: &Store, stats: &NodeStats, ops: &mut Vec<WriteOp>, replies: &mut Vec<Reply<u64>>) {
+fn flush(
+    store: &Store,
+    stats: &NodeStats,
+    ops: &mut Vec<Write>,
+    replies: &mut Vec<Reply<Outcome>>,
+) {
     if ops.is_empty() {
         return;
     }
-    let n = ops.len() as u64;
     match store.commit_writes(ops) {
-        Ok(last) => {
-            publish(store, stats, last);
+        Ok(outcomes) => {
+            let mut committed = 0;
+            let mut last = None;
+            for o in &outcomes {
+                if let Outcome::Committed(seq) = o {
+                    committed += 1;
+                    last = Some(*seq);
+                }
+            }
+            if let Some(seq) = last {
+                publish(store, stats, seq);
+            }
             stats.commits.fetch_add(1, Ordering::Relaxed);
-            stats.committed_writes.fetch_add(n, Ordering::Relaxed);
-            for (i, reply) in (0u64..).zip(replies.drain(..)) {
-                let _ = reply.send(Ok(last - n + 1 + i));
+            stats
+                .committed_writes
+                .fetch_add(committed, Ordering::Relaxed);
+            stats.record_batch(ops.len());
+            for (o, reply) in outcomes.into_iter().zip(replies.drain(..)) {
+                let _ = reply.send(Ok(o));
             }
         }
         Err(e) => {

@@ -118,6 +118,46 @@ impl WriteOp {
     }
 }
 
+/// When a write may happen, judged on the key's current version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cond {
+    Always,
+    /// Only if the key does not exist (`If-None-Match: *`).
+    Absent,
+    /// Only if the key exists (`If-Match: *`).
+    Present,
+    /// Only if the key's version is exactly this seq (`If-Match: "seq"`).
+    Version(u64),
+}
+
+impl Cond {
+    #[must_use]
+    pub fn holds(self, current: Option<u64>) -> bool {
+        match self {
+            Self::Always => true,
+            Self::Absent => current.is_none(),
+            Self::Present => current.is_some(),
+            Self::Version(v) => current == Some(v),
+        }
+    }
+}
+
+/// A write as submitted to a primary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Write {
+    pub op: WriteOp,
+    pub cond: Cond,
+}
+
+/// What happened to one write of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Durable with this seq (also the key's new version).
+    Committed(u64),
+    /// The condition did not hold; `current` is the key's version.
+    ConditionFailed { current: Option<u64> },
+}
+
 /// A write with its position in the shard's history.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogEntry {
@@ -228,23 +268,35 @@ impl Store {
         Ok(txn.open_table(DATA)?.len()?)
     }
 
-    /// Primary: commits `ops` in one transaction, giving them consecutive
-    /// sequence numbers after the last committed one. Returns the seq of the
-    /// last op (the first is `last - ops.len() + 1`).
+    /// Primary: commits `writes` in one transaction. Each write whose
+    /// condition holds (checked in order, so a write sees the ones before
+    /// it) gets the next sequence number and a log record; the others
+    /// change nothing. Returns one outcome per write, in order.
     ///
     /// # Errors
     /// Storage failures; nothing of the batch is committed then.
-    pub fn commit_writes(&self, ops: &[WriteOp]) -> Result<u64, StorageError> {
+    pub fn commit_writes(&self, writes: &[Write]) -> Result<Vec<Outcome>, StorageError> {
         let txn = self.begin_write()?;
-        let last = {
+        let outcomes = {
             let mut meta = txn.open_table(META)?;
             let mut data = txn.open_table(DATA)?;
             let mut log = txn.open_table(LOG)?;
             let mut seq = meta.get(META_SEQ)?.map_or(0, |v| v.value());
             let mut record = Vec::new();
-            for op in ops {
+            let mut outcomes = Vec::with_capacity(writes.len());
+            for w in writes {
+                if w.cond != Cond::Always {
+                    let current = match data.get(w.op.key())? {
+                        Some(v) => Some(decode_value(v.value())?.seq),
+                        None => None,
+                    };
+                    if !w.cond.holds(current) {
+                        outcomes.push(Outcome::ConditionFailed { current });
+                        continue;
+                    }
+                }
                 seq += 1;
-                match op {
+                match &w.op {
                     WriteOp::Set { key, value } => {
                         data.insert(key.as_slice(), encode_value(seq, value).as_slice())?;
                     }
@@ -253,14 +305,45 @@ impl Store {
                     }
                 }
                 record.clear();
-                op.encode_into(&mut record);
+                w.op.encode_into(&mut record);
                 log.insert(seq, record.as_slice())?;
+                outcomes.push(Outcome::Committed(seq));
             }
             meta.insert(META_SEQ, seq)?;
-            seq
+            outcomes
         };
         txn.commit()?;
-        Ok(last)
+        Ok(outcomes)
+    }
+
+    /// Up to `limit` pairs whose keys start with `prefix` and sort after
+    /// `after` (from the first such key when `None`).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<SnapshotPage, StorageError> {
+        use std::ops::Bound;
+        let txn = self.db.begin_read()?;
+        let data = txn.open_table(DATA)?;
+        let lower = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
+        };
+        let mut out = Vec::new();
+        for item in data.range::<&[u8]>((lower, Bound::Unbounded))? {
+            let (k, v) = item?;
+            let k = k.value();
+            if !k.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((k.to_vec(), decode_value(v.value())?));
+        }
+        Ok(out)
     }
 
     /// Primary: log entries after `after`, at most `max_entries` and about
@@ -482,6 +565,72 @@ mod tests {
         }
     }
 
+    fn w(op: WriteOp) -> Write {
+        Write {
+            op,
+            cond: Cond::Always,
+        }
+    }
+
+    #[test]
+    fn conditional_writes_and_prefix_scan() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Store::open(&dir.path().join("p.redb"), true).expect("open");
+        let c = |op, cond| Write { op, cond };
+        let got = p
+            .commit_writes(&[
+                c(set("k", "1"), Cond::Absent),
+                c(set("k", "2"), Cond::Absent),
+                c(set("k", "3"), Cond::Version(1)),
+                c(set("k", "4"), Cond::Version(1)),
+                c(WriteOp::Delete { key: b"x".to_vec() }, Cond::Present),
+                c(set("ka", "5"), Cond::Always),
+                c(set("l", "6"), Cond::Always),
+            ])
+            .expect("commit");
+        assert_eq!(
+            got,
+            vec![
+                Outcome::Committed(1),
+                Outcome::ConditionFailed { current: Some(1) },
+                Outcome::Committed(2),
+                Outcome::ConditionFailed { current: Some(2) },
+                Outcome::ConditionFailed { current: None },
+                Outcome::Committed(3),
+                Outcome::Committed(4),
+            ]
+        );
+        assert_eq!(
+            p.get(b"k").expect("get").map(|v| v.value),
+            Some(b"3".to_vec())
+        );
+        // Failed writes leave no log record: the log is exactly seqs 1..=4.
+        let LogRead::Entries(log) = p.read_log(0, 100, 1 << 20).expect("log") else {
+            panic!("trimmed");
+        };
+        assert_eq!(
+            log.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        let keys = |page: SnapshotPage| page.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(
+            keys(p.scan_prefix(b"k", None, 10).expect("scan")),
+            vec![b"k".to_vec(), b"ka".to_vec()]
+        );
+        assert_eq!(
+            keys(p.scan_prefix(b"k", Some(b"k"), 10).expect("scan")),
+            vec![b"ka".to_vec()]
+        );
+        assert_eq!(
+            keys(p.scan_prefix(b"k", None, 1).expect("scan")),
+            vec![b"k".to_vec()]
+        );
+        assert_eq!(
+            keys(p.scan_prefix(b"", Some(b"ka"), 10).expect("scan")),
+            vec![b"l".to_vec()]
+        );
+    }
+
     #[test]
     fn log_record_roundtrip() {
         for op in [
@@ -502,13 +651,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = Store::open(&dir.path().join("p.redb"), true).expect("open");
         assert_eq!(
-            p.commit_writes(&[set("a", "1"), set("b", "2")]).expect("c"),
-            2
+            p.commit_writes(&[w(set("a", "1")), w(set("b", "2"))])
+                .expect("c"),
+            vec![Outcome::Committed(1), Outcome::Committed(2)]
         );
         assert_eq!(
-            p.commit_writes(&[WriteOp::Delete { key: b"a".to_vec() }])
+            p.commit_writes(&[w(WriteOp::Delete { key: b"a".to_vec() })])
                 .expect("c"),
-            3
+            vec![Outcome::Committed(3)]
         );
         assert_eq!(p.get(b"a").expect("get"), None);
         assert_eq!(
@@ -552,7 +702,7 @@ mod tests {
     fn reseed_replaces_contents() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = Store::open(&dir.path().join("p.redb"), true).expect("open");
-        p.commit_writes(&[set("a", "1"), set("b", "2"), set("c", "3")])
+        p.commit_writes(&[w(set("a", "1")), w(set("b", "2")), w(set("c", "3"))])
             .expect("c");
         let r = Store::open(&dir.path().join("r.redb"), true).expect("open");
         r.apply_entries(&[LogEntry {

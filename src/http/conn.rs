@@ -6,23 +6,70 @@
 //! (pipelining); after a parse error the error is answered and the
 //! connection closed; a connection idle for longer than `idle_timeout`, or
 //! that takes longer than `request_timeout` to deliver a started request,
-//! is closed (the latter with a 408).
+//! is closed (the latter with a 408). A [`Tracker`] shared by the
+//! connections of one executor counts open connections and requests in
+//! flight, and asks connections to close after their current response
+//! while the server drains for shutdown.
 
 use super::encode::{Response, encode};
 use super::parse::{Limits, Method, Parsed, Request, parse};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
+use std::cell::Cell;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+/// Per-executor connection bookkeeping (not `Send`).
+#[derive(Debug, Default)]
+pub struct Tracker {
+    open: Cell<usize>,
+    in_flight: Cell<usize>,
+    draining: Cell<bool>,
+}
+
+impl Tracker {
+    #[must_use]
+    pub fn open(&self) -> usize {
+        self.open.get()
+    }
+
+    #[must_use]
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.get()
+    }
+
+    /// From now on every connection closes after its current response.
+    pub fn drain(&self) {
+        self.draining.set(true);
+    }
+}
+
+/// Decrements a counter when dropped (also if the future is cancelled).
+struct Count<'a>(&'a Cell<usize>);
+
+impl<'a> Count<'a> {
+    fn new(c: &'a Cell<usize>) -> Self {
+        c.set(c.get() + 1);
+        Self(c)
+    }
+}
+
+impl Drop for Count<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
 /// Per-connection settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnConfig {
     pub limits: Limits,
     /// Longest wait for the first byte of the next request.
     pub idle_timeout: Duration,
     /// Longest time from the first byte of a request to its last.
     pub request_timeout: Duration,
+    /// Most open connections per executor; more are answered 503 and closed.
+    pub max_connections: usize,
 }
 
 impl Default for ConnConfig {
@@ -31,6 +78,7 @@ impl Default for ConnConfig {
             limits: Limits::default(),
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
         }
     }
 }
@@ -39,11 +87,19 @@ const INITIAL_BUF: usize = 16 * 1024;
 
 /// Serves requests on `stream` until the peer closes, an error, a timeout,
 /// or a request asks to close.
-pub async fn serve<F, Fut>(mut stream: TcpStream, cfg: ConnConfig, handler: F)
+pub async fn serve<F, Fut>(mut stream: TcpStream, cfg: ConnConfig, tracker: &Tracker, handler: F)
 where
     F: Fn(Request) -> Fut,
     Fut: Future<Output = Response>,
 {
+    let _open = Count::new(&tracker.open);
+    if tracker.open() > cfg.max_connections {
+        let mut out = Vec::new();
+        let resp = Response::text(503, "too many open connections; try again later");
+        encode(&resp, false, false, &mut out);
+        let _ = stream.write_all(&out).await;
+        return;
+    }
     let _ = stream.set_nodelay(true);
     let max_buf = cfg.limits.max_head + cfg.limits.max_body + INITIAL_BUF;
     let mut buf = vec![0u8; INITIAL_BUF];
@@ -58,8 +114,11 @@ where
                     start += used;
                     let head_only = req.method == Method::Head;
                     let keep_alive = req.keep_alive;
-                    let resp = handler(req).await;
-                    let keep_alive = keep_alive && !resp.close;
+                    let resp = {
+                        let _busy = Count::new(&tracker.in_flight);
+                        handler(req).await
+                    };
+                    let keep_alive = keep_alive && !resp.close && !tracker.draining.get();
                     encode(&resp, head_only, keep_alive, &mut out);
                     if !keep_alive {
                         close = true;

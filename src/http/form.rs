@@ -17,16 +17,28 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-/// Percent-decodes one component, `+` meaning space.
+/// Percent-decodes one form component, `+` meaning space.
 ///
 /// # Errors
 /// A `%` without two hex digits after it.
 pub fn decode(input: &[u8]) -> Result<Vec<u8>, BadEscape> {
+    decode_with(input, true)
+}
+
+/// Percent-decodes a URL path segment (`+` stays `+`).
+///
+/// # Errors
+/// A `%` without two hex digits after it.
+pub fn decode_path(input: &[u8]) -> Result<Vec<u8>, BadEscape> {
+    decode_with(input, false)
+}
+
+fn decode_with(input: &[u8], plus_is_space: bool) -> Result<Vec<u8>, BadEscape> {
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {
         match input[i] {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' => {
                 let hi = input.get(i + 1).copied().and_then(hex);
                 let lo = input.get(i + 2).copied().and_then(hex);
@@ -100,6 +112,7 @@ mod tests {
             assert_eq!(decode(input).as_deref(), Ok(*want), "{input:?}");
         }
         assert_eq!(decode(b"a%2"), Err(BadEscape(1)));
+        assert_eq!(decode_path(b"a+b%2F").as_deref(), Ok(&b"a+b/"[..]));
         assert_eq!(decode(b"%zz"), Err(BadEscape(0)));
     }
 

@@ -9,7 +9,7 @@
 use std::fmt;
 
 /// Size limits applied while parsing.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Request line plus headers, in bytes.
     pub max_head: usize,
@@ -55,6 +55,12 @@ pub struct Request {
     pub form_body: bool,
     /// Carries `X-Corekv-Forwarded`: another node already routed it.
     pub forwarded: bool,
+    /// `Authorization` header value.
+    pub authorization: Option<Vec<u8>>,
+    /// `If-Match` header value.
+    pub if_match: Option<Vec<u8>>,
+    /// `If-None-Match` header value.
+    pub if_none_match: Option<Vec<u8>>,
 }
 
 /// Result of parsing the start of a buffer.
@@ -154,6 +160,9 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
     let mut keep_alive = version >= 1;
     let mut form_body = false;
     let mut forwarded = false;
+    let mut authorization = None;
+    let mut if_match = None;
+    let mut if_none_match = None;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -192,6 +201,12 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
                 && h.value[..33].eq_ignore_ascii_case(b"application/x-www-form-urlencoded");
         } else if name.eq_ignore_ascii_case("x-corekv-forwarded") {
             forwarded = true;
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(h.value.to_vec());
+        } else if name.eq_ignore_ascii_case("if-match") {
+            if_match = Some(h.value.to_vec());
+        } else if name.eq_ignore_ascii_case("if-none-match") {
+            if_none_match = Some(h.value.to_vec());
         }
     }
     let body_len = content_length.unwrap_or(0);
@@ -216,6 +231,9 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
             keep_alive,
             form_body,
             forwarded,
+            authorization,
+            if_match,
+            if_none_match,
         },
         total,
     ))

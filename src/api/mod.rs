@@ -1,0 +1,516 @@
+//! The HTTP API: the only place that knows URLs, parameters and status
+//! codes. Turns a parsed request into a [`KvRequest`], routes it (this
+//! node, an executor of this process, a remote host), executes it against
+//! the node's store when it is the owner, and maps every outcome and error
+//! to a [`Response`] in one place each.
+//!
+//! Layout: `seed` parses `/get`, `/set`, `/delete`; `rest` parses
+//! `/v1/kv/{key}`, `/v1/batch` and listings; `ops` answers `/status`,
+//! `/health`, `/ready` and `/metrics`; this file holds routing, execution,
+//! authorisation and the error-to-status mapping.
+//!
+//! Per executor. Depends on `router`, `shard`, `replication`, `protocol`,
+//! `metrics`, `topology` and `http`. Invariants: a request that arrived
+//! forwarded is never forwarded again; replicas refuse writes with 403
+//! naming the primary; every data response carries `X-Shard` and
+//! `X-Served-By`.
+
+mod ops;
+mod rest;
+mod seed;
+
+use crate::http::client::{ClientError, ClientResponse};
+use crate::http::encode::{BYTES, JSON, Response, TEXT};
+use crate::http::parse::Request;
+use crate::metrics::Metrics;
+use crate::protocol::{KvOp, KvRequest, Scan, Style};
+use crate::replication::{PrimaryLog, SeqWatch};
+use crate::router::{ForwardError, Route, Router};
+use crate::shard::{NodeStats, Shard};
+use crate::storage::{Cond, Outcome, SnapshotPage, Write, WriteOp};
+use crate::topology::{NodeInfo, Role};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Largest accepted key by default, in bytes (`--max-key`).
+pub const DEFAULT_MAX_KEY: usize = 8 * 1024;
+/// Default and largest wait for `min_seq`, in milliseconds.
+pub const MIN_SEQ_WAIT_MS: u64 = 2_000;
+pub const MAX_MIN_SEQ_WAIT_MS: u64 = 10_000;
+
+/// What `/status`, `/ready` and `/metrics` show: every node of this process.
+pub type LocalNodes = Arc<Vec<(NodeInfo, Arc<NodeStats>, Arc<Metrics>)>>;
+
+/// A request-level failure; [`ApiError::response`] is the one place that
+/// maps these to status codes.
+#[derive(Debug)]
+pub enum ApiError {
+    UnknownPath,
+    MethodNotAllowed(&'static str),
+    BadEncoding(&'static str),
+    MissingParam(&'static str),
+    BadParam(&'static str, &'static str),
+    EmptyKey,
+    KeyTooLarge {
+        len: usize,
+        max: usize,
+    },
+    TooManyOps(usize),
+    BadBody(String),
+    Unauthorized,
+    Forbidden,
+    ReadOnlyReplica {
+        node: String,
+        primary: String,
+    },
+    Misdirected {
+        node: String,
+        shard: usize,
+    },
+    Behind {
+        node: String,
+        applied: u64,
+        wanted: u64,
+        waited_ms: u64,
+    },
+    Storage(String),
+    Owner {
+        owner: String,
+        error: ForwardError,
+    },
+}
+
+impl ApiError {
+    #[must_use]
+    pub fn response(&self) -> Response {
+        let (status, msg) = match self {
+            Self::UnknownPath => (
+                404,
+                "unknown path; see README.md for the endpoints (/get, /set, /delete, /v1/kv/KEY, /status, ...)".to_string(),
+            ),
+            Self::MethodNotAllowed(allow) => {
+                return Response::text(405, &format!("method not allowed; use {allow}"))
+                    .with_header("Allow", (*allow).to_string());
+            }
+            Self::BadEncoding(what) => (400, format!("bad percent-encoding in {what}")),
+            Self::MissingParam(p) => (400, format!("missing required parameter `{p}`")),
+            Self::BadParam(p, why) => (400, format!("bad `{p}`: {why}")),
+            Self::EmptyKey => (400, "empty key: a key must be at least one byte".into()),
+            Self::KeyTooLarge { len, max } => (
+                413,
+                format!("key too large: {len} bytes, the limit is {max}"),
+            ),
+            Self::TooManyOps(n) => (
+                413,
+                format!("batch too large: {n} operations, the limit is {}", rest::MAX_BATCH_OPS),
+            ),
+            Self::BadBody(why) => (400, format!("bad request body: {why}")),
+            Self::Unauthorized => {
+                return Response::text(401, "this request needs a token: send `Authorization: Bearer <token>`")
+                    .with_header("WWW-Authenticate", "Bearer".to_string());
+            }
+            Self::Forbidden => (403, "wrong token".into()),
+            Self::ReadOnlyReplica { node, primary } => (
+                403,
+                format!("{node} is a read-only replica; send writes to the primary at {primary}"),
+            ),
+            Self::Misdirected { node, shard } => (
+                421,
+                format!(
+                    "{node} does not own shard {shard} and does not forward forwarded requests (do all hosts use the same sharding.toml?)"
+                ),
+            ),
+            Self::Behind {
+                node,
+                applied,
+                wanted,
+                waited_ms,
+            } => (
+                504,
+                format!("{node} has applied seq {applied}, not yet {wanted}, after waiting {waited_ms} ms"),
+            ),
+            Self::Storage(e) => (500, format!("storage failure: {e}")),
+            Self::Owner { owner, error } => {
+                let status = match error {
+                    ForwardError::Remote(ClientError::Timeout) => 504,
+                    ForwardError::Remote(ClientError::Connect(_) | ClientError::Resolve(_))
+                    | ForwardError::PeerStopped => 503,
+                    ForwardError::Remote(_) => 502,
+                };
+                (status, format!("owner {owner} unreachable: {error}"))
+            }
+        };
+        Response::text(status, &msg)
+    }
+}
+
+/// What executing a request against the owner's store produced.
+enum Executed {
+    Value {
+        value: Vec<u8>,
+        version: u64,
+    },
+    NotFound,
+    /// A conditional read whose `If-None-Match` matched the version.
+    NotModified {
+        version: u64,
+    },
+    Written {
+        seq: u64,
+    },
+    ConditionFailed {
+        current: Option<u64>,
+    },
+}
+
+/// One node's request handler.
+pub struct Api {
+    router: Router,
+    shard: Rc<Shard>,
+    primary: Option<Rc<PrimaryLog>>,
+    /// Committed (primary) or applied (replica) seq of this node.
+    seq: Rc<SeqWatch>,
+    locals: LocalNodes,
+    metrics: Arc<Metrics>,
+    token: Option<Arc<str>>,
+    max_key: usize,
+    shard_header: String,
+}
+
+impl Api {
+    #[must_use]
+    pub fn new(
+        router: Router,
+        shard: Rc<Shard>,
+        primary: Option<Rc<PrimaryLog>>,
+        seq: Rc<SeqWatch>,
+        locals: LocalNodes,
+        token: Option<Arc<str>>,
+        max_key: usize,
+    ) -> Self {
+        let me = router.me().id;
+        let metrics = locals
+            .iter()
+            .find(|(n, _, _)| n.id == me)
+            .map_or_else(|| Arc::new(Metrics::default()), |(_, _, m)| m.clone());
+        let shard_header = router.me().shard.to_string();
+        Self {
+            router,
+            shard,
+            primary,
+            seq,
+            locals,
+            metrics,
+            token,
+            max_key,
+            shard_header,
+        }
+    }
+
+    fn me(&self) -> &NodeInfo {
+        self.router.me()
+    }
+
+    #[must_use]
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Answers a request from a client connection and counts it.
+    pub async fn handle(self: &Rc<Self>, req: Request) -> Response {
+        let started = Instant::now();
+        let (endpoint, result) = self.route_path(req).await;
+        let resp = result.unwrap_or_else(|e| e.response());
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.metrics.record(endpoint, resp.status, micros);
+        resp
+    }
+
+    async fn route_path(self: &Rc<Self>, req: Request) -> (usize, Result<Response, ApiError>) {
+        match req.path.as_slice() {
+            b"/get" | b"/set" | b"/delete" => {
+                let endpoint = match req.path.as_slice() {
+                    b"/get" => 0,
+                    b"/set" => 1,
+                    _ => 2,
+                };
+                let result = match seed::parse(&req, self.max_key) {
+                    Ok(kv) => self.authorized_kv(&req, kv).await,
+                    Err(e) => Err(e),
+                };
+                (endpoint, result)
+            }
+            b"/v1/batch" => (4, self.batch(&req).await),
+            b"/v1/kv" => (5, self.list(&req).await),
+            p if p.starts_with(b"/v1/kv/") => {
+                let result = match rest::parse_kv(&req, self.max_key) {
+                    Ok(kv) => self.authorized_kv(&req, kv).await,
+                    Err(e) => Err(e),
+                };
+                (3, result)
+            }
+            b"/status" => (6, Ok(self.status())),
+            b"/metrics" => (7, Ok(self.metrics_text())),
+            b"/health" => (8, Ok(Response::text(200, "ok"))),
+            b"/ready" => (9, Ok(self.ready())),
+            b"/internal/pull" | b"/internal/scan" => (10, self.internal(&req).await),
+            _ => (11, Err(ApiError::UnknownPath)),
+        }
+    }
+
+    /// Checks the shared token, when one is configured.
+    fn authorize(&self, req: &Request) -> Result<(), ApiError> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let Some(given) = req.authorization.as_deref() else {
+            return Err(ApiError::Unauthorized);
+        };
+        let given = given.strip_prefix(b"Bearer ").unwrap_or(given).trim_ascii();
+        if constant_time_eq(given, token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden)
+        }
+    }
+
+    async fn authorized_kv(&self, req: &Request, kv: KvRequest) -> Result<Response, ApiError> {
+        if kv.op != KvOp::Get {
+            self.authorize(req)?;
+        }
+        self.dispatch(kv, req.forwarded).await
+    }
+
+    /// Answers a request another executor of this process forwarded here.
+    pub async fn handle_forwarded(&self, kv: KvRequest) -> Response {
+        self.dispatch(kv, true)
+            .await
+            .unwrap_or_else(|e| e.response())
+    }
+
+    async fn dispatch(&self, kv: KvRequest, forwarded: bool) -> Result<Response, ApiError> {
+        let topo = self.router.topology();
+        let shard = topo.shard_for(&kv.key);
+        let me = self.me();
+        let write = kv.op != KvOp::Get;
+        if write && matches!(me.role, Role::Replica(_)) {
+            return Err(ApiError::ReadOnlyReplica {
+                node: me.name.clone(),
+                primary: topo.primary_of(shard).address.clone(),
+            });
+        }
+        if shard == me.shard {
+            return self.execute(kv).await;
+        }
+        if forwarded {
+            return Err(ApiError::Misdirected {
+                node: me.name.clone(),
+                shard,
+            });
+        }
+        let owner = topo.primary_of(shard);
+        let owner_err = |error| ApiError::Owner {
+            owner: format!("{} ({})", owner.name, owner.address),
+            error,
+        };
+        match self.router.route_to(owner) {
+            Route::Local => self.execute(kv).await,
+            Route::Peer(tx) => {
+                self.metrics.forwarded_peer.fetch_add(1, Ordering::Relaxed);
+                self.router.to_peer(&tx, kv).await.map_err(owner_err)
+            }
+            Route::Remote(addr) => {
+                self.metrics
+                    .forwarded_remote
+                    .fetch_add(1, Ordering::Relaxed);
+                let bytes = match kv.style {
+                    Style::Seed => seed::forward_bytes(&addr, &kv, self.token.as_deref()),
+                    Style::Rest => rest::forward_bytes(&addr, &kv, self.token.as_deref()),
+                };
+                let resp = self
+                    .router
+                    .to_remote(&addr, &bytes)
+                    .await
+                    .map_err(owner_err)?;
+                Ok(from_remote(resp))
+            }
+        }
+    }
+
+    /// Runs `kv` against this node's own store and formats the answer.
+    async fn execute(&self, kv: KvRequest) -> Result<Response, ApiError> {
+        if kv.min_seq > 0
+            && !self
+                .seq
+                .wait_for(kv.min_seq, Duration::from_millis(kv.wait_ms))
+                .await
+        {
+            return Err(ApiError::Behind {
+                node: self.me().name.clone(),
+                applied: self.seq.get(),
+                wanted: kv.min_seq,
+                waited_ms: kv.wait_ms,
+            });
+        }
+        let style = kv.style;
+        let cond = kv.cond;
+        let is_delete = matches!(kv.op, KvOp::Delete);
+        let executed = match kv.op {
+            KvOp::Get => match self
+                .shard
+                .get(&kv.key)
+                .map_err(|e| ApiError::Storage(e.to_string()))?
+            {
+                // On a read, a version condition is If-None-Match.
+                Some(v) if cond == Cond::Version(v.seq) => Executed::NotModified { version: v.seq },
+                Some(v) => Executed::Value {
+                    value: v.value,
+                    version: v.seq,
+                },
+                None => Executed::NotFound,
+            },
+            KvOp::Set(value) => {
+                self.write(WriteOp::Set { key: kv.key, value }, cond)
+                    .await?
+            }
+            KvOp::Delete => self.write(WriteOp::Delete { key: kv.key }, cond).await?,
+        };
+        Ok(self.tag(format(style, is_delete, executed)))
+    }
+
+    async fn write(&self, op: WriteOp, cond: Cond) -> Result<Executed, ApiError> {
+        let outcome = self
+            .shard
+            .write(Write { op, cond })
+            .await
+            .map_err(|e| ApiError::Storage(e.to_string()))?;
+        Ok(match outcome {
+            Outcome::Committed(seq) => {
+                self.seq.advance(seq);
+                Executed::Written { seq }
+            }
+            Outcome::ConditionFailed { current } => Executed::ConditionFailed { current },
+        })
+    }
+
+    fn tag(&self, resp: Response) -> Response {
+        let mut resp = resp
+            .with_header("X-Shard", self.shard_header.clone())
+            .with_header("X-Served-By", self.me().name.clone());
+        if matches!(self.me().role, Role::Replica(_)) {
+            resp = resp.with_header("X-Applied-Seq", self.seq.get().to_string());
+        }
+        resp
+    }
+
+    /// One page of keys with `prefix` after `after` from `shard`'s primary.
+    async fn scan_shard(&self, shard: usize, scan: Scan) -> Result<SnapshotPage, ApiError> {
+        let topo = self.router.topology();
+        let owner = topo.primary_of(shard);
+        let owner_err = |error| ApiError::Owner {
+            owner: format!("{} ({})", owner.name, owner.address),
+            error,
+        };
+        match self.router.route_to(owner) {
+            Route::Local => self.scan_local(&scan),
+            Route::Peer(tx) => self
+                .router
+                .scan_peer(&tx, scan)
+                .await
+                .map_err(owner_err)?
+                .map_err(ApiError::Storage),
+            Route::Remote(addr) => {
+                let bytes = rest::scan_request_bytes(&addr, &scan, self.token.as_deref());
+                let resp = self
+                    .router
+                    .to_remote(&addr, &bytes)
+                    .await
+                    .map_err(owner_err)?;
+                rest::decode_scan_reply(&resp)
+            }
+        }
+    }
+
+    /// Scans this node's own store (primaries only).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn scan_local(&self, scan: &Scan) -> Result<SnapshotPage, ApiError> {
+        self.shard
+            .store()
+            .scan_prefix(&scan.prefix, scan.after.as_deref(), scan.limit)
+            .map_err(|e| ApiError::Storage(e.to_string()))
+    }
+}
+
+/// Formats an execution result in the style of the API it came in on.
+fn format(style: Style, is_delete: bool, executed: Executed) -> Response {
+    let etag = |v: u64| format!("\"{v}\"");
+    match (style, executed) {
+        (Style::Seed, Executed::Value { value, version }) => {
+            Response::new(200, BYTES, value).with_header("X-Version", version.to_string())
+        }
+        (Style::Rest, Executed::Value { value, version }) => {
+            Response::new(200, BYTES, value).with_header("ETag", etag(version))
+        }
+        (_, Executed::NotFound) => Response::text(404, "key not found"),
+        (Style::Rest, Executed::Written { seq }) if is_delete => {
+            Response::new(204, TEXT, Vec::new()).with_header("X-Seq", seq.to_string())
+        }
+        (Style::Seed, Executed::Written { seq }) => {
+            Response::text(200, "OK").with_header("X-Seq", seq.to_string())
+        }
+        (Style::Rest, Executed::Written { seq }) => Response::text(200, "OK")
+            .with_header("ETag", etag(seq))
+            .with_header("X-Seq", seq.to_string()),
+        (_, Executed::NotModified { version }) => {
+            Response::new(304, TEXT, Vec::new()).with_header("ETag", etag(version))
+        }
+        (_, Executed::ConditionFailed { current }) => {
+            let msg = match current {
+                Some(v) => format!("precondition failed: the key's current version is {v}"),
+                None => "precondition failed: the key does not exist".to_string(),
+            };
+            let resp = Response::text(412, &msg);
+            match current {
+                Some(v) => resp.with_header("ETag", etag(v)),
+                None => resp,
+            }
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Passes a remote owner's answer through: status, body and our headers.
+fn from_remote(resp: ClientResponse) -> Response {
+    let content_type = match resp.header("content-type") {
+        Some(t) if t.starts_with("application/octet-stream") => BYTES,
+        Some(t) if t.starts_with("application/json") => JSON,
+        _ => TEXT,
+    };
+    let mut out = Response::new(resp.status, content_type, Vec::new());
+    for name in [
+        "X-Shard",
+        "X-Served-By",
+        "X-Seq",
+        "X-Version",
+        "X-Applied-Seq",
+        "ETag",
+        "Allow",
+        "WWW-Authenticate",
+    ] {
+        if let Some(v) = resp.header(name) {
+            out.headers.push((name, v.to_string()));
+        }
+    }
+    out.body = resp.body;
+    out
+}

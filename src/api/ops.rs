@@ -1,0 +1,175 @@
+//! Operational endpoints: `/status` (JSON), `/ready`, `/metrics`
+//! (Prometheus text) and the internal endpoints other nodes call
+//! (`/internal/pull` for replication, `/internal/scan` for listings).
+//!
+//! Reads every local node's published counters; never blocks.
+
+use super::{Api, ApiError};
+use crate::http::encode::{BYTES, JSON, Response};
+use crate::http::form;
+use crate::http::parse::Request;
+use crate::metrics;
+use crate::protocol::{Pull, PullKind, PullReply, Scan, encode_reply};
+use crate::replication::ReplicaState;
+use crate::topology::Role;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// A replica further behind than this many entries is not ready.
+pub const READY_MAX_LAG: u64 = 1000;
+
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+impl Api {
+    pub(super) fn status(&self) -> Response {
+        let mut out = String::from("{\"served_by\":");
+        json_str(&mut out, &self.me().name);
+        out.push_str(",\"nodes\":[");
+        for (i, (node, stats, m)) in self.locals.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let seq = stats.seq.load(Ordering::Acquire);
+            out.push_str("{\"name\":");
+            json_str(&mut out, &node.name);
+            out.push_str(",\"address\":");
+            json_str(&mut out, &node.address);
+            let _ = write!(
+                out,
+                ",\"shard\":{},\"keys\":{},\"commits\":{},\"committed_writes\":{},\"open_connections\":{}",
+                node.shard,
+                stats.keys.load(Ordering::Relaxed),
+                stats.commits.load(Ordering::Relaxed),
+                stats.committed_writes.load(Ordering::Relaxed),
+                m.open_connections.load(Ordering::Relaxed),
+            );
+            match node.role {
+                Role::Primary => {
+                    let _ = write!(out, ",\"role\":\"primary\",\"committed_seq\":{seq}");
+                }
+                Role::Replica(_) => {
+                    let primary = stats.primary_seq.load(Ordering::Relaxed);
+                    let state = ReplicaState::from_code(stats.state.load(Ordering::Relaxed));
+                    let _ = write!(
+                        out,
+                        ",\"role\":\"replica\",\"applied_seq\":{seq},\"primary_seq\":{primary},\"lag\":{},\"state\":\"{}\"",
+                        primary.saturating_sub(seq),
+                        state.name()
+                    );
+                }
+            }
+            out.push('}');
+        }
+        out.push_str("]}\n");
+        Response::new(200, JSON, out.into_bytes())
+    }
+
+    /// 200 when every local replica follows its primary within
+    /// [`READY_MAX_LAG`] entries; 503 naming the ones that do not.
+    pub(super) fn ready(&self) -> Response {
+        let mut behind = Vec::new();
+        for (node, stats, _) in self.locals.iter() {
+            if let Role::Replica(_) = node.role {
+                let state = ReplicaState::from_code(stats.state.load(Ordering::Relaxed));
+                let lag = stats
+                    .primary_seq
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(stats.seq.load(Ordering::Acquire));
+                if state != ReplicaState::Following || lag > READY_MAX_LAG {
+                    behind.push(format!("{} ({}, lag {lag})", node.name, state.name()));
+                }
+            }
+        }
+        if behind.is_empty() {
+            Response::text(200, "ready")
+        } else {
+            Response::text(503, &format!("not ready: {}", behind.join(", ")))
+        }
+    }
+
+    pub(super) fn metrics_text(&self) -> Response {
+        let body = metrics::render(&self.locals).into_bytes();
+        Response::new(200, "text/plain; version=0.0.4; charset=utf-8", body)
+    }
+
+    /// `/internal/pull` and `/internal/scan`: only primaries answer; the
+    /// token is required when one is configured.
+    pub(super) async fn internal(&self, req: &Request) -> Result<Response, ApiError> {
+        self.authorize(req)?;
+        if self.me().role != Role::Primary {
+            return Err(ApiError::Misdirected {
+                node: self.me().name.clone(),
+                shard: self.me().shard,
+            });
+        }
+        let params = form::parse_pairs(&req.query).map_err(|_| ApiError::BadEncoding("query"))?;
+        let get = |name: &str| {
+            params
+                .iter()
+                .find(|(n, _)| n == name.as_bytes())
+                .map(|(_, v)| v.clone())
+        };
+        let num = |name: &'static str| -> Result<u64, ApiError> {
+            get(name)
+                .and_then(|v| String::from_utf8(v).ok())
+                .and_then(|v| v.parse().ok())
+                .ok_or(ApiError::MissingParam(name))
+        };
+        let reply = if req.path == b"/internal/scan" {
+            let scan = Scan {
+                prefix: get("prefix").unwrap_or_default(),
+                after: get("after"),
+                limit: usize::try_from(num("limit")?)
+                    .unwrap_or(usize::MAX)
+                    .min(10_000),
+            };
+            match self.scan_local(&scan) {
+                Ok(pairs) => PullReply::Snapshot {
+                    seq: 0,
+                    pairs,
+                    done: true,
+                },
+                Err(e) => return Err(e),
+            }
+        } else {
+            let Some(primary) = &self.primary else {
+                return Err(ApiError::UnknownPath);
+            };
+            let replica = get("replica")
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                .ok_or(ApiError::MissingParam("replica"))?;
+            let kind = if get("snapshot").is_some() {
+                PullKind::Snapshot {
+                    after_key: get("after_key"),
+                }
+            } else {
+                PullKind::Log {
+                    after: num("after")?,
+                }
+            };
+            let wait = Duration::from_millis(num("wait_ms").unwrap_or(0));
+            primary
+                .serve(Pull {
+                    replica,
+                    kind,
+                    wait,
+                })
+                .await
+        };
+        Ok(Response::new(200, BYTES, encode_reply(&reply)))
+    }
+}

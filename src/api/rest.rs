@@ -1,0 +1,428 @@
+//! The RESTful API beside the seed endpoints: `/v1/kv/{key}` (GET, HEAD,
+//! PUT, DELETE with raw bodies, ETags and conditional requests),
+//! `POST /v1/batch` (many keys in one request) and `GET /v1/kv?prefix=`
+//! (a listing across all shards with a limit and a cursor).
+//!
+//! Depends on the parent module's routing and on serde_json for the batch
+//! and listing bodies.
+
+use super::seed::{check_key, forward_head, read_wait};
+use super::{Api, ApiError};
+use crate::http::client::ClientResponse;
+use crate::http::encode::{JSON, Response};
+use crate::http::form;
+use crate::http::parse::{Method, Request};
+use crate::protocol::{KvOp, KvRequest, PullReply, Scan, Style, decode_reply};
+use crate::storage::{Cond, SnapshotPage};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use std::rc::Rc;
+
+/// Most operations in one batch.
+pub const MAX_BATCH_OPS: usize = 1000;
+/// Default and largest page of a listing.
+const DEFAULT_LIST_LIMIT: usize = 100;
+const MAX_LIST_LIMIT: usize = 1000;
+
+/// Parses an entity tag: `*`, `"12"` or `12`.
+fn parse_etag(raw: &[u8], header: &'static str) -> Result<Option<u64>, ApiError> {
+    let t = raw.trim_ascii();
+    if t == b"*" {
+        return Ok(None);
+    }
+    let inner = t
+        .strip_prefix(b"\"")
+        .and_then(|x| x.strip_suffix(b"\""))
+        .unwrap_or(t);
+    std::str::from_utf8(inner)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Some)
+        .ok_or(ApiError::BadParam(
+            header,
+            "must be * or a version such as \"12\"",
+        ))
+}
+
+/// `/v1/kv/{key}`.
+pub(super) fn parse_kv(req: &Request, max_key: usize) -> Result<KvRequest, ApiError> {
+    let raw_key = &req.path[b"/v1/kv/".len()..];
+    let key = form::decode_path(raw_key).map_err(|_| ApiError::BadEncoding("path"))?;
+    let key = check_key(key, max_key)?;
+    let if_match = req
+        .if_match
+        .as_deref()
+        .map(|v| parse_etag(v, "If-Match"))
+        .transpose()?;
+    let if_none_match = req
+        .if_none_match
+        .as_deref()
+        .map(|v| parse_etag(v, "If-None-Match"))
+        .transpose()?;
+    let (op, cond) = match req.method {
+        Method::Get | Method::Head => {
+            // A read with a matching If-None-Match version answers 304.
+            let cond = match if_none_match {
+                Some(Some(v)) => Cond::Version(v),
+                _ => Cond::Always,
+            };
+            (KvOp::Get, cond)
+        }
+        Method::Put | Method::Delete => {
+            let cond = match (if_match, if_none_match) {
+                (Some(_), Some(_)) => {
+                    return Err(ApiError::BadParam(
+                        "If-Match",
+                        "cannot be combined with If-None-Match",
+                    ));
+                }
+                (Some(None), None) => Cond::Present,
+                (Some(Some(v)), None) => Cond::Version(v),
+                (None, Some(None)) => Cond::Absent,
+                (None, Some(Some(_))) => {
+                    return Err(ApiError::BadParam(
+                        "If-None-Match",
+                        "on writes only * is supported",
+                    ));
+                }
+                (None, None) => Cond::Always,
+            };
+            let op = if req.method == Method::Put {
+                KvOp::Set(req.body.clone())
+            } else {
+                KvOp::Delete
+            };
+            (op, cond)
+        }
+        _ => return Err(ApiError::MethodNotAllowed("GET, HEAD, PUT, DELETE")),
+    };
+    let mut params = form::parse_pairs(&req.query).map_err(|_| ApiError::BadEncoding("query"))?;
+    let mut take = |name: &str| {
+        params
+            .iter()
+            .position(|(n, _)| n == name.as_bytes())
+            .map(|i| params.remove(i).1)
+    };
+    let (min_seq, wait_ms) = read_wait(&mut take)?;
+    Ok(KvRequest {
+        op,
+        key,
+        min_seq,
+        wait_ms,
+        cond,
+        style: Style::Rest,
+    })
+}
+
+/// The bytes of a REST-style `kv` sent to its owner on another host.
+pub(super) fn forward_bytes(addr: &str, kv: &KvRequest, token: Option<&str>) -> Vec<u8> {
+    let mut target = b"/v1/kv/".to_vec();
+    form::encode_into(&kv.key, &mut target);
+    if kv.min_seq > 0 {
+        target.extend_from_slice(
+            format!("?min_seq={}&wait_ms={}", kv.min_seq, kv.wait_ms).as_bytes(),
+        );
+    }
+    let (method, body): (&str, &[u8]) = match &kv.op {
+        KvOp::Get => ("GET", &[]),
+        KvOp::Set(v) => ("PUT", v),
+        KvOp::Delete => ("DELETE", &[]),
+    };
+    let mut out = forward_head(method, &target, addr, token, body.len());
+    let cond = match (&kv.op, kv.cond) {
+        (_, Cond::Always) => String::new(),
+        (KvOp::Get, Cond::Version(v)) => format!("If-None-Match: \"{v}\"\r\n"),
+        (_, Cond::Version(v)) => format!("If-Match: \"{v}\"\r\n"),
+        (_, Cond::Present) => "If-Match: *\r\n".to_string(),
+        (_, Cond::Absent) => "If-None-Match: *\r\n".to_string(),
+    };
+    out.extend_from_slice(cond.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// `GET /internal/scan?...` for a listing page from a remote primary.
+pub(super) fn scan_request_bytes(addr: &str, scan: &Scan, token: Option<&str>) -> Vec<u8> {
+    let mut target = b"/internal/scan?limit=".to_vec();
+    target.extend_from_slice(scan.limit.to_string().as_bytes());
+    target.extend_from_slice(b"&prefix=");
+    form::encode_into(&scan.prefix, &mut target);
+    if let Some(a) = &scan.after {
+        target.extend_from_slice(b"&after=");
+        form::encode_into(a, &mut target);
+    }
+    let mut out = forward_head("GET", &target, addr, token, 0);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+pub(super) fn decode_scan_reply(resp: &ClientResponse) -> Result<SnapshotPage, ApiError> {
+    if resp.status != 200 {
+        return Err(ApiError::Storage(format!(
+            "remote scan answered {}: {}",
+            resp.status,
+            String::from_utf8_lossy(&resp.body).trim()
+        )));
+    }
+    match decode_reply(&resp.body) {
+        Ok(PullReply::Snapshot { pairs, .. }) => Ok(pairs),
+        Ok(_) => Err(ApiError::Storage(
+            "remote scan answered something else".into(),
+        )),
+        Err(e) => Err(ApiError::Storage(e.to_string())),
+    }
+}
+
+/// Puts bytes into a JSON object as `name` (UTF-8) or `name_hex`.
+fn put_bytes(obj: &mut Map<String, Value>, name: &str, bytes: &[u8]) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => obj.insert(name.to_string(), Value::String(s.to_string())),
+        Err(_) => obj.insert(format!("{name}_hex"), Value::String(hex(bytes))),
+    };
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchIn {
+    ops: Vec<OpIn>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpIn {
+    op: String,
+    key: String,
+    value: Option<String>,
+    /// Write only if the key's version is this (If-Match).
+    if_version: Option<u64>,
+    /// Write only if the key does not exist (If-None-Match: *).
+    #[serde(default)]
+    if_absent: bool,
+}
+
+fn json_response(status: u16, v: &Value) -> Response {
+    let mut body = v.to_string().into_bytes();
+    body.push(b'\n');
+    Response::new(status, JSON, body)
+}
+
+impl Api {
+    /// `POST /v1/batch`: runs every operation (concurrently, each routed to
+    /// its owner; not atomic across keys) and answers their results in order.
+    pub(super) async fn batch(self: &Rc<Self>, req: &Request) -> Result<Response, ApiError> {
+        if req.method != Method::Post {
+            return Err(ApiError::MethodNotAllowed("POST"));
+        }
+        let input: BatchIn =
+            serde_json::from_slice(&req.body).map_err(|e| ApiError::BadBody(e.to_string()))?;
+        if input.ops.len() > MAX_BATCH_OPS {
+            return Err(ApiError::TooManyOps(input.ops.len()));
+        }
+        let mut kvs = Vec::with_capacity(input.ops.len());
+        for (i, op) in input.ops.into_iter().enumerate() {
+            let bad = |why: &str| ApiError::BadBody(format!("ops[{i}]: {why}"));
+            let kind = match (op.op.as_str(), op.value) {
+                ("get", None) => KvOp::Get,
+                ("set", Some(v)) => KvOp::Set(v.into_bytes()),
+                ("delete", None) => KvOp::Delete,
+                ("set", None) => return Err(bad("`set` needs a `value`")),
+                ("get" | "delete", Some(_)) => return Err(bad("only `set` takes a `value`")),
+                _ => return Err(bad("`op` must be get, set or delete")),
+            };
+            let cond = match (op.if_version, op.if_absent) {
+                (Some(_), true) => return Err(bad("if_version and if_absent exclude each other")),
+                (Some(v), false) => Cond::Version(v),
+                (None, true) => Cond::Absent,
+                (None, false) => Cond::Always,
+            };
+            if kind == KvOp::Get && cond != Cond::Always {
+                return Err(bad("conditions apply to set and delete only"));
+            }
+            let key = check_key(op.key.into_bytes(), self.max_key).map_err(|e| match e {
+                ApiError::EmptyKey => bad("empty key"),
+                other => other,
+            })?;
+            kvs.push(KvRequest {
+                op: kind,
+                key,
+                min_seq: 0,
+                wait_ms: 0,
+                cond,
+                style: Style::Rest,
+            });
+        }
+        if kvs.iter().any(|kv| kv.op != KvOp::Get) {
+            self.authorize(req)?;
+        }
+        // Operations on one key run in request order; different keys run
+        // concurrently (so writes share group commits). Round r holds each
+        // key's r-th operation.
+        let mut rounds: Vec<usize> = Vec::with_capacity(kvs.len());
+        for (i, kv) in kvs.iter().enumerate() {
+            let prev = (0..i).rev().find(|&j| kvs[j].key == kv.key);
+            rounds.push(prev.map_or(0, |j| rounds[j] + 1));
+        }
+        let forwarded = req.forwarded;
+        let mut responses: Vec<Option<Response>> = vec![None; kvs.len()];
+        for round in 0..=rounds.iter().copied().max().unwrap_or(0) {
+            let tasks: Vec<_> = (0..kvs.len())
+                .filter(|&i| rounds[i] == round)
+                .map(|i| {
+                    let api = self.clone();
+                    let kv = kvs[i].clone();
+                    let task = glommio::spawn_local(async move {
+                        api.dispatch(kv, forwarded)
+                            .await
+                            .unwrap_or_else(|e| e.response())
+                    });
+                    (i, task)
+                })
+                .collect();
+            for (i, task) in tasks {
+                responses[i] = Some(task.await);
+            }
+        }
+        let tasks = responses;
+        let mut results = Vec::with_capacity(tasks.len());
+        for (kv, resp) in kvs.iter().zip(tasks) {
+            let Some(resp) = resp else { continue };
+            let mut obj = Map::new();
+            let op = match kv.op {
+                KvOp::Get => "get",
+                KvOp::Set(_) => "set",
+                KvOp::Delete => "delete",
+            };
+            obj.insert("op".into(), json!(op));
+            put_bytes(&mut obj, "key", &kv.key);
+            obj.insert("status".into(), json!(resp.status));
+            if let Some(v) = resp
+                .header("ETag")
+                .and_then(|e| e.trim_matches('"').parse::<u64>().ok())
+            {
+                obj.insert("version".into(), json!(v));
+            }
+            if resp.status == 200 && kv.op == KvOp::Get {
+                put_bytes(&mut obj, "value", &resp.body);
+            } else if resp.status >= 400 {
+                obj.insert(
+                    "error".into(),
+                    json!(String::from_utf8_lossy(&resp.body).trim()),
+                );
+            }
+            results.push(Value::Object(obj));
+        }
+        Ok(json_response(200, &json!({ "results": results })))
+    }
+
+    /// `GET /v1/kv?prefix=P&limit=N&cursor=C`: keys with a prefix across
+    /// all shards in key order, `limit` at a time; `next_cursor` resumes.
+    pub(super) async fn list(self: &Rc<Self>, req: &Request) -> Result<Response, ApiError> {
+        if !matches!(req.method, Method::Get | Method::Head) {
+            return Err(ApiError::MethodNotAllowed("GET, HEAD"));
+        }
+        let params = form::parse_pairs(&req.query).map_err(|_| ApiError::BadEncoding("query"))?;
+        let get = |name: &str| {
+            params
+                .iter()
+                .find(|(n, _)| n == name.as_bytes())
+                .map(|(_, v)| v.clone())
+        };
+        let prefix = get("prefix").unwrap_or_default();
+        let limit = match get("limit") {
+            None => DEFAULT_LIST_LIMIT,
+            Some(v) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|t| t.parse::<usize>().ok())
+                .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
+                .ok_or(ApiError::BadParam("limit", "must be 1..1000"))?,
+        };
+        let after = match get("cursor") {
+            None => None,
+            Some(c) if c.is_empty() => None,
+            Some(c) => Some(
+                std::str::from_utf8(&c)
+                    .ok()
+                    .and_then(unhex)
+                    .ok_or(ApiError::BadParam("cursor", "not a cursor from a listing"))?,
+            ),
+        };
+        let scan = Scan {
+            prefix,
+            after,
+            limit,
+        };
+        let tasks: Vec<_> = (0..self.router.topology().shard_count())
+            .map(|shard| {
+                let api = self.clone();
+                let scan = scan.clone();
+                glommio::spawn_local(async move { api.scan_shard(shard, scan).await })
+            })
+            .collect();
+        let mut all = Vec::new();
+        let mut shard_full = false;
+        for t in tasks {
+            let page = t.await?;
+            shard_full |= page.len() >= limit;
+            all.extend(page);
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let more = shard_full || all.len() > limit;
+        all.truncate(limit);
+        let next = if more {
+            all.last().map(|(k, _)| Value::String(hex(k)))
+        } else {
+            None
+        };
+        let items: Vec<Value> = all
+            .iter()
+            .map(|(k, v)| {
+                let mut obj = Map::new();
+                put_bytes(&mut obj, "key", k);
+                put_bytes(&mut obj, "value", &v.value);
+                obj.insert("version".into(), json!(v.seq));
+                Value::Object(obj)
+            })
+            .collect();
+        Ok(json_response(
+            200,
+            &json!({ "items": items, "next_cursor": next.unwrap_or(Value::Null) }),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_and_hex() {
+        assert_eq!(parse_etag(b"*", "If-Match").ok(), Some(None));
+        assert_eq!(parse_etag(b"\"12\"", "If-Match").ok(), Some(Some(12)));
+        assert_eq!(parse_etag(b" 7 ", "If-Match").ok(), Some(Some(7)));
+        assert!(parse_etag(b"W/\"1\"", "If-Match").is_err());
+        assert_eq!(unhex(&hex(b"\x00ab\xff")), Some(b"\x00ab\xff".to_vec()));
+        assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex("abc"), None);
+    }
+}

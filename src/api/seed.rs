@@ -1,0 +1,140 @@
+//! The seed's endpoints: `/get`, `/set`, `/delete` with query or form
+//! parameters, and the bytes of such a request forwarded to a remote owner.
+//!
+//! Pure: a parsed request in, a [`KvRequest`] or an [`ApiError`] out.
+
+use super::{ApiError, MAX_MIN_SEQ_WAIT_MS, MIN_SEQ_WAIT_MS};
+use crate::http::form;
+use crate::http::parse::{Method, Request};
+use crate::protocol::{KvOp, KvRequest, Style};
+use crate::storage::Cond;
+
+/// Parameters of a seed endpoint: the query, plus a form body on POST/PUT.
+pub(super) fn parse(req: &Request, max_key: usize) -> Result<KvRequest, ApiError> {
+    let (allow, ok) = match req.path.as_slice() {
+        b"/get" => (
+            "GET, HEAD, POST",
+            matches!(req.method, Method::Get | Method::Head | Method::Post),
+        ),
+        b"/set" => (
+            "GET, POST, PUT",
+            matches!(req.method, Method::Get | Method::Post | Method::Put),
+        ),
+        _ => (
+            "GET, POST, DELETE",
+            matches!(req.method, Method::Get | Method::Post | Method::Delete),
+        ),
+    };
+    if !ok {
+        return Err(ApiError::MethodNotAllowed(allow));
+    }
+    let mut params = form::parse_pairs(&req.query).map_err(|_| ApiError::BadEncoding("query"))?;
+    if matches!(req.method, Method::Post | Method::Put) && (req.form_body || !req.body.is_empty()) {
+        params
+            .extend(form::parse_pairs(&req.body).map_err(|_| ApiError::BadEncoding("form body"))?);
+    }
+    let mut take = |name: &str| {
+        params
+            .iter()
+            .position(|(n, _)| n == name.as_bytes())
+            .map(|i| params.remove(i).1)
+    };
+    let key = check_key(take("key").ok_or(ApiError::MissingParam("key"))?, max_key)?;
+    let op = match req.path.as_slice() {
+        b"/get" => KvOp::Get,
+        b"/set" => KvOp::Set(take("value").ok_or(ApiError::MissingParam("value"))?),
+        _ => KvOp::Delete,
+    };
+    let (min_seq, wait_ms) = read_wait(&mut take)?;
+    Ok(KvRequest {
+        op,
+        key,
+        min_seq,
+        wait_ms,
+        cond: Cond::Always,
+        style: Style::Seed,
+    })
+}
+
+/// A key must be 1..=`max_key` bytes.
+pub(super) fn check_key(key: Vec<u8>, max_key: usize) -> Result<Vec<u8>, ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::EmptyKey);
+    }
+    if key.len() > max_key {
+        return Err(ApiError::KeyTooLarge {
+            len: key.len(),
+            max: max_key,
+        });
+    }
+    Ok(key)
+}
+
+/// The optional `min_seq` and `wait_ms` parameters.
+pub(super) fn read_wait(
+    take: &mut impl FnMut(&str) -> Option<Vec<u8>>,
+) -> Result<(u64, u64), ApiError> {
+    let mut number = |name: &'static str| -> Result<Option<u64>, ApiError> {
+        take(name)
+            .map(|v| {
+                std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                    .ok_or(ApiError::BadParam(name, "must be a whole number"))
+            })
+            .transpose()
+    };
+    let min_seq = number("min_seq")?.unwrap_or(0);
+    let wait_ms = number("wait_ms")?
+        .unwrap_or(MIN_SEQ_WAIT_MS)
+        .min(MAX_MIN_SEQ_WAIT_MS);
+    Ok((min_seq, wait_ms))
+}
+
+/// Common headers of a request forwarded to another host.
+pub(super) fn forward_head(
+    method: &str,
+    target: &[u8],
+    addr: &str,
+    token: Option<&str>,
+    body_len: usize,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + target.len());
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target);
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(addr.as_bytes());
+    out.extend_from_slice(b"\r\nX-Corekv-Forwarded: 1\r\n");
+    if let Some(t) = token {
+        out.extend_from_slice(b"Authorization: Bearer ");
+        out.extend_from_slice(t.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("Content-Length: {body_len}\r\n").as_bytes());
+    out
+}
+
+/// The bytes of a seed-style `kv` sent to its owner on another host.
+pub(super) fn forward_bytes(addr: &str, kv: &KvRequest, token: Option<&str>) -> Vec<u8> {
+    let mut body = b"key=".to_vec();
+    form::encode_into(&kv.key, &mut body);
+    let path: &[u8] = match &kv.op {
+        KvOp::Get => b"/get",
+        KvOp::Set(value) => {
+            body.extend_from_slice(b"&value=");
+            form::encode_into(value, &mut body);
+            b"/set"
+        }
+        KvOp::Delete => b"/delete",
+    };
+    if kv.min_seq > 0 {
+        body.extend_from_slice(
+            format!("&min_seq={}&wait_ms={}", kv.min_seq, kv.wait_ms).as_bytes(),
+        );
+    }
+    let mut out = forward_head("POST", path, addr, token, body.len());
+    out.extend_from_slice(b"Content-Type: application/x-www-form-urlencoded\r\n\r\n");
+    out.extend_from_slice(&body);
+    out
+}
