@@ -35,39 +35,7 @@ const SNAPSHOT_PAGE: usize = 10_000;
 /// How long a primary holds a log pull open when there is nothing new.
 pub const LONG_POLL: Duration = Duration::from_secs(2);
 
-/// Where a replica is in following its primary (published in `/status`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReplicaState {
-    Connecting = 0,
-    Following = 1,
-    CatchingUp = 2,
-    Reseeding = 3,
-    Disconnected = 4,
-}
-
-impl ReplicaState {
-    #[must_use]
-    pub fn from_code(code: u64) -> Self {
-        match code {
-            1 => Self::Following,
-            2 => Self::CatchingUp,
-            3 => Self::Reseeding,
-            4 => Self::Disconnected,
-            _ => Self::Connecting,
-        }
-    }
-
-    #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Connecting => "connecting",
-            Self::Following => "following",
-            Self::CatchingUp => "catching-up",
-            Self::Reseeding => "reseeding",
-            Self::Disconnected => "disconnected",
-        }
-    }
-}
+pub use crate::shard::ReplicaState;
 
 /// A node's durable seq (committed on a primary, applied on a replica)
 /// as seen by its own executor, with waiters for it to reach a target.

@@ -8,7 +8,8 @@
 //! commit form the next batch. Blocking disk work therefore never runs on
 //! an executor's network loop.
 
-use crate::storage::{LogEntry, Outcome, StorageError, Store, Versioned, Write};
+use crate::storage::{LogEntry, Outcome, ReadView, StorageError, Store, Versioned, Write};
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,10 +33,49 @@ pub struct NodeStats {
     pub batch_sizes: [AtomicU64; BATCH_BUCKETS],
 }
 
+/// Where a replica is in following its primary (published in `/status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicaState {
+    Connecting = 0,
+    Following = 1,
+    CatchingUp = 2,
+    Reseeding = 3,
+    Disconnected = 4,
+}
+
+impl ReplicaState {
+    #[must_use]
+    pub fn from_code(code: u64) -> Self {
+        match code {
+            1 => Self::Following,
+            2 => Self::CatchingUp,
+            3 => Self::Reseeding,
+            4 => Self::Disconnected,
+            _ => Self::Connecting,
+        }
+    }
+
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Following => "following",
+            Self::CatchingUp => "catching-up",
+            Self::Reseeding => "reseeding",
+            Self::Disconnected => "disconnected",
+        }
+    }
+}
+
 /// Buckets of [`NodeStats::batch_sizes`]: powers of two 1..=4096, then +Inf.
 pub const BATCH_BUCKETS: usize = 14;
 
 impl NodeStats {
+    /// True while a replica re-seed replaces the data under the same seq.
+    fn reseeding(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == ReplicaState::Reseeding as u64
+    }
+
     fn record_batch(&self, size: usize) {
         let bucket = (usize::BITS - size.saturating_sub(1).leading_zeros()) as usize;
         self.batch_sizes[bucket.min(BATCH_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
@@ -78,6 +118,8 @@ pub struct Shard {
     store: Arc<Store>,
     jobs: flume::Sender<Job>,
     pub stats: Arc<NodeStats>,
+    /// A read snapshot reused until the published seq moves (see `get`).
+    view: RefCell<Option<(u64, ReadView)>>,
 }
 
 impl Shard {
@@ -101,6 +143,7 @@ impl Shard {
             store,
             jobs: tx,
             stats,
+            view: RefCell::new(None),
         })
     }
 
@@ -109,12 +152,28 @@ impl Shard {
         &self.store
     }
 
-    /// Reads `key` (on the calling thread; redb reads do not block commits).
+    /// Reads `key` on the calling thread (redb reads do not block commits).
+    ///
+    /// Reads share one read transaction until the committer publishes a
+    /// new seq. The committer publishes after a commit and before it
+    /// acknowledges any write of it, and the seq is loaded before the
+    /// snapshot is taken, so a reused snapshot holds every acknowledged
+    /// write.
     ///
     /// # Errors
     /// Storage failures.
     pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
-        self.store.get(key)
+        let seq = self.stats.seq.load(Ordering::Acquire);
+        let mut cached = self.view.borrow_mut();
+        match &*cached {
+            Some((at, view)) if *at == seq && !self.stats.reseeding() => view.get(key),
+            _ => {
+                let view = self.store.snapshot()?;
+                let found = view.get(key);
+                *cached = Some((seq, view));
+                found
+            }
+        }
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Job) -> Result<T, ShardError> {

@@ -202,6 +202,24 @@ fn decode_value(raw: &[u8]) -> Result<Versioned, StorageError> {
 /// A page of `(key, value)` pairs copied for a re-seed.
 pub type SnapshotPage = Vec<(Vec<u8>, Versioned)>;
 
+/// A read-only snapshot of a node's data (see [`Store::snapshot`]).
+pub struct ReadView {
+    table: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+}
+
+impl ReadView {
+    /// The value of `key` in this snapshot.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
+        self.table
+            .get(key)?
+            .map(|v| decode_value(v.value()))
+            .transpose()
+    }
+}
+
 /// One node's redb file.
 pub struct Store {
     db: Database,
@@ -247,6 +265,18 @@ impl Store {
         let table = txn.open_table(DATA)?;
         let found = table.get(key)?;
         found.map(|v| decode_value(v.value())).transpose()
+    }
+
+    /// A snapshot of the data table for any number of reads (one read
+    /// transaction; writes committed later are not visible in it).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn snapshot(&self) -> Result<ReadView, StorageError> {
+        let txn = self.db.begin_read()?;
+        Ok(ReadView {
+            table: txn.open_table(DATA)?,
+        })
     }
 
     /// Last committed (primary) or applied (replica) sequence number.
