@@ -39,6 +39,8 @@ options:
   --max-key BYTES      key size limit, 413 above (default: 8192)
   --idle-timeout SECS  close idle keep-alive connections (default: 60)
   --request-timeout S  time to send a whole request, 408 after (default: 10)
+  --spin-us N          executors spin N microseconds before sleeping
+                       (default: 0)
   --no-fsync           acknowledge writes before they are on disk
                        (testing only: loses acknowledged writes on a crash)
   -h, --help           print this help
@@ -128,6 +130,13 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             "--request-timeout" => {
                 opts.conn.request_timeout =
                     Duration::from_secs(number(&value("seconds")?, &name)? as u64);
+            }
+            "--spin-us" => {
+                opts.spin_before_park = Duration::from_micros(
+                    value("microseconds")?
+                        .parse()
+                        .map_err(|_| "--spin-us needs a whole number".to_string())?,
+                );
             }
             "--no-fsync" => opts.durable = false,
             other => return Err(format!("unknown option {other:?}")),

@@ -56,6 +56,8 @@ pub struct Options {
     /// Largest key in bytes.
     pub max_key: usize,
     pub log_level: Level,
+    /// glommio `spin_before_park` (zero: park at once).
+    pub spin_before_park: Duration,
 }
 
 impl Default for Options {
@@ -71,6 +73,7 @@ impl Default for Options {
             conn: ConnConfig::default(),
             max_key: crate::api::DEFAULT_MAX_KEY,
             log_level: Level::Info,
+            spin_before_park: Duration::ZERO,
         }
     }
 }
@@ -204,14 +207,14 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
     let cpus = allowed_cpus();
     let (events_tx, events_rx) = std::sync::mpsc::channel::<Event>();
     let mut stops = Vec::new();
-    for (i, ((node, shard), (mailbox, addr))) in locals
+    let placement = cpu_placement(&locals, &cpus);
+    for (((node, shard), (mailbox, addr)), cpu) in locals
         .iter()
         .cloned()
         .zip(shards)
         .zip(rxs.into_iter().zip(addrs))
-        .enumerate()
+        .zip(placement)
     {
-        let cpu = cpus[i % cpus.len()];
         let (stop_tx, stop_rx) = flume::bounded(1);
         stops.push(stop_tx);
         let name = node.name.clone();
@@ -227,6 +230,7 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
             conn: opts.conn,
             max_key: opts.max_key,
             stop: stop_rx,
+            spin_before_park: opts.spin_before_park,
         };
         let events = events_tx.clone();
         std::thread::Builder::new()
@@ -336,6 +340,7 @@ struct NodeContext {
     max_key: usize,
     /// Shutdown request; the executor answers on the enclosed channel.
     stop: flume::Receiver<flume::Sender<()>>,
+    spin_before_park: Duration,
 }
 
 fn run_executor(
@@ -346,10 +351,13 @@ fn run_executor(
 ) {
     let name = ctx.node.name.clone();
     let id = ctx.node.id;
-    let builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+    let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
         .name(&name)
         // Network I/O does not use glommio's registered DMA memory.
         .io_memory(256 * 1024);
+    if !ctx.spin_before_park.is_zero() {
+        builder = builder.spin_before_park(ctx.spin_before_park);
+    }
     let ex = match builder.make() {
         Ok(ex) => ex,
         Err(e) => {
@@ -391,6 +399,7 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
         conn: cfg,
         max_key,
         stop,
+        spin_before_park: _,
     } = ctx;
     let shard = Rc::new(shard);
     let client = Rc::new(Client::new(Duration::from_secs(1), Duration::from_secs(5)));
@@ -563,6 +572,19 @@ fn preflight(executors: usize) -> Result<(), NodeError> {
         });
     }
     Ok(())
+}
+
+/// The CPU of each local node: primaries first, round-robin, then
+/// replicas continuing the rotation, so that primaries (which take every
+/// write) spread over all CPUs before any CPU gets a second one.
+fn cpu_placement(locals: &[NodeInfo], cpus: &[usize]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..locals.len()).collect();
+    order.sort_by_key(|&i| (locals[i].role != Role::Primary, i));
+    let mut out = vec![0; locals.len()];
+    for (slot, &i) in order.iter().enumerate() {
+        out[i] = cpus[slot % cpus.len()];
+    }
+    out
 }
 
 /// CPUs this process may run on (its affinity mask), in order.
