@@ -493,13 +493,18 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
 async fn drain_mailbox(api: Rc<Api>, primary: Option<Rc<PrimaryLog>>, rx: flume::Receiver<Mail>) {
     while let Ok(mail) = rx.recv_async().await {
         match mail {
-            Mail::Kv(req, reply) => {
-                let api = api.clone();
-                glommio::spawn_local(async move {
-                    let _ = reply.send(api.handle_forwarded(req).await);
-                })
-                .detach();
-            }
+            Mail::Kv(req, reply) => match api.forwarded_read_now(req) {
+                Ok(resp) => {
+                    let _ = reply.send(resp);
+                }
+                Err(req) => {
+                    let api = api.clone();
+                    glommio::spawn_local(async move {
+                        let _ = reply.send(api.handle_forwarded(req).await);
+                    })
+                    .detach();
+                }
+            },
             Mail::Pull(pull, reply) => {
                 let primary = primary.clone();
                 glommio::spawn_local(async move {

@@ -356,21 +356,9 @@ impl Api {
         }
         let style = kv.style;
         let cond = kv.cond;
-        let is_delete = matches!(kv.op, KvOp::Delete);
+        let is_delete = kv.op == KvOp::Delete;
         let executed = match kv.op {
-            KvOp::Get => match self
-                .shard
-                .get(&kv.key)
-                .map_err(|e| ApiError::Storage(e.to_string()))?
-            {
-                // On a read, a version condition is If-None-Match.
-                Some(v) if cond == Cond::Version(v.seq) => Executed::NotModified { version: v.seq },
-                Some(v) => Executed::Value {
-                    value: v.value,
-                    version: v.seq,
-                },
-                None => Executed::NotFound,
-            },
+            KvOp::Get => return self.read_local(&kv),
             KvOp::Set(value) => {
                 self.write(WriteOp::Set { key: kv.key, value }, cond)
                     .await?
@@ -378,6 +366,38 @@ impl Api {
             KvOp::Delete => self.write(WriteOp::Delete { key: kv.key }, cond).await?,
         };
         Ok(self.tag(format(style, is_delete, executed)))
+    }
+
+    /// A read of this node's own store (never waits).
+    fn read_local(&self, kv: &KvRequest) -> Result<Response, ApiError> {
+        let executed = match self
+            .shard
+            .get(&kv.key)
+            .map_err(|e| ApiError::Storage(e.to_string()))?
+        {
+            // On a read, a version condition is If-None-Match.
+            Some(v) if kv.cond == Cond::Version(v.seq) => Executed::NotModified { version: v.seq },
+            Some(v) => Executed::Value {
+                value: v.value,
+                version: v.seq,
+            },
+            None => Executed::NotFound,
+        };
+        Ok(self.tag(format(kv.style, false, executed)))
+    }
+
+    /// Answers a forwarded request at once when that needs no waiting (a
+    /// plain read of this node's shard); otherwise hands the request back.
+    ///
+    /// # Errors
+    /// Gives `kv` back when it must go through [`Api::handle_forwarded`].
+    pub fn forwarded_read_now(&self, kv: KvRequest) -> Result<Response, KvRequest> {
+        let own = self.router.topology().shard_for(&kv.key) == self.me().shard;
+        if kv.op == KvOp::Get && kv.min_seq == 0 && own {
+            Ok(self.read_local(&kv).unwrap_or_else(|e| e.response()))
+        } else {
+            Err(kv)
+        }
     }
 
     async fn write(&self, op: WriteOp, cond: Cond) -> Result<Executed, ApiError> {
