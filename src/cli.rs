@@ -50,7 +50,7 @@ options:
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
-    Run(Options),
+    Run(Box<Options>),
     Help,
     Version,
 }
@@ -142,7 +142,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             other => return Err(format!("unknown option {other:?}")),
         }
     }
-    Ok(Command::Run(opts))
+    Ok(Command::Run(Box::new(opts)))
 }
 
 #[cfg(test)]
@@ -155,7 +155,7 @@ mod tests {
 
     #[test]
     fn defaults_and_options() {
-        assert_eq!(parse(args(&[])), Ok(Command::Run(Options::default())));
+        assert_eq!(parse(args(&[])), Ok(Command::Run(Box::default())));
         let Ok(Command::Run(o)) = parse(args(&[
             "--config",
             "c.toml",
