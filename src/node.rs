@@ -171,6 +171,15 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         .iter()
         .map(|n| resolve(&n.address))
         .collect::<Result<Vec<_>, _>>()?;
+    // glommio binds with SO_REUSEPORT, which would let a second process
+    // share our ports silently; a plain bind first fails if any is in use.
+    for (n, addr) in locals.iter().zip(&addrs) {
+        std::net::TcpListener::bind(addr).map_err(|e| NodeError::Bind {
+            node: n.name.clone(),
+            addr: n.address.clone(),
+            error: e.to_string(),
+        })?;
+    }
     std::fs::create_dir_all(&opts.data_dir).map_err(|error| NodeError::DataDir {
         path: opts.data_dir.clone(),
         error,
