@@ -268,6 +268,8 @@ pub struct Proc {
     pub data_dir: PathBuf,
     /// Ports answering `/health` once the process is ready.
     pub ports: Vec<SocketAddr>,
+    /// Extra command-line options, used on every (re)start.
+    pub extra_args: Vec<String>,
     child: Option<Child>,
     generation: usize,
     logs: Vec<(PathBuf, PathBuf)>,
@@ -436,9 +438,16 @@ impl Cluster {
     /// `(shard, is_primary)` nodes, or every node for `None`.
     #[must_use]
     pub fn start_with(n: usize, serve: &[Option<Vec<(usize, bool)>>]) -> Self {
+        Self::start_with_args(n, serve, &[])
+    }
+
+    /// As [`Cluster::start_with`], every process also getting `extra`
+    /// command-line options (e.g. `--token`, `--log-retention`).
+    #[must_use]
+    pub fn start_with_args(n: usize, serve: &[Option<Vec<(usize, bool)>>], extra: &[&str]) -> Self {
         let mut last = String::new();
         for _attempt in 0..4 {
-            match Self::try_start(n, serve) {
+            match Self::try_start(n, serve, extra) {
                 Ok(c) => return c,
                 Err(StartFailure::PortTaken(logs)) => last = logs,
                 Err(StartFailure::Other(msg)) => panic!("{msg}"),
@@ -447,7 +456,11 @@ impl Cluster {
         panic!("corekv could not bind its ports after 4 attempts:\n{last}");
     }
 
-    fn try_start(n: usize, serve: &[Option<Vec<(usize, bool)>>]) -> Result<Self, StartFailure> {
+    fn try_start(
+        n: usize,
+        serve: &[Option<Vec<(usize, bool)>>],
+        extra: &[&str],
+    ) -> Result<Self, StartFailure> {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports = free_ports(2 * n);
         let shards: Vec<ShardAddrs> = (0..n)
@@ -485,6 +498,7 @@ impl Cluster {
                 serve: serve_addrs,
                 data_dir,
                 ports,
+                extra_args: extra.iter().map(|a| (*a).to_string()).collect(),
                 child: None,
                 generation: 0,
                 logs: Vec::new(),
@@ -515,6 +529,7 @@ impl Cluster {
             "--data-dir".to_string(),
             p.data_dir.display().to_string(),
         ];
+        args.extend(p.extra_args.iter().cloned());
         if let Some(list) = &p.serve {
             args.push("--serve".into());
             args.push(
