@@ -41,6 +41,8 @@ options:
   --request-timeout S  time to send a whole request, 408 after (default: 10)
   --spin-us N          executors spin N microseconds before sleeping
                        (default: 0)
+  --no-yield           do not yield before waiting for a connection's next
+                       request (benchmark comparison)
   --no-fsync           acknowledge writes before they are on disk
                        (testing only: loses acknowledged writes on a crash)
   -h, --help           print this help
@@ -138,6 +140,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                         .map_err(|_| "--spin-us needs a whole number".to_string())?,
                 );
             }
+            "--no-yield" => opts.conn.yield_before_read = false,
             "--no-fsync" => opts.durable = false,
             other => return Err(format!("unknown option {other:?}")),
         }

@@ -70,6 +70,9 @@ pub struct ConnConfig {
     pub request_timeout: Duration,
     /// Most open connections per executor; more are answered 503 and closed.
     pub max_connections: usize,
+    /// Yield to other tasks once before waiting for a connection's next
+    /// request (lets more reads succeed without an io_uring poll).
+    pub yield_before_read: bool,
 }
 
 impl Default for ConnConfig {
@@ -79,6 +82,7 @@ impl Default for ConnConfig {
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            yield_before_read: true,
         }
     }
 }
@@ -174,10 +178,26 @@ where
                 }
             },
         };
-        if stream.set_read_timeout(Some(timeout)).is_err() {
-            return;
-        }
-        match stream.read(&mut buf[end..]).await {
+        // Fast path: read what is already there without arming an io_uring
+        // poll (see `recv_now`); give other connections a turn first so the
+        // peer's next request has time to arrive.
+        let ready = match recv_now(&stream, &mut buf[end..]) {
+            None if cfg.yield_before_read => {
+                futures_lite::future::yield_now().await;
+                recv_now(&stream, &mut buf[end..])
+            }
+            other => other,
+        };
+        let read = match ready {
+            Some(r) => r,
+            None => {
+                if stream.set_read_timeout(Some(timeout)).is_err() {
+                    return;
+                }
+                stream.read(&mut buf[end..]).await
+            }
+        };
+        match read {
             Ok(0) => return,
             Ok(n) => end += n,
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -188,6 +208,35 @@ where
             }
             Err(_) => return,
         }
+    }
+}
+
+/// A non-blocking `recv` on the socket: `None` when no data is there yet.
+///
+/// glommio's own read arms an io_uring poll after every read that does not
+/// fill the buffer; without `IORING_SETUP_COOP_TASKRUN` each completed poll
+/// interrupts the executor thread. Reading directly first means a poll is
+/// armed only when the executor really has to wait for data.
+fn recv_now(stream: &TcpStream, buf: &mut [u8]) -> Option<std::io::Result<usize>> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: recv writes at most buf.len() bytes into buf; fd is open for
+    // the lifetime of `stream`.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if n >= 0 {
+        return Some(Ok(n.unsigned_abs()));
+    }
+    let err = std::io::Error::last_os_error();
+    match err.kind() {
+        std::io::ErrorKind::WouldBlock => None,
+        std::io::ErrorKind::Interrupted => None,
+        _ => Some(Err(err)),
     }
 }
 
