@@ -43,6 +43,7 @@ options:
                        (default: 0)
   --no-yield           do not yield before waiting for a connection's next
                        request (benchmark comparison)
+  --cache-mb N         redb page cache per node file (default: 64)
   --no-fsync           acknowledge writes before they are on disk
                        (testing only: loses acknowledged writes on a crash)
   -h, --help           print this help
@@ -141,6 +142,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                 );
             }
             "--no-yield" => opts.conn.yield_before_read = false,
+            "--cache-mb" => {
+                opts.cache_bytes = number(&value("megabytes")?, &name)?.saturating_mul(1 << 20);
+            }
             "--no-fsync" => opts.durable = false,
             other => return Err(format!("unknown option {other:?}")),
         }

@@ -58,6 +58,8 @@ pub struct Options {
     pub log_level: Level,
     /// glommio `spin_before_park` (zero: park at once).
     pub spin_before_park: Duration,
+    /// redb page cache per node file.
+    pub cache_bytes: usize,
 }
 
 impl Default for Options {
@@ -74,6 +76,7 @@ impl Default for Options {
             max_key: crate::api::DEFAULT_MAX_KEY,
             log_level: Level::Info,
             spin_before_park: Duration::ZERO,
+            cache_bytes: crate::storage::DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -192,8 +195,8 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
             path: path.clone(),
             error: Box::new(error),
         };
-        let store =
-            Store::open(&path, opts.durable).map_err(|e| storage(StartError::Storage(e)))?;
+        let store = Store::open_with_cache(&path, opts.durable, opts.cache_bytes)
+            .map_err(|e| storage(StartError::Storage(e)))?;
         shards.push(Shard::start(store, &n.name, opts.commit_batch).map_err(storage)?);
     }
     let mut txs: Vec<Option<flume::Sender<Mail>>> = vec![None; topo.nodes.len()];

@@ -25,6 +25,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const META_SEQ: &str = "seq";
 const META_RESEED: &str = "reseed";
 
+/// Page cache per node file by default (`--cache-mb`).
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 const OP_SET: u8 = 1;
 const OP_DELETE: u8 = 2;
 
@@ -227,14 +230,28 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the file at `path`. `durable` selects fsync on
-    /// every commit (`Durability::Immediate`); off only for tests that must
-    /// show the crash test can detect loss.
+    /// Opens (or creates) the file at `path` with redb's default cache.
+    /// `durable` selects fsync on every commit (`Durability::Immediate`);
+    /// off only for tests that must show the crash test can detect loss.
     ///
     /// # Errors
     /// The file cannot be created, opened or locked.
     pub fn open(path: &Path, durable: bool) -> Result<Self, StorageError> {
-        let db = Database::create(path)?;
+        Self::open_with_cache(path, durable, DEFAULT_CACHE_BYTES)
+    }
+
+    /// As [`Store::open`], with a page cache of `cache_bytes`.
+    ///
+    /// # Errors
+    /// The file cannot be created, opened or locked.
+    pub fn open_with_cache(
+        path: &Path,
+        durable: bool,
+        cache_bytes: usize,
+    ) -> Result<Self, StorageError> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(DATA)?;
         txn.open_table(LOG)?;
