@@ -130,14 +130,19 @@ impl PrimaryLog {
                 self.progress.borrow_mut().insert(pull.replica, after);
                 let wait = pull.wait.min(Duration::from_secs(30));
                 self.committed.wait_for(after + 1, wait).await;
-                let primary_seq = self.committed.get();
-                match self
+                let read = self
                     .shard
                     .store()
-                    .read_log(after, PULL_MAX_ENTRIES, PULL_MAX_BYTES)
-                {
+                    .read_log(after, PULL_MAX_ENTRIES, PULL_MAX_BYTES);
+                // Commits are published after they are durable, so the log
+                // can be a little ahead of both counters.
+                let primary_seq = self
+                    .committed
+                    .get()
+                    .max(self.shard.stats.seq.load(Ordering::Acquire));
+                match read {
                     Ok(LogRead::Entries(entries)) => PullReply::Entries {
-                        primary_seq,
+                        primary_seq: primary_seq.max(entries.last().map_or(0, |e| e.seq)),
                         entries,
                     },
                     Ok(LogRead::Trimmed) => PullReply::Trimmed { primary_seq },
@@ -307,12 +312,28 @@ pub async fn follow(shard: Rc<Shard>, applied: Rc<SeqWatch>, upstream: Upstream,
 
 async fn pull_once(shard: &Shard, upstream: &Upstream, name: &str) -> Result<(), String> {
     let applied = shard.stats.seq.load(Ordering::Acquire);
+    // Until the replica has heard from its primary, ask without waiting, so
+    // a caught-up replica reports itself as following at once.
+    let state = ReplicaState::from_code(shard.stats.state.load(Ordering::Relaxed));
+    let settled = matches!(state, ReplicaState::Following | ReplicaState::CatchingUp);
     let pull = Pull {
         replica: name.to_string(),
         kind: PullKind::Log { after: applied },
-        wait: LONG_POLL,
+        wait: if settled { LONG_POLL } else { Duration::ZERO },
     };
     match upstream.pull(pull).await? {
+        PullReply::Entries { primary_seq, .. }
+            if primary_seq < applied && primary_still_behind(upstream, name, applied).await =>
+        {
+            // The primary is behind this replica: its data was lost or
+            // replaced. Follow the primary as it is now.
+            log_at!(
+                Level::Warn,
+                name,
+                "primary is at seq {primary_seq}, behind this replica's {applied}; re-seeding"
+            );
+            reseed(shard, upstream, name).await
+        }
         PullReply::Entries {
             primary_seq,
             entries,
@@ -349,6 +370,21 @@ async fn pull_once(shard: &Shard, upstream: &Upstream, name: &str) -> Result<(),
         PullReply::Snapshot { .. } => Err("primary answered a log pull with a snapshot".into()),
         PullReply::Failed(msg) => Err(format!("primary failed: {msg}")),
     }
+}
+
+/// Asks again after a pause: true when the primary still reports a seq
+/// below `applied` (a one-off low answer can be a commit not yet published).
+async fn primary_still_behind(upstream: &Upstream, name: &str, applied: u64) -> bool {
+    glommio::timer::sleep(Duration::from_millis(200)).await;
+    let pull = Pull {
+        replica: name.to_string(),
+        kind: PullKind::Log { after: applied },
+        wait: Duration::ZERO,
+    };
+    matches!(
+        upstream.pull(pull).await,
+        Ok(PullReply::Entries { primary_seq, .. }) if primary_seq < applied
+    )
 }
 
 /// Copies the primary's data page by page (the store is already marked as
