@@ -12,7 +12,10 @@ CLK_TCK="$(getconf CLK_TCK)"
 COREKV_PID=""
 COREKV_BIN="${COREKV_BIN:-$ROOT_DIR/target/release/corekv}"
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# Logs go to the stderr the script started with (fd 9), so that messages of a
+# signal trap that fires during a redirected command are not lost in a file.
+exec 9>&2
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&9; }
 die() { log "ERROR: $*"; exit 1; }
 
 # cpu_ticks PID: utime+stime (clock ticks) of PID and its direct children
@@ -31,6 +34,19 @@ cpu_ticks() {
         total=$(( total + ${12} + ${13} ))
     done
     echo "$total"
+}
+
+# machine_busy: busy jiffies of all CPUs (user nice system irq softirq steal).
+machine_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
+
+# children_cpu_ms VAR: stores in VAR the user+sys CPU (ms) of this shell's
+# waited-for children (the `times` builtin): the load generator's own CPU.
+# `times` must run in this shell, not in a $(...) subshell, hence the file.
+children_cpu_ms() {
+    local f="${TMPDIR:-/tmp}/.corekv-bench-times.$$"
+    times >"$f"
+    printf -v "$1" '%s' "$(tail -n 1 "$f" | awk '{ t = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); t += a[1] * 60 + a[2] } printf "%d", t * 1000 }')"
+    rm -f "$f"
 }
 
 # rss_kib PID: VmRSS of PID in KiB.
@@ -118,6 +134,29 @@ corekv_stop() {
     COREKV_PID=""
 }
 
+# wait_quiet PID: before a run, wait until the rest of the machine (all CPU
+# minus PID's own) uses less than QUIET_PCT (20) % of one core over 1 s.
+# Bounded: at most QUIET_MAX_WAIT (30) s per run and QUIET_BUDGET (120) s in
+# total, so the suite's run time stays bounded on a busy machine.
+QUIET_SPENT=0
+wait_quiet() {
+    local pid="$1" waited=0 b0 b1 p0 p1 other
+    while :; do
+        b0=$(machine_busy); p0=$(cpu_ticks "$pid" 2>/dev/null || echo 0)
+        sleep 1
+        b1=$(machine_busy); p1=$(cpu_ticks "$pid" 2>/dev/null || echo 0)
+        other=$(( ((b1 - b0) - (p1 - p0)) * 100 / CLK_TCK ))
+        [ "$other" -ge "${QUIET_PCT:-20}" ] || return 0
+        if [ "$waited" -ge "${QUIET_MAX_WAIT:-30}" ] || [ "$QUIET_SPENT" -ge "${QUIET_BUDGET:-120}" ]; then
+            log "machine still busy (${other}% of a core used by other processes); running anyway"
+            return 0
+        fi
+        [ "$waited" -gt 0 ] || log "machine busy (${other}% of a core used by other processes); waiting up to ${QUIET_MAX_WAIT:-30} s"
+        sleep 1
+        waited=$((waited + 2)); QUIET_SPENT=$((QUIET_SPENT + 2))
+    done
+}
+
 # measure ID SCENARIO TOOL TARGET CONNS DEPTH REF SERVER_PID HEALTH_URL -- CMD...
 # Runs CMD (bounded), records server CPU ticks around it and appends a row
 # to $INDEX. Raw output goes to $RAW_DIR/ID.txt and is appended to $RUN_LOG.
@@ -126,22 +165,29 @@ measure() {
     shift 9
     [ "$1" = "--" ] && shift
     local raw="$RAW_DIR/$id.txt"
-    local t0 t1 ok=1 rc=0
+    local t0 t1 ok=1 rc=0 m0 m1 c0 c1
+    [ "${QUIET_BUDGET:-120}" = 0 ] || wait_quiet "$pid"
     t0="$(cpu_ticks "$pid")" || { log "server PID $pid is gone before '$scen' ($tool)"; t0=0; ok=0; }
     log "run: $scen [$tool, $target, ${conns}x${depth}]"
+    local w0 w1
+    children_cpu_ms c0; m0="$(machine_busy)"; w0="$(date +%s%N)"
     "$@" >"$raw" 2>&1 || rc=$?
+    w1="$(date +%s%N)"; m1="$(machine_busy)"; children_cpu_ms c1
     t1="$(cpu_ticks "$pid")" || { t1="$t0"; ok=0; }
     if [ "$ok" = 1 ] && [ -n "$health" ]; then
         curl -sf -o /dev/null --max-time 3 "$health" || { ok=0; log "server unhealthy after '$scen'"; }
     fi
     [ "$rc" = 0 ] || log "$tool exited with status $rc (see $raw)"
     {
-        echo "===== $id: $scen [$tool $target ${conns}x${depth}] rc=$rc server_ok=$ok cpu_ticks=$((t1 - t0))"
+        echo "===== $id: $scen [$tool $target ${conns}x${depth}] rc=$rc server_ok=$ok server_cpu_ticks=$((t1 - t0)) client_cpu_ms=$((c1 - c0)) machine_busy_ticks=$((m1 - m0))"
         printf '$'; printf ' %q' "$@"; echo
         cat "$raw"
     } >>"$RUN_LOG"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-        "$id" "$scen" "$tool" "$target" "$conns" "$depth" "$raw" "$((t1 - t0))" "$CLK_TCK" "$ok" "$ref" >>"$INDEX"
+    local rss
+    rss="$(rss_kib "$pid" 2>/dev/null || true)"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$id" "$scen" "$tool" "$target" "$conns" "$depth" "$raw" "$((t1 - t0))" "$CLK_TCK" "$ok" "$ref" \
+        "$((c1 - c0))" "$((m1 - m0))" "$(( (w1 - w0) / 1000000 ))" "${rss:-0}" >>"$INDEX"
     local summary
     summary="$(python3 "$BENCH_DIR/report.py" parse "$tool" "$raw" 2>&1 | cut -c1-200)" || true
     log "   -> $summary"

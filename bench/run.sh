@@ -7,7 +7,11 @@
 # Knobs (environment): DURATION=10 (s per run), CONNS=64, THREADS=2 (wrk),
 # DEPTH=16 (pipelining), KEYS=10000 (preloaded keys), VALUE_SIZE=16,
 # BASE_PORT=19080, NGINX_PORT=18080, SKIP_INSTALL=1, SKIP_BUILD=1,
-# SKIP_OHA=1, KEEP_TMP=1, COREKV_BIN=path.
+# SKIP_OHA=1, KEEP_TMP=1, COREKV_BIN=path,
+# ONLY="get-owner set" (run only these corekv scenarios: get-owner get-fwd
+# get-replica get-pipe set mixed; the nginx references always run),
+# QUIET_PCT=20 / QUIET_MAX_WAIT=30 / QUIET_BUDGET=120 (before each run, wait
+# for other processes to use < QUIET_PCT % of a core; QUIET_BUDGET=0: never).
 #
 # Output: a markdown table on stdout and in bench/results/latest.md; every
 # raw wrk/oha output in bench/results/latest.log.
@@ -27,7 +31,7 @@ NGINX_PORT="${NGINX_PORT:-18080}"
 NSHARDS=3
 export DURATION THREADS
 
-RESULTS_DIR="$BENCH_DIR/results"
+RESULTS_DIR="${RESULTS_DIR:-$BENCH_DIR/results}"
 mkdir -p "$RESULTS_DIR"
 WORK="$(mktemp -d "${TMPDIR:-/var/tmp}/corekv-bench.XXXXXX")"
 RAW_DIR="$WORK/raw"; mkdir -p "$RAW_DIR"
@@ -50,6 +54,7 @@ trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
 finding() { log "FINDING: $*"; echo "- $*" >>"$FINDINGS"; }
+want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 
 # ---------------------------------------------------------------- 1. tools
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
@@ -67,6 +72,10 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     (cd "$ROOT_DIR" && timeout 1500 cargo build --release --quiet) || die "cargo build --release failed"
 fi
 [ -x "$COREKV_BIN" ] || die "no binary at $COREKV_BIN"
+# Run a private copy, so a rebuild during the suite cannot swap it.
+cp "$COREKV_BIN" "$WORK/corekv"
+log "server binary: $COREKV_BIN ($(stat -c '%y' "$COREKV_BIN" | cut -d. -f1), sha256 $(sha256sum "$COREKV_BIN" | cut -c1-12))"
+COREKV_BIN="$WORK/corekv"
 
 # ---------------------------------------------------------------- 3. keys
 P0=$BASE_PORT                      # primary of shard 0
@@ -96,6 +105,12 @@ for i, g in enumerate(gets):
         out.append(sets[i])
 print("\n".join(out))
 EOF
+
+# Is the machine quiet? Anything else running skews every number below.
+b0=$(machine_busy); sleep 2; b1=$(machine_busy)
+BUSY_BEFORE=$(( (b1 - b0) * 100 / CLK_TCK / 2 ))
+log "machine busy before the suite: ${BUSY_BEFORE}% of one core"
+[ "$BUSY_BEFORE" -lt 20 ] || finding "the machine was busy (${BUSY_BEFORE}% of a core) before the suite started: other processes compete with the benchmark"
 
 # ---------------------------------------------------------------- 4. nginx
 log "== reference: nginx, 1 worker, 127.0.0.1:$NGINX_PORT"
@@ -149,11 +164,13 @@ else
     finding "replica :$R0 did not serve every preloaded shard-0 key within 30 s of the preload"
 fi
 RSS_LOADED=$(rss_kib "$COREKV_PID")
+DISK_AFTER_LOAD=$(du -sh "$WORK/data" | cut -f1)
 
 K="http://127.0.0.1"
 HK="$K:$P0/health"
 run_pair() { # ID SCENARIO PORT URLFILE LUA_ARGS...
     local id="$1" scen="$2" port="$3" urls="$4"; shift 4
+    want "$id" || return 0
     measure "$id-wrk" "$scen" wrk ":$port" "$CONNS" 1 nginx-wrk "$COREKV_PID" "$HK" \
         -- wrk_run "$K:$port" "$CONNS" "$@" || return 1
     if [ "${SKIP_OHA:-0}" != 1 ]; then
@@ -169,7 +186,7 @@ run_pair get-owner "GET, key on this primary" $P0 "$WORK/urls-get-owner.txt" \
     mode=get keys="$WORK/keys0.txt" || alive=0; }
 [ $alive = 1 ] && { run_pair get-replica "GET from the replica" $R0 "$WORK/urls-get-replica.txt" \
     mode=get keys="$WORK/keys0.txt" || alive=0; }
-[ $alive = 1 ] && { measure get-pipe "GET pipelined, key on this primary" wrk ":$P0" "$CONNS" "$DEPTH" nginx-pipe \
+[ $alive = 1 ] && want get-pipe && { measure get-pipe "GET pipelined, key on this primary" wrk ":$P0" "$CONNS" "$DEPTH" nginx-pipe \
     "$COREKV_PID" "$HK" -- wrk_run "$K:$P0" "$CONNS" mode=get keys="$WORK/keys0.txt" depth="$DEPTH" || alive=0; }
 [ $alive = 1 ] && { run_pair set "durable SET, one shard" $P0 "$WORK/urls-set.txt" \
     mode=set keys="$WORK/keys0.txt" value="$VALUE" || alive=0; }
@@ -180,6 +197,7 @@ if [ $alive = 0 ]; then
     finding "corekv died or stopped answering /health during the suite; later scenarios skipped"
 fi
 RSS_END=$(rss_kib "$COREKV_PID" || true)
+DISK_END=$(du -sh "$WORK/data" 2>/dev/null | cut -f1 || true)
 if [ -f "$WORK/corekv.log" ]; then
     npanic=$(grep -ci 'panic' "$WORK/corekv.log" || true)
     [ "${npanic:-0}" = 0 ] || finding "server log mentions 'panic' $npanic times"
@@ -193,7 +211,8 @@ corekv_stop
     echo
     env_header "$WORK"
     echo "- dataset: $KEYS keys key-0..key-$((KEYS - 1)), ${VALUE_SIZE} B values, $NSHARDS shards; GET/SET scenarios use the $NK0 keys owned by shard 0"
-    echo "- corekv idle CPU ${IDLE_PCT}% of one core; RSS ${RSS_LOADED:-?} KiB after preload, ${RSS_END:-?} KiB at the end"
+    echo "- machine busy before the suite: ${BUSY_BEFORE}% of one core (\"other CPU\" below: CPU used during a run by neither the server nor the load generator)"
+    echo "- corekv idle CPU ${IDLE_PCT}% of one core; RSS ${RSS_LOADED:-?} KiB after preload, ${RSS_END:-?} KiB at the end; data dir ${DISK_AFTER_LOAD:-?} after preload, ${DISK_END:-?} at the end"
     echo "- server CPU = utime+stime of the server process (nginx: master + worker) over the run ÷ responses; ratios compare with nginx measured by the same tool in this run (pipelined with pipelined nginx)"
 } >"$WORK/header.md"
 python3 "$BENCH_DIR/report.py" table "$INDEX" --header "$WORK/header.md" >"$WORK/latest.md"

@@ -179,7 +179,11 @@ impl Shard {
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Job) -> Result<T, ShardError> {
         let (tx, rx) = flume::bounded(1);
         self.jobs.send(make(tx)).map_err(|_| ShardError::Stopped)?;
-        rx.recv_async().await.map_err(|_| ShardError::Stopped)?
+        let answer = rx.recv_async().await.map_err(|_| ShardError::Stopped)?;
+        // Every job commits; an old snapshot kept open would stop redb from
+        // reusing the pages that commit freed (the file would only grow).
+        self.view.borrow_mut().take();
+        answer
     }
 
     /// Primary: durably commits `write` if its condition holds; answers

@@ -8,6 +8,8 @@
 --   get     GET /get?key=K, K rotating through the key file
 --   set     GET /set?key=K&value=V (a durable write), K rotating
 --   mixed   setpct% SETs, the rest GETs, K random from the key file
+-- method=post  send SETs as POST /set with a form body (large values)
+-- valuesize=N   value of N bytes ("v" repeated) instead of value=...
 -- depth=N  pipelining: every request() returns N requests in one write, so
 --          wrk keeps N requests in flight per connection.
 --
@@ -16,7 +18,8 @@
 -- wrk's own "Non-2xx or 3xx responses" count is errors.status here.
 
 local opts = { mode = "get", depth = "1", value = "vvvvvvvvvvvvvvvv",
-               setpct = "10", path = "/", keys = "" }
+               setpct = "10", path = "/", keys = "", method = "get", valuesize = "" }
+local form_headers = { ["Content-Type"] = "application/x-www-form-urlencoded" }
 local keys = {}
 local nkeys = 0
 local pos = 0
@@ -62,6 +65,9 @@ end
 
 local function one(k_is_set, key)
    if k_is_set then
+      if opts.method == "post" then
+         return wrk.format("POST", "/set", form_headers, "key=" .. key .. "&value=" .. opts.value)
+      end
       return wrk.format("GET", "/set?key=" .. key .. "&value=" .. opts.value)
    end
    return wrk.format("GET", "/get?key=" .. key)
@@ -86,6 +92,7 @@ function init(args)
       local k, v = string.match(a, "^([%w_]+)=(.*)$")
       if k then opts[k] = v end
    end
+   if opts.valuesize ~= "" then opts.value = string.rep("v", tonumber(opts.valuesize)) end
    opts.value = urlencode(opts.value)
    depth = tonumber(opts.depth) or 1
    local tid = tonumber(wrk.thread:get("tid")) or 1
