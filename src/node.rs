@@ -27,6 +27,7 @@ use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -166,6 +167,9 @@ impl std::error::Error for NodeError {}
 /// Any start-up failure (see the module doc for the order of checks).
 pub fn run(opts: &Options) -> Result<(), NodeError> {
     crate::log::set_level(opts.log_level);
+    // Before any thread exists, so that every thread inherits the mask and
+    // SIGINT/SIGTERM reach only the signal-waiting thread.
+    let signals = block_signals()?;
     let cfg = config::load(&opts.config).map_err(NodeError::Config)?;
     let topo = Arc::new(Topology::new(&cfg, opts.serve.as_deref()).map_err(NodeError::Topology)?);
     let locals: Vec<NodeInfo> = topo.local_nodes().cloned().collect();
@@ -174,15 +178,6 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         .iter()
         .map(|n| resolve(&n.address))
         .collect::<Result<Vec<_>, _>>()?;
-    // glommio binds with SO_REUSEPORT, which would let a second process
-    // share our ports silently; a plain bind first fails if any is in use.
-    for (n, addr) in locals.iter().zip(&addrs) {
-        std::net::TcpListener::bind(addr).map_err(|e| NodeError::Bind {
-            node: n.name.clone(),
-            addr: n.address.clone(),
-            error: e.to_string(),
-        })?;
-    }
     std::fs::create_dir_all(&opts.data_dir).map_err(|error| NodeError::DataDir {
         path: opts.data_dir.clone(),
         error,
@@ -198,6 +193,18 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         let store = Store::open_with_cache(&path, opts.durable, opts.cache_bytes)
             .map_err(|e| storage(StartError::Storage(e)))?;
         shards.push(Shard::start(store, &n.name, opts.commit_batch).map_err(storage)?);
+    }
+    // Listeners are bound here, after every check, with std (SO_REUSEADDR,
+    // no SO_REUSEPORT): a port another process listens on fails the start,
+    // while connections of an earlier run left in TIME_WAIT do not. glommio's
+    // own bind would set SO_REUSEPORT and silently share a port.
+    let mut listeners = Vec::new();
+    for (n, addr) in locals.iter().zip(&addrs) {
+        listeners.push(listen(addr).map_err(|e| NodeError::Bind {
+            node: n.name.clone(),
+            addr: n.address.clone(),
+            error: e.to_string(),
+        })?);
     }
     let mut txs: Vec<Option<flume::Sender<Mail>>> = vec![None; topo.nodes.len()];
     let mut rxs = Vec::new();
@@ -215,16 +222,15 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
             .collect(),
     );
     let token: Option<Arc<str>> = opts.token.as_deref().map(Arc::from);
-    let signals = block_signals()?;
     let cpus = allowed_cpus();
     let (events_tx, events_rx) = std::sync::mpsc::channel::<Event>();
     let mut stops = Vec::new();
     let placement = cpu_placement(&locals, &cpus);
-    for (((node, shard), (mailbox, addr)), cpu) in locals
+    for (((node, shard), (mailbox, listener)), cpu) in locals
         .iter()
         .cloned()
         .zip(shards)
-        .zip(rxs.into_iter().zip(addrs))
+        .zip(rxs.into_iter().zip(listeners))
         .zip(placement)
     {
         let (stop_tx, stop_rx) = flume::bounded(1);
@@ -247,7 +253,7 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         let events = events_tx.clone();
         std::thread::Builder::new()
             .name(format!("exec {name}"))
-            .spawn(move || run_executor(ctx, cpu, addr, &events))
+            .spawn(move || run_executor(ctx, cpu, listener, &events))
             .map_err(|e| NodeError::Executor {
                 node: name,
                 error: e.to_string(),
@@ -358,7 +364,7 @@ struct NodeContext {
 fn run_executor(
     ctx: NodeContext,
     cpu: usize,
-    addr: SocketAddr,
+    listener: std::net::TcpListener,
     events: &std::sync::mpsc::Sender<Event>,
 ) {
     let name = ctx.node.name.clone();
@@ -381,17 +387,9 @@ fn run_executor(
         }
     };
     ex.run(async move {
-        let listener = match TcpListener::bind(addr) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = events.send(Event::Failed(NodeError::Bind {
-                    node: name,
-                    addr: ctx.node.address.clone(),
-                    error: e.to_string(),
-                }));
-                return;
-            }
-        };
+        // SAFETY: the fd is a bound, listening TCP socket that we own; the
+        // glommio listener takes it over (and closes it).
+        let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
         let _ = events.send(Event::Ready { node: id, cpu });
         serve_node(ctx, listener).await;
     });
@@ -471,11 +469,14 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
                 glommio::spawn_local(async move {
                     let metrics = api.metrics().clone();
                     metrics.open_connections.fetch_add(1, Ordering::Relaxed);
-                    conn::serve(stream, cfg, &tracker, |req| {
+                    let ended = conn::serve(stream, cfg, &tracker, |req| {
                         let api = api.clone();
                         async move { api.handle(req).await }
                     })
                     .await;
+                    if ended == conn::Ended::Refused {
+                        metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
+                    }
                     metrics.open_connections.fetch_sub(1, Ordering::Relaxed);
                 })
                 .detach();
@@ -535,6 +536,16 @@ async fn drain_mailbox(api: Rc<Api>, primary: Option<Rc<PrimaryLog>>, rx: flume:
             }
         }
     }
+}
+
+/// A listening socket on `addr` with a backlog of 1024.
+fn listen(addr: &SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    // SAFETY: listen on our own listening fd only raises its backlog.
+    if unsafe { libc::listen(l.as_raw_fd(), 1024) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(l)
 }
 
 fn resolve(addr: &str) -> Result<SocketAddr, NodeError> {

@@ -100,6 +100,161 @@ pub enum Mail {
     Scan(Scan, flume::Sender<Result<SnapshotPage, String>>),
 }
 
+/// Encodes a forwarded request for the HTTP transport (`/internal/kv`).
+#[must_use]
+pub fn encode_kv(kv: &KvRequest) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48 + kv.key.len());
+    out.push(match kv.style {
+        Style::Seed => 0,
+        Style::Rest => 1,
+    });
+    let (op, value): (u8, &[u8]) = match &kv.op {
+        KvOp::Get => (0, &[]),
+        KvOp::Set(v) => (1, v),
+        KvOp::Delete => (2, &[]),
+    };
+    out.push(op);
+    let (cond, version) = match kv.cond {
+        Cond::Always => (0, 0),
+        Cond::Absent => (1, 0),
+        Cond::Present => (2, 0),
+        Cond::Version(v) => (3, v),
+    };
+    out.push(cond);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&kv.min_seq.to_le_bytes());
+    out.extend_from_slice(&kv.wait_ms.to_le_bytes());
+    put_bytes(&mut out, &kv.key);
+    put_bytes(&mut out, value);
+    out
+}
+
+/// Decodes a request encoded by [`encode_kv`].
+///
+/// # Errors
+/// Truncated or unknown messages.
+pub fn decode_kv(bytes: &[u8]) -> Result<KvRequest, StorageError> {
+    let bad = || StorageError::Corrupt("forwarded request");
+    let mut r = Reader(bytes);
+    let head = r.take(3)?;
+    let style = match head[0] {
+        0 => Style::Seed,
+        1 => Style::Rest,
+        _ => return Err(bad()),
+    };
+    let version = r.u64()?;
+    let cond = match head[2] {
+        0 => Cond::Always,
+        1 => Cond::Absent,
+        2 => Cond::Present,
+        3 => Cond::Version(version),
+        _ => return Err(bad()),
+    };
+    let min_seq = r.u64()?;
+    let wait_ms = r.u64()?;
+    let key = r.bytes()?.to_vec();
+    let value = r.bytes()?;
+    let op = match head[1] {
+        0 => KvOp::Get,
+        1 => KvOp::Set(value.to_vec()),
+        2 => KvOp::Delete,
+        _ => return Err(bad()),
+    };
+    if !r.0.is_empty() {
+        return Err(bad());
+    }
+    Ok(KvRequest {
+        op,
+        key,
+        min_seq,
+        wait_ms,
+        cond,
+        style,
+    })
+}
+
+/// Encodes a pull for the HTTP transport (`/internal/pull`).
+#[must_use]
+pub fn encode_pull(pull: &Pull) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_bytes(&mut out, pull.replica.as_bytes());
+    out.extend_from_slice(
+        &u64::try_from(pull.wait.as_millis())
+            .unwrap_or(u64::MAX)
+            .to_le_bytes(),
+    );
+    match &pull.kind {
+        PullKind::Log { after } => {
+            out.push(0);
+            out.extend_from_slice(&after.to_le_bytes());
+        }
+        PullKind::Snapshot { after_key: None } => out.push(1),
+        PullKind::Snapshot { after_key: Some(k) } => {
+            out.push(2);
+            put_bytes(&mut out, k);
+        }
+    }
+    out
+}
+
+/// Decodes a pull encoded by [`encode_pull`].
+///
+/// # Errors
+/// Truncated or unknown messages.
+pub fn decode_pull(bytes: &[u8]) -> Result<Pull, StorageError> {
+    let mut r = Reader(bytes);
+    let replica = String::from_utf8_lossy(r.bytes()?).into_owned();
+    let wait = Duration::from_millis(r.u64()?);
+    let kind = match r.take(1)?[0] {
+        0 => PullKind::Log { after: r.u64()? },
+        1 => PullKind::Snapshot { after_key: None },
+        2 => PullKind::Snapshot {
+            after_key: Some(r.bytes()?.to_vec()),
+        },
+        _ => return Err(StorageError::Corrupt("pull request")),
+    };
+    Ok(Pull {
+        replica,
+        kind,
+        wait,
+    })
+}
+
+/// Encodes a scan for the HTTP transport (`/internal/scan`).
+#[must_use]
+pub fn encode_scan(scan: &Scan) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(scan.limit as u64).to_le_bytes());
+    put_bytes(&mut out, &scan.prefix);
+    if let Some(a) = &scan.after {
+        out.push(1);
+        put_bytes(&mut out, a);
+    } else {
+        out.push(0);
+    }
+    out
+}
+
+/// Decodes a scan encoded by [`encode_scan`].
+///
+/// # Errors
+/// Truncated or unknown messages.
+pub fn decode_scan(bytes: &[u8]) -> Result<Scan, StorageError> {
+    let mut r = Reader(bytes);
+    let limit = usize::try_from(r.u64()?).unwrap_or(usize::MAX);
+    let prefix = r.bytes()?.to_vec();
+    let after = match r.take(1)?[0] {
+        0 => None,
+        1 => Some(r.bytes()?.to_vec()),
+        _ => return Err(StorageError::Corrupt("scan request")),
+    };
+    Ok(Scan {
+        prefix,
+        after,
+        limit,
+    })
+}
+
 const TAG_ENTRIES: u8 = 1;
 const TAG_TRIMMED: u8 = 2;
 const TAG_SNAPSHOT: u8 = 3;
@@ -226,6 +381,76 @@ pub fn decode_reply(bytes: &[u8]) -> Result<PullReply, StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_roundtrip() {
+        let kvs = [
+            KvRequest {
+                op: KvOp::Set(b"\x00v".to_vec()),
+                key: b"k\xff".to_vec(),
+                min_seq: 0,
+                wait_ms: 0,
+                cond: Cond::Version(7),
+                style: Style::Rest,
+            },
+            KvRequest {
+                op: KvOp::Get,
+                key: b"a".to_vec(),
+                min_seq: 9,
+                wait_ms: 100,
+                cond: Cond::Present,
+                style: Style::Seed,
+            },
+            KvRequest {
+                op: KvOp::Delete,
+                key: vec![b'x'; 9000],
+                min_seq: 0,
+                wait_ms: 0,
+                cond: Cond::Absent,
+                style: Style::Rest,
+            },
+        ];
+        for kv in kvs {
+            let bytes = encode_kv(&kv);
+            assert_eq!(decode_kv(&bytes).expect("decode"), kv);
+            assert!(decode_kv(&bytes[..bytes.len() - 1]).is_err());
+        }
+        for pull in [
+            Pull {
+                replica: "s/replica".into(),
+                kind: PullKind::Log { after: 5 },
+                wait: Duration::from_millis(2000),
+            },
+            Pull {
+                replica: "r".into(),
+                kind: PullKind::Snapshot { after_key: None },
+                wait: Duration::ZERO,
+            },
+            Pull {
+                replica: "r".into(),
+                kind: PullKind::Snapshot {
+                    after_key: Some(vec![0; 9000]),
+                },
+                wait: Duration::ZERO,
+            },
+        ] {
+            assert_eq!(decode_pull(&encode_pull(&pull)).expect("decode"), pull);
+        }
+        for scan in [
+            Scan {
+                prefix: b"p".to_vec(),
+                after: None,
+                limit: 10,
+            },
+            Scan {
+                prefix: Vec::new(),
+                after: Some(vec![0xff; 100]),
+                limit: 1,
+            },
+        ] {
+            assert_eq!(decode_scan(&encode_scan(&scan)).expect("decode"), scan);
+        }
+    }
 
     #[test]
     fn replies_roundtrip() {

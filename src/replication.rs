@@ -12,11 +12,10 @@
 //! only entries every known replica has applied, or beyond the retention
 //! bound.
 
-use crate::http::client::Client;
-use crate::http::form;
+use crate::http::client::{Client, node_request};
 use crate::log::Level;
 use crate::log_at;
-use crate::protocol::{Mail, Pull, PullKind, PullReply, decode_reply};
+use crate::protocol::{Mail, Pull, PullKind, PullReply, decode_reply, encode_pull};
 use crate::shard::Shard;
 use crate::storage::LogRead;
 use futures_lite::future;
@@ -227,7 +226,13 @@ impl Upstream {
                 addr,
                 token,
             } => {
-                let req = pull_request_bytes(addr, &pull, token.as_deref());
+                let req = node_request(
+                    "POST",
+                    b"/internal/pull",
+                    addr,
+                    token.as_deref(),
+                    &encode_pull(&pull),
+                );
                 let timeout = pull.wait + Duration::from_secs(5);
                 let resp = client
                     .send(addr, &req, Some(timeout))
@@ -244,37 +249,6 @@ impl Upstream {
             }
         }
     }
-}
-
-/// The HTTP form of a pull: `GET /internal/pull?replica=..&after=..&wait_ms=..`
-/// or `..&snapshot=1&after_key=..`.
-fn pull_request_bytes(addr: &str, pull: &Pull, token: Option<&str>) -> Vec<u8> {
-    let mut q = b"/internal/pull?replica=".to_vec();
-    form::encode_into(pull.replica.as_bytes(), &mut q);
-    match &pull.kind {
-        PullKind::Log { after } => {
-            q.extend_from_slice(
-                format!("&after={after}&wait_ms={}", pull.wait.as_millis()).as_bytes(),
-            );
-        }
-        PullKind::Snapshot { after_key } => {
-            q.extend_from_slice(b"&snapshot=1");
-            if let Some(k) = after_key {
-                q.extend_from_slice(b"&after_key=");
-                form::encode_into(k, &mut q);
-            }
-        }
-    }
-    let mut out = b"GET ".to_vec();
-    out.extend_from_slice(&q);
-    out.extend_from_slice(
-        format!(" HTTP/1.1\r\nHost: {addr}\r\nX-Corekv-Forwarded: 1\r\n").as_bytes(),
-    );
-    if let Some(t) = token {
-        out.extend_from_slice(format!("Authorization: Bearer {t}\r\n").as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
-    out
 }
 
 fn set_state(shard: &Shard, state: ReplicaState) {

@@ -19,11 +19,11 @@ mod ops;
 mod rest;
 mod seed;
 
-use crate::http::client::{ClientError, ClientResponse};
+use crate::http::client::{ClientError, ClientResponse, node_request};
 use crate::http::encode::{BYTES, JSON, Response, TEXT};
 use crate::http::parse::Request;
 use crate::metrics::Metrics;
-use crate::protocol::{KvOp, KvRequest, Scan, Style};
+use crate::protocol::{KvOp, KvRequest, Scan, Style, encode_kv, encode_scan};
 use crate::replication::{PrimaryLog, SeqWatch};
 use crate::router::{ForwardError, Route, Router};
 use crate::shard::{NodeStats, Shard};
@@ -255,7 +255,9 @@ impl Api {
             b"/metrics" => (7, Ok(self.metrics_text())),
             b"/health" => (8, Ok(Response::text(200, "ok"))),
             b"/ready" => (9, Ok(self.ready())),
-            b"/internal/pull" | b"/internal/scan" => (10, self.internal(&req).await),
+            b"/internal/pull" | b"/internal/scan" | b"/internal/kv" => {
+                (10, self.internal(&req).await)
+            }
             _ => (11, Err(ApiError::UnknownPath)),
         }
     }
@@ -268,7 +270,11 @@ impl Api {
         let Some(given) = req.authorization.as_deref() else {
             return Err(ApiError::Unauthorized);
         };
-        let given = given.strip_prefix(b"Bearer ").unwrap_or(given).trim_ascii();
+        let given = given.trim_ascii();
+        let given = match given.get(..7) {
+            Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => given[7..].trim_ascii(),
+            _ => given,
+        };
         if constant_time_eq(given, token.as_bytes()) {
             Ok(())
         } else {
@@ -325,10 +331,13 @@ impl Api {
                 self.metrics
                     .forwarded_remote
                     .fetch_add(1, Ordering::Relaxed);
-                let bytes = match kv.style {
-                    Style::Seed => seed::forward_bytes(&addr, &kv, self.token.as_deref()),
-                    Style::Rest => rest::forward_bytes(&addr, &kv, self.token.as_deref()),
-                };
+                let bytes = node_request(
+                    "POST",
+                    b"/internal/kv",
+                    &addr,
+                    self.token.as_deref(),
+                    &encode_kv(&kv),
+                );
                 let resp = self
                     .router
                     .to_remote(&addr, &bytes)
@@ -375,8 +384,11 @@ impl Api {
             .get(&kv.key)
             .map_err(|e| ApiError::Storage(e.to_string()))?
         {
-            // On a read, a version condition is If-None-Match.
-            Some(v) if kv.cond == Cond::Version(v.seq) => Executed::NotModified { version: v.seq },
+            // On a read, a condition is If-None-Match: a matching version, or
+            // `*` (any version), means "not modified".
+            Some(v) if kv.cond == Cond::Version(v.seq) || kv.cond == Cond::Present => {
+                Executed::NotModified { version: v.seq }
+            }
             Some(v) => Executed::Value {
                 value: v.value,
                 version: v.seq,
@@ -442,7 +454,13 @@ impl Api {
                 .map_err(owner_err)?
                 .map_err(ApiError::Storage),
             Route::Remote(addr) => {
-                let bytes = rest::scan_request_bytes(&addr, &scan, self.token.as_deref());
+                let bytes = node_request(
+                    "POST",
+                    b"/internal/scan",
+                    &addr,
+                    self.token.as_deref(),
+                    &encode_scan(&scan),
+                );
                 let resp = self
                     .router
                     .to_remote(&addr, &bytes)

@@ -6,15 +6,13 @@
 
 use super::{Api, ApiError};
 use crate::http::encode::{BYTES, JSON, Response};
-use crate::http::form;
-use crate::http::parse::Request;
+use crate::http::parse::{Method, Request};
 use crate::metrics;
-use crate::protocol::{Pull, PullKind, PullReply, Scan, encode_reply};
+use crate::protocol::{PullReply, decode_kv, decode_pull, decode_scan, encode_reply};
 use crate::replication::ReplicaState;
 use crate::topology::Role;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 /// A replica further behind than this many entries is not ready.
 pub const READY_MAX_LAG: u64 = 1000;
@@ -106,69 +104,39 @@ impl Api {
         Response::new(200, "text/plain; version=0.0.4; charset=utf-8", body)
     }
 
-    /// `/internal/pull` and `/internal/scan`: only primaries answer; the
-    /// token is required when one is configured.
+    /// `/internal/kv` (a request forwarded from another host),
+    /// `/internal/pull` (replication) and `/internal/scan` (listings):
+    /// `POST` with a body in `protocol`'s encoding; the token is required
+    /// when one is configured.
     pub(super) async fn internal(&self, req: &Request) -> Result<Response, ApiError> {
         self.authorize(req)?;
+        if req.method != Method::Post {
+            return Err(ApiError::MethodNotAllowed("POST"));
+        }
+        let bad = |e: crate::storage::StorageError| ApiError::BadBody(e.to_string());
+        if req.path == b"/internal/kv" {
+            let kv = decode_kv(&req.body).map_err(bad)?;
+            return self.dispatch(kv, true).await;
+        }
         if self.me().role != Role::Primary {
             return Err(ApiError::Misdirected {
                 node: self.me().name.clone(),
                 shard: self.me().shard,
             });
         }
-        let params = form::parse_pairs(&req.query).map_err(|_| ApiError::BadEncoding("query"))?;
-        let get = |name: &str| {
-            params
-                .iter()
-                .find(|(n, _)| n == name.as_bytes())
-                .map(|(_, v)| v.clone())
-        };
-        let num = |name: &'static str| -> Result<u64, ApiError> {
-            get(name)
-                .and_then(|v| String::from_utf8(v).ok())
-                .and_then(|v| v.parse().ok())
-                .ok_or(ApiError::MissingParam(name))
-        };
         let reply = if req.path == b"/internal/scan" {
-            let scan = Scan {
-                prefix: get("prefix").unwrap_or_default(),
-                after: get("after"),
-                limit: usize::try_from(num("limit")?)
-                    .unwrap_or(usize::MAX)
-                    .min(10_000),
-            };
-            match self.scan_local(&scan) {
-                Ok(pairs) => PullReply::Snapshot {
-                    seq: 0,
-                    pairs,
-                    done: true,
-                },
-                Err(e) => return Err(e),
+            let mut scan = decode_scan(&req.body).map_err(bad)?;
+            scan.limit = scan.limit.min(10_000);
+            PullReply::Snapshot {
+                seq: 0,
+                pairs: self.scan_local(&scan)?,
+                done: true,
             }
         } else {
             let Some(primary) = &self.primary else {
                 return Err(ApiError::UnknownPath);
             };
-            let replica = get("replica")
-                .map(|v| String::from_utf8_lossy(&v).into_owned())
-                .ok_or(ApiError::MissingParam("replica"))?;
-            let kind = if get("snapshot").is_some() {
-                PullKind::Snapshot {
-                    after_key: get("after_key"),
-                }
-            } else {
-                PullKind::Log {
-                    after: num("after")?,
-                }
-            };
-            let wait = Duration::from_millis(num("wait_ms").unwrap_or(0));
-            primary
-                .serve(Pull {
-                    replica,
-                    kind,
-                    wait,
-                })
-                .await
+            primary.serve(decode_pull(&req.body).map_err(bad)?).await
         };
         Ok(Response::new(200, BYTES, encode_reply(&reply)))
     }

@@ -6,7 +6,7 @@
 //! Depends on the parent module's routing and on serde_json for the batch
 //! and listing bodies.
 
-use super::seed::{check_key, forward_head, read_wait};
+use super::seed::{check_key, read_wait};
 use super::{Api, ApiError};
 use crate::http::client::ClientResponse;
 use crate::http::encode::{JSON, Response};
@@ -64,7 +64,8 @@ pub(super) fn parse_kv(req: &Request, max_key: usize) -> Result<KvRequest, ApiEr
             // A read with a matching If-None-Match version answers 304.
             let cond = match if_none_match {
                 Some(Some(v)) => Cond::Version(v),
-                _ => Cond::Always,
+                Some(None) => Cond::Present,
+                None => Cond::Always,
             };
             (KvOp::Get, cond)
         }
@@ -114,49 +115,6 @@ pub(super) fn parse_kv(req: &Request, max_key: usize) -> Result<KvRequest, ApiEr
     })
 }
 
-/// The bytes of a REST-style `kv` sent to its owner on another host.
-pub(super) fn forward_bytes(addr: &str, kv: &KvRequest, token: Option<&str>) -> Vec<u8> {
-    let mut target = b"/v1/kv/".to_vec();
-    form::encode_into(&kv.key, &mut target);
-    if kv.min_seq > 0 {
-        target.extend_from_slice(
-            format!("?min_seq={}&wait_ms={}", kv.min_seq, kv.wait_ms).as_bytes(),
-        );
-    }
-    let (method, body): (&str, &[u8]) = match &kv.op {
-        KvOp::Get => ("GET", &[]),
-        KvOp::Set(v) => ("PUT", v),
-        KvOp::Delete => ("DELETE", &[]),
-    };
-    let mut out = forward_head(method, &target, addr, token, body.len());
-    let cond = match (&kv.op, kv.cond) {
-        (_, Cond::Always) => String::new(),
-        (KvOp::Get, Cond::Version(v)) => format!("If-None-Match: \"{v}\"\r\n"),
-        (_, Cond::Version(v)) => format!("If-Match: \"{v}\"\r\n"),
-        (_, Cond::Present) => "If-Match: *\r\n".to_string(),
-        (_, Cond::Absent) => "If-None-Match: *\r\n".to_string(),
-    };
-    out.extend_from_slice(cond.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    out
-}
-
-/// `GET /internal/scan?...` for a listing page from a remote primary.
-pub(super) fn scan_request_bytes(addr: &str, scan: &Scan, token: Option<&str>) -> Vec<u8> {
-    let mut target = b"/internal/scan?limit=".to_vec();
-    target.extend_from_slice(scan.limit.to_string().as_bytes());
-    target.extend_from_slice(b"&prefix=");
-    form::encode_into(&scan.prefix, &mut target);
-    if let Some(a) = &scan.after {
-        target.extend_from_slice(b"&after=");
-        form::encode_into(a, &mut target);
-    }
-    let mut out = forward_head("GET", &target, addr, token, 0);
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
 pub(super) fn decode_scan_reply(resp: &ClientResponse) -> Result<SnapshotPage, ApiError> {
     if resp.status != 200 {
         return Err(ApiError::Storage(format!(
@@ -192,14 +150,40 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// Unpadded base64url: listing cursors (a key of the largest size still
+/// fits in a request line).
+fn cursor_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(char::from(B64[(n >> (18 - 6 * i) & 63) as usize]));
+        }
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
+    out
+}
+
+fn cursor_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        let v = B64.iter().position(|&x| x == c)?;
+        acc = (acc << 6) | u32::try_from(v).ok()?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(u8::try_from(acc >> bits & 0xff).ok()?);
+        }
+    }
+    // Leftover bits must be zero padding of a canonical encoding.
+    (bits < 6 && acc & ((1 << bits) - 1) == 0).then_some(out)
 }
 
 #[derive(Deserialize)]
@@ -363,7 +347,7 @@ impl Api {
             Some(c) => Some(
                 std::str::from_utf8(&c)
                     .ok()
-                    .and_then(unhex)
+                    .and_then(cursor_decode)
                     .ok_or(ApiError::BadParam("cursor", "not a cursor from a listing"))?,
             ),
         };
@@ -390,7 +374,7 @@ impl Api {
         let more = shard_full || all.len() > limit;
         all.truncate(limit);
         let next = if more {
-            all.last().map(|(k, _)| Value::String(hex(k)))
+            all.last().map(|(k, _)| Value::String(cursor_encode(k)))
         } else {
             None
         };
@@ -421,8 +405,19 @@ mod tests {
         assert_eq!(parse_etag(b"\"12\"", "If-Match").ok(), Some(Some(12)));
         assert_eq!(parse_etag(b" 7 ", "If-Match").ok(), Some(Some(7)));
         assert!(parse_etag(b"W/\"1\"", "If-Match").is_err());
-        assert_eq!(unhex(&hex(b"\x00ab\xff")), Some(b"\x00ab\xff".to_vec()));
-        assert_eq!(unhex("zz"), None);
-        assert_eq!(unhex("abc"), None);
+        assert_eq!(hex(b"\x00ab\xff"), "006162ff");
+        for len in 0..40 {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            let c = cursor_encode(&bytes);
+            assert!(
+                c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            );
+            assert_eq!(cursor_decode(&c), Some(bytes), "len {len}");
+        }
+        assert_eq!(cursor_encode(b"pre1"), "cHJlMQ");
+        assert_eq!(cursor_decode("cHJlMR"), None);
+        assert_eq!(cursor_decode("a"), None);
+        assert_eq!(cursor_decode("*"), None);
     }
 }

@@ -1,5 +1,5 @@
 //! The seed's endpoints: `/get`, `/set`, `/delete` with query or form
-//! parameters, and the bytes of such a request forwarded to a remote owner.
+//! parameters.
 //!
 //! Pure: a parsed request in, a [`KvRequest`] or an [`ApiError`] out.
 
@@ -89,52 +89,4 @@ pub(super) fn read_wait(
         .unwrap_or(MIN_SEQ_WAIT_MS)
         .min(MAX_MIN_SEQ_WAIT_MS);
     Ok((min_seq, wait_ms))
-}
-
-/// Common headers of a request forwarded to another host.
-pub(super) fn forward_head(
-    method: &str,
-    target: &[u8],
-    addr: &str,
-    token: Option<&str>,
-    body_len: usize,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128 + target.len());
-    out.extend_from_slice(method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(target);
-    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    out.extend_from_slice(addr.as_bytes());
-    out.extend_from_slice(b"\r\nX-Corekv-Forwarded: 1\r\n");
-    if let Some(t) = token {
-        out.extend_from_slice(b"Authorization: Bearer ");
-        out.extend_from_slice(t.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(format!("Content-Length: {body_len}\r\n").as_bytes());
-    out
-}
-
-/// The bytes of a seed-style `kv` sent to its owner on another host.
-pub(super) fn forward_bytes(addr: &str, kv: &KvRequest, token: Option<&str>) -> Vec<u8> {
-    let mut body = b"key=".to_vec();
-    form::encode_into(&kv.key, &mut body);
-    let path: &[u8] = match &kv.op {
-        KvOp::Get => b"/get",
-        KvOp::Set(value) => {
-            body.extend_from_slice(b"&value=");
-            form::encode_into(value, &mut body);
-            b"/set"
-        }
-        KvOp::Delete => b"/delete",
-    };
-    if kv.min_seq > 0 {
-        body.extend_from_slice(
-            format!("&min_seq={}&wait_ms={}", kv.min_seq, kv.wait_ms).as_bytes(),
-        );
-    }
-    let mut out = forward_head("POST", path, addr, token, body.len());
-    out.extend_from_slice(b"Content-Type: application/x-www-form-urlencoded\r\n\r\n");
-    out.extend_from_slice(&body);
-    out
 }

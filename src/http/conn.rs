@@ -89,9 +89,23 @@ impl Default for ConnConfig {
 
 const INITIAL_BUF: usize = 16 * 1024;
 
+/// How a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Served until the peer closed, an error, a timeout or a close request.
+    Served,
+    /// Refused at the connection cap (answered 503).
+    Refused,
+}
+
 /// Serves requests on `stream` until the peer closes, an error, a timeout,
 /// or a request asks to close.
-pub async fn serve<F, Fut>(mut stream: TcpStream, cfg: ConnConfig, tracker: &Tracker, handler: F)
+pub async fn serve<F, Fut>(
+    mut stream: TcpStream,
+    cfg: ConnConfig,
+    tracker: &Tracker,
+    handler: F,
+) -> Ended
 where
     F: Fn(Request) -> Fut,
     Fut: Future<Output = Response>,
@@ -102,7 +116,7 @@ where
         let resp = Response::text(503, "too many open connections; try again later");
         encode(&resp, false, false, &mut out);
         let _ = stream.write_all(&out).await;
-        return;
+        return Ended::Refused;
     }
     let _ = stream.set_nodelay(true);
     let max_buf = cfg.limits.max_head + cfg.limits.max_body + INITIAL_BUF;
@@ -112,10 +126,12 @@ where
     let mut request_started: Option<Instant> = None;
     loop {
         let mut close = false;
+        let mut answered = false;
         loop {
             match parse(&buf[start..end], &cfg.limits) {
                 Ok(Parsed::Complete(req, used)) => {
                     start += used;
+                    answered = true;
                     let head_only = req.method == Method::Head;
                     let keep_alive = req.keep_alive;
                     let resp = {
@@ -144,12 +160,12 @@ where
         }
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
-                return;
+                return Ended::Served;
             }
             out.clear();
         }
         if close {
-            return;
+            return Ended::Served;
         }
         // Make room for the next read.
         if start == end {
@@ -157,7 +173,11 @@ where
             end = 0;
             request_started = None;
         } else {
-            request_started.get_or_insert_with(Instant::now);
+            // A partial request is buffered: its clock starts when its first
+            // bytes arrived, at the latest now if a request just completed.
+            if answered || request_started.is_none() {
+                request_started = Some(Instant::now());
+            }
             if end == buf.len() {
                 if start > 0 {
                     buf.copy_within(start..end, 0);
@@ -174,7 +194,7 @@ where
                 Some(left) if !left.is_zero() => left,
                 _ => {
                     timed_out(&mut stream).await;
-                    return;
+                    return Ended::Served;
                 }
             },
         };
@@ -192,21 +212,21 @@ where
             Some(r) => r,
             None => {
                 if stream.set_read_timeout(Some(timeout)).is_err() {
-                    return;
+                    return Ended::Served;
                 }
                 stream.read(&mut buf[end..]).await
             }
         };
         match read {
-            Ok(0) => return,
+            Ok(0) => return Ended::Served,
             Ok(n) => end += n,
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 if request_started.is_some() {
                     timed_out(&mut stream).await;
                 }
-                return;
+                return Ended::Served;
             }
-            Err(_) => return,
+            Err(_) => return Ended::Served,
         }
     }
 }

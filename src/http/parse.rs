@@ -149,7 +149,16 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
             };
         }
         Err(httparse::Error::TooManyHeaders) => return Err(ParseError::TooManyHeaders),
-        Err(httparse::Error::Version) => return Err(ParseError::UnsupportedVersion),
+        Err(httparse::Error::Version) => {
+            // Only a request line that names another HTTP version is a 505.
+            let line = buf.split(|&b| b == b'\n').next().unwrap_or(buf);
+            let other_http = line.windows(6).any(|w| w == b" HTTP/");
+            return Err(if other_http {
+                ParseError::UnsupportedVersion
+            } else {
+                ParseError::Malformed("not an HTTP/1.x request line")
+            });
+        }
         Err(e) => return Err(ParseError::Malformed(parse_error_text(e))),
     };
     if head_len > limits.max_head {
@@ -340,6 +349,8 @@ mod tests {
             (b"GET / HTTP/1.1\r\nContent-Length: 9000000\r\n\r\n", 413),
             (b"GET / HTTP/2.0\r\n\r\n", 505),
             (b"G\x01T / HTTP/1.1\r\n\r\n", 400),
+            (b"this is not http\r\n\r\n", 400),
+            (b"GET / FOO/1.1\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", 400),
         ];
         for (raw, status) in cases {
