@@ -41,6 +41,8 @@ options:
   --request-timeout S  time to send a whole request, 408 after (default: 10)
   --spin-us N          executors spin N microseconds before sleeping
                        (default: 0)
+  --preempt-us N       executors poll for I/O at least every N microseconds
+                       while tasks keep running (default: 100000)
   --no-yield           do not yield before waiting for a connection's next
                        request (benchmark comparison)
   --cache-mb N         redb page cache per node file (default: 64)
@@ -140,6 +142,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                         .parse()
                         .map_err(|_| "--spin-us needs a whole number".to_string())?,
                 );
+            }
+            "--preempt-us" => {
+                opts.preempt_timer =
+                    Duration::from_micros(number(&value("microseconds")?, &name)? as u64);
             }
             "--no-yield" => opts.conn.yield_before_read = false,
             "--cache-mb" => {

@@ -34,6 +34,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+/// How long an executor runs tasks before it polls for I/O again
+/// (`--preempt-us`; glommio's default). Shorter bounds how long a busy run
+/// queue can delay connections that wait for I/O, at the cost of a timer
+/// per reactor turn.
+pub const DEFAULT_PREEMPT: Duration = Duration::from_millis(100);
+
 /// Minimum `RLIMIT_MEMLOCK` glommio needs per executor.
 const MEMLOCK_PER_EXECUTOR: u64 = 512 * 1024;
 
@@ -61,6 +67,9 @@ pub struct Options {
     pub spin_before_park: Duration,
     /// redb page cache per node file.
     pub cache_bytes: usize,
+    /// glommio `preempt_timer`: longest run of tasks before the executor
+    /// polls for I/O again.
+    pub preempt_timer: Duration,
 }
 
 impl Default for Options {
@@ -78,6 +87,7 @@ impl Default for Options {
             log_level: Level::Info,
             spin_before_park: Duration::ZERO,
             cache_bytes: crate::storage::DEFAULT_CACHE_BYTES,
+            preempt_timer: DEFAULT_PREEMPT,
         }
     }
 }
@@ -249,6 +259,7 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
             max_key: opts.max_key,
             stop: stop_rx,
             spin_before_park: opts.spin_before_park,
+            preempt_timer: opts.preempt_timer,
         };
         let events = events_tx.clone();
         std::thread::Builder::new()
@@ -359,6 +370,7 @@ struct NodeContext {
     /// Shutdown request; the executor answers on the enclosed channel.
     stop: flume::Receiver<flume::Sender<()>>,
     spin_before_park: Duration,
+    preempt_timer: Duration,
 }
 
 fn run_executor(
@@ -375,6 +387,9 @@ fn run_executor(
         .io_memory(256 * 1024);
     if !ctx.spin_before_park.is_zero() {
         builder = builder.spin_before_park(ctx.spin_before_park);
+    }
+    if !ctx.preempt_timer.is_zero() {
+        builder = builder.preempt_timer(ctx.preempt_timer);
     }
     let ex = match builder.make() {
         Ok(ex) => ex,
@@ -410,6 +425,7 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
         max_key,
         stop,
         spin_before_park: _,
+        preempt_timer: _,
     } = ctx;
     let shard = Rc::new(shard);
     let client = Rc::new(Client::new(Duration::from_secs(1), Duration::from_secs(5)));
