@@ -461,7 +461,7 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
             (None, applied)
         }
     };
-    let router = Router::new(topo, node.id, mailboxes, client);
+    let router = Router::new(topo, node.id, mailboxes, client, token.clone());
     let api = Rc::new(Api::new(
         router,
         shard,

@@ -6,7 +6,7 @@
 //! knows no URLs or status codes (the caller, `api`, builds the bytes of a
 //! remote request and maps failures to statuses).
 
-use crate::http::client::{Client, ClientError, ClientResponse};
+use crate::http::client::{Client, ClientError, ClientResponse, node_request};
 use crate::http::encode::Response;
 use crate::protocol::{KvRequest, Mail, Scan};
 use crate::storage::SnapshotPage;
@@ -55,16 +55,25 @@ pub struct Router {
     me: usize,
     mailboxes: Mailboxes,
     client: Rc<Client>,
+    /// The cluster token, sent with every request to another host.
+    token: Option<Arc<str>>,
 }
 
 impl Router {
     #[must_use]
-    pub fn new(topo: Arc<Topology>, me: usize, mailboxes: Mailboxes, client: Rc<Client>) -> Self {
+    pub fn new(
+        topo: Arc<Topology>,
+        me: usize,
+        mailboxes: Mailboxes,
+        client: Rc<Client>,
+        token: Option<Arc<str>>,
+    ) -> Self {
         Self {
             topo,
             me,
             mailboxes,
             client,
+            token,
         }
     }
 
@@ -76,11 +85,6 @@ impl Router {
     #[must_use]
     pub fn topology(&self) -> &Topology {
         &self.topo
-    }
-
-    #[must_use]
-    pub fn client(&self) -> &Rc<Client> {
-        &self.client
     }
 
     /// The route to `node`.
@@ -127,17 +131,20 @@ impl Router {
         rx.recv_async().await.map_err(|_| ForwardError::PeerStopped)
     }
 
-    /// Sends complete request bytes to a node on another host.
+    /// POSTs `body` to the internal endpoint `path` of a node on another
+    /// host.
     ///
     /// # Errors
     /// Connect, timeout or protocol failures.
     pub async fn to_remote(
         &self,
         addr: &str,
-        request: &[u8],
+        path: &[u8],
+        body: &[u8],
     ) -> Result<ClientResponse, ForwardError> {
+        let request = node_request("POST", path, addr, self.token.as_deref(), body);
         self.client
-            .send(addr, request, None)
+            .send(addr, &request, None)
             .await
             .map_err(ForwardError::Remote)
     }

@@ -19,7 +19,7 @@ mod ops;
 mod rest;
 mod seed;
 
-use crate::http::client::{ClientError, ClientResponse, node_request};
+use crate::http::client::{ClientError, ClientResponse};
 use crate::http::encode::{BYTES, JSON, Response, TEXT};
 use crate::http::parse::Request;
 use crate::metrics::Metrics;
@@ -331,16 +331,9 @@ impl Api {
                 self.metrics
                     .forwarded_remote
                     .fetch_add(1, Ordering::Relaxed);
-                let bytes = node_request(
-                    "POST",
-                    b"/internal/kv",
-                    &addr,
-                    self.token.as_deref(),
-                    &encode_kv(&kv),
-                );
                 let resp = self
                     .router
-                    .to_remote(&addr, &bytes)
+                    .to_remote(&addr, b"/internal/kv", &encode_kv(&kv))
                     .await
                     .map_err(owner_err)?;
                 Ok(from_remote(resp))
@@ -454,16 +447,9 @@ impl Api {
                 .map_err(owner_err)?
                 .map_err(ApiError::Storage),
             Route::Remote(addr) => {
-                let bytes = node_request(
-                    "POST",
-                    b"/internal/scan",
-                    &addr,
-                    self.token.as_deref(),
-                    &encode_scan(&scan),
-                );
                 let resp = self
                     .router
-                    .to_remote(&addr, &bytes)
+                    .to_remote(&addr, b"/internal/scan", &encode_scan(&scan))
                     .await
                     .map_err(owner_err)?;
                 rest::decode_scan_reply(&resp)

@@ -6,7 +6,7 @@
 //! Depends on the parent module's routing and on serde_json for the batch
 //! and listing bodies.
 
-use super::seed::{check_key, read_wait};
+use super::seed::{check_key, read_wait, take_param};
 use super::{Api, ApiError};
 use crate::http::client::ClientResponse;
 use crate::http::encode::{JSON, Response};
@@ -98,12 +98,7 @@ pub(super) fn parse_kv(req: &Request, max_key: usize) -> Result<KvRequest, ApiEr
         _ => return Err(ApiError::MethodNotAllowed("GET, HEAD, PUT, DELETE")),
     };
     let mut params = form::parse_pairs(&req.query).map_err(|_| ApiError::BadEncoding("query"))?;
-    let mut take = |name: &str| {
-        params
-            .iter()
-            .position(|(n, _)| n == name.as_bytes())
-            .map(|i| params.remove(i).1)
-    };
+    let mut take = |name: &str| take_param(&mut params, name);
     let (min_seq, wait_ms) = read_wait(&mut take)?;
     Ok(KvRequest {
         op,

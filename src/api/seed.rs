@@ -33,12 +33,7 @@ pub(super) fn parse(req: &Request, max_key: usize) -> Result<KvRequest, ApiError
         params
             .extend(form::parse_pairs(&req.body).map_err(|_| ApiError::BadEncoding("form body"))?);
     }
-    let mut take = |name: &str| {
-        params
-            .iter()
-            .position(|(n, _)| n == name.as_bytes())
-            .map(|i| params.remove(i).1)
-    };
+    let mut take = |name: &str| take_param(&mut params, name);
     let key = check_key(take("key").ok_or(ApiError::MissingParam("key"))?, max_key)?;
     let op = match req.path.as_slice() {
         b"/get" => KvOp::Get,
@@ -54,6 +49,14 @@ pub(super) fn parse(req: &Request, max_key: usize) -> Result<KvRequest, ApiError
         cond: Cond::Always,
         style: Style::Seed,
     })
+}
+
+/// Removes and returns the first parameter called `name`.
+pub(super) fn take_param(params: &mut form::Pairs, name: &str) -> Option<Vec<u8>> {
+    params
+        .iter()
+        .position(|(n, _)| n == name.as_bytes())
+        .map(|i| params.remove(i).1)
 }
 
 /// A key must be 1..=`max_key` bytes.
