@@ -484,15 +484,17 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
                 let tracker = tracker.clone();
                 glommio::spawn_local(async move {
                     let metrics = api.metrics().clone();
+                    if !conn::has_room(&cfg, &tracker) {
+                        metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
+                        conn::refuse(stream).await;
+                        return;
+                    }
                     metrics.open_connections.fetch_add(1, Ordering::Relaxed);
-                    let ended = conn::serve(stream, cfg, &tracker, |req| {
+                    conn::serve(stream, cfg, &tracker, |req| {
                         let api = api.clone();
                         async move { api.handle(req).await }
                     })
                     .await;
-                    if ended == conn::Ended::Refused {
-                        metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
-                    }
                     metrics.open_connections.fetch_sub(1, Ordering::Relaxed);
                 })
                 .detach();

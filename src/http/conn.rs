@@ -89,35 +89,28 @@ impl Default for ConnConfig {
 
 const INITIAL_BUF: usize = 16 * 1024;
 
-/// How a connection ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ended {
-    /// Served until the peer closed, an error, a timeout or a close request.
-    Served,
-    /// Refused at the connection cap (answered 503).
-    Refused,
+/// Whether a newly accepted connection fits under the cap.
+#[must_use]
+pub fn has_room(cfg: &ConnConfig, tracker: &Tracker) -> bool {
+    tracker.open() < cfg.max_connections
+}
+
+/// Answers a connection over the cap with 503 and closes it.
+pub async fn refuse(mut stream: TcpStream) {
+    let mut out = Vec::new();
+    let resp = Response::text(503, "too many open connections; try again later");
+    encode(&resp, false, false, &mut out);
+    let _ = stream.write_all(&out).await;
 }
 
 /// Serves requests on `stream` until the peer closes, an error, a timeout,
 /// or a request asks to close.
-pub async fn serve<F, Fut>(
-    mut stream: TcpStream,
-    cfg: ConnConfig,
-    tracker: &Tracker,
-    handler: F,
-) -> Ended
+pub async fn serve<F, Fut>(mut stream: TcpStream, cfg: ConnConfig, tracker: &Tracker, handler: F)
 where
     F: Fn(Request) -> Fut,
     Fut: Future<Output = Response>,
 {
     let _open = Count::new(&tracker.open);
-    if tracker.open() > cfg.max_connections {
-        let mut out = Vec::new();
-        let resp = Response::text(503, "too many open connections; try again later");
-        encode(&resp, false, false, &mut out);
-        let _ = stream.write_all(&out).await;
-        return Ended::Refused;
-    }
     let _ = stream.set_nodelay(true);
     let max_buf = cfg.limits.max_head + cfg.limits.max_body + INITIAL_BUF;
     let mut buf = vec![0u8; INITIAL_BUF];
@@ -160,12 +153,12 @@ where
         }
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
-                return Ended::Served;
+                return;
             }
             out.clear();
         }
         if close {
-            return Ended::Served;
+            return;
         }
         // Make room for the next read.
         if start == end {
@@ -194,7 +187,7 @@ where
                 Some(left) if !left.is_zero() => left,
                 _ => {
                     timed_out(&mut stream).await;
-                    return Ended::Served;
+                    return;
                 }
             },
         };
@@ -212,21 +205,21 @@ where
             Some(r) => r,
             None => {
                 if stream.set_read_timeout(Some(timeout)).is_err() {
-                    return Ended::Served;
+                    return;
                 }
                 stream.read(&mut buf[end..]).await
             }
         };
         match read {
-            Ok(0) => return Ended::Served,
+            Ok(0) => return,
             Ok(n) => end += n,
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 if request_started.is_some() {
                     timed_out(&mut stream).await;
                 }
-                return Ended::Served;
+                return;
             }
-            Err(_) => return Ended::Served,
+            Err(_) => return,
         }
     }
 }
