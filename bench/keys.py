@@ -16,6 +16,8 @@ Sub-commands (all bounded, all talk only to the addresses they are given):
   load --shards N --addr IDX=HOST:PORT ... --prefix key- --count C --value-size S
                                  pipelined loader: SET key-0..key-(C-1) to the
                                  owner primary of each key, check every status
+                                 (--keyfile F: SET the keys listed in F instead;
+                                 --addr is then needed only for their shards)
   check --addr HOST:PORT --keys K... [--expect-size S]
                                  GET keys, exit non-zero unless all are 200
 """
@@ -174,16 +176,24 @@ async def load(args):
         idx, _, hp = a.partition("=")
         host, _, port = hp.rpartition(":")
         addrs[int(idx)] = (host, int(port))
-    if sorted(addrs) != list(range(args.shards)):
-        raise SystemExit("--addr must give IDX=HOST:PORT for every shard 0..%d" % (args.shards - 1))
     # The benchmark only checks status and length, so every value is the
     # same printable string of exactly value_size bytes.
     value = "v" * args.value_size
     use_post = args.value_size > 1024 or args.post
-    per_shard = {i: [] for i in range(args.shards)}
-    for n in range(args.start, args.start + args.count):
-        k = "%s%d" % (args.prefix, n)
-        per_shard[shard_of(k, args.shards)].append(k)
+    if args.keyfile:
+        with open(args.keyfile) as f:
+            all_keys = [l.strip() for l in f if l.strip()]
+        args.count = len(all_keys)
+        what = "keys of %s" % args.keyfile
+    else:
+        all_keys = ["%s%d" % (args.prefix, n) for n in range(args.start, args.start + args.count)]
+        what = "%s%d..%s%d" % (args.prefix, args.start, args.prefix, args.start + args.count - 1)
+    per_shard = {}
+    for k in all_keys:
+        per_shard.setdefault(shard_of(k, args.shards), []).append(k)
+    missing = sorted(s for s in per_shard if s not in addrs)
+    if missing:
+        raise SystemExit("--addr must give IDX=HOST:PORT for shard(s) %s" % missing)
     stats = {}
     deadline = time.monotonic() + args.timeout
     tasks = []
@@ -202,9 +212,8 @@ async def load(args):
     errs = [r for r in results if isinstance(r, BaseException)]
     ok = stats.get(200, 0)
     summary = {k: v for k, v in stats.items() if k != "examples"}
-    print("loaded %d/%d keys (%s%d..%s%d, %d B values, %s) in %.1fs = %.0f sets/s; statuses %s"
-          % (ok, args.count, args.prefix, args.start, args.prefix, args.start + args.count - 1,
-             args.value_size, "POST" if use_post else "GET", dt, ok / dt if dt else 0, summary),
+    print("loaded %d/%d keys (%s, %d B values, %s) in %.1fs = %.0f sets/s; statuses %s"
+          % (ok, args.count, what, args.value_size, "POST" if use_post else "GET", dt, ok / dt if dt else 0, summary),
           file=sys.stderr)
     for ex in stats.get("examples", []):
         print("  non-200 example: key=%r status=%d body=%r" % ex, file=sys.stderr)
@@ -265,6 +274,7 @@ def main():
     lp.add_argument("--depth", type=int, default=32)
     lp.add_argument("--timeout", type=float, default=120)
     lp.add_argument("--post", action="store_true", help="always POST a form body")
+    lp.add_argument("--keyfile", help="SET the keys listed in this file (one a line)")
     cp = sub.add_parser("check")
     cp.add_argument("--addr", required=True)
     cp.add_argument("--keys", nargs="+", required=True)

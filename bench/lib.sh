@@ -11,6 +11,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 CLK_TCK="$(getconf CLK_TCK)"
 COREKV_PID=""
 COREKV_BIN="${COREKV_BIN:-$ROOT_DIR/target/release/corekv}"
+# Extra command-line options for the next corekv_start (e.g. --commit-batch 1).
+COREKV_ARGS=()
 
 # Logs go to the stderr the script started with (fd 9), so that messages of a
 # signal trap that fires during a redirected command are not lost in a file.
@@ -88,8 +90,9 @@ EOF
 }
 
 # corekv_start CONFIG DATA_DIR LOGFILE HEALTH_PORTS...: start the server in
-# the background, wait (max COREKV_START_TIMEOUT s, default 30) for /health
-# on every given port. Sets COREKV_PID.
+# the background (with the options in the COREKV_ARGS array, if any), wait
+# (max COREKV_START_TIMEOUT s, default 30) for /health on every given port.
+# Sets COREKV_PID.
 corekv_start() {
     local config="$1" data="$2" logfile="$3"; shift 3
     [ -x "$COREKV_BIN" ] || die "no server binary at $COREKV_BIN"
@@ -98,9 +101,9 @@ corekv_start() {
         port_busy "$p" && die "127.0.0.1:$p already answers; another server is running there"
     done
     mkdir -p "$data"
-    "$COREKV_BIN" --config "$config" --data-dir "$data" >"$logfile" 2>&1 &
+    "$COREKV_BIN" --config "$config" --data-dir "$data" "${COREKV_ARGS[@]}" >"$logfile" 2>&1 &
     COREKV_PID=$!
-    log "started corekv PID $COREKV_PID (log $logfile)"
+    log "started corekv PID $COREKV_PID${COREKV_ARGS[*]:+ (${COREKV_ARGS[*]})} (log $logfile)"
     local deadline=$(( $(date +%s) + ${COREKV_START_TIMEOUT:-30} ))
     for p in "$@"; do
         local left=$(( deadline - $(date +%s) ))
@@ -159,7 +162,9 @@ wait_quiet() {
 
 # measure ID SCENARIO TOOL TARGET CONNS DEPTH REF SERVER_PID HEALTH_URL -- CMD...
 # Runs CMD (bounded), records server CPU ticks around it and appends a row
-# to $INDEX. Raw output goes to $RAW_DIR/ID.txt and is appended to $RUN_LOG.
+# to $INDEX. MEASURE_BASE (optional) names a second row to compare with (the
+# one-fsync-per-write baseline of a durable SET row; the row's own id for the
+# baseline itself). Raw output goes to $RAW_DIR/ID.txt and is appended to $RUN_LOG.
 measure() {
     local id="$1" scen="$2" tool="$3" target="$4" conns="$5" depth="$6" ref="$7" pid="$8" health="$9"
     shift 9
@@ -185,9 +190,9 @@ measure() {
     } >>"$RUN_LOG"
     local rss
     rss="$(rss_kib "$pid" 2>/dev/null || true)"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$id" "$scen" "$tool" "$target" "$conns" "$depth" "$raw" "$((t1 - t0))" "$CLK_TCK" "$ok" "$ref" \
-        "$((c1 - c0))" "$((m1 - m0))" "$(( (w1 - w0) / 1000000 ))" "${rss:-0}" >>"$INDEX"
+        "$((c1 - c0))" "$((m1 - m0))" "$(( (w1 - w0) / 1000000 ))" "${rss:-0}" "${MEASURE_BASE:--}" >>"$INDEX"
     local summary
     summary="$(python3 "$BENCH_DIR/report.py" parse "$tool" "$raw" 2>&1 | cut -c1-200)" || true
     log "   -> $summary"

@@ -3,8 +3,10 @@
 
 Input: a TSV index (one line per measured run) written by bench/lib.sh:
     id scenario tool target conns depth raw_file cpu_ticks clk_tck server_ok ref
-    client_cpu_ms machine_busy_ticks wall_ms server_rss_kib
+    client_cpu_ms machine_busy_ticks wall_ms server_rss_kib [base]
 `ref` is the id of the nginx row the run is compared with ("-" for none);
+`base` (optional) the id of the one-fsync-per-write baseline row a durable
+SET row is compared with ("-" for none);
 cpu_ticks is the server's utime+stime over the run, client_cpu_ms the load
 generator's, machine_busy_ticks all CPUs' busy time (/proc/stat).
 
@@ -12,6 +14,9 @@ Usage:
     report.py table INDEX.tsv [--header FILE]   # markdown on stdout
     report.py scaling CASES.tsv INDEX.tsv [--header FILE]
     report.py parse wrk|oha FILE                # one parsed run, as key=value
+    report.py soak CLIENT_OUT [--header FILE] [--client-rc N] [--server-alive 0|1]
+              [--rss-max-pct P] [--rss-min-mib M]
+                                                # bench/soak.sh summary; exit 1 on failure
 """
 import json
 import re
@@ -76,6 +81,8 @@ NOISY_PCT = 25.0
 
 
 def fmt_lat(us):
+    if us >= 1e6:
+        return "%.2f s" % (us / 1e6)
     if us >= 1000:
         return "%.2f ms" % (us / 1000)
     return "%.0f µs" % us
@@ -94,11 +101,11 @@ def table(index_path, header_path=None):
                 continue
             f = line.split("\t")
             (rid, scen, tool, target, conns, depth, raw, ticks, clk, ok, ref) = f[:11]
-            client_ms, busy, wall_ms, rss = (f[11:15] + ["0", "0", "0", "0"])[:4]
+            client_ms, busy, wall_ms, rss, base = (f[11:16] + ["0", "0", "0", "0", "-"][len(f[11:16]):])[:5]
             row = dict(id=rid, scenario=scen, tool=tool, target=target, conns=int(conns),
                        depth=int(depth), raw=raw, ticks=int(ticks), clk=int(clk),
                        server_ok=(ok == "1"), ref=ref, client_ms=int(client_ms),
-                       busy=int(busy), wall_ms=int(wall_ms), rss=int(rss or 0))
+                       busy=int(busy), wall_ms=int(wall_ms), rss=int(rss or 0), base=base)
             try:
                 row.update(parse(tool, raw))
                 row["parse_error"] = None
@@ -106,6 +113,14 @@ def table(index_path, header_path=None):
                 row["parse_error"] = str(e)
             rows.append(row)
     by_id = {r["id"]: r for r in rows}
+    # Baseline rows (named by other rows' `base`) are shown together, right
+    # after the last row compared with one of them.
+    base_ids = {r["base"] for r in rows if r["base"] not in ("-", "", r["id"]) and r["base"] in by_id}
+    if base_ids:
+        ordered = [r for r in rows if r["id"] not in base_ids]
+        last = max(i for i, r in enumerate(ordered) if r["base"] in base_ids)
+        ordered[last + 1:last + 1] = [r for r in rows if r["id"] in base_ids]
+        rows = ordered
     for r in rows:
         if r["parse_error"]:
             continue
@@ -126,12 +141,14 @@ def table(index_path, header_path=None):
             out.append(f.read().rstrip("\n"))
         out.append("")
     out.append("| scenario | tool | target | conns × depth | req/s | p50 | p99 | non-2xx | socket errors "
-               "| server CPU µs/req | req/s vs nginx | CPU/req vs nginx | client CPU µs/req | other CPU | server RSS after |")
-    out.append("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+               "| server CPU µs/req | req/s vs nginx | CPU/req vs nginx | req/s vs 1 fsync/write "
+               "| client CPU µs/req | other CPU | server RSS after |")
+    out.append("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     notes = []
+    durable = []
     for r in rows:
         if r["parse_error"]:
-            out.append("| %s | %s | %s | %d × %d | FAILED | | | | | | | | | | |" % (
+            out.append("| %s | %s | %s | %d × %d | FAILED | | | | | | | | | | | |" % (
                 r["scenario"], r["tool"], r["target"], r["conns"], r["depth"]))
             notes.append("- %s / %s: %s" % (r["scenario"], r["tool"], r["parse_error"]))
             continue
@@ -143,11 +160,19 @@ def table(index_path, header_path=None):
             rps_ratio, cpu_ratio = "1.00× (ref)", "1.00× (ref)"
         else:
             rps_ratio, cpu_ratio = "-", "-"
+        base = by_id.get(r["base"])
+        if r["id"] in base_ids:
+            base_ratio = "1.00× (ref)"
+        elif base is not None and not base.get("parse_error") and base["rps"]:
+            base_ratio = "**%.1f×**" % (r["rps"] / base["rps"])
+            durable.append((r, base))
+        else:
+            base_ratio = ""
         flag = "" if r["server_ok"] else " ⚠ server died"
-        out.append("| %s%s | %s | %s | %d × %d | %s | %s | %s | %d | %d | %.2f | %s | %s | %.2f | %.0f%% | %s |" % (
+        out.append("| %s%s | %s | %s | %d × %d | %s | %s | %s | %d | %d | %.2f | %s | %s | %s | %.2f | %.0f%% | %s |" % (
             r["scenario"], flag, r["tool"], r["target"], r["conns"], r["depth"], fmt_rps(r["rps"]),
             fmt_lat(r["p50_us"]), fmt_lat(r["p99_us"]), r["non2xx"], r["errors"], r["cpu_us"],
-            rps_ratio, cpu_ratio, r["client_us"], r["other_pct"], fmt_bytes(r["rss"] * 1024)))
+            rps_ratio, cpu_ratio, base_ratio, r["client_us"], r["other_pct"], fmt_bytes(r["rss"] * 1024)))
         if r["other_pct"] > NOISY_PCT:
             notes.append("- %s / %s: %.0f%% of a core went to other processes or unattributed kernel work "
                          "during the run; the machine was not quiet, treat this row with care" % (
@@ -161,6 +186,17 @@ def table(index_path, header_path=None):
         if not r["server_ok"]:
             notes.append("- %s / %s: the server process was gone or unhealthy after this run" % (
                 r["scenario"], r["tool"]))
+    if durable:
+        out.append("")
+        out.append("Durable writes, group commit vs one fsync per write (same load, same run; target ≥ 10×):")
+        out.append("")
+        for r, b in durable:
+            ratio = r["rps"] / b["rps"]
+            out.append("- %s: %s req/s (p50 %s, p99 %s) vs %s req/s with 1 fsync/write (p50 %s, p99 %s): "
+                       "**%.1f×**, target %s" % (
+                           r["tool"], fmt_rps(r["rps"]), fmt_lat(r["p50_us"]), fmt_lat(r["p99_us"]),
+                           fmt_rps(b["rps"]), fmt_lat(b["p50_us"]), fmt_lat(b["p99_us"]), ratio,
+                           "met" if ratio >= 10 else "NOT met"))
     if notes:
         out.append("")
         out.append("Problems seen during this run:")
@@ -260,7 +296,194 @@ def scaling(cases_path, index_path, header_path=None):
     return "\n".join(out) + "\n"
 
 
+def parse_soak(path):
+    """The soakclient's output: BOOT/START/INTERVAL/CLASS/KIND/EXAMPLE/SUMMARY lines."""
+    import shlex
+    out = {"intervals": [], "classes": [], "kinds": [], "examples": [], "summary": None,
+           "start": None, "boot": None, "stalls": []}
+    with open(path, errors="replace") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            tag, _, rest = line.partition(" ")
+            if tag == "EXAMPLE":
+                out["examples"].append(rest)
+                continue
+            if tag not in ("BOOT", "START", "INTERVAL", "CLASS", "KIND", "SUMMARY", "STALL"):
+                continue
+            try:
+                kv = dict(p.split("=", 1) for p in shlex.split(rest))
+            except ValueError:
+                continue
+            if tag == "INTERVAL":
+                out["intervals"].append(kv)
+            elif tag == "CLASS":
+                out["classes"].append(kv)
+            elif tag == "KIND":
+                out["kinds"].append(kv)
+            elif tag == "STALL":
+                out["stalls"].append(kv)
+            else:
+                out[tag.lower()] = kv
+    return out
+
+
+def soak(path, header=None, client_rc=0, server_alive=True, rss_max_pct=10.0, rss_min_mib=16.0):
+    d = parse_soak(path)
+    out = []
+    if header:
+        with open(header) as f:
+            out.append(f.read().rstrip("\n"))
+        out.append("")
+    sm = d["summary"]
+    if sm is None:
+        out.append("**The soak client did not finish (no SUMMARY line; exit status %d).** "
+                   "Last lines of its output are in soak.log." % client_rc)
+        if d["intervals"]:
+            iv = d["intervals"][-1]
+            out.append("")
+            out.append("Last progress line: t=%s s, %s req/s, errors %s, mismatches %s, RSS %s" % (
+                iv.get("t"), iv.get("rps"), iv.get("errors"), iv.get("mismatches"),
+                fmt_bytes(int(iv.get("rss_kib", 0)) * 1024)))
+        return "\n".join(out) + "\n", 1
+    g = lambda k: int(float(sm.get(k, 0)))
+    errors, mismatches = g("errors"), g("mismatches")
+    rss_warm, rss_end = g("rss_warm_kib"), g("rss_end_kib")
+    growth_kib = rss_end - rss_warm
+    limit_kib = max(rss_warm * rss_max_pct / 100.0, rss_min_mib * 1024)
+    flat = growth_kib <= limit_kib
+    # Trend of RSS after warm-up (least squares over the progress samples).
+    pts = [(float(iv["t"]), int(iv["rss_kib"])) for iv in d["intervals"]
+           if float(iv["t"]) + 0.5 >= float(sm.get("warm_t", 0)) and int(iv.get("rss_kib", 0)) > 0]
+    slope = None
+    if len(pts) >= 3:
+        mt = sum(t for t, _ in pts) / len(pts)
+        mr = sum(r for _, r in pts) / len(pts)
+        den = sum((t - mt) ** 2 for t, _ in pts)
+        if den:
+            slope = sum((t - mt) * (r - mr) for t, r in pts) / den * 60 / 1024  # MiB per minute
+    ok = errors == 0 and mismatches == 0 and flat and client_rc == 0 and server_alive
+
+    def mark(good):
+        return "ok" if good else "**FAIL**"
+
+    out.append("## Verdict: %s" % ("PASS" if ok else "FAIL"))
+    out.append("")
+    out.append("| check | result | |")
+    out.append("|---|---:|---|")
+    out.append("| requests checked (load) | %s | every response of every connection |" % "{:,}".format(g("requests")))
+    out.append("| errors: failed connections, timeouts, statuses other than the expected 200 / 404 | %d | %s |" % (errors, mark(errors == 0)))
+    out.append("| mismatches: wrong value, version, status, X-Seq / X-Version / X-Shard / X-Served-By | %d | %s |" % (mismatches, mark(mismatches == 0)))
+    out.append("| final check: every key on its primary and its replica = last acknowledged value; never-written keys 404 | %s reads | %s |" % (
+        "{:,}".format(g("final_checked")), mark(not any("final" in k.get("what", "") for k in d["kinds"]))))
+    out.append("| server RSS growth after warm-up (t=%ss → end) | %+.1f MiB (%+.1f%%)%s | %s (limit %.0f MiB) |" % (
+        sm.get("warm_t"), growth_kib / 1024, (growth_kib * 100.0 / rss_warm) if rss_warm else 0,
+        ("; trend %+.2f MiB/min" % slope) if slope is not None else "", "flat" if flat else "**GROWING**", limit_kib / 1024))
+    out.append("| server healthy at the end | %s | %s |" % ("yes" if server_alive else "no", mark(server_alive)))
+    out.append("")
+    secs = float(sm.get("seconds", 0)) or 1
+    nreq = g("requests")
+    out.append("## Load")
+    out.append("")
+    out.append("- %s requests in %.0f s = **%s req/s** (%s GET, %s SET = %.1f%% SET); %s connections, %s of them writers on the primaries" % (
+        "{:,}".format(nreq), secs, "{:,}".format(int(float(sm.get("rps", 0)))), "{:,}".format(g("gets")),
+        "{:,}".format(g("sets")), g("sets") * 100.0 / nreq if nreq else 0, sm.get("conns"), sm.get("writers")))
+    out.append("- latency (client-side, every request): p50 %s, **p99 %s**, p99.9 %s, max %s; GET p99 %s, SET p99 %s" % (
+        fmt_lat(float(sm["p50_us"])), fmt_lat(float(sm["p99_us"])), fmt_lat(float(sm["p999_us"])),
+        fmt_lat(float(sm["max_us"])), fmt_lat(float(sm["get_p99_us"])), fmt_lat(float(sm["set_p99_us"]))))
+    out.append("- preload: %s keys written once (v1) in %s s before the load; %s never-written keys" % (
+        "{:,}".format(g("keys")), sm.get("preload_s"), "{:,}".format(g("never"))))
+    out.append("- replica reads without min_seq that returned an older version than the one acknowledged when the read "
+               "was sent (allowed: replication is asynchronous): %s, at most %s versions behind" % (
+                   "{:,}".format(g("stale_replica_reads")), sm.get("max_staleness_versions")))
+    out.append("")
+    out.append("## Memory and disk")
+    out.append("")
+    out.append("| | empty server | after preload (start) | after warm-up (t=%ss) | end of load | max during load | after final check |" % sm.get("warm_t"))
+    out.append("|---|---:|---:|---:|---:|---:|---:|")
+    out.append("| server RSS | %s | %s | %s | %s | %s | %s |" % tuple(
+        fmt_bytes(g(k) * 1024) for k in ("rss_boot_kib", "rss_start_kib", "rss_warm_kib", "rss_end_kib", "rss_max_kib", "rss_after_check_kib")))
+    out.append("| data dir (allocated) | %s | %s | %s | %s | | |" % tuple(
+        fmt_bytes(g(k)) for k in ("disk_boot_bytes", "disk_start_bytes", "disk_warm_bytes", "disk_end_bytes")))
+    out.append("")
+    out.append("## Requests by kind")
+    out.append("")
+    out.append("| kind | requests | p50 | p99 | p99.9 | max |")
+    out.append("|---|---:|---:|---:|---:|---:|")
+    for c in d["classes"]:
+        out.append("| %s | %s | %s | %s | %s | %s |" % (
+            c["name"], "{:,}".format(int(c["requests"])), fmt_lat(float(c["p50_us"])), fmt_lat(float(c["p99_us"])),
+            fmt_lat(float(c["p999_us"])), fmt_lat(float(c["max_us"]))))
+    out.append("")
+    out.append("## Over time")
+    out.append("")
+    out.append("| t (s) | req/s | SET | p50 | p99 | max | slowest SET by shard | errors | mismatches | server RSS | data dir "
+               "| server CPU | disk busy, flushes/s | replica lag | open conns |")
+    out.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    p99s = sorted(float(iv["p99_us"]) for iv in d["intervals"])
+    med_p99 = p99s[len(p99s) // 2] if p99s else 0
+    spikes = []
+    for iv in d["intervals"]:
+        req = int(iv["requests"])
+        setp = int(iv["sets"]) * 100.0 / req if req else 0
+        set_max = " / ".join(fmt_lat(float(x)) for x in iv.get("set_max_us", "").split(",") if x)
+        out.append("| %s | %s | %.1f%% | %s | %s | %s | %s | %s | %s | %s | %s | %s%% | %s%%, %s | %s | %s |" % (
+            iv["t"], "{:,}".format(int(float(iv["rps"]))), setp, fmt_lat(float(iv["p50_us"])), fmt_lat(float(iv["p99_us"])),
+            fmt_lat(float(iv["max_us"])), set_max, iv["errors"], iv["mismatches"], fmt_bytes(int(iv["rss_kib"]) * 1024),
+            fmt_bytes(int(iv["disk_bytes"])), iv["server_cpu_pct"], iv.get("disk_busy_pct", "?"), iv.get("flushes_per_s", "?"),
+            iv["max_lag"], iv["open_conns"]))
+        if float(iv["max_us"]) > 1e6 or (med_p99 and float(iv["p99_us"]) > 5 * med_p99):
+            spikes.append("t=%ss (p99 %s, max %s)" % (iv["t"], fmt_lat(float(iv["p99_us"])), fmt_lat(float(iv["max_us"]))))
+    out.append("")
+    out.append("Each row covers the %s s before t. Latency is measured by the client (it shares the CPUs with the "
+               "server); slowest SET by shard: the slowest SET answered in the interval, by the key's shard; server CPU is %% of one core; "
+               "disk busy: I/O time of the data dir's block device (whole machine), flushes/s: its completed flush (fsync) requests; replica lag is the largest `lag` in `/status` (entries); "
+               "open conns is the sum of `open_connections` over the 6 nodes (the client's 256 plus the /status probe)." % (
+                   d["intervals"][0]["t"] if d["intervals"] else "?"))
+    if spikes:
+        out.append("")
+        out.append("Latency spikes (an interval with a request over 1 s, or p99 above 5× the median interval p99 of %s): %s" % (
+            fmt_lat(med_p99), "; ".join(spikes)))
+    if d["stalls"]:
+        st = d["stalls"]
+        out.append("")
+        out.append("## Stalls")
+        out.append("")
+        out.append("The client checks every second for requests in flight for over 2 s. %d such reports between "
+                   "t=%s s and t=%s s; the first and the last few (`kind:key shard@port=requests/oldest age`, "
+                   "then each node's `name:commits:seq` from `/status`):" % (len(st), st[0]["t"], st[-1]["t"]))
+        out.append("")
+        for x in (st[:6] + (st[-3:] if len(st) > 9 else st[6:])):
+            out.append("    t=%s: %s in flight > 2 s: %s; nodes %s" % (x["t"], x["inflight_over_2s"], x["by"], x["nodes"]))
+    if d["kinds"]:
+        out.append("")
+        out.append("## Problems")
+        out.append("")
+        for k in d["kinds"]:
+            out.append("- %s × %s" % (k["count"], k["what"]))
+        if d["examples"]:
+            out.append("")
+            out.append("First examples:")
+            out.append("")
+            for e in d["examples"]:
+                out.append("    " + e)
+    return "\n".join(out) + "\n", 0 if ok else 1
+
+
 def main():
+    if len(sys.argv) >= 3 and sys.argv[1] == "soak":
+        import argparse
+        ap = argparse.ArgumentParser()
+        ap.add_argument("cmd")
+        ap.add_argument("client_out")
+        ap.add_argument("--header")
+        ap.add_argument("--client-rc", type=int, default=0)
+        ap.add_argument("--server-alive", type=int, default=1)
+        ap.add_argument("--rss-max-pct", type=float, default=10.0)
+        ap.add_argument("--rss-min-mib", type=float, default=16.0)
+        a = ap.parse_args()
+        text, rc = soak(a.client_out, a.header, a.client_rc, a.server_alive == 1, a.rss_max_pct, a.rss_min_mib)
+        sys.stdout.write(text)
+        return rc
     if len(sys.argv) >= 4 and sys.argv[1] == "scaling":
         header = None
         if "--header" in sys.argv:

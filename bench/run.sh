@@ -9,7 +9,9 @@
 # BASE_PORT=19080, NGINX_PORT=18080, SKIP_INSTALL=1, SKIP_BUILD=1,
 # SKIP_OHA=1, KEEP_TMP=1, COREKV_BIN=path,
 # ONLY="get-owner set" (run only these corekv scenarios: get-owner get-fwd
-# get-replica get-pipe set mixed; the nginx references always run),
+# get-replica get-pipe set mixed set-baseline; the nginx references always
+# run), BASELINE_BATCH=1 (--commit-batch of the set-baseline server),
+# BASELINE_PORT=BASE_PORT+10 (first port of the set-baseline server),
 # QUIET_PCT=20 / QUIET_MAX_WAIT=30 / QUIET_BUDGET=120 (before each run, wait
 # for other processes to use < QUIET_PCT % of a core; QUIET_BUDGET=0: never).
 #
@@ -93,6 +95,8 @@ mk_urls $P0 get "$WORK/urls-get-owner.txt"
 mk_urls $P1 get "$WORK/urls-get-fwd.txt"
 mk_urls $R0 get "$WORK/urls-get-replica.txt"
 mk_urls $P0 set "$WORK/urls-set.txt"
+BASELINE_PORT="${BASELINE_PORT:-$((BASE_PORT + 10))}"
+mk_urls "$BASELINE_PORT" set "$WORK/urls-set-baseline.txt"
 # 90/10 mix for oha (it picks lines at random): 9 GET lines per SET line.
 python3 - "$WORK/urls-get-owner.txt" "$WORK/urls-set.txt" >"$WORK/urls-mixed.txt" <<'EOF'
 import sys
@@ -169,12 +173,13 @@ DISK_AFTER_LOAD=$(du -sh "$WORK/data" | cut -f1)
 K="http://127.0.0.1"
 HK="$K:$P0/health"
 run_pair() { # ID SCENARIO PORT URLFILE LUA_ARGS...
+    # BASE=ID: compare with the rows BASE-wrk / BASE-oha (column "vs 1 fsync/write").
     local id="$1" scen="$2" port="$3" urls="$4"; shift 4
     want "$id" || return 0
-    measure "$id-wrk" "$scen" wrk ":$port" "$CONNS" 1 nginx-wrk "$COREKV_PID" "$HK" \
+    MEASURE_BASE="${BASE:+$BASE-wrk}" measure "$id-wrk" "$scen" wrk ":$port" "$CONNS" 1 nginx-wrk "$COREKV_PID" "$HK" \
         -- wrk_run "$K:$port" "$CONNS" "$@" || return 1
     if [ "${SKIP_OHA:-0}" != 1 ]; then
-        measure "$id-oha" "$scen" oha ":$port" "$CONNS" 1 nginx-oha "$COREKV_PID" "$HK" \
+        MEASURE_BASE="${BASE:+$BASE-oha}" measure "$id-oha" "$scen" oha ":$port" "$CONNS" 1 nginx-oha "$COREKV_PID" "$HK" \
             -- oha_run "$CONNS" --urls-from-file "$urls" || return 1
     fi
 }
@@ -188,7 +193,7 @@ run_pair get-owner "GET, key on this primary" $P0 "$WORK/urls-get-owner.txt" \
     mode=get keys="$WORK/keys0.txt" || alive=0; }
 [ $alive = 1 ] && want get-pipe && { measure get-pipe "GET pipelined, key on this primary" wrk ":$P0" "$CONNS" "$DEPTH" nginx-pipe \
     "$COREKV_PID" "$HK" -- wrk_run "$K:$P0" "$CONNS" mode=get keys="$WORK/keys0.txt" depth="$DEPTH" || alive=0; }
-[ $alive = 1 ] && { run_pair set "durable SET, one shard" $P0 "$WORK/urls-set.txt" \
+[ $alive = 1 ] && { BASE=set-baseline run_pair set "durable SET, one shard" $P0 "$WORK/urls-set.txt" \
     mode=set keys="$WORK/keys0.txt" value="$VALUE" || alive=0; }
 [ $alive = 1 ] && { run_pair mixed "mixed 90% GET / 10% SET" $P0 "$WORK/urls-mixed.txt" \
     mode=mixed setpct=10 keys="$WORK/keys0.txt" value="$VALUE" || alive=0; }
@@ -205,6 +210,45 @@ if [ -f "$WORK/corekv.log" ]; then
 fi
 corekv_stop
 
+# ------------------------------------------------- 5b. one fsync per write
+# The durable-write baseline: the same cluster layout and SET load (CONNS
+# connections, shard-0 keys on their owner, overwriting preloaded keys), but
+# a fresh server with its own data dir and ports (BASELINE_PORT..+5, so a
+# slow release of the old ports cannot matter; builds before 7e4f8c3 could
+# not rebind while connections they had closed were in TIME_WAIT), started
+# with --commit-batch 1, so every write is its own redb transaction and fsync. The durable SET rows above
+# show their ratio to these rows ("vs 1 fsync/write"; the target is >= 10x).
+BASELINE_BATCH="${BASELINE_BATCH:-1}"
+BASE_ALIVE=1
+if [ $alive = 1 ] && want set-baseline; then
+    BP0=$BASELINE_PORT
+    log "== baseline: corekv --commit-batch $BASELINE_BATCH (one fsync per write), fresh data dir, ports $BP0-$((BP0 + 2 * NSHARDS - 1))"
+    write_sharding_toml "$WORK/sharding-baseline.toml" $NSHARDS "$BP0"
+    COREKV_ARGS=(--commit-batch "$BASELINE_BATCH")
+    # shellcheck disable=SC2046
+    corekv_start "$WORK/sharding-baseline.toml" "$WORK/data-baseline" "$WORK/corekv-baseline.log" \
+        $(seq "$BP0" $((BP0 + 2 * NSHARDS - 1))) || BASE_ALIVE=0
+    COREKV_ARGS=()
+    # Only shard 0 is written in this scenario: preload its keys, so that the
+    # SETs overwrite existing keys as they do on the main server.
+    if [ $BASE_ALIVE = 1 ] && ! python3 "$BENCH_DIR/keys.py" load --shards $NSHARDS --addr "0=127.0.0.1:$BP0" \
+            --keyfile "$WORK/keys0.txt" --value-size "$VALUE_SIZE" --timeout 120; then
+        finding "baseline preload: not every SET returned 200"
+        BASE_ALIVE=0
+    fi
+    if [ $BASE_ALIVE = 1 ]; then
+        BASE="" HK="$K:$BP0/health" run_pair set-baseline "durable SET, one shard, 1 fsync/write (baseline)" \
+            "$BP0" "$WORK/urls-set-baseline.txt" mode=set keys="$WORK/keys0.txt" value="$VALUE" || BASE_ALIVE=0
+    fi
+    [ $BASE_ALIVE = 1 ] || finding "the --commit-batch $BASELINE_BATCH baseline server died, stopped answering or failed its preload"
+    if [ -f "$WORK/corekv-baseline.log" ]; then
+        npanic=$(grep -ci 'panic' "$WORK/corekv-baseline.log" || true)
+        [ "${npanic:-0}" = 0 ] || finding "baseline server log mentions 'panic' $npanic times"
+        { echo "===== corekv --commit-batch $BASELINE_BATCH log (last 30 lines)"; tail -n 30 "$WORK/corekv-baseline.log"; } >>"$RUN_LOG"
+    fi
+    corekv_stop
+fi
+
 # ---------------------------------------------------------------- 6. report
 {
     echo "# corekv benchmark results"
@@ -213,6 +257,9 @@ corekv_stop
     echo "- dataset: $KEYS keys key-0..key-$((KEYS - 1)), ${VALUE_SIZE} B values, $NSHARDS shards; GET/SET scenarios use the $NK0 keys owned by shard 0"
     echo "- machine busy before the suite: ${BUSY_BEFORE}% of one core (\"other CPU\" below: CPU used during a run by neither the server nor the load generator)"
     echo "- corekv idle CPU ${IDLE_PCT}% of one core; RSS ${RSS_LOADED:-?} KiB after preload, ${RSS_END:-?} KiB at the end; data dir ${DISK_AFTER_LOAD:-?} after preload, ${DISK_END:-?} at the end"
+    if want set-baseline; then
+        echo "- \"1 fsync/write (baseline)\": a second, fresh corekv started with \`--commit-batch $BASELINE_BATCH\` (same layout, own data dir, ports $BASELINE_PORT-$((BASELINE_PORT + 2 * NSHARDS - 1))) once the main server had stopped (shard-0 keys preloaded, then the same durable SET load); \"req/s vs 1 fsync/write\" divides a durable SET row by the baseline row of the same tool"
+    fi
     echo "- server CPU = utime+stime of the server process (nginx: master + worker) over the run ÷ responses; ratios compare with nginx measured by the same tool in this run (pipelined with pipelined nginx)"
 } >"$WORK/header.md"
 python3 "$BENCH_DIR/report.py" table "$INDEX" --header "$WORK/header.md" >"$WORK/latest.md"
@@ -224,4 +271,4 @@ echo
 cat "$WORK/latest.md"
 echo
 log "wrote $RESULTS_DIR/latest.md and $RESULTS_DIR/latest.log"
-[ $alive = 1 ]
+[ $alive = 1 ] && [ $BASE_ALIVE = 1 ]
