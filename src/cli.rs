@@ -40,7 +40,7 @@ options:
   --idle-timeout SECS  close idle keep-alive connections (default: 60)
   --request-timeout S  time to send a whole request, 408 after (default: 10)
   --spin-us N          executors spin N microseconds before sleeping
-                       (default: 0)
+                       (default: 0, park at once)
   --preempt-us N       executors poll for I/O at least every N microseconds
                        while tasks keep running (default: 100000)
   --no-yield           do not yield before waiting for a connection's next

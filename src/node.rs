@@ -35,10 +35,19 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// How long an executor runs tasks before it polls for I/O again
-/// (`--preempt-us`; glommio's default). Shorter bounds how long a busy run
-/// queue can delay connections that wait for I/O, at the cost of a timer
-/// per reactor turn.
+/// (`--preempt-us`; glommio's default). 1 ms cut the p99 of local GETs
+/// (connections yielding before their next read keep the run queue busy)
+/// but 250 µs stalled forwarded requests, and runs with 1 ms saw an
+/// executor fail to come up, so the default stays. See bench/README.md.
 pub const DEFAULT_PREEMPT: Duration = Duration::from_millis(100);
+
+/// How long an executor spins before it parks (`--spin-us`). Parking costs
+/// a `membarrier` (an IPI to every CPU running the process) and the next
+/// wake-up an eventfd write and a context switch; spinning 50 µs measured
+/// +20% on forwarded GETs, but six spinning executors on two cores starve
+/// each other under mixed load (the integration tests turned flaky), so
+/// the default parks at once. See bench/README.md.
+pub const DEFAULT_SPIN: Duration = Duration::ZERO;
 
 /// Minimum `RLIMIT_MEMLOCK` glommio needs per executor.
 const MEMLOCK_PER_EXECUTOR: u64 = 512 * 1024;
@@ -85,7 +94,7 @@ impl Default for Options {
             conn: ConnConfig::default(),
             max_key: crate::api::DEFAULT_MAX_KEY,
             log_level: Level::Info,
-            spin_before_park: Duration::ZERO,
+            spin_before_park: DEFAULT_SPIN,
             cache_bytes: crate::storage::DEFAULT_CACHE_BYTES,
             preempt_timer: DEFAULT_PREEMPT,
         }
@@ -557,8 +566,20 @@ async fn drain_mailbox(api: Rc<Api>, primary: Option<Rc<PrimaryLog>>, rx: flume:
 }
 
 /// A listening socket on `addr` with a backlog of 1024.
+///
+/// An address in use is retried for up to 2 s: a predecessor killed with
+/// SIGKILL releases its listening socket only once the kernel has torn down
+/// its io_uring (asynchronously, after the process is gone).
 fn listen(addr: &SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let l = std::net::TcpListener::bind(addr)?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let l = loop {
+        match std::net::TcpListener::bind(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => break other?,
+        }
+    };
     // SAFETY: listen on our own listening fd only raises its backlog.
     if unsafe { libc::listen(l.as_raw_fd(), 1024) } != 0 {
         return Err(std::io::Error::last_os_error());
