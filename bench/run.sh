@@ -135,7 +135,10 @@ log "== corekv: $NSHARDS shards, primaries $P0-$((P0 + NSHARDS - 1)), replicas $
 write_sharding_toml "$WORK/sharding.toml" $NSHARDS "$BASE_PORT"
 ALL_PORTS=$(seq "$BASE_PORT" $((BASE_PORT + 2 * NSHARDS - 1)))
 # shellcheck disable=SC2086
+# COREKV_OPTS: extra server options for the main server, e.g. "--no-yield".
+read -r -a COREKV_ARGS <<< "${COREKV_OPTS:-}"
 corekv_start "$WORK/sharding.toml" "$WORK/data" "$WORK/corekv.log" $ALL_PORTS || die "corekv did not start"
+COREKV_ARGS=()
 
 # Idle CPU: a thread-per-core server that spins while idle would show here.
 t0=$(cpu_ticks "$COREKV_PID"); sleep 2; t1=$(cpu_ticks "$COREKV_PID")
