@@ -255,6 +255,27 @@ pub fn decode_scan(bytes: &[u8]) -> Result<Scan, StorageError> {
     })
 }
 
+/// The executor behind a mailbox stopped before it answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailboxClosed;
+
+/// Sends the mail built by `make` (around a fresh reply channel) to
+/// `mailbox` and waits for the answer.
+///
+/// # Errors
+/// The receiving executor is gone.
+pub async fn ask<T>(
+    mailbox: &flume::Sender<Mail>,
+    make: impl FnOnce(flume::Sender<T>) -> Mail,
+) -> Result<T, MailboxClosed> {
+    let (tx, rx) = flume::bounded(1);
+    mailbox
+        .send_async(make(tx))
+        .await
+        .map_err(|_| MailboxClosed)?;
+    rx.recv_async().await.map_err(|_| MailboxClosed)
+}
+
 const TAG_ENTRIES: u8 = 1;
 const TAG_TRIMMED: u8 = 2;
 const TAG_SNAPSHOT: u8 = 3;

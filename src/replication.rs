@@ -15,7 +15,7 @@
 use crate::http::client::{Client, node_request};
 use crate::log::Level;
 use crate::log_at;
-use crate::protocol::{Mail, Pull, PullKind, PullReply, decode_reply, encode_pull};
+use crate::protocol::{Mail, Pull, PullKind, PullReply, ask, decode_reply, encode_pull};
 use crate::shard::Shard;
 use crate::storage::LogRead;
 use futures_lite::future;
@@ -211,16 +211,9 @@ pub enum Upstream {
 impl Upstream {
     async fn pull(&self, pull: Pull) -> Result<PullReply, String> {
         match self {
-            Self::Local(mailbox) => {
-                let (tx, rx) = flume::bounded(1);
-                mailbox
-                    .send_async(Mail::Pull(pull, tx))
-                    .await
-                    .map_err(|_| "primary executor stopped".to_string())?;
-                rx.recv_async()
-                    .await
-                    .map_err(|_| "primary executor dropped the pull".to_string())
-            }
+            Self::Local(mailbox) => ask(mailbox, |tx| Mail::Pull(pull, tx))
+                .await
+                .map_err(|_| "primary executor stopped".to_string()),
             Self::Remote {
                 client,
                 addr,

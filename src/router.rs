@@ -8,7 +8,7 @@
 
 use crate::http::client::{Client, ClientError, ClientResponse, node_request};
 use crate::http::encode::Response;
-use crate::protocol::{KvRequest, Mail, Scan};
+use crate::protocol::{KvRequest, Mail, Scan, ask};
 use crate::storage::SnapshotPage;
 use crate::topology::{NodeInfo, Topology};
 use std::fmt;
@@ -108,11 +108,9 @@ impl Router {
         peer: &flume::Sender<Mail>,
         req: KvRequest,
     ) -> Result<Response, ForwardError> {
-        let (tx, rx) = flume::bounded(1);
-        peer.send_async(Mail::Kv(req, tx))
+        ask(peer, |tx| Mail::Kv(req, tx))
             .await
-            .map_err(|_| ForwardError::PeerStopped)?;
-        rx.recv_async().await.map_err(|_| ForwardError::PeerStopped)
+            .map_err(|_| ForwardError::PeerStopped)
     }
 
     /// Asks an executor of this process for a page of a prefix scan.
@@ -124,11 +122,9 @@ impl Router {
         peer: &flume::Sender<Mail>,
         scan: Scan,
     ) -> Result<Result<SnapshotPage, String>, ForwardError> {
-        let (tx, rx) = flume::bounded(1);
-        peer.send_async(Mail::Scan(scan, tx))
+        ask(peer, |tx| Mail::Scan(scan, tx))
             .await
-            .map_err(|_| ForwardError::PeerStopped)?;
-        rx.recv_async().await.map_err(|_| ForwardError::PeerStopped)
+            .map_err(|_| ForwardError::PeerStopped)
     }
 
     /// POSTs `body` to the internal endpoint `path` of a node on another
