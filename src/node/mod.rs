@@ -1,0 +1,362 @@
+//! Wiring: start-up checks, one glommio executor per local node (pinned to
+//! a CPU, round-robin when there are more nodes than CPUs), mailboxes,
+//! listeners, and the wait for a shutdown signal.
+//!
+//! Depends on every layer below. Start-up order is fixed so that nothing
+//! binds a port before the whole configuration, the system limits and
+//! every redb file have been checked: config → topology → preflight
+//! (io_uring, `RLIMIT_MEMLOCK`) → address resolution → stores → listeners
+//! (all bound here, so a port in use fails before any executor runs) →
+//! executors (each reports) → ready. Any failure returns an error and the
+//! process exits non-zero.
+
+// `executor`: one node's thread, executor and tasks; `system`: sockets,
+// limits, CPUs and signals. This file: options, errors and the start-up
+// sequence.
+mod executor;
+mod system;
+
+use crate::api::LocalNodes;
+use crate::config::{self, ConfigError};
+use crate::http::conn::ConnConfig;
+use crate::log::Level;
+use crate::log_at;
+use crate::metrics::Metrics;
+use crate::protocol::Mail;
+use crate::router::Mailboxes;
+use crate::shard::{Shard, StartError};
+use crate::storage::Store;
+use crate::topology::{NodeInfo, Topology, TopologyError};
+use executor::{NodeContext, run_executor};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use system::{allowed_cpus, block_signals, cpu_placement, listen, preflight, resolve, wait_signal};
+
+/// How long an executor runs tasks before it polls for I/O again
+/// (`--preempt-us`; glommio's default). 1 ms cut the p99 of local GETs
+/// (connections yielding before their next read keep the run queue busy)
+/// but 250 µs stalled forwarded requests, and runs with 1 ms saw an
+/// executor fail to come up, so the default stays. See bench/README.md.
+pub const DEFAULT_PREEMPT: Duration = Duration::from_millis(100);
+
+/// How long an executor spins before it parks (`--spin-us`). Parking costs
+/// a `membarrier` (an IPI to every CPU running the process) and the next
+/// wake-up an eventfd write and a context switch; spinning 50 µs measured
+/// +20% on forwarded GETs, but six spinning executors on two cores starve
+/// each other under mixed load (the integration tests turned flaky), so
+/// the default parks at once. See bench/README.md.
+pub const DEFAULT_SPIN: Duration = Duration::ZERO;
+
+/// How the process runs (from the command line).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    /// Addresses of the nodes this process runs; `None` = all.
+    pub serve: Option<Vec<String>>,
+    /// fsync every commit (off only for tests that show loss is detected).
+    pub durable: bool,
+    /// Replication log entries kept beyond what every replica applied.
+    pub log_retention: u64,
+    /// Most writes per commit (1 disables group commit; for benchmarks).
+    pub commit_batch: usize,
+    /// Shared token required for writes and internal endpoints.
+    pub token: Option<String>,
+    /// HTTP limits and timeouts per connection.
+    pub conn: ConnConfig,
+    /// Largest key in bytes.
+    pub max_key: usize,
+    pub log_level: Level,
+    /// glommio `spin_before_park` (zero: park at once).
+    pub spin_before_park: Duration,
+    /// redb page cache per node file.
+    pub cache_bytes: usize,
+    /// glommio `preempt_timer`: longest run of tasks before the executor
+    /// polls for I/O again.
+    pub preempt_timer: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            config: PathBuf::from("sharding.toml"),
+            data_dir: PathBuf::from("data"),
+            serve: None,
+            durable: true,
+            log_retention: 1_000_000,
+            commit_batch: crate::shard::DEFAULT_MAX_BATCH,
+            token: None,
+            conn: ConnConfig::default(),
+            max_key: crate::api::DEFAULT_MAX_KEY,
+            log_level: Level::Info,
+            spin_before_park: DEFAULT_SPIN,
+            cache_bytes: crate::storage::DEFAULT_CACHE_BYTES,
+            preempt_timer: DEFAULT_PREEMPT,
+        }
+    }
+}
+
+/// Why the process could not start (or keep) running.
+#[derive(Debug)]
+pub enum NodeError {
+    Config(ConfigError),
+    Topology(TopologyError),
+    IoUring(String),
+    MemLock {
+        have: u64,
+        need: u64,
+    },
+    Address {
+        addr: String,
+        error: String,
+    },
+    DataDir {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    Storage {
+        node: String,
+        path: PathBuf,
+        error: Box<StartError>,
+    },
+    Executor {
+        node: String,
+        error: String,
+    },
+    Bind {
+        node: String,
+        addr: String,
+        error: String,
+    },
+    Signal(std::io::Error),
+    StartTimeout,
+    /// An executor stopped while the process was running.
+    ExecutorDied(String),
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(e) => write!(f, "invalid configuration: {e}"),
+            Self::Topology(e) => e.fmt(f),
+            Self::IoUring(why) => write!(f, "io_uring is not usable: {why}"),
+            Self::MemLock { have, need } => write!(
+                f,
+                "RLIMIT_MEMLOCK is {} KiB but glommio needs at least {} KiB; raise it (e.g. `ulimit -l {}` or LimitMEMLOCK= in a systemd unit)",
+                have / 1024,
+                need / 1024,
+                need / 1024
+            ),
+            Self::Address { addr, error } => write!(f, "cannot resolve address {addr}: {error}"),
+            Self::DataDir { path, error } => {
+                write!(
+                    f,
+                    "cannot create data directory {}: {error}",
+                    path.display()
+                )
+            }
+            Self::Storage { node, path, error } => {
+                write!(f, "{node}: cannot open {}: {error}", path.display())
+            }
+            Self::Executor { node, error } => write!(
+                f,
+                "{node}: cannot start its glommio executor: {error} (glommio needs io_uring and RLIMIT_MEMLOCK >= 512 KiB)"
+            ),
+            Self::Bind { node, addr, error } => {
+                write!(f, "{node}: cannot listen on {addr}: {error}")
+            }
+            Self::Signal(e) => write!(f, "cannot wait for signals: {e}"),
+            Self::StartTimeout => write!(f, "executors did not come up within 30 s"),
+            Self::ExecutorDied(node) => write!(f, "{node}: executor stopped unexpectedly"),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+/// Runs the local nodes until SIGINT or SIGTERM, then shuts down
+/// gracefully: stop accepting, finish requests in flight, exit.
+///
+/// # Errors
+/// Any start-up failure (see the module doc for the order of checks).
+pub fn run(opts: &Options) -> Result<(), NodeError> {
+    crate::log::set_level(opts.log_level);
+    // Before any thread exists, so that every thread inherits the mask and
+    // SIGINT/SIGTERM reach only the signal-waiting thread.
+    let signals = block_signals()?;
+    let cfg = config::load(&opts.config).map_err(NodeError::Config)?;
+    let topo = Arc::new(Topology::new(&cfg, opts.serve.as_deref()).map_err(NodeError::Topology)?);
+    let locals: Vec<NodeInfo> = topo.local_nodes().cloned().collect();
+    preflight(locals.len())?;
+    let addrs = locals
+        .iter()
+        .map(|n| resolve(&n.address))
+        .collect::<Result<Vec<_>, _>>()?;
+    std::fs::create_dir_all(&opts.data_dir).map_err(|error| NodeError::DataDir {
+        path: opts.data_dir.clone(),
+        error,
+    })?;
+    let mut shards = Vec::new();
+    for n in &locals {
+        let path = opts.data_dir.join(format!("{}.redb", n.file_stem()));
+        let storage = |error| NodeError::Storage {
+            node: n.name.clone(),
+            path: path.clone(),
+            error: Box::new(error),
+        };
+        let store = Store::open_with_cache(&path, opts.durable, opts.cache_bytes)
+            .map_err(|e| storage(StartError::Storage(e)))?;
+        shards.push(Shard::start(store, &n.name, opts.commit_batch).map_err(storage)?);
+    }
+    // Listeners are bound here, after every check, with std (SO_REUSEADDR,
+    // no SO_REUSEPORT): a port another process listens on fails the start,
+    // while connections of an earlier run left in TIME_WAIT do not. glommio's
+    // own bind would set SO_REUSEPORT and silently share a port.
+    let mut listeners = Vec::new();
+    for (n, addr) in locals.iter().zip(&addrs) {
+        listeners.push(listen(addr).map_err(|e| NodeError::Bind {
+            node: n.name.clone(),
+            addr: n.address.clone(),
+            error: e.to_string(),
+        })?);
+    }
+    let mut txs: Vec<Option<flume::Sender<Mail>>> = vec![None; topo.nodes.len()];
+    let mut rxs = Vec::new();
+    for n in &locals {
+        let (tx, rx) = flume::unbounded();
+        txs[n.id] = Some(tx);
+        rxs.push(rx);
+    }
+    let mailboxes: Mailboxes = Arc::new(txs);
+    let nodes: LocalNodes = Arc::new(
+        locals
+            .iter()
+            .zip(&shards)
+            .map(|(n, s)| (n.clone(), s.stats.clone(), Arc::new(Metrics::default())))
+            .collect(),
+    );
+    let token: Option<Arc<str>> = opts.token.as_deref().map(Arc::from);
+    let cpus = allowed_cpus();
+    let (events_tx, events_rx) = std::sync::mpsc::channel::<Event>();
+    let mut stops = Vec::new();
+    let placement = cpu_placement(&locals, &cpus);
+    for (((node, shard), (mailbox, listener)), cpu) in locals
+        .iter()
+        .cloned()
+        .zip(shards)
+        .zip(rxs.into_iter().zip(listeners))
+        .zip(placement)
+    {
+        let (stop_tx, stop_rx) = flume::bounded(1);
+        stops.push(stop_tx);
+        let name = node.name.clone();
+        let ctx = NodeContext {
+            node,
+            topo: topo.clone(),
+            shard,
+            mailbox,
+            mailboxes: mailboxes.clone(),
+            nodes: nodes.clone(),
+            retain: opts.log_retention,
+            token: token.clone(),
+            conn: opts.conn,
+            max_key: opts.max_key,
+            stop: stop_rx,
+            spin_before_park: opts.spin_before_park,
+            preempt_timer: opts.preempt_timer,
+        };
+        let events = events_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("exec {name}"))
+            .spawn(move || run_executor(ctx, cpu, listener, &events))
+            .map_err(|e| NodeError::Executor {
+                node: name,
+                error: e.to_string(),
+            })?;
+    }
+    drop(events_tx);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for _ in 0..locals.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events_rx.recv_timeout(left) {
+            Ok(Event::Ready { node, cpu }) => {
+                let address = &topo.nodes[node].address;
+                let name = &topo.nodes[node].name;
+                log_at!(
+                    Level::Info,
+                    name,
+                    "listening on http://{address} (cpu {cpu})"
+                );
+            }
+            Ok(Event::Failed(e)) => return Err(e),
+            Ok(Event::Stopped(node)) => {
+                return Err(NodeError::ExecutorDied(topo.nodes[node].name.clone()));
+            }
+            Err(_) => return Err(NodeError::StartTimeout),
+        }
+    }
+    log_at!(
+        Level::Info,
+        "corekv",
+        "ready: {} node(s) of {} shard(s), data in {}",
+        locals.len(),
+        topo.shard_count(),
+        opts.data_dir.display()
+    );
+    // A watcher thread turns a signal into an event, so that an executor
+    // dying and a signal arriving are waited for in one place.
+    let signal_events = {
+        let (tx, rx) = std::sync::mpsc::channel::<Result<i32, NodeError>>();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let _ = tx.send(wait_signal(&signals));
+            })
+            .map_err(NodeError::Signal)?;
+        rx
+    };
+    loop {
+        if let Ok(sig) = signal_events.try_recv() {
+            let sig = sig?;
+            log_at!(
+                Level::Info,
+                "corekv",
+                "signal {sig}: draining and shutting down"
+            );
+            break;
+        }
+        match events_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(Event::Stopped(node) | Event::Ready { node, .. }) => {
+                return Err(NodeError::ExecutorDied(topo.nodes[node].name.clone()));
+            }
+            Ok(Event::Failed(e)) => return Err(e),
+            Err(_) => {}
+        }
+    }
+    let (done_tx, done_rx) = flume::unbounded::<()>();
+    for stop in &stops {
+        let _ = stop.send(done_tx.clone());
+    }
+    let deadline = Instant::now() + SHUTDOWN_GRACE + Duration::from_secs(1);
+    for _ in 0..stops.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if done_rx.recv_timeout(left).is_err() {
+            log_at!(Level::Warn, "corekv", "shutdown grace period over; exiting");
+            break;
+        }
+    }
+    log_at!(Level::Info, "corekv", "stopped");
+    Ok(())
+}
+
+/// Longest wait for requests in flight at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What executors tell the main thread.
+enum Event {
+    Ready { node: usize, cpu: usize },
+    Failed(NodeError),
+    Stopped(usize),
+}
