@@ -1,0 +1,182 @@
+//! Storage types shared with the layers above: write operations and their
+//! log-record encoding, conditions and outcomes, versioned values, and the
+//! storage error enum. Pure apart from converting redb's errors.
+
+use std::fmt;
+
+const OP_SET: u8 = 1;
+const OP_DELETE: u8 = 2;
+
+/// A storage failure. Every redb error kind collapses into `Db`; the other
+/// variants are protocol violations that callers handle differently.
+#[derive(Debug)]
+pub enum StorageError {
+    Db(redb::Error),
+    /// A replica was handed an entry that does not follow its applied seq.
+    Gap {
+        applied: u64,
+        got: u64,
+    },
+    /// A stored value or log entry does not decode.
+    Corrupt(&'static str),
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Db(e) => write!(f, "storage error: {e}"),
+            Self::Gap { applied, got } => {
+                write!(f, "replication gap: applied {applied}, next entry is {got}")
+            }
+            Self::Corrupt(what) => write!(f, "corrupt {what}"),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+impl<E: Into<redb::Error>> From<E> for StorageError {
+    fn from(e: E) -> Self {
+        Self::Db(e.into())
+    }
+}
+
+/// A change to one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOp {
+    Set { key: Vec<u8>, value: Vec<u8> },
+    Delete { key: Vec<u8> },
+}
+
+impl WriteOp {
+    #[must_use]
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Self::Set { key, .. } | Self::Delete { key } => key,
+        }
+    }
+
+    /// Encodes as a log record.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let (op, key, value): (u8, &[u8], &[u8]) = match self {
+            Self::Set { key, value } => (OP_SET, key, value),
+            Self::Delete { key } => (OP_DELETE, key, &[]),
+        };
+        out.push(op);
+        out.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(key);
+        out.extend_from_slice(value);
+    }
+
+    /// Decodes a log record written by [`WriteOp::encode_into`].
+    ///
+    /// # Errors
+    /// Truncated or unknown records.
+    pub fn decode(bytes: &[u8]) -> Result<Self, StorageError> {
+        let bad = StorageError::Corrupt("log entry");
+        let (&op, rest) = bytes
+            .split_first()
+            .ok_or(StorageError::Corrupt("log entry"))?;
+        let len_bytes: [u8; 4] = rest
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(StorageError::Corrupt("log entry"))?;
+        let klen = u32::from_le_bytes(len_bytes) as usize;
+        let key = rest
+            .get(4..4 + klen)
+            .ok_or(StorageError::Corrupt("log entry"))?;
+        let value = &rest[4 + klen..];
+        match op {
+            OP_SET => Ok(Self::Set {
+                key: key.to_vec(),
+                value: value.to_vec(),
+            }),
+            OP_DELETE if value.is_empty() => Ok(Self::Delete { key: key.to_vec() }),
+            _ => Err(bad),
+        }
+    }
+}
+
+/// When a write may happen, judged on the key's current version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cond {
+    Always,
+    /// Only if the key does not exist (`If-None-Match: *`).
+    Absent,
+    /// Only if the key exists (`If-Match: *`).
+    Present,
+    /// Only if the key's version is exactly this seq (`If-Match: "seq"`).
+    Version(u64),
+}
+
+impl Cond {
+    #[must_use]
+    pub fn holds(self, current: Option<u64>) -> bool {
+        match self {
+            Self::Always => true,
+            Self::Absent => current.is_none(),
+            Self::Present => current.is_some(),
+            Self::Version(v) => current == Some(v),
+        }
+    }
+}
+
+/// A write as submitted to a primary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Write {
+    pub op: WriteOp,
+    pub cond: Cond,
+}
+
+/// What happened to one write of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Durable with this seq (also the key's new version).
+    Committed(u64),
+    /// The condition did not hold; `current` is the key's version.
+    ConditionFailed { current: Option<u64> },
+}
+
+/// A write with its position in the shard's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEntry {
+    pub seq: u64,
+    pub op: WriteOp,
+}
+
+/// What a replica asked for, as the primary's log can answer it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LogRead {
+    /// Entries after the requested seq, in order (possibly none yet).
+    Entries(Vec<LogEntry>),
+    /// The log no longer holds the entry after the requested seq.
+    Trimmed,
+}
+
+/// A value with the sequence number of the write that stored it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    pub seq: u64,
+    pub value: Vec<u8>,
+}
+
+pub(super) fn encode_value(seq: u64, value: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + value.len());
+    v.extend_from_slice(&seq.to_le_bytes());
+    v.extend_from_slice(value);
+    v
+}
+
+pub(super) fn decode_value(raw: &[u8]) -> Result<Versioned, StorageError> {
+    let seq_bytes: [u8; 8] = raw
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(StorageError::Corrupt("stored value"))?;
+    Ok(Versioned {
+        seq: u64::from_le_bytes(seq_bytes),
+        value: raw[8..].to_vec(),
+    })
+}
+
+/// A page of `(key, value)` pairs copied for a re-seed.
+pub type SnapshotPage = Vec<(Vec<u8>, Versioned)>;
