@@ -1556,7 +1556,7 @@ fn replica_killed_during_reseed_recovers() {
     for round in 0..3 {
         c.start_proc(1);
         let mut states = Vec::new();
-        let reseeding = wait_until(CONVERGE, || {
+        let reseeding = wait_until(Duration::from_secs(3), || {
             states = try_status(status_addrs[1])
                 .map(|n| n.into_iter().map(|n| n.state).collect())
                 .unwrap_or_default();
