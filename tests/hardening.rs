@@ -14,6 +14,7 @@ mod common;
 use common::{
     Cluster, Conn, Resp, ShardAddrs, config_text, delete_target, free_ports, get, get_target,
     health_ok, http, keys_for_shard, request_bytes, set_target, spawn_corekv, wait_until,
+    write_local_config,
 };
 use corekv::protocol::{
     KvOp, KvRequest, Pull, PullKind, PullReply, Scan, Style, decode_reply, encode_kv, encode_pull,
@@ -239,17 +240,7 @@ impl Solo {
     /// `n` shards with one replica each, all in this one process.
     fn start(n: usize, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ports = free_ports(2 * n);
-        let shards: Vec<ShardAddrs> = (0..n)
-            .map(|i| ShardAddrs {
-                idx: i,
-                name: format!("shard{}", i + 1),
-                primary: SocketAddr::from(([127, 0, 0, 1], ports[i])),
-                replica: SocketAddr::from(([127, 0, 0, 1], ports[n + i])),
-            })
-            .collect();
-        let config = dir.path().join("sharding.toml");
-        std::fs::write(&config, config_text(&shards)).expect("write config");
+        let (config, shards) = write_local_config(dir.path(), n);
         let mut s = Self {
             dir,
             config,

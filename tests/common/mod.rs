@@ -260,6 +260,24 @@ pub fn config_text(shards: &[ShardAddrs]) -> String {
 // ---------------------------------------------------------------------------
 // Processes
 
+/// Writes `DIR/sharding.toml` for `n` shards, each with one replica, on
+/// free loopback ports; returns its path and the addresses.
+#[must_use]
+pub fn write_local_config(dir: &Path, n: usize) -> (PathBuf, Vec<ShardAddrs>) {
+    let ports = free_ports(2 * n);
+    let shards: Vec<ShardAddrs> = (0..n)
+        .map(|i| ShardAddrs {
+            idx: i,
+            name: format!("shard{}", i + 1),
+            primary: SocketAddr::from(([127, 0, 0, 1], ports[i])),
+            replica: SocketAddr::from(([127, 0, 0, 1], ports[n + i])),
+        })
+        .collect();
+    let config = dir.join("sharding.toml");
+    std::fs::write(&config, config_text(&shards)).expect("write config");
+    (config, shards)
+}
+
 /// One corekv process of a cluster.
 pub struct Proc {
     pub label: String,
@@ -462,17 +480,7 @@ impl Cluster {
         extra: &[&str],
     ) -> Result<Self, StartFailure> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ports = free_ports(2 * n);
-        let shards: Vec<ShardAddrs> = (0..n)
-            .map(|i| ShardAddrs {
-                idx: i,
-                name: format!("shard{}", i + 1),
-                primary: SocketAddr::from(([127, 0, 0, 1], ports[i])),
-                replica: SocketAddr::from(([127, 0, 0, 1], ports[n + i])),
-            })
-            .collect();
-        let config = dir.path().join("sharding.toml");
-        std::fs::write(&config, config_text(&shards)).expect("write config");
+        let (config, shards) = write_local_config(dir.path(), n);
         let mut cluster = Cluster {
             dir,
             config,
