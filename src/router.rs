@@ -8,9 +8,10 @@
 
 use crate::http::client::{Client, ClientError, ClientResponse, node_request};
 use crate::http::encode::Response;
-use crate::protocol::{KvRequest, Mail, Scan, ask};
+use crate::protocol::{KvOp, KvRequest, Mail, Scan, ask};
 use crate::storage::SnapshotPage;
 use crate::topology::{NodeInfo, Topology};
+use std::cell::RefCell;
 use std::fmt;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -49,6 +50,16 @@ impl fmt::Display for ForwardError {
 
 impl std::error::Error for ForwardError {}
 
+/// Plain reads waiting to be sent to one peer executor, with their
+/// callers' reply channels.
+type Waiting = Vec<(KvRequest, flume::Sender<Response>)>;
+
+/// Per-peer queues of reads this executor forwards in one batch.
+#[derive(Default)]
+struct Outbox {
+    queues: RefCell<Vec<(flume::Sender<Mail>, Waiting)>>,
+}
+
 /// Routing table and transports of one executor.
 pub struct Router {
     topo: Arc<Topology>,
@@ -57,6 +68,7 @@ pub struct Router {
     client: Rc<Client>,
     /// The cluster token, sent with every request to another host.
     token: Option<Arc<str>>,
+    outbox: Rc<Outbox>,
 }
 
 impl Router {
@@ -74,6 +86,7 @@ impl Router {
             mailboxes,
             client,
             token,
+            outbox: Rc::default(),
         }
     }
 
@@ -101,6 +114,11 @@ impl Router {
 
     /// Sends `req` to an executor of this process and waits for its answer.
     ///
+    /// Plain reads issued during one turn of this executor travel together
+    /// in one [`Mail::KvBatch`]: one wake-up of the owner and one of this
+    /// executor per batch instead of per request. Writes and conditional
+    /// reads go alone, so a read never waits behind a commit.
+    ///
     /// # Errors
     /// The peer executor is gone.
     pub async fn to_peer(
@@ -108,9 +126,29 @@ impl Router {
         peer: &flume::Sender<Mail>,
         req: KvRequest,
     ) -> Result<Response, ForwardError> {
-        ask(peer, |tx| Mail::Kv(req, tx))
-            .await
-            .map_err(|_| ForwardError::PeerStopped)
+        if req.op != KvOp::Get || req.min_seq > 0 {
+            return ask(peer, |tx| Mail::Kv(req, tx))
+                .await
+                .map_err(|_| ForwardError::PeerStopped);
+        }
+        let (tx, rx) = flume::bounded(1);
+        let first = {
+            let mut queues = self.outbox.queues.borrow_mut();
+            match queues.iter_mut().find(|(p, _)| p.same_channel(peer)) {
+                Some((_, waiting)) => {
+                    waiting.push((req, tx));
+                    waiting.len() == 1
+                }
+                None => {
+                    queues.push((peer.clone(), vec![(req, tx)]));
+                    true
+                }
+            }
+        };
+        if first {
+            glommio::spawn_local(flush(self.outbox.clone(), peer.clone())).detach();
+        }
+        rx.recv_async().await.map_err(|_| ForwardError::PeerStopped)
     }
 
     /// Asks an executor of this process for a page of a prefix scan.
@@ -143,5 +181,29 @@ impl Router {
             .send(addr, &request, None)
             .await
             .map_err(ForwardError::Remote)
+    }
+}
+
+/// Sends the reads queued for `peer` once the other tasks of this turn
+/// have had the chance to add theirs, and hands out the answers.
+async fn flush(outbox: Rc<Outbox>, peer: flume::Sender<Mail>) {
+    futures_lite::future::yield_now().await;
+    let waiting = {
+        let mut queues = outbox.queues.borrow_mut();
+        queues
+            .iter_mut()
+            .find(|(p, _)| p.same_channel(&peer))
+            .map(|(_, w)| std::mem::take(w))
+            .unwrap_or_default()
+    };
+    if waiting.is_empty() {
+        return;
+    }
+    let (reqs, replies): (Vec<_>, Vec<_>) = waiting.into_iter().unzip();
+    // If the peer is gone the reply channels drop and every caller sees it.
+    if let Ok(answers) = ask(&peer, |tx| Mail::KvBatch(reqs, tx)).await {
+        for (answer, reply) in answers.into_iter().zip(replies) {
+            let _ = reply.send(answer);
+        }
     }
 }

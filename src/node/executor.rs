@@ -205,6 +205,31 @@ async fn drain_mailbox(api: Rc<Api>, primary: Option<Rc<PrimaryLog>>, rx: flume:
                     .detach();
                 }
             },
+            Mail::KvBatch(reqs, reply) => {
+                let mut answers = Vec::with_capacity(reqs.len());
+                let mut rest = Vec::new();
+                for (i, kv) in reqs.into_iter().enumerate() {
+                    match api.forwarded_read_now(kv) {
+                        Ok(resp) => answers.push(Some(resp)),
+                        Err(kv) => {
+                            answers.push(None);
+                            rest.push((i, kv));
+                        }
+                    }
+                }
+                if rest.is_empty() {
+                    let _ = reply.send(answers.into_iter().flatten().collect());
+                } else {
+                    let api = api.clone();
+                    glommio::spawn_local(async move {
+                        for (i, kv) in rest {
+                            answers[i] = Some(api.handle_forwarded(kv).await);
+                        }
+                        let _ = reply.send(answers.into_iter().flatten().collect());
+                    })
+                    .detach();
+                }
+            }
             Mail::Pull(pull, reply) => {
                 let primary = primary.clone();
                 glommio::spawn_local(async move {
