@@ -678,15 +678,21 @@ fn replica_process_down_catches_up_over_http() {
         }
     };
     write(&c, "first");
+    // The replica of key `cu-{i}`'s shard.
+    let shards = c.shards.len();
+    let replica_of = |key: &str| {
+        nodes
+            .iter()
+            .find(|nd| !nd.primary && nd.shard == common::shard_of(key.as_bytes(), shards))
+            .expect("replica")
+            .clone()
+    };
     for i in 0..30 {
         let key = format!("cu-{i}");
-        let rep = nodes
-            .iter()
-            .find(|nd| !nd.primary && nd.shard == c.shard_of(key.as_bytes()))
-            .expect("replica");
+        let rep = replica_of(&key);
         check_read(
             &c,
-            rep,
+            &rep,
             key.as_bytes(),
             Some(format!("first{i}").as_bytes()),
         );
@@ -698,13 +704,10 @@ fn replica_process_down_catches_up_over_http() {
     wait_caught_up(&c);
     for i in 0..30 {
         let key = format!("cu-{i}");
-        let rep = nodes
-            .iter()
-            .find(|nd| !nd.primary && nd.shard == c.shard_of(key.as_bytes()))
-            .expect("replica");
+        let rep = replica_of(&key);
         check_read(
             &c,
-            rep,
+            &rep,
             key.as_bytes(),
             Some(format!("second{i}").as_bytes()),
         );
