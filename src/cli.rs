@@ -41,10 +41,12 @@ options:
   --request-timeout S  time to send a whole request, 408 after (default: 10)
   --spin-us N          executors spin N microseconds before sleeping
                        (default: 0, park at once)
-  --preempt-us N       executors poll for I/O at least every N microseconds
-                       while tasks keep running (default: 100000)
-  --no-yield           do not yield before waiting for a connection's next
-                       request (benchmark comparison)
+  --preempt-us N       glommio preempt timer: executors poll for I/O at
+                       least every N microseconds while tasks keep running
+                       (default: 1000000; see README, Scheduling)
+  --no-yield           arm an io_uring poll as soon as a connection has no
+                       request waiting, instead of first letting the
+                       executor poll once (benchmark comparison)
   --cache-mb N         redb page cache per node file (default: 64)
   --no-fsync           acknowledge writes before they are on disk
                        (testing only: loses acknowledged writes on a crash)

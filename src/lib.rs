@@ -11,7 +11,8 @@
 //! - per executor: [`shard`] (a node's store and its group-commit thread),
 //!   [`replication`] (primary and replica sides), [`http::conn`] (the
 //!   connection loop), [`http::client`] (keep-alive client for forwarding
-//!   and replication over the network).
+//!   and replication over the network), [`sched`] (waiting for the
+//!   executor's next I/O poll).
 //! - request path: [`router`] (local / in-process peer / remote host) and
 //!   [`api`] (the only place that knows URLs and status codes).
 //! - wiring: [`node`] (executors, mailboxes, listeners, start-up checks);
@@ -27,6 +28,7 @@ pub mod node;
 pub mod protocol;
 pub mod replication;
 pub mod router;
+pub mod sched;
 pub mod shard;
 pub mod storage;
 pub mod topology;

@@ -94,8 +94,6 @@ pub enum PullReply {
 pub enum Mail {
     /// A forwarded key-value request; the owner answers on the channel.
     Kv(KvRequest, flume::Sender<Response>),
-    /// Plain reads forwarded together; answers in the same order.
-    KvBatch(Vec<KvRequest>, flume::Sender<Vec<Response>>),
     /// A replication pull from a replica in this process.
     Pull(Pull, flume::Sender<PullReply>),
     /// A prefix scan for a listing; answered with the page or a message.

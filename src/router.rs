@@ -1,24 +1,61 @@
 //! Where a request for a shard goes: this node, another executor of this
-//! process (flume mailbox), or a node on another host (HTTP), and the two
-//! transports that carry it there.
+//! process (flume mailbox, or a direct read of its store), or a node on
+//! another host (HTTP), and the transports that carry it there.
 //!
-//! Per executor. Depends on `topology`, `protocol` and `http::client`; it
-//! knows no URLs or status codes (the caller, `api`, builds the bytes of a
-//! remote request and maps failures to statuses).
+//! Per executor. Depends on `topology`, `protocol`, `shard` (readers of
+//! in-process nodes' stores) and `http::client`; it knows no URLs or status
+//! codes (the caller, `api`, builds the bytes of a remote request and maps
+//! failures to statuses).
+//!
+//! A plain read for a node of this process is served by this executor from
+//! that node's redb file ([`Router::peer_reader`]): a redb read transaction
+//! is an MVCC snapshot that any thread may take, and the owner publishes its
+//! seq only after the commit that an acknowledgement follows, so the read
+//! sees every acknowledged write, exactly as if the owner had answered, and
+//! waits for no other executor to be scheduled. Writes and reads that must
+//! wait (`min_seq`) still go to the owner's mailbox.
 
 use crate::http::client::{Client, ClientError, ClientResponse, node_request};
 use crate::http::encode::Response;
-use crate::protocol::{KvOp, KvRequest, Mail, Scan, ask};
-use crate::storage::SnapshotPage;
+use crate::protocol::{KvRequest, Mail, Scan, ask};
+use crate::shard::{NodeStats, Reader};
+use crate::storage::{SnapshotPage, Store};
 use crate::topology::{NodeInfo, Topology};
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::fmt;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
-/// Mailboxes of the executors in this process, indexed by node id
-/// (`None` for nodes on other hosts).
-pub type Mailboxes = Arc<Vec<Option<flume::Sender<Mail>>>>;
+/// A node of this process as other executors reach it.
+#[derive(Clone)]
+pub struct Peer {
+    pub mail: flume::Sender<Mail>,
+    store: Arc<Store>,
+    stats: Arc<NodeStats>,
+}
+
+impl Peer {
+    #[must_use]
+    pub fn new(mail: flume::Sender<Mail>, (store, stats): (Arc<Store>, Arc<NodeStats>)) -> Self {
+        Self { mail, store, stats }
+    }
+}
+
+/// The nodes of this process, indexed by node id (`None` for nodes on
+/// other hosts).
+pub type Mailboxes = Arc<Vec<Option<Peer>>>;
+
+/// How often an executor closes the snapshots it holds of other nodes'
+/// stores when they went stale or unused (see [`Reader::sweep`]).
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+/// This executor's readers of the other nodes in this process.
+struct PeerReaders {
+    by_node: Vec<Option<Reader>>,
+    /// A sweep task is scheduled.
+    sweeping: Cell<bool>,
+}
 
 /// Where to send a request.
 pub enum Route {
@@ -50,16 +87,6 @@ impl fmt::Display for ForwardError {
 
 impl std::error::Error for ForwardError {}
 
-/// Plain reads waiting to be sent to one peer executor, with their
-/// callers' reply channels.
-type Waiting = Vec<(KvRequest, flume::Sender<Response>)>;
-
-/// Per-peer queues of reads this executor forwards in one batch.
-#[derive(Default)]
-struct Outbox {
-    queues: RefCell<Vec<(flume::Sender<Mail>, Waiting)>>,
-}
-
 /// Routing table and transports of one executor.
 pub struct Router {
     topo: Arc<Topology>,
@@ -68,7 +95,7 @@ pub struct Router {
     client: Rc<Client>,
     /// The cluster token, sent with every request to another host.
     token: Option<Arc<str>>,
-    outbox: Rc<Outbox>,
+    readers: Rc<PeerReaders>,
 }
 
 impl Router {
@@ -80,13 +107,24 @@ impl Router {
         client: Rc<Client>,
         token: Option<Arc<str>>,
     ) -> Self {
+        let by_node = mailboxes
+            .iter()
+            .enumerate()
+            .map(|(id, peer)| match peer {
+                Some(p) if id != me => Some(Reader::new(p.store.clone(), p.stats.clone())),
+                _ => None,
+            })
+            .collect();
         Self {
             topo,
             me,
             mailboxes,
             client,
             token,
-            outbox: Rc::default(),
+            readers: Rc::new(PeerReaders {
+                by_node,
+                sweeping: Cell::new(false),
+            }),
         }
     }
 
@@ -107,17 +145,23 @@ impl Router {
             return Route::Local;
         }
         match self.mailboxes.get(node.id) {
-            Some(Some(tx)) => Route::Peer(tx.clone()),
+            Some(Some(peer)) => Route::Peer(peer.mail.clone()),
             _ => Route::Remote(node.address.clone()),
         }
     }
 
+    /// This executor's reader of `node`'s store, when `node` runs in this
+    /// process on another executor.
+    #[must_use]
+    pub fn peer_reader(&self, node: &NodeInfo) -> Option<&Reader> {
+        let reader = self.readers.by_node.get(node.id)?.as_ref()?;
+        if !self.readers.sweeping.replace(true) {
+            glommio::spawn_local(sweep(self.readers.clone())).detach();
+        }
+        Some(reader)
+    }
+
     /// Sends `req` to an executor of this process and waits for its answer.
-    ///
-    /// Plain reads issued during one turn of this executor travel together
-    /// in one [`Mail::KvBatch`]: one wake-up of the owner and one of this
-    /// executor per batch instead of per request. Writes and conditional
-    /// reads go alone, so a read never waits behind a commit.
     ///
     /// # Errors
     /// The peer executor is gone.
@@ -126,29 +170,9 @@ impl Router {
         peer: &flume::Sender<Mail>,
         req: KvRequest,
     ) -> Result<Response, ForwardError> {
-        if req.op != KvOp::Get || req.min_seq > 0 {
-            return ask(peer, |tx| Mail::Kv(req, tx))
-                .await
-                .map_err(|_| ForwardError::PeerStopped);
-        }
-        let (tx, rx) = flume::bounded(1);
-        let first = {
-            let mut queues = self.outbox.queues.borrow_mut();
-            match queues.iter_mut().find(|(p, _)| p.same_channel(peer)) {
-                Some((_, waiting)) => {
-                    waiting.push((req, tx));
-                    waiting.len() == 1
-                }
-                None => {
-                    queues.push((peer.clone(), vec![(req, tx)]));
-                    true
-                }
-            }
-        };
-        if first {
-            glommio::spawn_local(flush(self.outbox.clone(), peer.clone())).detach();
-        }
-        rx.recv_async().await.map_err(|_| ForwardError::PeerStopped)
+        ask(peer, |tx| Mail::Kv(req, tx))
+            .await
+            .map_err(|_| ForwardError::PeerStopped)
     }
 
     /// Asks an executor of this process for a page of a prefix scan.
@@ -184,26 +208,19 @@ impl Router {
     }
 }
 
-/// Sends the reads queued for `peer` once the other tasks of this turn
-/// have had the chance to add theirs, and hands out the answers.
-async fn flush(outbox: Rc<Outbox>, peer: flume::Sender<Mail>) {
-    futures_lite::future::yield_now().await;
-    let waiting = {
-        let mut queues = outbox.queues.borrow_mut();
-        queues
-            .iter_mut()
-            .find(|(p, _)| p.same_channel(&peer))
-            .map(|(_, w)| std::mem::take(w))
-            .unwrap_or_default()
-    };
-    if waiting.is_empty() {
-        return;
-    }
-    let (reqs, replies): (Vec<_>, Vec<_>) = waiting.into_iter().unzip();
-    // If the peer is gone the reply channels drop and every caller sees it.
-    if let Ok(answers) = ask(&peer, |tx| Mail::KvBatch(reqs, tx)).await {
-        for (answer, reply) in answers.into_iter().zip(replies) {
-            let _ = reply.send(answer);
+/// Closes this executor's snapshots of other nodes' stores once they are
+/// stale or unused, until none is open.
+async fn sweep(readers: Rc<PeerReaders>) {
+    loop {
+        glommio::timer::sleep(SWEEP_EVERY).await;
+        let open = readers
+            .by_node
+            .iter()
+            .flatten()
+            .fold(false, |open, r| r.sweep() | open);
+        if !open {
+            readers.sweeping.set(false);
+            return;
         }
     }
 }

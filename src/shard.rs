@@ -9,7 +9,7 @@
 //! an executor's network loop.
 
 use crate::storage::{LogEntry, Outcome, ReadView, StorageError, Store, Versioned, Write};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -113,13 +113,80 @@ enum Job {
     ReseedFinish(u64, Reply<()>),
 }
 
+/// Reads one node's store from any executor of the process.
+///
+/// Not `Send`: each executor makes its own from [`Shard::reader_parts`].
+/// Reads share one read transaction until the node's committer publishes a
+/// new seq. The committer publishes after a commit and before it
+/// acknowledges any write of it, and the seq is loaded before the snapshot
+/// is taken, so a reused snapshot holds every acknowledged write. redb read
+/// transactions are MVCC snapshots, safe from any thread, and never wait
+/// for a commit.
+pub struct Reader {
+    store: Arc<Store>,
+    stats: Arc<NodeStats>,
+    view: RefCell<Option<(u64, ReadView)>>,
+    /// A read happened since the last [`Reader::sweep`].
+    used: Cell<bool>,
+}
+
+impl Reader {
+    #[must_use]
+    pub fn new(store: Arc<Store>, stats: Arc<NodeStats>) -> Self {
+        Self {
+            store,
+            stats,
+            view: RefCell::new(None),
+            used: Cell::new(false),
+        }
+    }
+
+    /// Reads `key` on the calling thread.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
+        let seq = self.stats.seq.load(Ordering::Acquire);
+        self.used.set(true);
+        let mut cached = self.view.borrow_mut();
+        match &*cached {
+            Some((at, view)) if *at == seq && !self.stats.reseeding() => view.get(key),
+            _ => {
+                let view = self.store.snapshot()?;
+                let found = view.get(key);
+                *cached = Some((seq, view));
+                found
+            }
+        }
+    }
+
+    /// Closes the cached snapshot. An old snapshot kept open stops redb
+    /// from reusing the pages later commits free (the file only grows).
+    pub fn forget(&self) {
+        self.view.borrow_mut().take();
+    }
+
+    /// Closes the cached snapshot if the node has committed since it was
+    /// taken or nothing read it since the last sweep; returns whether a
+    /// snapshot is still open. For readers of another executor's node,
+    /// whose commits do not pass through this executor.
+    pub fn sweep(&self) -> bool {
+        let seq = self.stats.seq.load(Ordering::Acquire);
+        let mut cached = self.view.borrow_mut();
+        if !self.used.replace(false) || matches!(&*cached, Some((at, _)) if *at != seq) {
+            cached.take();
+        }
+        cached.is_some()
+    }
+}
+
 /// Handle to a node's storage; `Send`, created before the executor starts.
 pub struct Shard {
     store: Arc<Store>,
     jobs: flume::Sender<Job>,
     pub stats: Arc<NodeStats>,
-    /// A read snapshot reused until the published seq moves (see `get`).
-    view: RefCell<Option<(u64, ReadView)>>,
+    /// This executor's reads of its own store.
+    reader: Reader,
 }
 
 impl Shard {
@@ -140,10 +207,10 @@ impl Shard {
             .spawn(move || committer(&s, &rx, &st, max_batch.max(1)))
             .map_err(StartError::Thread)?;
         Ok(Self {
+            reader: Reader::new(store.clone(), stats.clone()),
             store,
             jobs: tx,
             stats,
-            view: RefCell::new(None),
         })
     }
 
@@ -152,37 +219,24 @@ impl Shard {
         &self.store
     }
 
-    /// Reads `key` on the calling thread (redb reads do not block commits).
-    ///
-    /// Reads share one read transaction until the committer publishes a
-    /// new seq. The committer publishes after a commit and before it
-    /// acknowledges any write of it, and the seq is loaded before the
-    /// snapshot is taken, so a reused snapshot holds every acknowledged
-    /// write.
-    ///
-    /// # Errors
-    /// Storage failures.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
-        let seq = self.stats.seq.load(Ordering::Acquire);
-        let mut cached = self.view.borrow_mut();
-        match &*cached {
-            Some((at, view)) if *at == seq && !self.stats.reseeding() => view.get(key),
-            _ => {
-                let view = self.store.snapshot()?;
-                let found = view.get(key);
-                *cached = Some((seq, view));
-                found
-            }
-        }
+    /// What another executor needs to build a [`Reader`] of this node.
+    #[must_use]
+    pub fn reader_parts(&self) -> (Arc<Store>, Arc<NodeStats>) {
+        (self.store.clone(), self.stats.clone())
+    }
+
+    /// This executor's reader of its own store (see [`Reader`]).
+    #[must_use]
+    pub fn reader(&self) -> &Reader {
+        &self.reader
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Job) -> Result<T, ShardError> {
         let (tx, rx) = flume::bounded(1);
         self.jobs.send(make(tx)).map_err(|_| ShardError::Stopped)?;
         let answer = rx.recv_async().await.map_err(|_| ShardError::Stopped)?;
-        // Every job commits; an old snapshot kept open would stop redb from
-        // reusing the pages that commit freed (the file would only grow).
-        self.view.borrow_mut().take();
+        // Every job commits; see `Reader::forget`.
+        self.reader.forget();
         answer
     }
 

@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{KvOp, KvRequest, Scan, Style, encode_kv, encode_scan};
 use crate::replication::{PrimaryLog, SeqWatch};
 use crate::router::{ForwardError, Route, Router};
-use crate::shard::{NodeStats, Shard};
+use crate::shard::{NodeStats, Reader, Shard};
 use crate::storage::{Cond, Outcome, SnapshotPage, Write, WriteOp};
 use crate::topology::{NodeInfo, Role};
 use std::rc::Rc;
@@ -176,7 +176,6 @@ pub struct Api {
     metrics: Arc<Metrics>,
     token: Option<Arc<str>>,
     max_key: usize,
-    shard_header: String,
 }
 
 impl Api {
@@ -195,7 +194,6 @@ impl Api {
             .iter()
             .find(|(n, _, _)| n.id == me)
             .map_or_else(|| Arc::new(Metrics::default()), |(_, _, m)| m.clone());
-        let shard_header = router.me().shard.to_string();
         Self {
             router,
             shard,
@@ -205,7 +203,6 @@ impl Api {
             metrics,
             token,
             max_key,
-            shard_header,
         }
     }
 
@@ -325,7 +322,12 @@ impl Api {
             Route::Local => self.execute(kv).await,
             Route::Peer(tx) => {
                 self.metrics.forwarded_peer.fetch_add(1, Ordering::Relaxed);
-                self.router.to_peer(&tx, kv).await.map_err(owner_err)
+                match self.router.peer_reader(owner) {
+                    Some(reader) if kv.op == KvOp::Get && kv.min_seq == 0 => {
+                        read(reader, &kv, owner, None)
+                    }
+                    _ => self.router.to_peer(&tx, kv).await.map_err(owner_err),
+                }
             }
             Route::Remote(addr) => {
                 self.metrics
@@ -372,37 +374,8 @@ impl Api {
 
     /// A read of this node's own store (never waits).
     fn read_local(&self, kv: &KvRequest) -> Result<Response, ApiError> {
-        let executed = match self
-            .shard
-            .get(&kv.key)
-            .map_err(|e| ApiError::Storage(e.to_string()))?
-        {
-            // On a read, a condition is If-None-Match: a matching version, or
-            // `*` (any version), means "not modified".
-            Some(v) if kv.cond == Cond::Version(v.seq) || kv.cond == Cond::Present => {
-                Executed::NotModified { version: v.seq }
-            }
-            Some(v) => Executed::Value {
-                value: v.value,
-                version: v.seq,
-            },
-            None => Executed::NotFound,
-        };
-        Ok(self.tag(format(kv.style, false, executed)))
-    }
-
-    /// Answers a forwarded request at once when that needs no waiting (a
-    /// plain read of this node's shard); otherwise hands the request back.
-    ///
-    /// # Errors
-    /// Gives `kv` back when it must go through [`Api::handle_forwarded`].
-    pub fn forwarded_read_now(&self, kv: KvRequest) -> Result<Response, KvRequest> {
-        let own = self.router.topology().shard_for(&kv.key) == self.me().shard;
-        if kv.op == KvOp::Get && kv.min_seq == 0 && own {
-            Ok(self.read_local(&kv).unwrap_or_else(|e| e.response()))
-        } else {
-            Err(kv)
-        }
+        let applied = matches!(self.me().role, Role::Replica(_)).then(|| self.seq.get());
+        read(self.shard.reader(), kv, self.me(), applied)
     }
 
     async fn write(&self, op: WriteOp, cond: Cond) -> Result<Executed, ApiError> {
@@ -421,13 +394,8 @@ impl Api {
     }
 
     fn tag(&self, resp: Response) -> Response {
-        let mut resp = resp
-            .with_header("X-Shard", self.shard_header.clone())
-            .with_header("X-Served-By", self.me().name.clone());
-        if matches!(self.me().role, Role::Replica(_)) {
-            resp = resp.with_header("X-Applied-Seq", self.seq.get().to_string());
-        }
-        resp
+        let applied = matches!(self.me().role, Role::Replica(_)).then(|| self.seq.get());
+        tag(resp, self.me(), applied)
     }
 
     /// One page of keys with `prefix` after `after` from `shard`'s primary.
@@ -466,6 +434,44 @@ impl Api {
             .store()
             .scan_prefix(&scan.prefix, scan.after.as_deref(), scan.limit)
             .map_err(|e| ApiError::Storage(e.to_string()))
+    }
+}
+
+/// A read of `node`'s store through `reader` (never waits). `applied` is a
+/// replica's applied seq, for `X-Applied-Seq`.
+fn read(
+    reader: &Reader,
+    kv: &KvRequest,
+    node: &NodeInfo,
+    applied: Option<u64>,
+) -> Result<Response, ApiError> {
+    let executed = match reader
+        .get(&kv.key)
+        .map_err(|e| ApiError::Storage(e.to_string()))?
+    {
+        // On a read, a condition is If-None-Match: a matching version, or
+        // `*` (any version), means "not modified".
+        Some(v) if kv.cond == Cond::Version(v.seq) || kv.cond == Cond::Present => {
+            Executed::NotModified { version: v.seq }
+        }
+        Some(v) => Executed::Value {
+            value: v.value,
+            version: v.seq,
+        },
+        None => Executed::NotFound,
+    };
+    Ok(tag(format(kv.style, false, executed), node, applied))
+}
+
+/// Says who served a data response: `X-Shard`, `X-Served-By` and, on a
+/// replica, `X-Applied-Seq`.
+fn tag(resp: Response, node: &NodeInfo, applied: Option<u64>) -> Response {
+    let resp = resp
+        .with_header("X-Shard", node.shard.to_string())
+        .with_header("X-Served-By", node.name.clone());
+    match applied {
+        Some(seq) => resp.with_header("X-Applied-Seq", seq.to_string()),
+        None => resp,
     }
 }
 

@@ -10,13 +10,22 @@
 //! connections of one executor counts open connections and requests in
 //! flight, and asks connections to close after their current response
 //! while the server drains for shutdown.
+//!
+//! Reading: a connection first tries a non-blocking `recv`; when nothing is
+//! there yet it waits for the executor's next I/O poll ([`NextPoll`]) and
+//! tries once more, and only then arms an io_uring poll. A connection that
+//! found data [`FAIR_STREAK`] times in a row waits for the next poll too,
+//! so a client that always has a request ready cannot monopolise the
+//! executor (and I/O is polled at least once per round of connections).
 
 use super::encode::{Response, encode};
 use super::parse::{Limits, Method, Parsed, Request, parse};
+use crate::sched::NextPoll;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::cell::Cell;
 use std::future::Future;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Per-executor connection bookkeeping (not `Send`).
@@ -25,6 +34,8 @@ pub struct Tracker {
     open: Cell<usize>,
     in_flight: Cell<usize>,
     draining: Cell<bool>,
+    /// Connections waiting for the executor's next I/O poll.
+    next_poll: Rc<NextPoll>,
 }
 
 impl Tracker {
@@ -36,6 +47,13 @@ impl Tracker {
     #[must_use]
     pub fn in_flight(&self) -> usize {
         self.in_flight.get()
+    }
+
+    /// The executor's next-I/O-poll barrier, for other tasks that must not
+    /// keep the run queue busy.
+    #[must_use]
+    pub fn next_poll(&self) -> &Rc<NextPoll> {
+        &self.next_poll
     }
 
     /// From now on every connection closes after its current response.
@@ -70,8 +88,9 @@ pub struct ConnConfig {
     pub request_timeout: Duration,
     /// Most open connections per executor; more are answered 503 and closed.
     pub max_connections: usize,
-    /// Yield to other tasks once before waiting for a connection's next
-    /// request (lets more reads succeed without an io_uring poll).
+    /// Wait for the executor's next I/O poll once before arming an io_uring
+    /// poll for a connection's next request (most reads then succeed
+    /// without a poll; off: arm the poll at once, a benchmark comparison).
     pub yield_before_read: bool,
 }
 
@@ -88,6 +107,10 @@ impl Default for ConnConfig {
 }
 
 const INITIAL_BUF: usize = 16 * 1024;
+
+/// Reads in a row that found a request waiting, after which a connection
+/// lets the executor poll for I/O before it reads again.
+pub const FAIR_STREAK: u32 = 16;
 
 /// Whether a newly accepted connection fits under the cap.
 #[must_use]
@@ -117,6 +140,7 @@ where
     let (mut start, mut end) = (0usize, 0usize);
     let mut out: Vec<u8> = Vec::with_capacity(INITIAL_BUF);
     let mut request_started: Option<Instant> = None;
+    let mut streak = 0u32;
     loop {
         let mut close = false;
         let mut answered = false;
@@ -192,15 +216,24 @@ where
             },
         };
         // Fast path: read what is already there without arming an io_uring
-        // poll (see `recv_now`); give other connections a turn first so the
+        // poll (see `recv_now`); when nothing is there, let the executor
+        // poll for I/O once (the other connections run meanwhile) so the
         // peer's next request has time to arrive.
-        let ready = match recv_now(&stream, &mut buf[end..]) {
-            None if cfg.yield_before_read => {
-                futures_lite::future::yield_now().await;
-                recv_now(&stream, &mut buf[end..])
-            }
-            other => other,
+        let mut ready = if streak < FAIR_STREAK {
+            recv_now(&stream, &mut buf[end..])
+        } else {
+            None
         };
+        if ready.is_none() && (cfg.yield_before_read || streak >= FAIR_STREAK) {
+            tracker.next_poll.wait().await;
+            streak = 0;
+            ready = recv_now(&stream, &mut buf[end..]);
+        }
+        if ready.is_some() {
+            streak += 1;
+        } else {
+            streak = 0;
+        }
         let read = match ready {
             Some(r) => r,
             None => {

@@ -13,6 +13,7 @@ use crate::log_at;
 use crate::protocol::Mail;
 use crate::replication::{self, PrimaryLog, SeqWatch, Upstream};
 use crate::router::{Mailboxes, Router};
+use crate::sched::NextPoll;
 use crate::shard::Shard;
 use crate::topology::{NodeInfo, Role, Topology};
 use futures_lite::future;
@@ -112,7 +113,7 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
         Role::Replica(_) => {
             let owner = topo.primary_of(node.shard);
             let upstream = match mailboxes.get(owner.id) {
-                Some(Some(tx)) => Upstream::Local(tx.clone()),
+                Some(Some(peer)) => Upstream::Local(peer.mail.clone()),
                 _ => Upstream::Remote {
                     client: client.clone(),
                     addr: owner.address.clone(),
@@ -140,8 +141,14 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
         token,
         max_key,
     ));
-    glommio::spawn_local(drain_mailbox(api.clone(), primary, mailbox)).detach();
     let tracker = Rc::new(Tracker::default());
+    glommio::spawn_local(drain_mailbox(
+        api.clone(),
+        primary,
+        mailbox,
+        tracker.next_poll().clone(),
+    ))
+    .detach();
     let done = loop {
         let next = future::or(async { Ok(listener.accept().await) }, async {
             Err(stop.recv_async().await)
@@ -189,46 +196,31 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
     future::pending::<()>().await;
 }
 
+/// Mails served in a row before the mailbox lets the executor poll for I/O
+/// (a mailbox that never runs dry must not starve the connections).
+const MAILS_PER_ROUND: u32 = 64;
+
 /// Serves requests other executors of this process send here.
-async fn drain_mailbox(api: Rc<Api>, primary: Option<Rc<PrimaryLog>>, rx: flume::Receiver<Mail>) {
+async fn drain_mailbox(
+    api: Rc<Api>,
+    primary: Option<Rc<PrimaryLog>>,
+    rx: flume::Receiver<Mail>,
+    next_poll: Rc<NextPoll>,
+) {
+    let mut served = 0u32;
     while let Ok(mail) = rx.recv_async().await {
+        served += 1;
+        if served >= MAILS_PER_ROUND {
+            served = 0;
+            next_poll.wait().await;
+        }
         match mail {
-            Mail::Kv(req, reply) => match api.forwarded_read_now(req) {
-                Ok(resp) => {
-                    let _ = reply.send(resp);
-                }
-                Err(req) => {
-                    let api = api.clone();
-                    glommio::spawn_local(async move {
-                        let _ = reply.send(api.handle_forwarded(req).await);
-                    })
-                    .detach();
-                }
-            },
-            Mail::KvBatch(reqs, reply) => {
-                let mut answers = Vec::with_capacity(reqs.len());
-                let mut rest = Vec::new();
-                for (i, kv) in reqs.into_iter().enumerate() {
-                    match api.forwarded_read_now(kv) {
-                        Ok(resp) => answers.push(Some(resp)),
-                        Err(kv) => {
-                            answers.push(None);
-                            rest.push((i, kv));
-                        }
-                    }
-                }
-                if rest.is_empty() {
-                    let _ = reply.send(answers.into_iter().flatten().collect());
-                } else {
-                    let api = api.clone();
-                    glommio::spawn_local(async move {
-                        for (i, kv) in rest {
-                            answers[i] = Some(api.handle_forwarded(kv).await);
-                        }
-                        let _ = reply.send(answers.into_iter().flatten().collect());
-                    })
-                    .detach();
-                }
+            Mail::Kv(req, reply) => {
+                let api = api.clone();
+                glommio::spawn_local(async move {
+                    let _ = reply.send(api.handle_forwarded(req).await);
+                })
+                .detach();
             }
             Mail::Pull(pull, reply) => {
                 let primary = primary.clone();

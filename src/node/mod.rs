@@ -22,8 +22,7 @@ use crate::http::conn::ConnConfig;
 use crate::log::Level;
 use crate::log_at;
 use crate::metrics::Metrics;
-use crate::protocol::Mail;
-use crate::router::Mailboxes;
+use crate::router::{Mailboxes, Peer};
 use crate::shard::{Shard, StartError};
 use crate::storage::Store;
 use crate::topology::{NodeInfo, Topology, TopologyError};
@@ -34,12 +33,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use system::{allowed_cpus, block_signals, cpu_placement, listen, preflight, resolve, wait_signal};
 
-/// How long an executor runs tasks before it polls for I/O again
-/// (`--preempt-us`; glommio's default). 1 ms cut the p99 of local GETs
-/// (connections yielding before their next read keep the run queue busy)
-/// but 250 µs stalled forwarded requests, and runs with 1 ms saw an
-/// executor fail to come up, so the default stays. See bench/README.md.
-pub const DEFAULT_PREEMPT: Duration = Duration::from_millis(100);
+/// glommio's preempt timer (`--preempt-us`): the longest run of tasks
+/// before an executor polls for I/O again even though tasks are still
+/// runnable. corekv does not rely on it: connections wait for the next I/O
+/// poll instead of yielding (see `sched`), so the run queue drains every
+/// round. It is kept long on purpose: glommio 0.9 parks an executor that
+/// finds this timer already expired before it ran any task (see `sched`),
+/// and on an executor's first turn nothing would ever wake it again; the
+/// longer the timer, the longer a thread must be descheduled for that.
+/// glommio's own default is 100 ms; 1 ms and 50 µs made the hang
+/// reproducible under CPU load (bench/README.md).
+pub const DEFAULT_PREEMPT: Duration = Duration::from_secs(1);
 
 /// How long an executor spins before it parks (`--spin-us`). Parking costs
 /// a `membarrier` (an IPI to every CPU running the process) and the next
@@ -222,11 +226,11 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
             error: e.to_string(),
         })?);
     }
-    let mut txs: Vec<Option<flume::Sender<Mail>>> = vec![None; topo.nodes.len()];
+    let mut txs: Vec<Option<Peer>> = vec![None; topo.nodes.len()];
     let mut rxs = Vec::new();
-    for n in &locals {
+    for (n, shard) in locals.iter().zip(&shards) {
         let (tx, rx) = flume::unbounded();
-        txs[n.id] = Some(tx);
+        txs[n.id] = Some(Peer::new(tx, shard.reader_parts()));
         rxs.push(rx);
     }
     let mailboxes: Mailboxes = Arc::new(txs);
