@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for bench/run.sh and bench/scaling.sh (source it, don't run it).
 # Everything here talks to 127.0.0.1 only and is bounded in time.
 
@@ -164,7 +165,9 @@ wait_quiet() {
 # Runs CMD (bounded), records server CPU ticks around it and appends a row
 # to $INDEX. MEASURE_BASE (optional) names a second row to compare with (the
 # one-fsync-per-write baseline of a durable SET row; the row's own id for the
-# baseline itself). Raw output goes to $RAW_DIR/ID.txt and is appended to $RUN_LOG.
+# baseline itself). MEASURE_EXTRA (optional) is the row's `key=value;...`
+# column for bench/report.py (scenario group, table section, asked rate...).
+# Raw output goes to $RAW_DIR/ID.txt and is appended to $RUN_LOG.
 measure() {
     local id="$1" scen="$2" tool="$3" target="$4" conns="$5" depth="$6" ref="$7" pid="$8" health="$9"
     shift 9
@@ -190,9 +193,10 @@ measure() {
     } >>"$RUN_LOG"
     local rss
     rss="$(rss_kib "$pid" 2>/dev/null || true)"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$id" "$scen" "$tool" "$target" "$conns" "$depth" "$raw" "$((t1 - t0))" "$CLK_TCK" "$ok" "$ref" \
-        "$((c1 - c0))" "$((m1 - m0))" "$(( (w1 - w0) / 1000000 ))" "${rss:-0}" "${MEASURE_BASE:--}" >>"$INDEX"
+        "$((c1 - c0))" "$((m1 - m0))" "$(( (w1 - w0) / 1000000 ))" "${rss:-0}" "${MEASURE_BASE:--}" \
+        "${MEASURE_EXTRA:--}" >>"$INDEX"
     local summary
     summary="$(python3 "$BENCH_DIR/report.py" parse "$tool" "$raw" 2>&1 | cut -c1-200)" || true
     log "   -> $summary"
@@ -200,19 +204,34 @@ measure() {
 }
 
 # wrk_run URL CONNS LUA_ARGS...: wrk with the suite's settings (bounded).
-wrk_run() {
+# wrk_argv sets WRK_ARGV to the same command line without running it (for a
+# background client: `"${WRK_ARGV[@]}" &` makes $! the PID of `timeout`,
+# which passes a TERM on to wrk).
+wrk_argv() {
     local url="$1" conns="$2"; shift 2
-    timeout -k 5 $(( ${DURATION:-10} + 30 )) \
-        wrk -t"${THREADS:-2}" -c"$conns" -d"${DURATION:-10}s" --timeout 5s \
-        -s "$BENCH_DIR/lua/corekv.lua" "$url" -- "$@"
+    WRK_ARGV=(timeout -k 5 $(( ${DURATION:-10} + 30 ))
+        wrk -t"${THREADS:-2}" -c"$conns" -d"${DURATION:-10}s" --timeout 5s
+        -s "$BENCH_DIR/lua/corekv.lua" "$url" -- "$@")
 }
+wrk_run() { wrk_argv "$@"; "${WRK_ARGV[@]}"; }
 
 # oha_run CONNS OHA_ARGS...: oha with the suite's settings (bounded). For key
 # rotation pass `--urls-from-file FILE` (oha picks URLs from it at random).
-oha_run() {
+# oha_argv: the same into OHA_ARGV, like wrk_argv.
+oha_argv() {
     local conns="$1"; shift
-    timeout -k 5 $(( ${DURATION:-10} + 30 )) \
-        oha --no-tui -z "${DURATION:-10}s" -c "$conns" -t 5s --output-format json "$@"
+    OHA_ARGV=(timeout -k 5 $(( ${DURATION:-10} + 30 ))
+        oha --no-tui -z "${DURATION:-10}s" -c "$conns" -t 5s --output-format json "$@")
+}
+oha_run() { oha_argv "$@"; "${OHA_ARGV[@]}"; }
+
+# oha_rate_run CONNS RATE OHA_ARGS...: oha at a fixed rate (RATE requests/s
+# over all connections), latencies measured from when each request was due
+# (--latency-correction), so a stalled server cannot hide its queue
+# (no coordinated omission).
+oha_rate_run() {
+    local conns="$1" rate="$2"; shift 2
+    oha_run "$conns" -q "$rate" --latency-correction "$@"
 }
 
 env_header() {

@@ -1,19 +1,30 @@
 #!/usr/bin/env python3
-"""Turn the raw wrk/oha outputs recorded by bench/run.sh into a markdown table.
+"""Turn the raw wrk/oha outputs recorded by bench/run.sh into markdown tables.
 
 Input: a TSV index (one line per measured run) written by bench/lib.sh:
     id scenario tool target conns depth raw_file cpu_ticks clk_tck server_ok ref
-    client_cpu_ms machine_busy_ticks wall_ms server_rss_kib [base]
+    client_cpu_ms machine_busy_ticks wall_ms server_rss_kib [base] [extra]
+`tool` is "wrk" (one constant request, no Lua per request), "wrk+lua"
+(requests built by bench/lua/corekv.lua), "oha" or "fsync" (bench/fsync_probe.py);
 `ref` is the id of the nginx row the run is compared with ("-" for none);
 `base` (optional) the id of the one-fsync-per-write baseline row a durable
-SET row is compared with ("-" for none);
-cpu_ticks is the server's utime+stime over the run, client_cpu_ms the load
-generator's, machine_busy_ticks all CPUs' busy time (/proc/stat).
+SET row is compared with ("-" for none); `extra` (optional) is
+`key=value;...`: g= scenario group (nginx, get-owner, get-fwd, get-replica,
+set, ...), sec= table section (main; rate: fixed-rate rows; wset: GETs
+measured while a second client sends SETs), rate= the asked rate of a
+fixed-rate client, role= get/set, pair= / alone= (wset rows: the other
+client's row; the same GETs measured without writes).
+cpu_ticks is the server's utime+stime over the run (-1: not attributable),
+client_cpu_ms the load generator's, machine_busy_ticks all CPUs' busy time
+(/proc/stat).
 
 Usage:
-    report.py table INDEX.tsv [--header FILE]   # markdown on stdout
+    report.py table INDEX.tsv [--header FILE] [--conns N]
+                                                # markdown on stdout; N: the connection
+                                                # count of the throughput targets (64)
     report.py scaling CASES.tsv INDEX.tsv [--header FILE]
-    report.py parse wrk|oha FILE                # one parsed run, as key=value
+    report.py parse wrk|wrk+lua|oha|fsync FILE  # one parsed run, as key=value
+    report.py get TOOL FILE KEY                 # one value of one parsed run (e.g. rps)
     report.py soak CLIENT_OUT [--header FILE] [--client-rc N] [--server-alive 0|1]
               [--rss-max-pct P] [--rss-min-mib M]
                                                 # bench/soak.sh summary; exit 1 on failure
@@ -35,6 +46,8 @@ def parse_wrk(path):
         "rps": float(kv["rps"]),
         "p50_us": float(kv["p50_us"]),
         "p99_us": float(kv["p99_us"]),
+        # Outputs of the Lua script before p99.9 was added have none.
+        "p999_us": float(kv.get("p999_us", "nan")),
         "non2xx": int(kv["non2xx"]),
         "errors": int(kv["connect_err"]) + int(kv["read_err"]) + int(kv["write_err"]) + int(kv["timeout_err"]),
         "error_detail": "connect %s, read %s, write %s, timeout %s" % (
@@ -59,12 +72,17 @@ def parse_oha(path):
     pct = d.get("latencyPercentiles") or {}
     summary = d.get("summary") or {}
     total = float(summary.get("total") or 0)
+
+    def p(name):
+        v = pct.get(name)
+        return float(v) * 1e6 if v is not None else float("nan")
     return {
         "requests": requests,
         # oha's requestsPerSec counts errors too; use completed responses.
         "rps": requests / total if total else float(summary.get("requestsPerSec") or 0),
-        "p50_us": float(pct.get("p50") or 0) * 1e6,
-        "p99_us": float(pct.get("p99") or 0) * 1e6,
+        "p50_us": p("p50"),
+        "p99_us": p("p99"),
+        "p999_us": p("p99.9"),
         "non2xx": non2xx,
         "errors": sum(real_errs.values()),
         "error_detail": "; ".join("%s: %d" % kv for kv in real_errs.items()),
@@ -72,15 +90,53 @@ def parse_oha(path):
     }
 
 
+def parse_fsync(path):
+    """bench/fsync_probe.py's FSYNC_RESULT line."""
+    with open(path, errors="replace") as f:
+        text = f.read()
+    m = re.search(r"^FSYNC_RESULT (.*)$", text, re.M)
+    if not m:
+        raise ValueError("no FSYNC_RESULT line in %s (did the probe fail?)" % path)
+    kv = dict(p.split("=", 1) for p in m.group(1).split())
+    return {
+        "requests": int(kv["n"]),
+        "rps": float(kv["rate"]),
+        "p50_us": float(kv["p50_us"]),
+        "p99_us": float(kv["p99_us"]),
+        "p999_us": float(kv["p999_us"]),
+        "max_us": float(kv["max_us"]),
+        "sync": kv.get("sync", "?"),
+        "block": int(kv.get("block", 0)),
+        "non2xx": 0,
+        "errors": 0,
+        "error_detail": "",
+    }
+
+
 def parse(tool, path):
-    return parse_wrk(path) if tool == "wrk" else parse_oha(path)
+    """tool: "wrk" (fixed request), "wrk+lua" (Lua-built requests), "oha", "fsync"."""
+    if tool.startswith("wrk"):
+        return parse_wrk(path)
+    if tool == "fsync":
+        return parse_fsync(path)
+    return parse_oha(path)
 
 
 # "other CPU" above this (% of one core) marks a run as disturbed.
 NOISY_PCT = 25.0
+# A fixed-rate row whose achieved rate is this much below the asked one is flagged.
+RATE_SHORT = 0.05
+# Targets of the tail-latency issue (see bench/README.md, "Targets").
+P99_FACTOR, P99_FLOOR_US = 1.5, 2000.0
+OWNER_RPS_MIN, OWNER_CPU_MAX = 0.95, 1.10
+FWD_RPS_MIN = 0.90
+SET_FSYNC_P99_MAX = 3.0
+GET_GROUPS = ("get-owner", "get-replica", "get-fwd")
 
 
 def fmt_lat(us):
+    if us != us:  # NaN: not measured
+        return "-"
     if us >= 1e6:
         return "%.2f s" % (us / 1e6)
     if us >= 1000:
@@ -92,7 +148,18 @@ def fmt_rps(x):
     return "{:,.0f}".format(x)
 
 
-def table(index_path, header_path=None):
+def fmt_ratio(x):
+    if x != x:
+        return "-"
+    return "%.2f×" % x
+
+
+def ok_row(r):
+    return r is not None and not r.get("parse_error")
+
+
+def load_rows(index_path):
+    """The TSV index written by bench/lib.sh's measure (see the module doc)."""
     rows = []
     with open(index_path) as f:
         for line in f:
@@ -101,108 +168,372 @@ def table(index_path, header_path=None):
                 continue
             f = line.split("\t")
             (rid, scen, tool, target, conns, depth, raw, ticks, clk, ok, ref) = f[:11]
-            client_ms, busy, wall_ms, rss, base = (f[11:16] + ["0", "0", "0", "0", "-"][len(f[11:16]):])[:5]
+            client_ms, busy, wall_ms, rss, base, extra = (f[11:17] + ["0", "0", "0", "0", "-", "-"][len(f[11:17]):])[:6]
+            ex = {}
+            if extra not in ("", "-"):
+                for part in extra.split(";"):
+                    k, _, v = part.partition("=")
+                    if k:
+                        ex[k] = v
             row = dict(id=rid, scenario=scen, tool=tool, target=target, conns=int(conns),
                        depth=int(depth), raw=raw, ticks=int(ticks), clk=int(clk),
                        server_ok=(ok == "1"), ref=ref, client_ms=int(client_ms),
-                       busy=int(busy), wall_ms=int(wall_ms), rss=int(rss or 0), base=base)
+                       busy=int(busy), wall_ms=int(wall_ms), rss=int(rss or 0), base=base, ex=ex,
+                       sec=ex.get("sec", "main"), group=ex.get("g", ""))
             try:
                 row.update(parse(tool, raw))
                 row["parse_error"] = None
             except Exception as e:  # keep going: report the broken row
                 row["parse_error"] = str(e)
             rows.append(row)
-    by_id = {r["id"]: r for r in rows}
-    # Baseline rows (named by other rows' `base`) are shown together, right
-    # after the last row compared with one of them.
-    base_ids = {r["base"] for r in rows if r["base"] not in ("-", "", r["id"]) and r["base"] in by_id}
-    if base_ids:
-        ordered = [r for r in rows if r["id"] not in base_ids]
-        last = max(i for i, r in enumerate(ordered) if r["base"] in base_ids)
-        ordered[last + 1:last + 1] = [r for r in rows if r["id"] in base_ids]
-        rows = ordered
     for r in rows:
         if r["parse_error"]:
             continue
-        r["cpu_us"] = (r["ticks"] / r["clk"]) / r["requests"] * 1e6 if r["requests"] else float("nan")
-        r["client_us"] = r["client_ms"] * 1e3 / r["requests"] if r["requests"] else float("nan")
+        # ticks < 0: the server's CPU cannot be attributed to this row alone.
+        if r["ticks"] >= 0 and r["requests"]:
+            r["cpu_us"] = (r["ticks"] / r["clk"]) / r["requests"] * 1e6
+        else:
+            r["cpu_us"] = float("nan")
+        r["client_us"] = r["client_ms"] * 1e3 / r["requests"] if r["requests"] and r["wall_ms"] else float("nan")
         # CPU used by everything except the server and the load generator
         # (other processes, plus kernel time not charged to either), in % of
         # one core over the run's wall time.
         if r["wall_ms"]:
-            other_s = r["busy"] / r["clk"] - r["ticks"] / r["clk"] - r["client_ms"] / 1e3
+            other_s = r["busy"] / r["clk"] - max(0, r["ticks"]) / r["clk"] - r["client_ms"] / 1e3
             r["other_pct"] = max(0.0, other_s) / (r["wall_ms"] / 1e3) * 100
         else:
             r["other_pct"] = float("nan")
+        if "rate" in r["ex"]:
+            r["asked"] = float(r["ex"]["rate"])
+            r["short"] = r["asked"] > 0 and r["rps"] < (1 - RATE_SHORT) * r["asked"]
+    return rows
+
+
+def ref_of(r, by_id):
+    """(reference row, is_the_reference_itself) for a row."""
+    ref = by_id.get(r["ref"])
+    if ref is r:
+        return ref, True
+    if ok_row(ref):
+        return ref, False
+    return None, False
+
+
+def with_ratio(r, ref, is_ref, key, fmt):
+    """value (ratio to the reference row's value)."""
+    v = r.get(key, float("nan"))
+    s = fmt(v)
+    if is_ref:
+        return s + " (ref)"
+    if ref is not None and ref.get(key) and ref[key] == ref[key] and v == v:
+        return "%s (%s)" % (s, fmt_ratio(v / ref[key]))
+    return s
+
+
+def p99_bound(ref):
+    return max(P99_FACTOR * ref["p99_us"], P99_FLOOR_US)
+
+
+def table(index_path, header_path=None, conns=64):
+    rows = load_rows(index_path)
+    by_id = {r["id"]: r for r in rows}
+    main = [r for r in rows if r["sec"] == "main"]
+    # Baseline rows (named by other rows' `base`) are shown together, right
+    # after the last row compared with one of them.
+    base_ids = {r["base"] for r in main if r["base"] not in ("-", "", r["id"]) and r["base"] in by_id}
+    if base_ids:
+        ordered = [r for r in main if r["id"] not in base_ids]
+        last = max(i for i, r in enumerate(ordered) if r["base"] in base_ids)
+        ordered[last + 1:last + 1] = [r for r in main if r["id"] in base_ids]
+        main = ordered
 
     out = []
     if header_path:
         with open(header_path) as f:
             out.append(f.read().rstrip("\n"))
         out.append("")
-    out.append("| scenario | tool | target | conns × depth | req/s | p50 | p99 | non-2xx | socket errors "
-               "| server CPU µs/req | req/s vs nginx | CPU/req vs nginx | req/s vs 1 fsync/write "
-               "| client CPU µs/req | other CPU | server RSS after |")
-    out.append("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     notes = []
-    durable = []
-    for r in rows:
+    noisy = []
+
+    def row_notes(r):
         if r["parse_error"]:
-            out.append("| %s | %s | %s | %d × %d | FAILED | | | | | | | | | | | |" % (
+            notes.append("- %s / %s / %d conns: %s" % (r["scenario"], r["tool"], r["conns"], r["parse_error"]))
+            return
+        what = "%s / %s / %d conns" % (r["scenario"], r["tool"], r["conns"])
+        if r["tool"] != "fsync" and r["other_pct"] == r["other_pct"] and r["other_pct"] > NOISY_PCT:
+            noisy.append((what, r["other_pct"]))
+        if r["non2xx"]:
+            codes = r.get("codes")
+            notes.append("- %s: %d non-2xx responses%s" % (
+                what, r["non2xx"], (" (status codes %s)" % codes) if codes else ""))
+        if r["errors"]:
+            notes.append("- %s: socket errors: %s" % (what, r["error_detail"]))
+        if not r["server_ok"]:
+            notes.append("- %s: the server process was gone or unhealthy after this run" % what)
+        if r.get("short"):
+            notes.append("- %s: asked for %s req/s, achieved %s (%.0f%% short)" % (
+                what, fmt_rps(r["asked"]), fmt_rps(r["rps"]), (1 - r["rps"] / r["asked"]) * 100))
+
+    # ------------------------------------------------------------ main table
+    out.append("### Closed loop: as fast as the client can go")
+    out.append("")
+    out.append("| scenario | tool | target | conns × depth | req/s (vs nginx) | p50 (vs nginx) | p99 (vs nginx) "
+               "| p99.9 (vs nginx) | server CPU µs/req (vs nginx) | non-2xx | socket errors "
+               "| req/s vs 1 fsync/write | client CPU µs/req | other CPU | server RSS after |")
+    out.append("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    durable = []
+    for r in main:
+        row_notes(r)
+        if r["parse_error"]:
+            out.append("| %s | %s | %s | %d × %d | FAILED | | | | | | | | | | |" % (
                 r["scenario"], r["tool"], r["target"], r["conns"], r["depth"]))
-            notes.append("- %s / %s: %s" % (r["scenario"], r["tool"], r["parse_error"]))
             continue
-        ref = by_id.get(r["ref"])
-        if ref is not None and not ref.get("parse_error") and ref is not r:
-            rps_ratio = "%.2f×" % (r["rps"] / ref["rps"]) if ref["rps"] else "-"
-            cpu_ratio = "%.2f×" % (r["cpu_us"] / ref["cpu_us"]) if ref.get("cpu_us") else "-"
-        elif ref is r:
-            rps_ratio, cpu_ratio = "1.00× (ref)", "1.00× (ref)"
-        else:
-            rps_ratio, cpu_ratio = "-", "-"
+        if r["tool"] == "fsync":
+            out.append("| %s | %s | %s | 1 × 1 | %s fsyncs/s | %s | %s | %s | | | | | | | |" % (
+                r["scenario"], "fsync probe (%s, %d B)" % (r["sync"], r["block"]), r["target"], fmt_rps(r["rps"]),
+                fmt_lat(r["p50_us"]), fmt_lat(r["p99_us"]), fmt_lat(r["p999_us"])))
+            continue
+        ref, is_ref = ref_of(r, by_id)
         base = by_id.get(r["base"])
         if r["id"] in base_ids:
             base_ratio = "1.00× (ref)"
-        elif base is not None and not base.get("parse_error") and base["rps"]:
+        elif ok_row(base) and base["rps"]:
             base_ratio = "**%.1f×**" % (r["rps"] / base["rps"])
             durable.append((r, base))
         else:
             base_ratio = ""
         flag = "" if r["server_ok"] else " ⚠ server died"
-        out.append("| %s%s | %s | %s | %d × %d | %s | %s | %s | %d | %d | %.2f | %s | %s | %s | %.2f | %.0f%% | %s |" % (
-            r["scenario"], flag, r["tool"], r["target"], r["conns"], r["depth"], fmt_rps(r["rps"]),
-            fmt_lat(r["p50_us"]), fmt_lat(r["p99_us"]), r["non2xx"], r["errors"], r["cpu_us"],
-            rps_ratio, cpu_ratio, base_ratio, r["client_us"], r["other_pct"], fmt_bytes(r["rss"] * 1024)))
-        if r["other_pct"] > NOISY_PCT:
-            notes.append("- %s / %s: %.0f%% of a core went to other processes or unattributed kernel work "
-                         "during the run; the machine was not quiet, treat this row with care" % (
-                             r["scenario"], r["tool"], r["other_pct"]))
-        if r["non2xx"]:
-            codes = r.get("codes")
-            notes.append("- %s / %s: %d non-2xx responses%s" % (
-                r["scenario"], r["tool"], r["non2xx"], (" (status codes %s)" % codes) if codes else ""))
-        if r["errors"]:
-            notes.append("- %s / %s: socket errors: %s" % (r["scenario"], r["tool"], r["error_detail"]))
-        if not r["server_ok"]:
-            notes.append("- %s / %s: the server process was gone or unhealthy after this run" % (
-                r["scenario"], r["tool"]))
-    if durable:
+        out.append("| %s%s | %s | %s | %d × %d | %s | %s | %s | %s | %s | %d | %d | %s | %.2f | %.0f%% | %s |" % (
+            r["scenario"], flag, r["tool"], r["target"], r["conns"], r["depth"],
+            with_ratio(r, ref, is_ref, "rps", fmt_rps),
+            with_ratio(r, ref, is_ref, "p50_us", fmt_lat), with_ratio(r, ref, is_ref, "p99_us", fmt_lat),
+            with_ratio(r, ref, is_ref, "p999_us", fmt_lat),
+            with_ratio(r, ref, is_ref, "cpu_us", lambda x: "%.2f" % x),
+            r["non2xx"], r["errors"], base_ratio, r["client_us"], r["other_pct"], fmt_bytes(r["rss"] * 1024)))
+
+    # ------------------------------------------------------ fixed-rate table
+    rate_rows = [r for r in rows if r["sec"] == "rate"]
+    if rate_rows:
         out.append("")
-        out.append("Durable writes, group commit vs one fsync per write (same load, same run; target ≥ 10×):")
+        out.append("### Fixed rate (oha `-q`, `--latency-correction`: no coordinated omission)")
         out.append("")
-        for r, b in durable:
-            ratio = r["rps"] / b["rps"]
-            out.append("- %s: %s req/s (p50 %s, p99 %s) vs %s req/s with 1 fsync/write (p50 %s, p99 %s): "
-                       "**%.1f×**, target %s" % (
-                           r["tool"], fmt_rps(r["rps"]), fmt_lat(r["p50_us"]), fmt_lat(r["p99_us"]),
-                           fmt_rps(b["rps"]), fmt_lat(b["p50_us"]), fmt_lat(b["p99_us"]), ratio,
-                           "met" if ratio >= 10 else "NOT met"))
+        out.append("| scenario | target | conns | asked req/s | achieved req/s | p50 (vs nginx) | p99 (vs nginx) "
+                   "| p99.9 (vs nginx) | server CPU µs/req (vs nginx) | non-2xx | socket errors | other CPU |")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in rate_rows:
+            row_notes(r)
+            if r["parse_error"]:
+                out.append("| %s | %s | %d | %s | FAILED | | | | | | | |" % (
+                    r["scenario"], r["target"], r["conns"], r["ex"].get("rate", "?")))
+                continue
+            ref, is_ref = ref_of(r, by_id)
+            achieved = fmt_rps(r["rps"])
+            if r.get("short"):
+                achieved = "**%s ⚠ %.0f%% short**" % (achieved, (1 - r["rps"] / r["asked"]) * 100)
+            flag = "" if r["server_ok"] else " ⚠ server died"
+            out.append("| %s%s | %s | %d | %s | %s | %s | %s | %s | %s | %d | %d | %.0f%% |" % (
+                r["scenario"], flag, r["target"], r["conns"], fmt_rps(r["asked"]), achieved,
+                with_ratio(r, ref, is_ref, "p50_us", fmt_lat), with_ratio(r, ref, is_ref, "p99_us", fmt_lat),
+                with_ratio(r, ref, is_ref, "p999_us", fmt_lat),
+                with_ratio(r, ref, is_ref, "cpu_us", lambda x: "%.2f" % x),
+                r["non2xx"], r["errors"], r["other_pct"]))
+
+    # ------------------------------------------------ GETs while SETs run
+    wset = [r for r in rows if r["sec"] == "wset"]
+    if wset:
+        out.append("")
+        out.append("### Reads while durable writes run (two clients at once: GETs measured apart from the SETs)")
+        out.append("")
+        out.append("| client | tool | target | conns | asked req/s | req/s | p50 (vs nginx) | p99 (vs nginx) "
+                   "| p99.9 (vs nginx) | p99 vs the same GETs without writes | non-2xx | socket errors |")
+        out.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in wset:
+            row_notes(r)
+            if r["parse_error"]:
+                out.append("| %s | %s | %s | %d | | FAILED | | | | | | |" % (r["scenario"], r["tool"], r["target"], r["conns"]))
+                continue
+            ref, is_ref = ref_of(r, by_id)
+            alone = by_id.get(r["ex"].get("alone", ""))
+            vs_alone = ""
+            if ok_row(alone) and alone["p99_us"]:
+                vs_alone = "%s (%s without writes)" % (fmt_ratio(r["p99_us"] / alone["p99_us"]), fmt_lat(alone["p99_us"]))
+            achieved = fmt_rps(r["rps"])
+            if r.get("short"):
+                achieved = "**%s ⚠ %.0f%% short**" % (achieved, (1 - r["rps"] / r["asked"]) * 100)
+            out.append("| %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %d | %d |" % (
+                r["scenario"], r["tool"], r["target"], r["conns"],
+                fmt_rps(r["asked"]) if "asked" in r else "as fast as it can", achieved,
+                with_ratio(r, ref, is_ref, "p50_us", fmt_lat), with_ratio(r, ref, is_ref, "p99_us", fmt_lat),
+                with_ratio(r, ref, is_ref, "p999_us", fmt_lat), vs_alone, r["non2xx"], r["errors"]))
+        shares = []
+        for r in wset:
+            s = by_id.get(r["ex"].get("pair", ""))
+            if r["ex"].get("role") == "get" and ok_row(r) and ok_row(s) and (r["rps"] + s["rps"]):
+                cpu = ""
+                if r["ticks"] >= 0 and r["requests"] + s["requests"]:
+                    cpu = ", server CPU %.2f µs per request (GETs and SETs)" % (
+                        r["ticks"] / r["clk"] / (r["requests"] + s["requests"]) * 1e6)
+                shares.append("- %s: SETs were %.1f%% of the requests (%s SET/s next to %s GET/s)%s" % (
+                    r["scenario"], s["rps"] * 100 / (r["rps"] + s["rps"]), fmt_rps(s["rps"]), fmt_rps(r["rps"]), cpu))
+        if shares:
+            out.append("")
+            out.extend(shares)
+
+    # ----------------------------------------------------- durable writes
+    fs_rows = [r for r in rows if r["tool"] == "fsync" and ok_row(r)]
+    if durable or fs_rows:
+        out.append("")
+        out.append("### Durable writes")
+        out.append("")
+    for f in fs_rows:
+        out.append("- bare fsync probe (%s of a %d B block, %s iterations, %s, no server involved): p50 %s, p99 %s, "
+                   "p99.9 %s, max %s (%s fsyncs/s)" % (
+                       f["sync"], f["block"], fmt_rps(f["requests"]), f["target"], fmt_lat(f["p50_us"]),
+                       fmt_lat(f["p99_us"]), fmt_lat(f["p999_us"]), fmt_lat(f["max_us"]), fmt_rps(f["rps"])))
+    for r, b in durable:
+        ratio = r["rps"] / b["rps"]
+        out.append("- %s: %s req/s (p50 %s, p99 %s, p99.9 %s) vs %s req/s with 1 fsync/write (p50 %s, p99 %s, "
+                   "p99.9 %s): **%.1f×** (target ≥ 10×: %s)" % (
+                       r["tool"], fmt_rps(r["rps"]), fmt_lat(r["p50_us"]), fmt_lat(r["p99_us"]), fmt_lat(r["p999_us"]),
+                       fmt_rps(b["rps"]), fmt_lat(b["p50_us"]), fmt_lat(b["p99_us"]), fmt_lat(b["p999_us"]), ratio,
+                       "met" if ratio >= 10 else "NOT met"))
+
+    # ------------------------------------------------------------- targets
+    out.extend(targets(rows, by_id, conns))
+
+    if noisy:
+        noisy.sort(key=lambda x: -x[1])
+        shown = "; ".join("%s (%.0f%%)" % x for x in noisy[:6])
+        if len(noisy) > 6:
+            shown += "; and %d more" % (len(noisy) - 6)
+        notes.insert(0, "- the machine was not quiet during %d of %d runs: other processes or kernel work charged to "
+                        "neither the server nor the client used more than %.0f%% of a core (column \"other CPU\"); "
+                        "treat these rows with care. Worst: %s" % (len(noisy), len(rows), NOISY_PCT, shown))
     if notes:
         out.append("")
         out.append("Problems seen during this run:")
         out.append("")
         out.extend(notes)
     return "\n".join(out) + "\n"
+
+
+def targets(rows, by_id, conns):
+    """The tail-latency issue's targets, each MET / NOT MET from this run's numbers."""
+    res = []  # (target, row, measured, limit, met)
+
+    def label(r):
+        return "%s, %s, %d conns" % (r["scenario"], r["tool"], r["conns"])
+
+    def p99_check(tname, r, extra_fail=None):
+        if not ok_row(r):
+            res.append((tname, label(r), "not measured (%s)" % r.get("parse_error"), "", None))
+            return
+        ref, _ = ref_of(r, by_id)
+        if ref is None:
+            res.append((tname, label(r), "p99 %s" % fmt_lat(r["p99_us"]), "no nginx row to compare with", None))
+            return
+        bound = p99_bound(ref)
+        met = r["p99_us"] <= bound
+        limit = "max(%.1f × nginx %s, %s) = %s" % (P99_FACTOR, fmt_lat(ref["p99_us"]), fmt_lat(P99_FLOOR_US), fmt_lat(bound))
+        measured = "p99 %s (%s nginx's)" % (fmt_lat(r["p99_us"]), fmt_ratio(r["p99_us"] / ref["p99_us"]) if ref["p99_us"] else "-")
+        if extra_fail:
+            measured += "; " + extra_fail
+            met = False
+        res.append((tname, label(r), measured, limit, met))
+
+    # (a) closed-loop GET p99 vs nginx, every tool and connection count.
+    for r in rows:
+        if r["sec"] == "main" and r["group"] in GET_GROUPS and r["depth"] == 1:
+            p99_check("(a) GET p99 ≤ max(1.5 × nginx p99, 2 ms)", r)
+    # (b) fixed-rate GET p99 vs nginx at the same rate.
+    for r in rows:
+        if r["sec"] == "rate" and r["group"] in GET_GROUPS:
+            short = None
+            if ok_row(r) and r.get("short"):
+                short = "achieved %s of %s req/s asked (%.0f%% short)" % (
+                    fmt_rps(r["rps"]), fmt_rps(r["asked"]), (1 - r["rps"] / r["asked"]) * 100)
+            p99_check("(b) fixed-rate GET p99 ≤ max(1.5 × nginx p99 at that rate, 2 ms)", r, short)
+            ref, _ = ref_of(r, by_id)
+            if ref is not None and ref.get("short") and r is not None:
+                res[-1] = res[-1][:2] + (res[-1][2] + "; nginx itself fell %.0f%% short of that rate" % (
+                    (1 - ref["rps"] / ref["asked"]) * 100),) + res[-1][3:]
+
+    def find(group, tool, c, sec="main"):
+        for r in rows:
+            if r["group"] == group and r["tool"] == tool and r["conns"] == c and r["sec"] == sec and r["depth"] == 1:
+                return r
+        return None
+
+    # (c) owner GET throughput and CPU per request vs nginx, wrk fixed key.
+    o = find("get-owner", "wrk", conns)
+    if o is not None:
+        ref, _ = ref_of(o, by_id)
+        if ok_row(o) and ref is not None:
+            x = o["rps"] / ref["rps"] if ref["rps"] else float("nan")
+            res.append(("(c) owner GET req/s ≥ %.2f × nginx (wrk, fixed key)" % OWNER_RPS_MIN, label(o),
+                        "%s vs nginx %s req/s = %s" % (fmt_rps(o["rps"]), fmt_rps(ref["rps"]), fmt_ratio(x)),
+                        "≥ %.2f×" % OWNER_RPS_MIN, x >= OWNER_RPS_MIN))
+            y = o["cpu_us"] / ref["cpu_us"] if ref["cpu_us"] else float("nan")
+            res.append(("(c) owner GET server CPU/req ≤ %.1f × nginx (wrk, fixed key)" % OWNER_CPU_MAX, label(o),
+                        "%.2f vs nginx %.2f µs/req = %s" % (o["cpu_us"], ref["cpu_us"], fmt_ratio(y)),
+                        "≤ %.2f×" % OWNER_CPU_MAX, y <= OWNER_CPU_MAX))
+        else:
+            res.append(("(c) owner GET vs nginx (wrk, fixed key)", label(o), "not measured", "", None))
+    # (d) forwarded GET throughput vs owner GET, same tool.
+    for tool in ("wrk", "wrk+lua", "oha"):
+        fw, ow = find("get-fwd", tool, conns), find("get-owner", tool, conns)
+        if fw is None or ow is None:
+            continue
+        if ok_row(fw) and ok_row(ow) and ow["rps"]:
+            x = fw["rps"] / ow["rps"]
+            res.append(("(d) forwarded GET req/s ≥ %.1f × owner GET" % FWD_RPS_MIN, label(fw),
+                        "%s vs owner %s req/s = %s" % (fmt_rps(fw["rps"]), fmt_rps(ow["rps"]), fmt_ratio(x)),
+                        "≥ %.2f×" % FWD_RPS_MIN, x >= FWD_RPS_MIN))
+        else:
+            res.append(("(d) forwarded GET req/s ≥ %.1f × owner GET" % FWD_RPS_MIN, label(fw), "not measured", "", None))
+    # (e) GETs while SETs run: the bound of (a) / (b).
+    for r in rows:
+        if r["sec"] == "wset" and r["ex"].get("role") == "get":
+            short = None
+            if ok_row(r) and r.get("short"):
+                short = "achieved %s of %s req/s asked" % (fmt_rps(r["rps"]), fmt_rps(r["asked"]))
+            p99_check("(e) GET p99 while SETs run ≤ max(1.5 × nginx p99, 2 ms)", r, short)
+    # (f) durable SET p99 vs the bare fsync probe.
+    fs = next((r for r in rows if r["tool"] == "fsync"), None)
+    for r in rows:
+        if r["sec"] == "main" and r["group"] == "set":
+            if not ok_row(r) or not ok_row(fs):
+                res.append(("(f) durable SET p99 ≤ 3 × bare fsync p99", label(r), "not measured", "", None))
+                continue
+            bound = SET_FSYNC_P99_MAX * fs["p99_us"]
+            res.append(("(f) durable SET p99 ≤ %.0f × bare fsync p99" % SET_FSYNC_P99_MAX, label(r),
+                        "p99 %s = %s the fsync p99 of %s (SET p50 %s, p99.9 %s)" % (
+                            fmt_lat(r["p99_us"]), fmt_ratio(r["p99_us"] / fs["p99_us"]) if fs["p99_us"] else "-",
+                            fmt_lat(fs["p99_us"]), fmt_lat(r["p50_us"]), fmt_lat(r["p999_us"])),
+                        "≤ %s" % fmt_lat(bound), r["p99_us"] <= bound))
+
+    out = ["", "### Targets (computed from the numbers above)", ""]
+    if not res:
+        out.append("No target could be evaluated: none of the rows they need were measured.")
+        return out
+    met = sum(1 for t in res if t[4] is True)
+    not_met = [t for t in res if t[4] is False]
+    unknown = [t for t in res if t[4] is None]
+    out.append("| target | row | measured | limit | result |")
+    out.append("|---|---|---|---|---|")
+    for t in res:
+        verdict = {True: "MET", False: "**NOT MET**", None: "NOT MEASURED"}[t[4]]
+        out.append("| %s | %s | %s | %s | %s |" % (t[0], t[1], t[2], t[3], verdict))
+    out.append("")
+    out.append("%d of %d targets met; %d NOT MET%s." % (
+        met, len(res), len(not_met), (", %d not measured" % len(unknown)) if unknown else ""))
+    if not_met:
+        out.append("")
+        out.append("NOT MET:")
+        out.append("")
+        for t in not_met:
+            out.append("- %s: %s: %s (limit %s)" % (t[0], t[1], t[2], t[3]))
+    return out
 
 
 def read_index(index_path):
@@ -494,8 +825,20 @@ def main():
         header = None
         if "--header" in sys.argv:
             header = sys.argv[sys.argv.index("--header") + 1]
-        sys.stdout.write(table(sys.argv[2], header))
+        conns = 64
+        if "--conns" in sys.argv:
+            conns = int(sys.argv[sys.argv.index("--conns") + 1])
+        sys.stdout.write(table(sys.argv[2], header, conns))
         return 0
+    if len(sys.argv) == 5 and sys.argv[1] == "get":
+        # One number of one parsed run (empty output if it cannot be parsed).
+        try:
+            v = parse(sys.argv[2], sys.argv[3]).get(sys.argv[4])
+        except Exception:
+            v = None
+        if v is not None:
+            print(v)
+        return 0 if v is not None else 1
     if len(sys.argv) == 4 and sys.argv[1] == "parse":
         r = parse(sys.argv[2], sys.argv[3])
         print(" ".join("%s=%s" % (k, str(v).replace(" ", "_")) for k, v in r.items()))

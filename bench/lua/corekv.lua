@@ -4,7 +4,11 @@
 --       mode=get keys=/tmp/keys0.txt [depth=16] [value=vvvv] [setpct=10]
 --
 -- modes:
---   static  request "/" (or path=...) every time: the nginx reference
+--   fixed   one constant request, path=... (default "/"), built once: the
+--           script defines no request() for wrk then, so wrk sends its
+--           prebuilt buffer and runs no Lua per request (like wrk without
+--           -s); e.g. mode=fixed path=/get?key=key-1
+--   static  request "/" (or path=...) every time, built by Lua per request
 --   get     GET /get?key=K, K rotating through the key file
 --   set     GET /set?key=K&value=V (a durable write), K rotating
 --   mixed   setpct% SETs, the rest GETs, K random from the key file
@@ -14,7 +18,7 @@
 --          wrk keeps N requests in flight per connection.
 --
 -- done() prints one machine-readable line:
---   WRK_RESULT requests=.. duration_us=.. rps=.. p50_us=.. p99_us=.. ...
+--   WRK_RESULT requests=.. duration_us=.. rps=.. p50_us=.. p99_us=.. p999_us=.. ...
 -- wrk's own "Non-2xx or 3xx responses" count is errors.status here.
 
 local opts = { mode = "get", depth = "1", value = "vvvvvvvvvvvvvvvv",
@@ -95,6 +99,14 @@ function init(args)
    if opts.valuesize ~= "" then opts.value = string.rep("v", tonumber(opts.valuesize)) end
    opts.value = urlencode(opts.value)
    depth = tonumber(opts.depth) or 1
+   if opts.mode == "fixed" then
+      -- wrk.init formats wrk.path once after init() returns; with no global
+      -- request() wrk treats the script as static and never calls into Lua
+      -- per request (wrk checks for request() after init()).
+      wrk.path = opts.path
+      request = nil
+      return
+   end
    local tid = tonumber(wrk.thread:get("tid")) or 1
    math.randomseed(os.time() + tid * 7919)
    if opts.mode ~= "static" then
@@ -144,11 +156,13 @@ end
 function done(summary, latency, requests)
    local e = summary.errors
    local secs = summary.duration / 1e6
-   local p = { percentile(latency, 50), percentile(latency, 90), percentile(latency, 99) }
+   local p = { percentile(latency, 50), percentile(latency, 90), percentile(latency, 99),
+               percentile(latency, 99.9) }
    io.write(string.format(
-      "WRK_RESULT requests=%d duration_us=%d rps=%.1f p50_us=%.1f p90_us=%.1f p99_us=%.1f max_us=%.1f mean_us=%.1f "
+      "WRK_RESULT requests=%d duration_us=%d rps=%.1f p50_us=%.1f p90_us=%.1f p99_us=%.1f p999_us=%.1f "
+      .. "max_us=%.1f mean_us=%.1f "
       .. "bytes=%d non2xx=%d connect_err=%d read_err=%d write_err=%d timeout_err=%d\n",
       summary.requests, summary.duration, summary.requests / secs,
-      p[1], p[2], p[3], latency.max, latency.mean,
+      p[1], p[2], p[3], p[4], latency.max, latency.mean,
       summary.bytes, e.status, e.connect, e.read, e.write, e.timeout))
 end
