@@ -71,6 +71,8 @@ pub(super) fn run_executor(
             return;
         }
     };
+    // From here on the main thread may kick this thread (see `system::kick`).
+    let _ = events.send(Event::Running(id));
     ex.run(async move {
         // SAFETY: the fd is a bound, listening TCP socket that we own; the
         // glommio listener takes it over (and closes it).

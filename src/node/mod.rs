@@ -31,7 +31,10 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use system::{allowed_cpus, block_signals, cpu_placement, listen, preflight, resolve, wait_signal};
+use system::{
+    allowed_cpus, block_signals, cpu_placement, install_kick, kick, listen, preflight, resolve,
+    wait_signal,
+};
 
 /// glommio's preempt timer (`--preempt-us`): the longest run of tasks
 /// before an executor polls for I/O again even though tasks are still
@@ -190,6 +193,7 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
     // Before any thread exists, so that every thread inherits the mask and
     // SIGINT/SIGTERM reach only the signal-waiting thread.
     let signals = block_signals()?;
+    install_kick()?;
     let cfg = config::load(&opts.config).map_err(NodeError::Config)?;
     let topo = Arc::new(Topology::new(&cfg, opts.serve.as_deref()).map_err(NodeError::Topology)?);
     let locals: Vec<NodeInfo> = topo.local_nodes().cloned().collect();
@@ -245,6 +249,7 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
     let cpus = allowed_cpus();
     let (events_tx, events_rx) = std::sync::mpsc::channel::<Event>();
     let mut stops = Vec::new();
+    let mut threads = Vec::new();
     let placement = cpu_placement(&locals, &cpus);
     for (((node, shard), (mailbox, listener)), cpu) in locals
         .iter()
@@ -272,35 +277,18 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
             preempt_timer: opts.preempt_timer,
         };
         let events = events_tx.clone();
-        std::thread::Builder::new()
+        let id = ctx.node.id;
+        let thread = std::thread::Builder::new()
             .name(format!("exec {name}"))
             .spawn(move || run_executor(ctx, cpu, listener, &events))
             .map_err(|e| NodeError::Executor {
                 node: name,
                 error: e.to_string(),
             })?;
+        threads.push((id, thread));
     }
     drop(events_tx);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for _ in 0..locals.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match events_rx.recv_timeout(left) {
-            Ok(Event::Ready { node, cpu }) => {
-                let address = &topo.nodes[node].address;
-                let name = &topo.nodes[node].name;
-                log_at!(
-                    Level::Info,
-                    name,
-                    "listening on http://{address} (cpu {cpu})"
-                );
-            }
-            Ok(Event::Failed(e)) => return Err(e),
-            Ok(Event::Stopped(node)) => {
-                return Err(NodeError::ExecutorDied(topo.nodes[node].name.clone()));
-            }
-            Err(_) => return Err(NodeError::StartTimeout),
-        }
-    }
+    await_ready(&topo, &events_rx, &threads)?;
     log_at!(
         Level::Info,
         "corekv",
@@ -332,7 +320,7 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
             break;
         }
         match events_rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(Event::Stopped(node) | Event::Ready { node, .. }) => {
+            Ok(Event::Stopped(node) | Event::Running(node) | Event::Ready { node, .. }) => {
                 return Err(NodeError::ExecutorDied(topo.nodes[node].name.clone()));
             }
             Ok(Event::Failed(e)) => return Err(e),
@@ -358,9 +346,75 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
 /// Longest wait for requests in flight at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// How long an executor may take from entering its run loop to running
+/// its first task before the main thread kicks it (and again each period).
+const KICK_AFTER: Duration = Duration::from_millis(200);
+
+/// Waits until every executor reports that it serves, kicking those that
+/// entered their run loop but have not run their first task: glommio can
+/// park an executor on its first turn with that task still queued (see
+/// `sched`), and only an outside wake-up gets it going.
+fn await_ready(
+    topo: &Topology,
+    events: &std::sync::mpsc::Receiver<Event>,
+    threads: &[(usize, std::thread::JoinHandle<()>)],
+) -> Result<(), NodeError> {
+    use std::os::unix::thread::JoinHandleExt;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut running: Vec<(usize, Instant)> = Vec::new();
+    let mut ready = 0;
+    while ready < threads.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(NodeError::StartTimeout);
+        }
+        match events.recv_timeout(left.min(KICK_AFTER / 2)) {
+            Ok(Event::Running(node)) => running.push((node, Instant::now())),
+            Ok(Event::Ready { node, cpu }) => {
+                running.retain(|(n, _)| *n != node);
+                ready += 1;
+                let (address, name) = (&topo.nodes[node].address, &topo.nodes[node].name);
+                log_at!(
+                    Level::Info,
+                    name,
+                    "listening on http://{address} (cpu {cpu})"
+                );
+            }
+            Ok(Event::Failed(e)) => return Err(e),
+            Ok(Event::Stopped(node)) => {
+                return Err(NodeError::ExecutorDied(topo.nodes[node].name.clone()));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(NodeError::StartTimeout);
+            }
+        }
+        for (node, since) in &mut running {
+            if since.elapsed() >= KICK_AFTER
+                && let Some((_, thread)) = threads.iter().find(|(n, _)| n == node)
+            {
+                log_at!(
+                    Level::Debug,
+                    &topo.nodes[*node].name,
+                    "executor has not run its first task after {} ms; kicking it",
+                    KICK_AFTER.as_millis()
+                );
+                kick(thread.as_pthread_t());
+                *since = Instant::now();
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What executors tell the main thread.
 enum Event {
-    Ready { node: usize, cpu: usize },
+    /// The executor is about to enter its run loop.
+    Running(usize),
+    Ready {
+        node: usize,
+        cpu: usize,
+    },
     Failed(NodeError),
     Stopped(usize),
 }

@@ -1,9 +1,12 @@
 //! What the process needs from the operating system: listening sockets,
 //! address resolution, the io_uring and `RLIMIT_MEMLOCK` checks, CPU
-//! affinity and placement, and signal masks. No glommio, no async.
+//! affinity and placement, signal masks, and the kick that wakes a parked
+//! executor thread. No glommio, no async.
 
 use super::NodeError;
 use crate::topology::{NodeInfo, Role};
+use nix::sys::pthread::pthread_kill;
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -144,4 +147,33 @@ pub(super) fn wait_signal(set: &libc::sigset_t) -> Result<i32, NodeError> {
         return Err(NodeError::Signal(std::io::Error::from_raw_os_error(rc)));
     }
     Ok(sig)
+}
+
+/// The signal that wakes an executor thread (see [`kick`]). SIGURG is
+/// ignored by default and sent by nothing else here (no socket has an
+/// owner process), as the Go runtime uses it for preemption.
+const KICK: Signal = Signal::SIGURG;
+
+extern "C" fn on_kick(_: libc::c_int) {}
+
+/// Installs the no-op handler that makes [`kick`] interrupt a blocking
+/// system call (no `SA_RESTART`). Before any executor thread exists.
+pub(super) fn install_kick() -> Result<(), NodeError> {
+    let action = SigAction::new(
+        SigHandler::Handler(on_kick),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler does nothing, which is async-signal-safe.
+    unsafe { sigaction(KICK, &action) }
+        .map(|_| ())
+        .map_err(|e| NodeError::Signal(e.into()))
+}
+
+/// Interrupts whatever `thread` is blocked in. An executor parked in
+/// `io_uring_enter` returns from it (glommio treats `EINTR` as a spurious
+/// wake-up) and runs its task queue again; see `sched` for why a glommio
+/// executor can park with runnable tasks on its first turn.
+pub(super) fn kick(thread: libc::pthread_t) {
+    let _ = pthread_kill(thread, KICK);
 }
