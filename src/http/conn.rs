@@ -224,16 +224,13 @@ where
         } else {
             None
         };
-        if ready.is_none() && (cfg.yield_before_read || streak >= FAIR_STREAK) {
+        let waits = ready.is_none() && (cfg.yield_before_read || streak >= FAIR_STREAK);
+        if waits {
             tracker.next_poll.wait().await;
-            streak = 0;
             ready = recv_now(&stream, &mut buf[end..]);
         }
-        if ready.is_some() {
-            streak += 1;
-        } else {
-            streak = 0;
-        }
+        // Reads in a row that found a request without the executor polling.
+        streak = if waits || ready.is_none() { 0 } else { streak + 1 };
         let read = match ready {
             Some(r) => r,
             None => {
