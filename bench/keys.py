@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Key-placement and data-loading helper for the corekv benchmarks.
 
-Placement is the one in DESIGN.md section 2:
+Placement is the one the README describes (Architecture, Placement):
     shard = fnv1_64(key bytes) % number_of_shards
 with 64-bit FNV-1 (multiply, then xor; NOT FNV-1a).
 

@@ -69,7 +69,7 @@ fn check_read(c: &Cluster, node: &NodeAddr, key: &[u8], want: Option<&[u8]>) {
 
 #[test]
 fn harness_placement_matches_golden_vectors() {
-    // DESIGN.md §2: the harness hash must agree with the server's.
+    // README "Architecture", Placement: the harness hash must agree with the server's.
     assert_eq!(common::fnv1_64(b"k"), 0xaf63_bd4c_8601_b7b4);
     let three: [(&[u8], usize); 9] = [
         (b"a", 0),

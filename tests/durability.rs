@@ -1,6 +1,6 @@
 //! Durability and replication integration tests against real corekv
 //! processes: kill -9 in the middle of a storm of acknowledged writes (no
-//! acknowledged write may be lost, DESIGN.md §4), a replica process killed
+//! acknowledged write may be lost, README "Guarantees"), a replica process killed
 //! and restarted while writes go on (it converges exactly on its primary),
 //! a replica re-seeded after its primary trimmed the log past it,
 //! read-your-writes with `min_seq`, several replicas per shard, and a

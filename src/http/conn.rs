@@ -230,7 +230,11 @@ where
             ready = recv_now(&stream, &mut buf[end..]);
         }
         // Reads in a row that found a request without the executor polling.
-        streak = if waits || ready.is_none() { 0 } else { streak + 1 };
+        streak = if waits || ready.is_none() {
+            0
+        } else {
+            streak + 1
+        };
         let read = match ready {
             Some(r) => r,
             None => {

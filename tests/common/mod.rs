@@ -36,7 +36,7 @@ pub const SLOW: Duration = Duration::from_secs(1);
 // ---------------------------------------------------------------------------
 // Keys and placement
 
-/// 64-bit FNV-1 (multiply, then xor), the placement hash of DESIGN.md §2.
+/// 64-bit FNV-1 (multiply, then xor), the placement hash (README, Architecture).
 #[must_use]
 pub fn fnv1_64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
