@@ -2,7 +2,6 @@
 //!
 //! Pure: arguments in, [`Command`] out. No I/O.
 
-use crate::log::Level;
 use crate::node::Options;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -120,7 +119,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                 opts.token = Some(t);
             }
             "--log-level" => {
-                opts.log_level = Level::parse(&value("a level")?)
+                opts.log_level = crate::log::parse_level(&value("a level")?)
                     .ok_or("--log-level must be error, warn, info or debug")?;
             }
             "--max-connections" => opts.conn.max_connections = number(&value("a number")?, &name)?,

@@ -189,7 +189,7 @@ impl std::error::Error for NodeError {}
 /// # Errors
 /// Any start-up failure (see the module doc for the order of checks).
 pub fn run(opts: &Options) -> Result<(), NodeError> {
-    crate::log::set_level(opts.log_level);
+    crate::log::install(opts.log_level);
     // Before any thread exists, so that every thread inherits the mask and
     // SIGINT/SIGTERM reach only the signal-waiting thread.
     let signals = block_signals()?;
