@@ -1558,6 +1558,17 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
         "exit after SIGINT: {st:?}\n{}",
         s.logs()
     );
+    // So does SIGHUP (the terminal of `scripts/launch.sh` closed); its
+    // default action would kill the process.
+    s.move_to_new_ports();
+    s.launch();
+    s.signal(libc::SIGHUP);
+    let st = s.wait_exit(Duration::from_secs(5));
+    assert!(
+        st.is_some_and(|st| st.success()),
+        "exit after SIGHUP: {st:?}\n{}",
+        s.logs()
+    );
 }
 
 #[test]
