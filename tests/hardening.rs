@@ -448,7 +448,10 @@ fn request_size_limits_answer_431_and_413() {
         "8 header fields are within --max-headers: {r}"
     );
     let r = expect_refused(addr, &with_headers(9), 431, "9 header fields");
-    assert!(r.text().contains("header"), "431 message: {r}");
+    assert!(
+        r.text().contains("header") && r.text().contains("--max-headers"),
+        "431 message names the limit's option: {r}"
+    );
     expect_refused(addr, &with_headers(60), 431, "60 header fields");
 
     // Body: 1024 bytes pass, 1025 are refused (form body and REST body).
@@ -467,7 +470,10 @@ fn request_size_limits_answer_431_and_413() {
     let r = conn.read_response().expect("1024-byte body");
     assert_eq!(r.status, 200, "a 1024-byte body is within --max-body: {r}");
     let r = expect_refused(addr, &form(1025), 413, "1025-byte form body");
-    assert!(r.text().contains("body"), "413 message: {r}");
+    assert!(
+        r.text().contains("body") && r.text().contains("1024") && r.text().contains("--max-body"),
+        "413 message names the limit and its option: {r}"
+    );
     expect_refused(
         addr,
         &request_bytes("PUT", "/v1/kv/big", &[], &[b'x'; 1025]),

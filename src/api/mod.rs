@@ -63,6 +63,7 @@ pub enum ApiError {
     Forbidden,
     ReadOnlyReplica {
         node: String,
+        shard: usize,
         primary: String,
     },
     Misdirected {
@@ -100,7 +101,7 @@ impl ApiError {
             Self::EmptyKey => (400, "empty key: a key must be at least one byte".into()),
             Self::KeyTooLarge { len, max } => (
                 413,
-                format!("key too large: {len} bytes, the limit is {max}"),
+                format!("key too large: {len} bytes, the limit is {max} (--max-key)"),
             ),
             Self::TooManyOps(n) => (
                 413,
@@ -112,10 +113,20 @@ impl ApiError {
                     .with_header("WWW-Authenticate", "Bearer".to_string());
             }
             Self::Forbidden => (403, "wrong token".into()),
-            Self::ReadOnlyReplica { node, primary } => (
-                403,
-                format!("{node} is a read-only replica; send writes to the primary at {primary}"),
-            ),
+            Self::ReadOnlyReplica {
+                node,
+                shard,
+                primary,
+            } => {
+                return Response::text(
+                    403,
+                    &format!(
+                        "{node} is a read-only replica; send writes to the primary at {primary}"
+                    ),
+                )
+                .with_header("X-Shard", shard.to_string())
+                .with_header("X-Served-By", node.clone());
+            }
             Self::Misdirected { node, shard } => (
                 421,
                 format!(
@@ -301,6 +312,7 @@ impl Api {
         if write && matches!(me.role, Role::Replica(_)) {
             return Err(ApiError::ReadOnlyReplica {
                 node: me.name.clone(),
+                shard: me.shard,
                 primary: topo.primary_of(shard).address.clone(),
             });
         }

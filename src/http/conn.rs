@@ -165,7 +165,7 @@ where
                 Ok(Parsed::Partial) => break,
                 Err(e) => {
                     encode(
-                        &Response::text(e.status(), &e.to_string()),
+                        &Response::text(e.status(), &e.message(&cfg.limits)),
                         false,
                         false,
                         &mut out,

@@ -96,6 +96,27 @@ impl ParseError {
             Self::UnsupportedVersion => 505,
         }
     }
+
+    /// The one-line answer: for a limit, the limit in force and the option
+    /// that raises it.
+    #[must_use]
+    pub fn message(self, limits: &Limits) -> String {
+        match self {
+            Self::HeadTooLarge => format!(
+                "request line and headers are larger than the limit of {} bytes (--max-header-bytes)",
+                limits.max_head
+            ),
+            Self::TooManyHeaders => format!(
+                "more header fields than the limit of {} (--max-headers)",
+                limits.max_headers
+            ),
+            Self::BodyTooLarge => format!(
+                "request body is larger than the limit of {} bytes (--max-body)",
+                limits.max_body
+            ),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl fmt::Display for ParseError {
