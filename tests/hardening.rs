@@ -1556,25 +1556,25 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
             "{k} after restart: {r}"
         );
     }
-    // SIGINT drains the same way.
-    s.signal(libc::SIGINT);
-    let st = s.wait_exit(Duration::from_secs(5));
-    assert!(
-        st.is_some_and(|st| st.success()),
-        "exit after SIGINT: {st:?}\n{}",
-        s.logs()
-    );
-    // So does SIGHUP (the terminal of `scripts/launch.sh` closed); its
-    // default action would kill the process.
-    s.move_to_new_ports();
-    s.launch();
-    s.signal(libc::SIGHUP);
-    let st = s.wait_exit(Duration::from_secs(5));
-    assert!(
-        st.is_some_and(|st| st.success()),
-        "exit after SIGHUP: {st:?}\n{}",
-        s.logs()
-    );
+    // SIGINT drains the same way, and so does SIGHUP (the terminal of
+    // `scripts/launch.sh` closed; its default action would kill the
+    // process), each on a fresh launch.
+    for (i, (sig, name)) in [(libc::SIGINT, "SIGINT"), (libc::SIGHUP, "SIGHUP")]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            s.move_to_new_ports();
+            s.launch();
+        }
+        s.signal(sig);
+        let st = s.wait_exit(Duration::from_secs(5));
+        assert!(
+            st.is_some_and(|st| st.success()),
+            "exit after {name}: {st:?}\n{}",
+            s.logs()
+        );
+    }
 }
 
 #[test]
