@@ -44,11 +44,8 @@ RSS_GROWTH_MIN_MIB="${RSS_GROWTH_MIN_MIB:-16}"
 BASE_PORT="${BASE_PORT:-19180}"
 NSHARDS=3
 
-RESULTS_DIR="${RESULTS_DIR:-$BENCH_DIR/results}"
-mkdir -p "$RESULTS_DIR"
-WORK="$(mktemp -d "${TMPDIR:-/var/tmp}/corekv-soak.XXXXXX")"
+bench_workdir soak
 CLIENT_PID=""
-START_TS=$SECONDS
 
 cleanup() {
     local rc=$?
@@ -60,9 +57,7 @@ cleanup() {
         wait "$CLIENT_PID" 2>/dev/null || true
     fi
     corekv_stop || true
-    if [ "${KEEP_TMP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-    log "done in $((SECONDS - START_TS)) s (exit $rc)"
-    exit "$rc"
+    bench_finish "$rc"
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
@@ -72,14 +67,7 @@ command -v python3 >/dev/null || die "python3 not found"
 command -v rustc >/dev/null || die "rustc not found (the Rust toolchain builds corekv and the soak client)"
 
 # ---------------------------------------------------------------- build
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    log "cargo build --release"
-    (cd "$ROOT_DIR" && timeout 1500 cargo build --release --quiet) || die "cargo build --release failed"
-fi
-[ -x "$COREKV_BIN" ] || die "no binary at $COREKV_BIN"
-cp "$COREKV_BIN" "$WORK/corekv"
-log "server binary: $COREKV_BIN ($(stat -c '%y' "$COREKV_BIN" | cut -d. -f1), sha256 $(sha256sum "$COREKV_BIN" | cut -c1-12))"
-COREKV_BIN="$WORK/corekv"
+server_binary
 log "rustc -O bench/soak/soakclient.rs"
 timeout 300 rustc -O --edition 2021 -o "$WORK/soakclient" "$BENCH_DIR/soak/soakclient.rs" \
     || die "could not compile bench/soak/soakclient.rs"
