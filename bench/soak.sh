@@ -6,8 +6,8 @@
 #   bash bench/soak.sh                 # 5 minutes
 #   SOAK_SECONDS=30 bash bench/soak.sh # quick check
 #
-# The load generator and checker is bench/soak/soakclient.rs (Rust, standard
-# library only, compiled here with `rustc -O`): SOAK_CONNS (256) keep-alive
+# The load generator and checker is bench/soak/soakclient.rs (a Cargo example
+# of corekv, built here with `cargo build --release --example soakclient`): SOAK_CONNS (256) keep-alive
 # connections spread over all 6 ports (3 primaries, 3 replicas), one thread
 # each. Connections on a primary each own a slice of the SOAK_KEYS written
 # keys and write them with increasing versions; every GET and SET answer is
@@ -64,13 +64,14 @@ trap 'log "interrupted"; exit 130' INT TERM
 
 command -v curl >/dev/null || die "curl not found"
 command -v python3 >/dev/null || die "python3 not found"
-command -v rustc >/dev/null || die "rustc not found (the Rust toolchain builds corekv and the soak client)"
+command -v cargo >/dev/null || die "cargo not found (the Rust toolchain builds corekv and the soak client)"
 
 # ---------------------------------------------------------------- build
 server_binary
-log "rustc -O bench/soak/soakclient.rs"
-timeout 300 rustc -O --edition 2021 -o "$WORK/soakclient" "$BENCH_DIR/soak/soakclient.rs" \
-    || die "could not compile bench/soak/soakclient.rs"
+log "cargo build --release --example soakclient"
+(cd "$ROOT_DIR" && timeout 1500 cargo build --release --quiet --example soakclient) \
+    || die "could not build the soak client (cargo build --release --example soakclient)"
+cp "$ROOT_DIR/target/release/examples/soakclient" "$WORK/soakclient"
 
 # ---------------------------------------------------------------- server
 write_sharding_toml "$WORK/sharding.toml" $NSHARDS "$BASE_PORT"
