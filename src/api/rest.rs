@@ -479,7 +479,10 @@ mod tests {
             ("\"12\"", Some(L(vec![strong(12)]))),
             ("W/\"7\"", Some(L(vec![weak(7)]))),
             ("\"1\", \"7\"", Some(L(vec![strong(1), strong(7)]))),
-            ("\"1\",W/\"7\" ,\t\"9\"", Some(L(vec![strong(1), weak(7), strong(9)]))),
+            (
+                "\"1\",W/\"7\" ,\t\"9\"",
+                Some(L(vec![strong(1), weak(7), strong(9)])),
+            ),
             // Empty list elements are ignored; an empty list is a list.
             (", \"3\",, ", Some(L(vec![strong(3)]))),
             ("", Some(L(vec![]))),
