@@ -570,6 +570,35 @@ fn data_reads_carry_cache_control_and_x_version() {
         (204, None),
         "DELETE across processes: {r}"
     );
+
+    // A listing is a data read without a validator: no-cache.
+    let r = ask(c.shards[0].primary, "GET", "/v1/kv?prefix=cc", &[], b"");
+    assert_eq!(r.status(), 200, "{r}");
+    assert_eq!(r.header("Cache-Control"), Some("no-cache"), "listing: {r}");
+    // Answers to writes (also to a GET /set, here forwarded to the other
+    // process) and the operational endpoints: never stored.
+    let set = format!("/set?key={}&value=v", enc(key.as_bytes()));
+    let del = format!("/delete?key={}", enc(key.as_bytes()));
+    for (method, target) in [
+        ("GET", set.as_str()),
+        ("GET", del.as_str()),
+        ("PUT", path.as_str()),
+        ("GET", "/health"),
+        ("GET", "/ready"),
+        ("GET", "/status"),
+        ("GET", "/metrics"),
+    ] {
+        let r = ask(c.shards[0].primary, method, target, &[], b"v");
+        assert!(
+            r.status() == 200 || target == "/ready",
+            "{method} {target}: {r}"
+        );
+        assert_eq!(
+            r.header("Cache-Control"),
+            Some("no-store"),
+            "{method} {target}: {r}"
+        );
+    }
 }
 
 #[test]

@@ -13,7 +13,8 @@
 //! `metrics`, `topology` and `http`. Invariants: a request that arrived
 //! forwarded is never forwarded again; replicas refuse writes with 403
 //! naming the primary; every data response carries `X-Shard` and
-//! `X-Served-By`.
+//! `X-Served-By`; reads say `Cache-Control: no-cache`, answers to writes
+//! and the operational endpoints `no-store`.
 
 mod ops;
 mod rest;
@@ -259,10 +260,10 @@ impl Api {
                 };
                 (3, result)
             }
-            b"/status" => (6, Ok(self.status())),
-            b"/metrics" => (7, Ok(self.metrics_text())),
-            b"/health" => (8, Ok(Response::text(200, "ok"))),
-            b"/ready" => (9, Ok(self.ready())),
+            b"/status" => (6, Ok(no_store(self.status()))),
+            b"/metrics" => (7, Ok(no_store(self.metrics_text()))),
+            b"/health" => (8, Ok(no_store(Response::text(200, "ok")))),
+            b"/ready" => (9, Ok(no_store(self.ready()))),
             b"/internal/pull" | b"/internal/scan" | b"/internal/kv" => {
                 (10, self.internal(&req).await)
             }
@@ -377,7 +378,9 @@ impl Api {
             KvOp::Delete => (WriteOp::Delete { key: kv.key }, true),
         };
         let executed = self.write(op, kv.cond).await?;
-        Ok(self.tag(format(style, is_delete, executed)))
+        // `/set` and `/delete` also answer GET: no cache may store the
+        // answer (and skip the write next time).
+        Ok(self.tag(no_store(format(style, is_delete, executed))))
     }
 
     /// A read of this node's own store (never waits).
@@ -495,6 +498,13 @@ fn tag(resp: Response, node: &NodeInfo, applied: Option<u64>) -> Response {
         Some(seq) => resp.with_header("X-Applied-Seq", seq.to_string()),
         None => resp,
     }
+}
+
+/// Marks an answer that no cache may store (RFC 9111 §5.2.2.5): the
+/// operational endpoints and the answers to writes, which GET requests
+/// would otherwise let a cache store and reuse heuristically.
+fn no_store(resp: Response) -> Response {
+    resp.with_header("Cache-Control", "no-store".into())
 }
 
 /// `Cache-Control` of data reads: caches may store them but must

@@ -440,10 +440,12 @@ impl Api {
                 Value::Object(obj)
             })
             .collect();
+        // A data read without a validator: caches must ask again each time.
         Ok(json_response(
             200,
             &json!({ "items": items, "next_cursor": next.unwrap_or(Value::Null) }),
-        ))
+        )
+        .with_header("Cache-Control", "no-cache".into()))
     }
 }
 
