@@ -6,7 +6,7 @@
 //! `http::encode::Response`. Every type that crosses executors is `Send`.
 
 use crate::http::encode::Response;
-use crate::storage::{Cond, LogEntry, SnapshotPage, StorageError, Versioned, WriteOp};
+use crate::storage::{Cond, LogEntry, SnapshotPage, StorageError, Tags, Versioned, WriteOp};
 use std::time::Duration;
 
 /// A key-value operation addressed to the node that owns the key.
@@ -119,6 +119,7 @@ pub fn encode_kv(kv: &KvRequest) -> Vec<u8> {
         Cond::Absent => (1, 0),
         Cond::Present => (2, 0),
         Cond::Version(v) => (3, v),
+        Cond::Http { .. } => (4, 0),
     };
     out.push(cond);
     out.extend_from_slice(&version.to_le_bytes());
@@ -126,7 +127,53 @@ pub fn encode_kv(kv: &KvRequest) -> Vec<u8> {
     out.extend_from_slice(&kv.wait_ms.to_le_bytes());
     put_bytes(&mut out, &kv.key);
     put_bytes(&mut out, value);
+    if let Cond::Http {
+        if_match,
+        if_none_match,
+    } = &kv.cond
+    {
+        put_tags(&mut out, if_match.as_ref());
+        put_tags(&mut out, if_none_match.as_ref());
+    }
     out
+}
+
+/// An optional tag set: 0 = none, 1 = `*`, 2 = a u32 count and u64 versions.
+fn put_tags(out: &mut Vec<u8>, tags: Option<&Tags>) {
+    match tags {
+        None => out.push(0),
+        Some(Tags::Any) => out.push(1),
+        Some(Tags::Versions(vs)) => {
+            out.push(2);
+            out.extend_from_slice(&u32::try_from(vs.len()).unwrap_or(u32::MAX).to_le_bytes());
+            for v in vs {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+}
+
+fn take_tags(r: &mut Reader<'_>) -> Result<Option<Tags>, StorageError> {
+    match r.take(1)?[0] {
+        0 => Ok(None),
+        1 => Ok(Some(Tags::Any)),
+        2 => {
+            let n: [u8; 4] = r
+                .take(4)?
+                .try_into()
+                .map_err(|_| StorageError::Corrupt("forwarded request"))?;
+            let n = u32::from_le_bytes(n) as usize;
+            // Every version takes 8 bytes: a count beyond the message is corrupt.
+            if n > r.0.len() / 8 {
+                return Err(StorageError::Corrupt("forwarded request"));
+            }
+            (0..n)
+                .map(|_| r.u64())
+                .collect::<Result<Vec<_>, _>>()
+                .map(|vs| Some(Tags::Versions(vs)))
+        }
+        _ => Err(StorageError::Corrupt("forwarded request")),
+    }
 }
 
 /// Decodes a request encoded by [`encode_kv`].
@@ -148,6 +195,10 @@ pub fn decode_kv(bytes: &[u8]) -> Result<KvRequest, StorageError> {
         1 => Cond::Absent,
         2 => Cond::Present,
         3 => Cond::Version(version),
+        4 => Cond::Http {
+            if_match: None,
+            if_none_match: None,
+        },
         _ => return Err(bad()),
     };
     let min_seq = r.u64()?;
@@ -159,6 +210,13 @@ pub fn decode_kv(bytes: &[u8]) -> Result<KvRequest, StorageError> {
         1 => KvOp::Set(value.to_vec()),
         2 => KvOp::Delete,
         _ => return Err(bad()),
+    };
+    let cond = match cond {
+        Cond::Http { .. } => Cond::Http {
+            if_match: take_tags(&mut r)?,
+            if_none_match: take_tags(&mut r)?,
+        },
+        other => other,
     };
     if !r.0.is_empty() {
         return Err(bad());
@@ -428,6 +486,28 @@ mod tests {
                 min_seq: 0,
                 wait_ms: 0,
                 cond: Cond::Absent,
+                style: Style::Rest,
+            },
+            KvRequest {
+                op: KvOp::Get,
+                key: b"h".to_vec(),
+                min_seq: 0,
+                wait_ms: 0,
+                cond: Cond::Http {
+                    if_match: Some(Tags::Versions(vec![1, 7, u64::MAX])),
+                    if_none_match: Some(Tags::Any),
+                },
+                style: Style::Rest,
+            },
+            KvRequest {
+                op: KvOp::Delete,
+                key: b"h".to_vec(),
+                min_seq: 0,
+                wait_ms: 0,
+                cond: Cond::Http {
+                    if_match: None,
+                    if_none_match: Some(Tags::Versions(Vec::new())),
+                },
                 style: Style::Rest,
             },
         ];

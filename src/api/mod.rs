@@ -13,7 +13,8 @@
 //! `metrics`, `topology` and `http`. Invariants: a request that arrived
 //! forwarded is never forwarded again; replicas refuse writes with 403
 //! naming the primary; every data response carries `X-Shard` and
-//! `X-Served-By`.
+//! `X-Served-By`; reads say `Cache-Control: no-cache`, answers to writes
+//! and the operational endpoints `no-store`.
 
 mod ops;
 mod rest;
@@ -259,10 +260,10 @@ impl Api {
                 };
                 (3, result)
             }
-            b"/status" => (6, Ok(self.status())),
-            b"/metrics" => (7, Ok(self.metrics_text())),
-            b"/health" => (8, Ok(Response::text(200, "ok"))),
-            b"/ready" => (9, Ok(self.ready())),
+            b"/status" => (6, Ok(no_store(self.status()))),
+            b"/metrics" => (7, Ok(no_store(self.metrics_text()))),
+            b"/health" => (8, Ok(no_store(Response::text(200, "ok")))),
+            b"/ready" => (9, Ok(no_store(self.ready()))),
             b"/internal/pull" | b"/internal/scan" | b"/internal/kv" => {
                 (10, self.internal(&req).await)
             }
@@ -371,17 +372,15 @@ impl Api {
             });
         }
         let style = kv.style;
-        let cond = kv.cond;
-        let is_delete = kv.op == KvOp::Delete;
-        let executed = match kv.op {
+        let (op, is_delete) = match kv.op {
             KvOp::Get => return self.read_local(&kv),
-            KvOp::Set(value) => {
-                self.write(WriteOp::Set { key: kv.key, value }, cond)
-                    .await?
-            }
-            KvOp::Delete => self.write(WriteOp::Delete { key: kv.key }, cond).await?,
+            KvOp::Set(value) => (WriteOp::Set { key: kv.key, value }, false),
+            KvOp::Delete => (WriteOp::Delete { key: kv.key }, true),
         };
-        Ok(self.tag(format(style, is_delete, executed)))
+        let executed = self.write(op, kv.cond).await?;
+        // `/set` and `/delete` also answer GET: no cache may store the
+        // answer (and skip the write next time).
+        Ok(self.tag(no_store(format(style, is_delete, executed))))
     }
 
     /// A read of this node's own store (never waits).
@@ -461,16 +460,30 @@ fn read(
         .get(&kv.key)
         .map_err(|e| ApiError::Storage(e.to_string()))?
     {
-        // On a read, a condition is If-None-Match: a matching version, or
-        // `*` (any version), means "not modified".
-        Some(v) if kv.cond == Cond::Version(v.seq) || kv.cond == Cond::Present => {
-            Executed::NotModified { version: v.seq }
-        }
-        Some(v) => Executed::Value {
-            value: v.value,
-            version: v.seq,
-        },
+        // Preconditions are ignored when the answer would be a 404 (RFC
+        // 9110 §13.2.1); otherwise If-Match first (412), then If-None-Match
+        // (304), RFC 9110 §13.2.2.
         None => Executed::NotFound,
+        Some(v) => {
+            let current = Some(v.seq);
+            let (if_match, if_none_match) = match &kv.cond {
+                Cond::Http {
+                    if_match,
+                    if_none_match,
+                } => (if_match.as_ref(), if_none_match.as_ref()),
+                _ => (None, None),
+            };
+            if if_match.is_some_and(|t| !t.matches(current)) {
+                Executed::ConditionFailed { current }
+            } else if if_none_match.is_some_and(|t| t.matches(current)) {
+                Executed::NotModified { version: v.seq }
+            } else {
+                Executed::Value {
+                    value: v.value,
+                    version: v.seq,
+                }
+            }
+        }
     };
     Ok(tag(format(kv.style, false, executed), node, applied))
 }
@@ -487,17 +500,31 @@ fn tag(resp: Response, node: &NodeInfo, applied: Option<u64>) -> Response {
     }
 }
 
+/// Marks an answer that no cache may store (RFC 9111 §5.2.2.5): the
+/// operational endpoints and the answers to writes, which GET requests
+/// would otherwise let a cache store and reuse heuristically.
+fn no_store(resp: Response) -> Response {
+    resp.with_header("Cache-Control", "no-store".into())
+}
+
+/// `Cache-Control` of data reads: caches may store them but must
+/// revalidate before reuse (RFC 9111 §5.2.2.4); a value changes at any time.
+const READ_CACHE_CONTROL: &str = "no-cache";
+
 /// Formats an execution result in the style of the API it came in on.
 fn format(style: Style, is_delete: bool, executed: Executed) -> Response {
     let etag = |v: u64| format!("\"{v}\"");
     match (style, executed) {
-        (Style::Seed, Executed::Value { value, version }) => {
-            Response::new(200, BYTES, value).with_header("X-Version", version.to_string())
-        }
-        (Style::Rest, Executed::Value { value, version }) => {
-            Response::new(200, BYTES, value).with_header("ETag", etag(version))
-        }
-        (_, Executed::NotFound) => Response::text(404, "key not found"),
+        (Style::Seed, Executed::Value { value, version }) => Response::new(200, BYTES, value)
+            .with_header("X-Version", version.to_string())
+            .with_header("Cache-Control", READ_CACHE_CONTROL.into()),
+        (Style::Rest, Executed::Value { value, version }) => Response::new(200, BYTES, value)
+            .with_header("ETag", etag(version))
+            .with_header("X-Version", version.to_string())
+            .with_header("Cache-Control", READ_CACHE_CONTROL.into()),
+        // Only reads find nothing.
+        (_, Executed::NotFound) => Response::text(404, "key not found")
+            .with_header("Cache-Control", READ_CACHE_CONTROL.into()),
         (Style::Rest, Executed::Written { seq }) if is_delete => {
             Response::new(204, TEXT, Vec::new()).with_header("X-Seq", seq.to_string())
         }
@@ -507,9 +534,12 @@ fn format(style: Style, is_delete: bool, executed: Executed) -> Response {
         (Style::Rest, Executed::Written { seq }) => Response::text(200, "OK")
             .with_header("ETag", etag(seq))
             .with_header("X-Seq", seq.to_string()),
-        (_, Executed::NotModified { version }) => {
-            Response::new(304, TEXT, Vec::new()).with_header("ETag", etag(version))
-        }
+        // A 304 repeats the ETag and Cache-Control of the 200 (RFC 9110
+        // §15.4.5); it has no content, so no Content-Type either.
+        (_, Executed::NotModified { version }) => Response::new(304, TEXT, Vec::new())
+            .with_header("ETag", etag(version))
+            .with_header("X-Version", version.to_string())
+            .with_header("Cache-Control", READ_CACHE_CONTROL.into()),
         (_, Executed::ConditionFailed { current }) => {
             let msg = match current {
                 Some(v) => format!("precondition failed: the key's current version is {v}"),
@@ -546,6 +576,7 @@ fn from_remote(resp: ClientResponse) -> Response {
         "X-Version",
         "X-Applied-Seq",
         "ETag",
+        "Cache-Control",
         "Allow",
         "WWW-Authenticate",
     ] {

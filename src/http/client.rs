@@ -273,7 +273,14 @@ fn parse_response(buf: &[u8]) -> Result<Option<(ClientResponse, usize, bool)>, &
         }
         out_headers.push((h.name.to_string(), value));
     }
-    let len = len.ok_or("response without Content-Length")?;
+    let status = resp.code.unwrap_or(0);
+    // 1xx, 204 and 304 have no content and no Content-Length (RFC 9112
+    // §6.3); the client sends no HEAD requests.
+    let len = if super::encode::bodiless(status) {
+        0
+    } else {
+        len.ok_or("response without Content-Length")?
+    };
     if len > MAX_RESPONSE {
         return Err("response too large");
     }
@@ -282,7 +289,7 @@ fn parse_response(buf: &[u8]) -> Result<Option<(ClientResponse, usize, bool)>, &
     }
     Ok(Some((
         ClientResponse {
-            status: resp.code.unwrap_or(0),
+            status,
             headers: out_headers,
             body: buf[head..head + len].to_vec(),
         },
@@ -308,5 +315,14 @@ mod tests {
         let close = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
         assert!(!parse_response(close).expect("ok").expect("complete").2);
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
+        // 204 and 304 end with their head; what follows is the next response.
+        for status in ["204 No Content", "304 Not Modified"] {
+            let raw = format!("HTTP/1.1 {status}\r\nETag: \"3\"\r\n\r\nHTTP/1.1 200 OK\r\n");
+            let (r, used, reuse) = parse_response(raw.as_bytes())
+                .expect("ok")
+                .expect("complete");
+            assert_eq!((used, reuse), (raw.find("\r\n\r\n").unwrap_or(0) + 4, true));
+            assert!(r.body.is_empty());
+        }
     }
 }
