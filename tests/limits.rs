@@ -522,7 +522,9 @@ fn internal_endpoints_check_token_names_lengths_and_overflow() {
 
 #[test]
 fn unresolvable_remote_is_a_warning_and_listed_in_status() {
-    let ports = free_ports(2);
+    // shard1 runs here; shard2's addresses do not resolve; shard3's
+    // primary resolves but nothing listens there.
+    let ports = free_ports(3);
     let local = ShardAddrs {
         idx: 0,
         name: "shard1".into(),
@@ -533,6 +535,10 @@ fn unresolvable_remote_is_a_warning_and_listed_in_status() {
     text.push_str(
         "[[shards]]\nname = \"shard2\"\nidx = 1\naddress = \"nohost.invalid:9000\"\nreplica = \"nohost.invalid:9001\"\n",
     );
+    let silent = SocketAddr::from(([127, 0, 0, 1], ports[2]));
+    text.push_str(&format!(
+        "\n[[shards]]\nname = \"shard3\"\nidx = 2\naddress = \"{silent}\"\n"
+    ));
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("sharding.toml");
     std::fs::write(&config, text).expect("write config");
@@ -586,7 +592,7 @@ fn unresolvable_remote_is_a_warning_and_listed_in_status() {
     // shard's keys get 503, and the peer stays listed as unresolved.
     let nodes = status_nodes(local.replica);
     assert_eq!(nodes.len(), 2, "local nodes in /status: {nodes:?}");
-    let k1 = keys_for_shard("unres-", 1, 2, 1);
+    let k1 = keys_for_shard("unres-", 1, 3, 1);
     let r = get(local.primary, &get_target(k1[0].as_bytes()));
     assert_eq!(r.status, 503, "read for the unresolved shard: {r}");
     assert!(r.text().contains("nohost.invalid:9000"), "{r}");
@@ -596,7 +602,27 @@ fn unresolvable_remote_is_a_warning_and_listed_in_status() {
             && status.contains("\"reachability\":\"unresolved\""),
         "{status}"
     );
-    let k0 = keys_for_shard("unres-", 0, 2, 1);
+    let k0 = keys_for_shard("unres-", 0, 3, 1);
     let r = get(local.primary, &set_target(k0[0].as_bytes(), b"v"));
     assert_eq!(r.status, 200, "write for the local shard: {r}");
+
+    // shard3 resolved at start-up (no warning, state unknown); once a
+    // request failed to connect, it is listed as unreachable.
+    let unknown = format!(
+        "{{\"peer\":\"shard3/primary\",\"address\":\"{silent}\",\"reachability\":\"unknown\"}}"
+    );
+    let status = get(local.primary, "/status").text();
+    assert!(
+        status.contains(&unknown),
+        "/status lacks {unknown}:\n{status}"
+    );
+    assert!(!solo.stderr().contains("shard3"), "{}", solo.stderr());
+    let k2 = keys_for_shard("unres-", 2, 3, 1);
+    let r = get(local.primary, &get_target(k2[0].as_bytes()));
+    assert_eq!(r.status, 503, "read for the silent shard: {r}");
+    let entry = format!(
+        "{{\"peer\":\"shard3/primary\",\"address\":\"{silent}\",\"reachability\":\"unreachable\",\"error\":"
+    );
+    let status = get(local.primary, "/status").text();
+    assert!(status.contains(&entry), "/status lacks {entry}:\n{status}");
 }
