@@ -2,8 +2,11 @@
 //! other over flume, and the binary body of the replication pull exchange
 //! when it travels over HTTP instead.
 //!
-//! Pure types and codecs; depends on `storage` (entry types) and
-//! `http::encode::Response`. Every type that crosses executors is `Send`.
+//! Pure types and codecs, plus [`ask`], the one way to send a mail (it
+//! never waits for room in a full mailbox: [`MailError::Full`]); depends on
+//! `storage` (entry types) and `http::encode::Response`. Every type that
+//! crosses executors is `Send`. Decoders only check framing; the limits on
+//! what a decoded message may carry are checked by `api` at the boundary.
 
 use crate::http::encode::Response;
 use crate::storage::{Cond, LogEntry, SnapshotPage, StorageError, Versioned, WriteOp};

@@ -9,8 +9,11 @@
 //! another host (`GET /internal/pull`, body in `protocol`'s encoding).
 //! Invariants: a replica applies entries strictly in seq order and stores
 //! its applied seq in the same transaction as the data; the primary trims
-//! only entries every known replica has applied, or beyond the retention
-//! bound.
+//! only entries every configured replica has applied, or beyond the
+//! retention bound. Nothing a puller sends can grow the primary's state:
+//! progress is kept only for configured replicas, and a [`SeqWatch`] holds
+//! only the waits that are still live (timed-out or dropped waits are
+//! removed at once).
 
 use crate::http::client::{Client, node_request};
 use crate::log::Level;
