@@ -2,8 +2,11 @@
 //! other over flume, and the binary body of the replication pull exchange
 //! when it travels over HTTP instead.
 //!
-//! Pure types and codecs; depends on `storage` (entry types) and
-//! `http::encode::Response`. Every type that crosses executors is `Send`.
+//! Pure types and codecs, plus [`ask`], the one way to send a mail (it
+//! never waits for room in a full mailbox: [`MailError::Full`]); depends on
+//! `storage` (entry types) and `http::encode::Response`. Every type that
+//! crosses executors is `Send`. Decoders only check framing; the limits on
+//! what a decoded message may carry are checked by `api` at the boundary.
 
 use crate::http::encode::Response;
 use crate::storage::{Cond, LogEntry, SnapshotPage, StorageError, Tags, Versioned, WriteOp};
@@ -313,25 +316,44 @@ pub fn decode_scan(bytes: &[u8]) -> Result<Scan, StorageError> {
     })
 }
 
-/// The executor behind a mailbox stopped before it answered.
+/// Mail an executor's mailbox holds (created in `node`). An executor
+/// serves its mailbox by spawning a task per mail, so the queue only fills
+/// when the executor cannot keep up at all (or is stopped); a few thousand
+/// covers every burst the connection caps allow in practice, while each
+/// queued mail (a forwarded write carries its value) stays in memory. A
+/// sender that finds the mailbox full gets [`MailError::Full`] at once
+/// (answered 503 with `Retry-After`) and never waits.
+pub const MAILBOX_CAPACITY: usize = 4096;
+
+/// Longest node name accepted from the network (`Pull::replica`) unless it
+/// names a configured node.
+pub const MAX_NODE_NAME: usize = 256;
+
+/// Why a mail got no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MailboxClosed;
+pub enum MailError {
+    /// The receiving executor's mailbox is full; nothing was sent.
+    Full,
+    /// The executor behind the mailbox stopped before it answered.
+    Closed,
+}
 
 /// Sends the mail built by `make` (around a fresh reply channel) to
-/// `mailbox` and waits for the answer.
+/// `mailbox` and waits for the answer. Never waits for room: a full
+/// mailbox fails at once.
 ///
 /// # Errors
-/// The receiving executor is gone.
+/// The mailbox is full, or the receiving executor is gone.
 pub async fn ask<T>(
     mailbox: &flume::Sender<Mail>,
     make: impl FnOnce(flume::Sender<T>) -> Mail,
-) -> Result<T, MailboxClosed> {
+) -> Result<T, MailError> {
     let (tx, rx) = flume::bounded(1);
-    mailbox
-        .send_async(make(tx))
-        .await
-        .map_err(|_| MailboxClosed)?;
-    rx.recv_async().await.map_err(|_| MailboxClosed)
+    mailbox.try_send(make(tx)).map_err(|e| match e {
+        flume::TrySendError::Full(_) => MailError::Full,
+        flume::TrySendError::Disconnected(_) => MailError::Closed,
+    })?;
+    rx.recv_async().await.map_err(|_| MailError::Closed)
 }
 
 const TAG_ENTRIES: u8 = 1;
@@ -460,6 +482,25 @@ pub fn decode_reply(bytes: &[u8]) -> Result<PullReply, StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ask_fails_at_once_on_a_full_or_closed_mailbox() {
+        let (tx, rx) = flume::bounded::<Mail>(1);
+        let scan = || Scan {
+            prefix: Vec::new(),
+            after: None,
+            limit: 1,
+        };
+        // Fill the mailbox; the first mail stays unanswered in it.
+        let (first, _first_rx) = flume::bounded(1);
+        tx.try_send(Mail::Scan(scan(), first))
+            .expect("room for one");
+        let full = futures_lite::future::block_on(ask(&tx, |r| Mail::Scan(scan(), r)));
+        assert_eq!(full.err(), Some(MailError::Full));
+        drop(rx);
+        let closed = futures_lite::future::block_on(ask(&tx, |r| Mail::Scan(scan(), r)));
+        assert_eq!(closed.err(), Some(MailError::Closed));
+    }
 
     #[test]
     fn requests_roundtrip() {

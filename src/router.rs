@@ -15,9 +15,9 @@
 //! waits for no other executor to be scheduled. Writes and reads that must
 //! wait (`min_seq`) still go to the owner's mailbox.
 
-use crate::http::client::{Client, ClientError, ClientResponse, node_request};
+use crate::http::client::{Client, ClientError, ClientResponse, PeerState, node_request};
 use crate::http::encode::Response;
-use crate::protocol::{KvRequest, Mail, Scan, ask};
+use crate::protocol::{KvRequest, MAILBOX_CAPACITY, Mail, MailError, Scan, ask};
 use crate::shard::{NodeStats, Reader};
 use crate::storage::{SnapshotPage, Store};
 use crate::topology::{NodeInfo, Topology};
@@ -72,6 +72,9 @@ pub enum Route {
 pub enum ForwardError {
     /// The owner executor in this process has stopped.
     PeerStopped,
+    /// The owner executor's mailbox is full (it is overloaded); nothing
+    /// was sent.
+    PeerBusy,
     /// The remote owner did not answer.
     Remote(ClientError),
 }
@@ -80,6 +83,10 @@ impl fmt::Display for ForwardError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::PeerStopped => write!(f, "owner executor is not running"),
+            Self::PeerBusy => write!(
+                f,
+                "owner is overloaded: its mailbox is full ({MAILBOX_CAPACITY} requests waiting)"
+            ),
             Self::Remote(e) => e.fmt(f),
         }
     }
@@ -138,6 +145,25 @@ impl Router {
         &self.topo
     }
 
+    /// Every node on another host, with what this process last learned
+    /// about reaching it (see `http::client::Reachability`).
+    #[must_use]
+    pub fn peers(&self) -> Vec<(&NodeInfo, PeerState, String)> {
+        self.topo
+            .nodes
+            .iter()
+            .filter(|n| !n.local)
+            .map(|n| {
+                let (state, detail) = self
+                    .client
+                    .reachability()
+                    .and_then(|r| r.get(&n.address))
+                    .unwrap_or((PeerState::Unknown, String::new()));
+                (n, state, detail)
+            })
+            .collect()
+    }
+
     /// The route to `node`.
     #[must_use]
     pub fn route_to(&self, node: &NodeInfo) -> Route {
@@ -164,21 +190,19 @@ impl Router {
     /// Sends `req` to an executor of this process and waits for its answer.
     ///
     /// # Errors
-    /// The peer executor is gone.
+    /// The peer executor is gone or its mailbox is full.
     pub async fn to_peer(
         &self,
         peer: &flume::Sender<Mail>,
         req: KvRequest,
     ) -> Result<Response, ForwardError> {
-        ask(peer, |tx| Mail::Kv(req, tx))
-            .await
-            .map_err(|_| ForwardError::PeerStopped)
+        ask(peer, |tx| Mail::Kv(req, tx)).await.map_err(mail_error)
     }
 
     /// Asks an executor of this process for a page of a prefix scan.
     ///
     /// # Errors
-    /// The peer executor is gone.
+    /// The peer executor is gone or its mailbox is full.
     pub async fn scan_peer(
         &self,
         peer: &flume::Sender<Mail>,
@@ -186,7 +210,7 @@ impl Router {
     ) -> Result<Result<SnapshotPage, String>, ForwardError> {
         ask(peer, |tx| Mail::Scan(scan, tx))
             .await
-            .map_err(|_| ForwardError::PeerStopped)
+            .map_err(mail_error)
     }
 
     /// POSTs `body` to the internal endpoint `path` of a node on another
@@ -205,6 +229,13 @@ impl Router {
             .send(addr, &request, None)
             .await
             .map_err(ForwardError::Remote)
+    }
+}
+
+fn mail_error(e: MailError) -> ForwardError {
+    match e {
+        MailError::Full => ForwardError::PeerBusy,
+        MailError::Closed => ForwardError::PeerStopped,
     }
 }
 

@@ -14,7 +14,8 @@
 //! forwarded is never forwarded again; replicas refuse writes with 403
 //! naming the primary; every data response carries `X-Shard` and
 //! `X-Served-By`; reads say `Cache-Control: no-cache`, answers to writes
-//! and the operational endpoints `no-store`.
+//! and the operational endpoints `no-store`; a full commit queue or mailbox
+//! is a 503 with `Retry-After`, never a wait.
 
 mod ops;
 mod rest;
@@ -27,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::protocol::{KvOp, KvRequest, Scan, Style, encode_kv, encode_scan};
 use crate::replication::{PrimaryLog, SeqWatch};
 use crate::router::{ForwardError, Route, Router};
-use crate::shard::{NodeStats, Reader, Shard};
+use crate::shard::{NodeStats, Reader, Shard, ShardError};
 use crate::storage::{Cond, Outcome, SnapshotPage, Write, WriteOp};
 use crate::topology::{NodeInfo, Role};
 use std::rc::Rc;
@@ -82,6 +83,25 @@ pub enum ApiError {
         owner: String,
         error: ForwardError,
     },
+    /// A bounded queue on the way to the disk was full: 503 + `Retry-After`.
+    Overloaded {
+        node: String,
+        why: String,
+    },
+    /// An internal pull under the name of a configured node that is not a
+    /// replica of this shard (the hosts disagree about `sharding.toml`).
+    NotAReplica {
+        node: String,
+        name: String,
+    },
+}
+
+/// Seconds a client is asked to wait (`Retry-After`) when a node is
+/// overloaded.
+pub const RETRY_AFTER_SECS: u32 = 1;
+
+fn overloaded(msg: &str) -> Response {
+    Response::text(503, msg).with_header("Retry-After", RETRY_AFTER_SECS.to_string())
 }
 
 impl ApiError {
@@ -144,15 +164,31 @@ impl ApiError {
                 format!("{node} has applied seq {applied}, not yet {wanted}, after waiting {waited_ms} ms"),
             ),
             Self::Storage(e) => (500, format!("storage failure: {e}")),
+            Self::Owner {
+                owner,
+                error: error @ ForwardError::PeerBusy,
+            } => {
+                return overloaded(&format!("node {owner} is overloaded, retry later: {error}"));
+            }
             Self::Owner { owner, error } => {
                 let status = match error {
                     ForwardError::Remote(ClientError::Timeout) => 504,
                     ForwardError::Remote(ClientError::Connect(_) | ClientError::Resolve(_))
-                    | ForwardError::PeerStopped => 503,
+                    | ForwardError::PeerStopped
+                    | ForwardError::PeerBusy => 503,
                     ForwardError::Remote(_) => 502,
                 };
                 (status, format!("owner {owner} unreachable: {error}"))
             }
+            Self::Overloaded { node, why } => {
+                return overloaded(&format!("node {node} is overloaded, retry later: {why}"));
+            }
+            Self::NotAReplica { node, name } => (
+                403,
+                format!(
+                    "{name:?} is a configured node but not a replica of {node}'s shard (do all hosts use the same sharding.toml?)"
+                ),
+            ),
         };
         Response::text(status, &msg)
     }
@@ -264,9 +300,8 @@ impl Api {
             b"/metrics" => (7, Ok(no_store(self.metrics_text()))),
             b"/health" => (8, Ok(no_store(Response::text(200, "ok")))),
             b"/ready" => (9, Ok(no_store(self.ready()))),
-            b"/internal/pull" | b"/internal/scan" | b"/internal/kv" => {
-                (10, self.internal(&req).await)
-            }
+            // Every /internal/ path, known or not, checks the token first.
+            p if p.starts_with(b"/internal/") => (10, self.internal(&req).await),
             _ => (11, Err(ApiError::UnknownPath)),
         }
     }
@@ -358,17 +393,20 @@ impl Api {
 
     /// Runs `kv` against this node's own store and formats the answer.
     async fn execute(&self, kv: KvRequest) -> Result<Response, ApiError> {
+        // `wait_ms` of a request forwarded from another host is not capped
+        // by the parser: cap it here.
+        let wait_ms = kv.wait_ms.min(MAX_MIN_SEQ_WAIT_MS);
         if kv.min_seq > 0
             && !self
                 .seq
-                .wait_for(kv.min_seq, Duration::from_millis(kv.wait_ms))
+                .wait_for(kv.min_seq, Duration::from_millis(wait_ms))
                 .await
         {
             return Err(ApiError::Behind {
                 node: self.me().name.clone(),
                 applied: self.seq.get(),
                 wanted: kv.min_seq,
-                waited_ms: kv.wait_ms,
+                waited_ms: wait_ms,
             });
         }
         let style = kv.style;
@@ -394,7 +432,13 @@ impl Api {
             .shard
             .write(Write { op, cond })
             .await
-            .map_err(|e| ApiError::Storage(e.to_string()))?;
+            .map_err(|e| match e {
+                ShardError::Overloaded { .. } => ApiError::Overloaded {
+                    node: self.me().name.clone(),
+                    why: e.to_string(),
+                },
+                other => ApiError::Storage(other.to_string()),
+            })?;
         Ok(match outcome {
             Outcome::Committed(seq) => {
                 self.seq.advance(seq);
@@ -579,6 +623,7 @@ fn from_remote(resp: ClientResponse) -> Response {
         "Cache-Control",
         "Allow",
         "WWW-Authenticate",
+        "Retry-After",
     ] {
         if let Some(v) = resp.header(name) {
             out.headers.push((name, v.to_string()));
