@@ -14,6 +14,8 @@ use crate::http::form;
 use crate::http::parse::{Method, Request};
 use crate::protocol::{KvOp, KvRequest, PullReply, Scan, Style, decode_reply};
 use crate::storage::{Cond, SnapshotPage, Tags};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::rc::Rc;
@@ -202,40 +204,16 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
 /// Unpadded base64url: listing cursors (a key of the largest size still
 /// fits in a request line).
 fn cursor_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(char::from(B64[(n >> (18 - 6 * i) & 63) as usize]));
-        }
-    }
-    out
+    URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// The key a cursor names; `None` for anything but a canonical unpadded
+/// base64url string.
 fn cursor_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        let v = B64.iter().position(|&x| x == c)?;
-        acc = (acc << 6) | u32::try_from(v).ok()?;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(u8::try_from(acc >> bits & 0xff).ok()?);
-        }
-    }
-    // Leftover bits must be zero padding of a canonical encoding.
-    (bits < 6 && acc & ((1 << bits) - 1) == 0).then_some(out)
+    URL_SAFE_NO_PAD.decode(s).ok()
 }
 
 #[derive(Deserialize)]
