@@ -1,14 +1,19 @@
 //! What the process needs from the operating system: listening sockets,
 //! address resolution, the io_uring and `RLIMIT_MEMLOCK` checks, CPU
 //! affinity and placement, signal masks, and the kick that wakes a parked
-//! executor thread. No glommio, no async.
+//! executor thread. No glommio, no async. System calls go through
+//! `socket2`, `rlimit` and `nix` (all already used by glommio); the only
+//! `unsafe` left is installing the kick's signal handler.
 
 use super::NodeError;
 use crate::topology::{NodeInfo, Role};
+use nix::sched::{CpuSet, sched_getaffinity};
 use nix::sys::pthread::pthread_kill;
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use nix::unistd::Pid;
+use rlimit::{INFINITY, Resource, getrlimit, setrlimit};
+use socket2::{Domain, Socket, Type};
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 /// Minimum `RLIMIT_MEMLOCK` glommio needs per executor.
@@ -21,19 +26,20 @@ const MEMLOCK_PER_EXECUTOR: u64 = 512 * 1024;
 /// its io_uring (asynchronously, after the process is gone).
 pub(super) fn listen(addr: &SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let deadline = Instant::now() + Duration::from_secs(2);
-    let l = loop {
-        match std::net::TcpListener::bind(addr) {
+    loop {
+        let socket = Socket::new(Domain::for_address(*addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        match socket.bind(&(*addr).into()) {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            other => break other?,
+            Err(e) => return Err(e),
+            Ok(()) => {
+                socket.listen(1024)?;
+                return Ok(socket.into());
+            }
         }
-    };
-    // SAFETY: listen on our own listening fd only raises its backlog.
-    if unsafe { libc::listen(l.as_raw_fd(), 1024) } != 0 {
-        return Err(std::io::Error::last_os_error());
     }
-    Ok(l)
 }
 
 pub(super) fn resolve(addr: &str) -> Result<SocketAddr, NodeError> {
@@ -58,32 +64,22 @@ pub(super) fn preflight(executors: usize) -> Result<(), NodeError> {
         ));
     }
     let want = MEMLOCK_PER_EXECUTOR * executors.max(1) as u64;
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let Ok((mut soft, hard)) = getrlimit(Resource::MEMLOCK) else {
+        return Ok(());
     };
-    // SAFETY: getrlimit/setrlimit only read/write the struct passed in.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) != 0 {
-            return Ok(());
-        }
-        if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < want {
-            let raised = libc::rlimit {
-                rlim_cur: if lim.rlim_max == libc::RLIM_INFINITY {
-                    want
-                } else {
-                    want.min(lim.rlim_max)
-                },
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) == 0 {
-                lim = raised;
-            }
+    if soft != INFINITY && soft < want {
+        let raised = if hard == INFINITY {
+            want
+        } else {
+            want.min(hard)
+        };
+        if setrlimit(Resource::MEMLOCK, raised, hard).is_ok() {
+            soft = raised;
         }
     }
-    if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < MEMLOCK_PER_EXECUTOR {
+    if soft != INFINITY && soft < MEMLOCK_PER_EXECUTOR {
         return Err(NodeError::MemLock {
-            have: lim.rlim_cur,
+            have: soft,
             need: MEMLOCK_PER_EXECUTOR,
         });
     }
@@ -105,18 +101,12 @@ pub(super) fn cpu_placement(locals: &[NodeInfo], cpus: &[usize]) -> Vec<usize> {
 
 /// CPUs this process may run on (its affinity mask), in order.
 pub(super) fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it.
-    let mut cpus = Vec::new();
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
-            for cpu in 0..libc::CPU_SETSIZE as usize {
-                if libc::CPU_ISSET(cpu, &set) {
-                    cpus.push(cpu);
-                }
-            }
-        }
-    }
+    let mut cpus: Vec<usize> = match sched_getaffinity(Pid::from_raw(0)) {
+        Ok(set) => (0..CpuSet::count())
+            .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
     if cpus.is_empty() {
         cpus.push(0);
     }
@@ -126,29 +116,21 @@ pub(super) fn allowed_cpus() -> Vec<usize> {
 /// Blocks SIGINT, SIGTERM and SIGHUP (the terminal closed) in this thread
 /// (and every thread it spawns later) so that [`wait_signal`] receives them;
 /// each one drains and stops the process.
-pub(super) fn block_signals() -> Result<libc::sigset_t, NodeError> {
-    // SAFETY: sigset manipulation on a local, then pthread_sigmask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return Err(NodeError::Signal(std::io::Error::last_os_error()));
-        }
-        Ok(set)
+pub(super) fn block_signals() -> Result<SigSet, NodeError> {
+    let mut set = SigSet::empty();
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(sig);
     }
+    set.thread_block()
+        .map_err(|e| NodeError::Signal(e.into()))?;
+    Ok(set)
 }
 
-pub(super) fn wait_signal(set: &libc::sigset_t) -> Result<i32, NodeError> {
-    let mut sig: libc::c_int = 0;
-    // SAFETY: set was initialised by block_signals.
-    let rc = unsafe { libc::sigwait(set, &mut sig) };
-    if rc != 0 {
-        return Err(NodeError::Signal(std::io::Error::from_raw_os_error(rc)));
-    }
-    Ok(sig)
+/// Waits for one of the signals [`block_signals`] blocked; its number.
+pub(super) fn wait_signal(set: &SigSet) -> Result<i32, NodeError> {
+    set.wait()
+        .map(|sig| sig as i32)
+        .map_err(|e| NodeError::Signal(e.into()))
 }
 
 /// The signal that wakes an executor thread (see [`kick`]). SIGURG is
