@@ -301,6 +301,9 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
             })?;
         threads.push((id, thread));
     }
+    // Kept for the signal watcher below; dropped here, the channel would
+    // close once every executor has.
+    let signal_tx = events_tx.clone();
     drop(events_tx);
     await_ready(&topo, &events_rx, &threads)?;
     log_at!(
@@ -313,33 +316,26 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
     );
     // A watcher thread turns a signal into an event, so that an executor
     // dying and a signal arriving are waited for in one place.
-    let signal_events = {
-        let (tx, rx) = std::sync::mpsc::channel::<Result<i32, NodeError>>();
-        std::thread::Builder::new()
-            .name("signals".into())
-            .spawn(move || {
-                let _ = tx.send(wait_signal(&signals));
-            })
-            .map_err(NodeError::Signal)?;
-        rx
-    };
-    loop {
-        if let Ok(sig) = signal_events.try_recv() {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let _ = signal_tx.send(Event::Signal(wait_signal(&signals)));
+        })
+        .map_err(NodeError::Signal)?;
+    match events_rx.recv() {
+        Ok(Event::Signal(sig)) => {
             let sig = sig?;
             log_at!(
                 Level::Info,
                 "corekv",
                 "signal {sig}: draining and shutting down"
             );
-            break;
         }
-        match events_rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(Event::Stopped(node) | Event::Running(node) | Event::Ready { node, .. }) => {
-                return Err(NodeError::ExecutorDied(topo.nodes[node].name.clone()));
-            }
-            Ok(Event::Failed(e)) => return Err(e),
-            Err(_) => {}
+        Ok(Event::Stopped(node) | Event::Running(node) | Event::Ready { node, .. }) => {
+            return Err(NodeError::ExecutorDied(topo.nodes[node].name.clone()));
         }
+        Ok(Event::Failed(e)) => return Err(e),
+        Err(_) => return Err(NodeError::ExecutorDied("every executor".into())),
     }
     let (done_tx, done_rx) = flume::unbounded::<()>();
     for stop in &stops {
@@ -420,7 +416,9 @@ fn await_ready(
             Ok(Event::Stopped(node)) => {
                 return Err(NodeError::ExecutorDied(topo.nodes[node].name.clone()));
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            // The signal watcher starts after start-up; a signal that came
+            // earlier stays pending until it waits.
+            Ok(Event::Signal(_)) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 return Err(NodeError::StartTimeout);
             }
@@ -443,8 +441,10 @@ fn await_ready(
     Ok(())
 }
 
-/// What executors tell the main thread.
+/// What executors (and the signal watcher) tell the main thread.
 enum Event {
+    /// SIGINT, SIGTERM or SIGHUP arrived (or waiting for them failed).
+    Signal(Result<i32, NodeError>),
     /// The executor is about to enter its run loop.
     Running(usize),
     Ready {
