@@ -1,9 +1,19 @@
 //! Messages between nodes: the in-process [`Mail`] executors send each
-//! other over flume, and the binary body of the replication pull exchange
-//! when it travels over HTTP instead.
+//! other over flume, and the binary bodies of forwarded requests
+//! (`/internal/kv`), replication pulls and scans when they travel over HTTP
+//! instead.
 //!
 //! Pure types and codecs; depends on `storage` (entry types) and
 //! `http::encode::Response`. Every type that crosses executors is `Send`.
+//!
+//! A forwarded write over HTTP carries its sender's deadline
+//! ([`ForwardedKv::deadline_ms`], unix milliseconds):
+//! [`encode_kv_with_deadline`] appends it to the [`encode_kv`] layout as an
+//! optional trailing field, so bodies without it (older senders, reads)
+//! decode as before. An unknown trailing field is an error, never skipped:
+//! an owner must not apply a write whose constraints it does not
+//! understand. (An owner older than the field refuses a body with it: 400,
+//! nothing applied; upgrade owners before senders.)
 
 use crate::http::encode::Response;
 use crate::storage::{Cond, LogEntry, SnapshotPage, StorageError, Versioned, WriteOp};
@@ -40,6 +50,17 @@ pub struct KvRequest {
     /// Condition on the key's current version (writes only).
     pub cond: Cond,
     pub style: Style,
+}
+
+/// A [`KvRequest`] as it arrives over HTTP (`/internal/kv`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardedKv {
+    pub kv: KvRequest,
+    /// A forwarded write's sender's wall-clock deadline in unix
+    /// milliseconds: the sender stops waiting for the answer then, so the
+    /// owner must not apply the write after it (README, "What a status
+    /// means for a write"). `None`: no deadline (reads; older senders).
+    pub deadline_ms: Option<u64>,
 }
 
 /// A prefix scan of one shard's primary.
@@ -100,9 +121,17 @@ pub enum Mail {
     Scan(Scan, flume::Sender<Result<SnapshotPage, String>>),
 }
 
-/// Encodes a forwarded request for the HTTP transport (`/internal/kv`).
+/// Encodes a forwarded request for the HTTP transport (`/internal/kv`),
+/// without a deadline.
 #[must_use]
 pub fn encode_kv(kv: &KvRequest) -> Vec<u8> {
+    encode_kv_with_deadline(kv, None)
+}
+
+/// Encodes a forwarded request for the HTTP transport (`/internal/kv`)
+/// with its sender's deadline (unix milliseconds), if any.
+#[must_use]
+pub fn encode_kv_with_deadline(kv: &KvRequest, deadline_ms: Option<u64>) -> Vec<u8> {
     let mut out = Vec::with_capacity(48 + kv.key.len());
     out.push(match kv.style {
         Style::Seed => 0,
@@ -126,14 +155,23 @@ pub fn encode_kv(kv: &KvRequest) -> Vec<u8> {
     out.extend_from_slice(&kv.wait_ms.to_le_bytes());
     put_bytes(&mut out, &kv.key);
     put_bytes(&mut out, value);
+    if let Some(deadline) = deadline_ms {
+        out.push(FIELD_DEADLINE);
+        out.extend_from_slice(&deadline.to_le_bytes());
+    }
     out
 }
 
-/// Decodes a request encoded by [`encode_kv`].
+/// Optional trailing field of an encoded [`KvRequest`]: the deadline (u64,
+/// unix milliseconds).
+const FIELD_DEADLINE: u8 = 1;
+
+/// Decodes a request encoded by [`encode_kv`] or
+/// [`encode_kv_with_deadline`].
 ///
 /// # Errors
-/// Truncated or unknown messages.
-pub fn decode_kv(bytes: &[u8]) -> Result<KvRequest, StorageError> {
+/// Truncated or unknown messages, unknown or repeated trailing fields.
+pub fn decode_kv(bytes: &[u8]) -> Result<ForwardedKv, StorageError> {
     let bad = || StorageError::Corrupt("forwarded request");
     let mut r = Reader(bytes);
     let head = r.take(3)?;
@@ -160,16 +198,23 @@ pub fn decode_kv(bytes: &[u8]) -> Result<KvRequest, StorageError> {
         2 => KvOp::Delete,
         _ => return Err(bad()),
     };
-    if !r.0.is_empty() {
-        return Err(bad());
+    let mut deadline_ms = None;
+    while !r.0.is_empty() {
+        match r.take(1)?[0] {
+            FIELD_DEADLINE if deadline_ms.is_none() => deadline_ms = Some(r.u64()?),
+            _ => return Err(bad()),
+        }
     }
-    Ok(KvRequest {
-        op,
-        key,
-        min_seq,
-        wait_ms,
-        cond,
-        style,
+    Ok(ForwardedKv {
+        kv: KvRequest {
+            op,
+            key,
+            min_seq,
+            wait_ms,
+            cond,
+            style,
+        },
+        deadline_ms,
     })
 }
 
@@ -257,7 +302,12 @@ pub fn decode_scan(bytes: &[u8]) -> Result<Scan, StorageError> {
 
 /// The executor behind a mailbox stopped before it answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MailboxClosed;
+pub enum MailboxClosed {
+    /// The mail was not delivered: the receiver never saw it.
+    NotDelivered,
+    /// The mail was delivered but no answer came: it may have been acted on.
+    NoAnswer,
+}
 
 /// Sends the mail built by `make` (around a fresh reply channel) to
 /// `mailbox` and waits for the answer.
@@ -272,8 +322,8 @@ pub async fn ask<T>(
     mailbox
         .send_async(make(tx))
         .await
-        .map_err(|_| MailboxClosed)?;
-    rx.recv_async().await.map_err(|_| MailboxClosed)
+        .map_err(|_| MailboxClosed::NotDelivered)?;
+    rx.recv_async().await.map_err(|_| MailboxClosed::NoAnswer)
 }
 
 const TAG_ENTRIES: u8 = 1;
@@ -432,10 +482,38 @@ mod tests {
             },
         ];
         for kv in kvs {
-            let bytes = encode_kv(&kv);
-            assert_eq!(decode_kv(&bytes).expect("decode"), kv);
-            assert!(decode_kv(&bytes[..bytes.len() - 1]).is_err());
+            for deadline_ms in [None, Some(0), Some(1_764_000_000_123)] {
+                let bytes = encode_kv_with_deadline(&kv, deadline_ms);
+                let want = ForwardedKv {
+                    kv: kv.clone(),
+                    deadline_ms,
+                };
+                assert_eq!(decode_kv(&bytes).expect("decode"), want);
+                assert!(decode_kv(&bytes[..bytes.len() - 1]).is_err());
+            }
         }
+        // A body without the deadline field (an older sender) decodes with
+        // no deadline; an unknown or repeated trailing field is refused.
+        let kv = KvRequest {
+            op: KvOp::Set(b"v".to_vec()),
+            key: b"k".to_vec(),
+            min_seq: 0,
+            wait_ms: 0,
+            cond: Cond::Always,
+            style: Style::Seed,
+        };
+        let old = encode_kv(&kv);
+        assert_eq!(old.len(), 3 + 8 * 3 + 4 + 1 + 4 + 1, "pre-deadline layout");
+        assert_eq!(decode_kv(&old).expect("decode").deadline_ms, None);
+        let new = encode_kv_with_deadline(&kv, Some(42));
+        assert_eq!(&new[..old.len()], &old[..], "the deadline is appended");
+        assert_eq!(decode_kv(&new).expect("decode").deadline_ms, Some(42));
+        let mut unknown = old.clone();
+        unknown.extend_from_slice(&[9, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(decode_kv(&unknown).is_err());
+        let mut twice = new.clone();
+        twice.extend_from_slice(&new[old.len()..]);
+        assert!(decode_kv(&twice).is_err());
         for pull in [
             Pull {
                 replica: "s/replica".into(),

@@ -12,7 +12,7 @@
 //! only entries every known replica has applied, or beyond the retention
 //! bound.
 
-use crate::http::client::{Client, node_request};
+use crate::http::client::{Client, Resend, node_request};
 use crate::log::Level;
 use crate::log_at;
 use crate::protocol::{Mail, Pull, PullKind, PullReply, ask, decode_reply, encode_pull};
@@ -23,7 +23,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Entries per pull reply, at most.
 const PULL_MAX_ENTRIES: usize = 10_000;
@@ -226,9 +226,9 @@ impl Upstream {
                     token.as_deref(),
                     &encode_pull(&pull),
                 );
-                let timeout = pull.wait + Duration::from_secs(5);
+                let deadline = Instant::now() + pull.wait + Duration::from_secs(5);
                 let resp = client
-                    .send(addr, &req, Some(timeout))
+                    .send(addr, &req, deadline, Resend::Idempotent)
                     .await
                     .map_err(|e| format!("{addr}: {e}"))?;
                 if resp.status != 200 {

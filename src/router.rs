@@ -14,10 +14,14 @@
 //! sees every acknowledged write, exactly as if the owner had answered, and
 //! waits for no other executor to be scheduled. Writes and reads that must
 //! wait (`min_seq`) still go to the owner's mailbox.
+//!
+//! A forwarded request's failure says whether the owner may have acted on
+//! it ([`ForwardError::is_unsent`]); `api` turns that into a status that
+//! tells a client whether its write may have been applied.
 
-use crate::http::client::{Client, ClientError, ClientResponse, node_request};
+use crate::http::client::{Client, ClientError, ClientResponse, Resend, node_request};
 use crate::http::encode::Response;
-use crate::protocol::{KvRequest, Mail, Scan, ask};
+use crate::protocol::{KvRequest, Mail, MailboxClosed, Scan, ask};
 use crate::shard::{NodeStats, Reader};
 use crate::storage::{SnapshotPage, Store};
 use crate::topology::{NodeInfo, Topology};
@@ -25,7 +29,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A node of this process as other executors reach it.
 #[derive(Clone)]
@@ -70,16 +74,42 @@ pub enum Route {
 /// Why a forwarded request got no answer.
 #[derive(Debug)]
 pub enum ForwardError {
-    /// The owner executor in this process has stopped.
+    /// The owner executor in this process has stopped; it never saw the
+    /// request.
     PeerStopped,
+    /// The owner executor in this process took the request and stopped
+    /// before answering.
+    PeerNoAnswer,
     /// The remote owner did not answer.
     Remote(ClientError),
+}
+
+impl ForwardError {
+    /// True when the owner certainly never received the request.
+    #[must_use]
+    pub fn is_unsent(&self) -> bool {
+        match self {
+            Self::PeerStopped => true,
+            Self::PeerNoAnswer => false,
+            Self::Remote(e) => e.is_unsent(),
+        }
+    }
+}
+
+impl From<MailboxClosed> for ForwardError {
+    fn from(e: MailboxClosed) -> Self {
+        match e {
+            MailboxClosed::NotDelivered => Self::PeerStopped,
+            MailboxClosed::NoAnswer => Self::PeerNoAnswer,
+        }
+    }
 }
 
 impl fmt::Display for ForwardError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::PeerStopped => write!(f, "owner executor is not running"),
+            Self::PeerNoAnswer => write!(f, "owner executor stopped before it answered"),
             Self::Remote(e) => e.fmt(f),
         }
     }
@@ -170,9 +200,7 @@ impl Router {
         peer: &flume::Sender<Mail>,
         req: KvRequest,
     ) -> Result<Response, ForwardError> {
-        ask(peer, |tx| Mail::Kv(req, tx))
-            .await
-            .map_err(|_| ForwardError::PeerStopped)
+        Ok(ask(peer, |tx| Mail::Kv(req, tx)).await?)
     }
 
     /// Asks an executor of this process for a page of a prefix scan.
@@ -184,13 +212,19 @@ impl Router {
         peer: &flume::Sender<Mail>,
         scan: Scan,
     ) -> Result<Result<SnapshotPage, String>, ForwardError> {
-        ask(peer, |tx| Mail::Scan(scan, tx))
-            .await
-            .map_err(|_| ForwardError::PeerStopped)
+        Ok(ask(peer, |tx| Mail::Scan(scan, tx)).await?)
+    }
+
+    /// How long a request to another host may take by default, connect
+    /// included (`--forward-timeout-ms`).
+    #[must_use]
+    pub fn remote_timeout(&self) -> Duration {
+        self.client.timeout()
     }
 
     /// POSTs `body` to the internal endpoint `path` of a node on another
-    /// host.
+    /// host and waits for the answer until `deadline`; `resend` says
+    /// whether the request may go out twice.
     ///
     /// # Errors
     /// Connect, timeout or protocol failures.
@@ -199,10 +233,12 @@ impl Router {
         addr: &str,
         path: &[u8],
         body: &[u8],
+        deadline: Instant,
+        resend: Resend,
     ) -> Result<ClientResponse, ForwardError> {
         let request = node_request("POST", path, addr, self.token.as_deref(), body);
         self.client
-            .send(addr, &request, None)
+            .send(addr, &request, deadline, resend)
             .await
             .map_err(ForwardError::Remote)
     }

@@ -115,8 +115,10 @@ impl Api {
         }
         let bad = |e: crate::storage::StorageError| ApiError::BadBody(e.to_string());
         if req.path == b"/internal/kv" {
-            let kv = decode_kv(&req.body).map_err(bad)?;
-            return self.dispatch(kv, true).await;
+            let forwarded = decode_kv(&req.body).map_err(bad)?;
+            return self
+                .dispatch(forwarded.kv, true, forwarded.deadline_ms)
+                .await;
         }
         if self.me().role != Role::Primary {
             return Err(ApiError::Misdirected {
