@@ -485,3 +485,37 @@ fn run_other(store: &Store, stats: &NodeStats, job: Job) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{Cond, WriteOp};
+    use futures_lite::future::block_on;
+
+    #[test]
+    fn writes_past_their_apply_by_time_are_not_applied() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("s.redb"), false).expect("open");
+        let shard = Shard::start(store, "test", 16).expect("start");
+        let set = |v: &str| Write {
+            op: WriteOp::Set {
+                key: b"k".to_vec(),
+                value: v.as_bytes().to_vec(),
+            },
+            cond: Cond::Always,
+        };
+        let now = SystemTime::now();
+        let late = block_on(shard.write(set("late"), Some(now - Duration::from_secs(1))));
+        assert!(
+            matches!(late, Err(ShardError::DeadlinePassed { late }) if late >= Duration::from_secs(1)),
+            "{late:?}"
+        );
+        assert_eq!(shard.store().get(b"k").expect("get"), None);
+        let ok = block_on(shard.write(set("in time"), Some(now + Duration::from_secs(60))));
+        assert!(matches!(ok, Ok(Outcome::Committed(1))), "{ok:?}");
+        let ok = block_on(shard.write(set("no deadline"), None));
+        assert!(matches!(ok, Ok(Outcome::Committed(2))), "{ok:?}");
+        let v = shard.store().get(b"k").expect("get").expect("present");
+        assert_eq!(v.value, b"no deadline");
+    }
+}
