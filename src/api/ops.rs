@@ -1,6 +1,7 @@
 //! Operational endpoints: `/status` (JSON), `/ready`, `/metrics`
 //! (Prometheus text) and the internal endpoints other nodes call
-//! (`/internal/pull` for replication, `/internal/scan` for listings).
+//! (`/internal/kv` for forwarded requests, with a write's deadline;
+//! `/internal/pull` for replication, `/internal/scan` for listings).
 //!
 //! Reads every local node's published counters; never blocks.
 
