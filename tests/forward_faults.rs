@@ -26,7 +26,7 @@ use common::{
 };
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Child;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -81,7 +81,10 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     changed: Condvar,
-    listener_fd: RawFd,
+    /// Owned here, not by the accept thread, so that its descriptor stays
+    /// valid (and is not reused by another socket of this test process)
+    /// for as long as anything may `stop_listening`.
+    listener: TcpListener,
 }
 
 impl Shared {
@@ -99,10 +102,10 @@ impl Shared {
     /// Stops listening: connects to the relay's port are refused from now
     /// on (Linux: `shutdown` on a listening socket).
     fn stop_listening(&self) {
-        // SAFETY: shutdown on a descriptor the relay's listener owns; the
-        // listener stays open until its accept thread returns.
+        // SAFETY: shutdown on the descriptor of `self.listener`, open for
+        // as long as `self` lives.
         unsafe {
-            libc::shutdown(self.listener_fd, libc::SHUT_RDWR);
+            libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR);
         }
     }
 }
@@ -119,11 +122,11 @@ impl Relay {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
-            listener_fd: listener.as_raw_fd(),
+            listener,
         });
         let sh = shared.clone();
         std::thread::spawn(move || {
-            for down in listener.incoming() {
+            for down in sh.listener.incoming() {
                 let Ok(down) = down else {
                     return; // shut down by stop_listening
                 };
@@ -349,13 +352,18 @@ impl Procs {
         );
     }
 
-    fn logs(&self) -> String {
+    fn logs(&mut self) -> String {
         let read = |p: &PathBuf| std::fs::read_to_string(p).unwrap_or_default();
         self.children
-            .iter()
-            .map(|(l, _, out, err)| {
+            .iter_mut()
+            .map(|(l, child, out, err)| {
+                let state = match child.try_wait() {
+                    Ok(Some(status)) => format!("exited: {status}"),
+                    Ok(None) => "running".to_string(),
+                    Err(e) => format!("unknown: {e}"),
+                };
                 format!(
-                    "---- {l} stdout ----\n{}---- {l} stderr ----\n{}",
+                    "---- {l} ({state}) stdout ----\n{}---- {l} stderr ----\n{}",
                     read(out),
                     read(err)
                 )
@@ -366,12 +374,12 @@ impl Procs {
 
 impl Drop for Procs {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("==== corekv logs ====\n{}", self.logs());
+        }
         for (_, child, _, _) in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("==== corekv logs ====\n{}", self.logs());
         }
     }
 }

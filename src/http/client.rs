@@ -314,11 +314,10 @@ impl Client {
     async fn exchange(
         &self,
         addr: &str,
-        stream: TcpStream,
+        mut stream: TcpStream,
         request: &[u8],
         deadline: Instant,
     ) -> Result<ClientResponse, Failure> {
-        let mut stream = stream;
         match exchange_on(&mut stream, request, deadline).await {
             Ok((resp, reusable)) => {
                 if reusable {
