@@ -28,8 +28,7 @@ mod ops;
 mod rest;
 mod seed;
 
-use crate::http::client::Resend;
-use crate::http::client::{ClientError, ClientResponse};
+use crate::http::client::{ClientError, ClientResponse, Resend};
 use crate::http::encode::{BYTES, JSON, Response, TEXT};
 use crate::http::parse::Request;
 use crate::metrics::Metrics;
@@ -205,12 +204,12 @@ impl ApiError {
                 } else {
                     (502, "failed to answer")
                 };
-                let outcome = match (write, status) {
-                    (false, _) => "",
-                    (true, 503) => "; the write was not applied",
-                    (true, _) => {
-                        "; outcome unknown: the write may have been applied (read the key back, or retry with If-Match / If-None-Match)"
-                    }
+                let outcome = if !write {
+                    ""
+                } else if error.is_unsent() {
+                    "; the write was not applied"
+                } else {
+                    "; outcome unknown: the write may have been applied (read the key back, or retry with If-Match / If-None-Match)"
                 };
                 (status, format!("owner {owner} {what}: {error}{outcome}"))
             }
