@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Shared helpers for bench/run.sh and bench/scaling.sh (source it, don't run it).
+# Shared helpers for bench/run.sh, bench/scaling.sh and bench/soak.sh (source
+# it, don't run it).
 # Everything here talks to 127.0.0.1 only and is bounded in time.
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -20,6 +21,42 @@ COREKV_ARGS=()
 exec 9>&2
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&9; }
 die() { log "ERROR: $*"; exit 1; }
+
+# bench_workdir NAME: RESULTS_DIR (created), WORK (a fresh temp dir
+# corekv-NAME.XXXXXX), RAW_DIR, INDEX and RUN_LOG (empty) in it, START_TS.
+bench_workdir() {
+    RESULTS_DIR="${RESULTS_DIR:-$BENCH_DIR/results}"
+    mkdir -p "$RESULTS_DIR"
+    WORK="$(mktemp -d "${TMPDIR:-/var/tmp}/corekv-$1.XXXXXX")"
+    RAW_DIR="$WORK/raw"; mkdir -p "$RAW_DIR"
+    INDEX="$WORK/index.tsv"; : >"$INDEX"
+    RUN_LOG="$WORK/run.log"; : >"$RUN_LOG"
+    START_TS=$SECONDS
+}
+
+# bench_finish RC [LOG_NAME]: the end of every script's EXIT trap: copies
+# RUN_LOG to RESULTS_DIR/LOG_NAME (when given and not empty), removes WORK
+# (unless KEEP_TMP=1) and exits with RC.
+bench_finish() {
+    local rc=$1 name=${2:-}
+    if [ -n "$name" ] && [ -s "$RUN_LOG" ]; then cp "$RUN_LOG" "$RESULTS_DIR/$name" 2>/dev/null || true; fi
+    if [ "${KEEP_TMP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+    log "done in $((SECONDS - START_TS)) s (exit $rc)"
+    exit "$rc"
+}
+
+# server_binary: builds corekv (unless SKIP_BUILD=1) and points COREKV_BIN at
+# a private copy in WORK, so that a rebuild during the run cannot swap it.
+server_binary() {
+    if [ "${SKIP_BUILD:-0}" != 1 ]; then
+        log "cargo build --release"
+        (cd "$ROOT_DIR" && timeout 1500 cargo build --release --quiet) || die "cargo build --release failed"
+    fi
+    [ -x "$COREKV_BIN" ] || die "no binary at $COREKV_BIN"
+    cp "$COREKV_BIN" "$WORK/corekv"
+    log "server binary: $COREKV_BIN ($(stat -c '%y' "$COREKV_BIN" | cut -d. -f1), sha256 $(sha256sum "$COREKV_BIN" | cut -c1-12))"
+    COREKV_BIN="$WORK/corekv"
+}
 
 # cpu_ticks PID: utime+stime (clock ticks) of PID and its direct children
 # (nginx master + worker). For a multi-threaded process /proc/PID/stat

@@ -53,14 +53,8 @@ FSYNC_MAX_S="${FSYNC_MAX_S:-10}"
 NSHARDS=3
 export DURATION THREADS
 
-RESULTS_DIR="${RESULTS_DIR:-$BENCH_DIR/results}"
-mkdir -p "$RESULTS_DIR"
-WORK="$(mktemp -d "${TMPDIR:-/var/tmp}/corekv-bench.XXXXXX")"
-RAW_DIR="$WORK/raw"; mkdir -p "$RAW_DIR"
-INDEX="$WORK/index.tsv"; : >"$INDEX"
-RUN_LOG="$WORK/run.log"; : >"$RUN_LOG"
+bench_workdir bench
 FINDINGS="$WORK/findings.md"; : >"$FINDINGS"
-START_TS=$SECONDS
 BG_PID=""   # the SET client of a reads-while-writing row, while it runs
 
 cleanup() {
@@ -69,10 +63,7 @@ cleanup() {
     if [ -n "$BG_PID" ]; then kill "$BG_PID" 2>/dev/null || true; wait "$BG_PID" 2>/dev/null || true; fi
     nginx_stop || true
     corekv_stop || true
-    if [ -s "$RUN_LOG" ]; then cp "$RUN_LOG" "$RESULTS_DIR/latest.log" 2>/dev/null || true; fi
-    if [ "${KEEP_TMP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-    log "done in $((SECONDS - START_TS)) s (exit $rc)"
-    exit "$rc"
+    bench_finish "$rc" latest.log
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
@@ -114,15 +105,7 @@ if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt $((MAX_CONNS + 512)) ]; then
 fi
 
 # ---------------------------------------------------------------- 2. build
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    log "cargo build --release"
-    (cd "$ROOT_DIR" && timeout 1500 cargo build --release --quiet) || die "cargo build --release failed"
-fi
-[ -x "$COREKV_BIN" ] || die "no binary at $COREKV_BIN"
-# Run a private copy, so a rebuild during the suite cannot swap it.
-cp "$COREKV_BIN" "$WORK/corekv"
-log "server binary: $COREKV_BIN ($(stat -c '%y' "$COREKV_BIN" | cut -d. -f1), sha256 $(sha256sum "$COREKV_BIN" | cut -c1-12))"
-COREKV_BIN="$WORK/corekv"
+server_binary
 
 # ---------------------------------------------------------------- 3. keys
 P0=$BASE_PORT                      # primary of shard 0

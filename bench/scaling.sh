@@ -29,23 +29,14 @@ BASE_PORT="${BASE_PORT:-19080}"
 NSHARDS=3
 export DURATION THREADS
 
-RESULTS_DIR="${RESULTS_DIR:-$BENCH_DIR/results}"
-mkdir -p "$RESULTS_DIR"
-WORK="$(mktemp -d "${TMPDIR:-/var/tmp}/corekv-scaling.XXXXXX")"
-RAW_DIR="$WORK/raw"; mkdir -p "$RAW_DIR"
-INDEX="$WORK/index.tsv"; : >"$INDEX"
-RUN_LOG="$WORK/run.log"; : >"$RUN_LOG"
+bench_workdir scaling
 CASES_TSV="$WORK/cases.tsv"; : >"$CASES_TSV"
-START_TS=$SECONDS
 
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     corekv_stop || true
-    if [ -s "$RUN_LOG" ]; then cp "$RUN_LOG" "$RESULTS_DIR/scaling.log" 2>/dev/null || true; fi
-    if [ "${KEEP_TMP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-    log "done in $((SECONDS - START_TS)) s (exit $rc)"
-    exit "$rc"
+    bench_finish "$rc" scaling.log
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
@@ -53,12 +44,7 @@ trap 'log "interrupted"; exit 130' INT TERM
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then bash "$BENCH_DIR/install.sh"; fi
 command -v wrk >/dev/null || die "wrk not found (run bench/install.sh)"
 python3 "$BENCH_DIR/keys.py" selftest
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    log "cargo build --release"
-    (cd "$ROOT_DIR" && timeout 1500 cargo build --release --quiet) || die "cargo build --release failed"
-fi
-[ -x "$COREKV_BIN" ] || die "no binary at $COREKV_BIN"
-cp "$COREKV_BIN" "$WORK/corekv"; COREKV_BIN="$WORK/corekv"
+server_binary
 
 write_sharding_toml "$WORK/sharding.toml" $NSHARDS "$BASE_PORT"
 ALL_PORTS=$(seq "$BASE_PORT" $((BASE_PORT + 2 * NSHARDS - 1)))

@@ -6,8 +6,8 @@
 #   bash bench/soak.sh                 # 5 minutes
 #   SOAK_SECONDS=30 bash bench/soak.sh # quick check
 #
-# The load generator and checker is bench/soak/soakclient.rs (Rust, standard
-# library only, compiled here with `rustc -O`): SOAK_CONNS (256) keep-alive
+# The load generator and checker is bench/soak/soakclient.rs (a Cargo example
+# of corekv, built here with `cargo build --release --example soakclient`): SOAK_CONNS (256) keep-alive
 # connections spread over all 6 ports (3 primaries, 3 replicas), one thread
 # each. Connections on a primary each own a slice of the SOAK_KEYS written
 # keys and write them with increasing versions; every GET and SET answer is
@@ -44,11 +44,8 @@ RSS_GROWTH_MIN_MIB="${RSS_GROWTH_MIN_MIB:-16}"
 BASE_PORT="${BASE_PORT:-19180}"
 NSHARDS=3
 
-RESULTS_DIR="${RESULTS_DIR:-$BENCH_DIR/results}"
-mkdir -p "$RESULTS_DIR"
-WORK="$(mktemp -d "${TMPDIR:-/var/tmp}/corekv-soak.XXXXXX")"
+bench_workdir soak
 CLIENT_PID=""
-START_TS=$SECONDS
 
 cleanup() {
     local rc=$?
@@ -60,29 +57,21 @@ cleanup() {
         wait "$CLIENT_PID" 2>/dev/null || true
     fi
     corekv_stop || true
-    if [ "${KEEP_TMP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-    log "done in $((SECONDS - START_TS)) s (exit $rc)"
-    exit "$rc"
+    bench_finish "$rc"
 }
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
 command -v curl >/dev/null || die "curl not found"
 command -v python3 >/dev/null || die "python3 not found"
-command -v rustc >/dev/null || die "rustc not found (the Rust toolchain builds corekv and the soak client)"
+command -v cargo >/dev/null || die "cargo not found (the Rust toolchain builds corekv and the soak client)"
 
 # ---------------------------------------------------------------- build
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-    log "cargo build --release"
-    (cd "$ROOT_DIR" && timeout 1500 cargo build --release --quiet) || die "cargo build --release failed"
-fi
-[ -x "$COREKV_BIN" ] || die "no binary at $COREKV_BIN"
-cp "$COREKV_BIN" "$WORK/corekv"
-log "server binary: $COREKV_BIN ($(stat -c '%y' "$COREKV_BIN" | cut -d. -f1), sha256 $(sha256sum "$COREKV_BIN" | cut -c1-12))"
-COREKV_BIN="$WORK/corekv"
-log "rustc -O bench/soak/soakclient.rs"
-timeout 300 rustc -O --edition 2021 -o "$WORK/soakclient" "$BENCH_DIR/soak/soakclient.rs" \
-    || die "could not compile bench/soak/soakclient.rs"
+server_binary
+log "cargo build --release --example soakclient"
+(cd "$ROOT_DIR" && timeout 1500 cargo build --release --quiet --example soakclient) \
+    || die "could not build the soak client (cargo build --release --example soakclient)"
+cp "$ROOT_DIR/target/release/examples/soakclient" "$WORK/soakclient"
 
 # ---------------------------------------------------------------- server
 write_sharding_toml "$WORK/sharding.toml" $NSHARDS "$BASE_PORT"

@@ -2,7 +2,6 @@
 //!
 //! Pure: arguments in, [`Command`] out. No I/O.
 
-use crate::log::Level;
 use crate::node::Options;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,6 +27,8 @@ options:
                        (default: 1000000)
   --commit-batch N     most writes per group commit (default: 4096;
                        1 = one fsync per write, a benchmark baseline)
+  --commit-queue N     most writes waiting for a node's committer; more
+                       are answered 503 with Retry-After (default: 8192)
   --token TOKEN        shared secret required (as `Authorization: Bearer
                        TOKEN`) for writes and internal endpoints; also read
                        from the COREKV_TOKEN environment variable
@@ -120,6 +121,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                     .filter(|n| *n > 0)
                     .ok_or_else(|| "--commit-batch needs a number >= 1".to_string())?;
             }
+            "--commit-queue" => opts.commit_queue = number(&value("a number")?, &name)?,
             "--token" => {
                 let t = value("a token")?;
                 if t.is_empty() || t.contains(['\r', '\n']) {
@@ -128,7 +130,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                 opts.token = Some(t);
             }
             "--log-level" => {
-                opts.log_level = Level::parse(&value("a level")?)
+                opts.log_level = crate::log::parse_level(&value("a level")?)
                     .ok_or("--log-level must be error, warn, info or debug")?;
             }
             "--max-connections" => opts.conn.max_connections = number(&value("a number")?, &name)?,
@@ -221,6 +223,11 @@ mod tests {
         assert_eq!(o.clock_skew, Duration::ZERO);
         assert!(parse(args(&["--forward-timeout-ms", "400"])).is_err());
         assert!(parse(args(&["--forward-timeout-ms", "0"])).is_err());
+        let Ok(Command::Run(o)) = parse(args(&["--commit-queue", "3"])) else {
+            panic!("should parse");
+        };
+        assert_eq!(o.commit_queue, 3);
+        assert!(parse(args(&["--commit-queue", "0"])).is_err());
         assert!(parse(args(&["--config"])).is_err());
         assert_eq!(parse(args(&["-h"])), Ok(Command::Help));
     }

@@ -1,72 +1,68 @@
-//! Structured logging: one `logfmt` line per event on stderr
-//! (`ts=... level=info node=shard1/primary msg="..."`), filtered by a
-//! process-wide level set once at start-up (`--log-level`).
+//! Structured logging through the `log` facade: one `logfmt` line per
+//! event on stderr (`ts=... level=info node=shard1/primary msg="..."`),
+//! filtered by a process-wide level set once at start-up (`--log-level`).
 //!
-//! No dependencies besides std. Use the [`crate::log_at`] macro.
+//! [`install`] registers [`Logfmt`] as the `log` crate's logger, so the
+//! records of libraries (glommio logs its own warnings through `log`) are
+//! printed too, with their module as `node`. corekv's own events use the
+//! [`crate::log_at`] macro, a thin wrapper over `log::log!` whose target is
+//! the node's name. Depends on `log` and std only.
 
-use std::fmt;
+use std::fmt::Write as _;
 use std::io::Write as _;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Severity, most severe first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    Error = 0,
-    Warn = 1,
-    Info = 2,
-    Debug = 3,
-}
+/// Severity (the `log` crate's), most severe first.
+pub use ::log::Level;
 
-impl Level {
-    /// Parses `error`, `warn`, `info` or `debug`.
-    #[must_use]
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "error" => Some(Self::Error),
-            "warn" | "warning" => Some(Self::Warn),
-            "info" => Some(Self::Info),
-            "debug" => Some(Self::Debug),
-            _ => None,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Error => "error",
-            Self::Warn => "warn",
-            Self::Info => "info",
-            Self::Debug => "debug",
-        }
-    }
-}
-
-static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
-
-/// Sets the most verbose level that is printed.
-pub fn set_level(level: Level) {
-    LEVEL.store(level as u8, Ordering::Relaxed);
-}
-
+/// Parses `error`, `warn` (or `warning`), `info`, `debug` or `trace`.
 #[must_use]
-pub fn enabled(level: Level) -> bool {
-    level as u8 <= LEVEL.load(Ordering::Relaxed)
+pub fn parse_level(s: &str) -> Option<Level> {
+    match s.to_ascii_lowercase().as_str() {
+        "warning" => Some(Level::Warn),
+        other => other.parse().ok(),
+    }
 }
 
-/// Writes one event (use [`crate::log_at`]).
-pub fn write(level: Level, node: &str, msg: fmt::Arguments<'_>) {
-    if !enabled(level) {
-        return;
+/// The logger: writes each record as one logfmt line on stderr.
+pub struct Logfmt;
+
+static LOGGER: Logfmt = Logfmt;
+
+/// Makes [`Logfmt`] the process's logger (once; later calls only change the
+/// level) and prints events up to `level`.
+pub fn install(level: Level) {
+    let _ = ::log::set_logger(&LOGGER);
+    ::log::set_max_level(level.to_level_filter());
+}
+
+impl ::log::Log for Logfmt {
+    fn enabled(&self, metadata: &::log::Metadata<'_>) -> bool {
+        metadata.level() <= ::log::max_level()
     }
+
+    fn log(&self, record: &::log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let line = format_line(record.level(), record.target(), record.args());
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {
+        let _ = std::io::stderr().flush();
+    }
+}
+
+/// `ts=... level=... node=... msg="..."` with the message quoted.
+fn format_line(level: Level, node: &str, msg: &std::fmt::Arguments<'_>) -> String {
     let mut line = String::with_capacity(128);
-    let _ = fmt::write(
-        &mut line,
-        format_args!(
-            "ts={} level={} node={} msg=",
-            timestamp(),
-            level.name(),
-            node
-        ),
+    let _ = write!(
+        line,
+        "ts={} level={} node={} msg=",
+        timestamp(),
+        level.as_str().to_ascii_lowercase(),
+        node
     );
     let text = msg.to_string();
     line.push('"');
@@ -79,7 +75,7 @@ pub fn write(level: Level, node: &str, msg: fmt::Arguments<'_>) {
         }
     }
     line.push_str("\"\n");
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    line
 }
 
 /// RFC 3339 UTC time with milliseconds.
@@ -109,13 +105,12 @@ fn timestamp() -> String {
     )
 }
 
-/// `log_at!(Level::Info, node_name, "format {}", args)`.
+/// `log_at!(Level::Info, node_name, "format {}", args)`: a `log` record
+/// whose target is the node's name.
 #[macro_export]
 macro_rules! log_at {
     ($level:expr, $node:expr, $($arg:tt)+) => {
-        if $crate::log::enabled($level) {
-            $crate::log::write($level, $node, format_args!($($arg)+));
-        }
+        ::log::log!(target: $node, $level, $($arg)+)
     };
 }
 
@@ -125,8 +120,9 @@ mod tests {
 
     #[test]
     fn levels_parse_and_order() {
-        assert_eq!(Level::parse("WARN"), Some(Level::Warn));
-        assert_eq!(Level::parse("nope"), None);
+        assert_eq!(parse_level("WARN"), Some(Level::Warn));
+        assert_eq!(parse_level("warning"), Some(Level::Warn));
+        assert_eq!(parse_level("nope"), None);
         assert!(Level::Error < Level::Debug);
     }
 
@@ -135,5 +131,12 @@ mod tests {
         let t = timestamp();
         assert_eq!(t.len(), 24, "{t}");
         assert!(t.starts_with("20") && t.ends_with('Z'), "{t}");
+    }
+
+    #[test]
+    fn line_is_logfmt_with_quoted_message() {
+        let line = format_line(Level::Warn, "s1/primary", &format_args!("a \"b\"\nc"));
+        let rest = line.split_once(' ').map(|(_, r)| r).unwrap_or_default();
+        assert_eq!(rest, "level=warn node=s1/primary msg=\"a \\\"b\\\"\\nc\"\n");
     }
 }

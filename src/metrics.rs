@@ -184,6 +184,20 @@ pub fn render(nodes: &[(NodeInfo, std::sync::Arc<NodeStats>, std::sync::Arc<Metr
         "Writes committed by group commit.",
         &|s, _| s.committed_writes.load(r),
     );
+    gauge(
+        &mut out,
+        "corekv_seq_waiters",
+        "gauge",
+        "Live waits for the node's seq (replica long polls, min_seq reads).",
+        &|s, _| s.seq_waiters.load(r),
+    );
+    gauge(
+        &mut out,
+        "corekv_overloaded_writes_total",
+        "counter",
+        "Writes answered 503 because the node's commit queue was full.",
+        &|s, _| s.overloaded_writes.load(r),
+    );
     gauge(&mut out, "corekv_keys", "gauge", "Keys stored.", &|s, _| {
         s.keys.load(r)
     });

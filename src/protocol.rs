@@ -3,20 +3,24 @@
 //! (`/internal/kv`), replication pulls and scans when they travel over HTTP
 //! instead.
 //!
-//! Pure types and codecs; depends on `storage` (entry types) and
-//! `http::encode::Response`. Every type that crosses executors is `Send`.
+//! Pure types and codecs, plus [`ask`], the one way to send a mail (it
+//! never waits for room in a full mailbox: [`MailError::Full`]); depends on
+//! `storage` (entry types) and `http::encode::Response`. Every type that
+//! crosses executors is `Send`. Decoders only check framing; the limits on
+//! what a decoded message may carry are checked by `api` at the boundary.
 //!
 //! A forwarded write over HTTP carries its sender's deadline
 //! ([`ForwardedKv::deadline_ms`], unix milliseconds):
 //! [`encode_kv_with_deadline`] appends it to the [`encode_kv`] layout as an
-//! optional trailing field, so bodies without it (older senders, reads)
+//! optional trailing field (after the value and, for a `Cond::Http`
+//! condition, its tag sets), so bodies without it (older senders, reads)
 //! decode as before. An unknown trailing field is an error, never skipped:
 //! an owner must not apply a write whose constraints it does not
 //! understand. (An owner older than the field refuses a body with it: 400,
 //! nothing applied; upgrade owners before senders.)
 
 use crate::http::encode::Response;
-use crate::storage::{Cond, LogEntry, SnapshotPage, StorageError, Versioned, WriteOp};
+use crate::storage::{Cond, LogEntry, SnapshotPage, StorageError, Tags, Versioned, WriteOp};
 use std::time::Duration;
 
 /// A key-value operation addressed to the node that owns the key.
@@ -148,6 +152,7 @@ pub fn encode_kv_with_deadline(kv: &KvRequest, deadline_ms: Option<u64>) -> Vec<
         Cond::Absent => (1, 0),
         Cond::Present => (2, 0),
         Cond::Version(v) => (3, v),
+        Cond::Http { .. } => (4, 0),
     };
     out.push(cond);
     out.extend_from_slice(&version.to_le_bytes());
@@ -155,6 +160,14 @@ pub fn encode_kv_with_deadline(kv: &KvRequest, deadline_ms: Option<u64>) -> Vec<
     out.extend_from_slice(&kv.wait_ms.to_le_bytes());
     put_bytes(&mut out, &kv.key);
     put_bytes(&mut out, value);
+    if let Cond::Http {
+        if_match,
+        if_none_match,
+    } = &kv.cond
+    {
+        put_tags(&mut out, if_match.as_ref());
+        put_tags(&mut out, if_none_match.as_ref());
+    }
     if let Some(deadline) = deadline_ms {
         out.push(FIELD_DEADLINE);
         out.extend_from_slice(&deadline.to_le_bytes());
@@ -166,8 +179,48 @@ pub fn encode_kv_with_deadline(kv: &KvRequest, deadline_ms: Option<u64>) -> Vec<
 /// unix milliseconds).
 const FIELD_DEADLINE: u8 = 1;
 
+/// An optional tag set: 0 = none, 1 = `*`, 2 = a u32 count and u64 versions.
+fn put_tags(out: &mut Vec<u8>, tags: Option<&Tags>) {
+    match tags {
+        None => out.push(0),
+        Some(Tags::Any) => out.push(1),
+        Some(Tags::Versions(vs)) => {
+            out.push(2);
+            out.extend_from_slice(&u32::try_from(vs.len()).unwrap_or(u32::MAX).to_le_bytes());
+            for v in vs {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+}
+
+fn take_tags(r: &mut Reader<'_>) -> Result<Option<Tags>, StorageError> {
+    match r.take(1)?[0] {
+        0 => Ok(None),
+        1 => Ok(Some(Tags::Any)),
+        2 => {
+            let n: [u8; 4] = r
+                .take(4)?
+                .try_into()
+                .map_err(|_| StorageError::Corrupt("forwarded request"))?;
+            let n = u32::from_le_bytes(n) as usize;
+            // Every version takes 8 bytes: a count beyond the message is corrupt.
+            if n > r.0.len() / 8 {
+                return Err(StorageError::Corrupt("forwarded request"));
+            }
+            (0..n)
+                .map(|_| r.u64())
+                .collect::<Result<Vec<_>, _>>()
+                .map(|vs| Some(Tags::Versions(vs)))
+        }
+        _ => Err(StorageError::Corrupt("forwarded request")),
+    }
+}
+
 /// Decodes a request encoded by [`encode_kv`] or
-/// [`encode_kv_with_deadline`].
+/// [`encode_kv_with_deadline`]: the fixed head, key and value, then the
+/// tag sets when the condition is `Cond::Http` (cond code 4), then the
+/// optional trailing fields.
 ///
 /// # Errors
 /// Truncated or unknown messages, unknown or repeated trailing fields.
@@ -186,6 +239,10 @@ pub fn decode_kv(bytes: &[u8]) -> Result<ForwardedKv, StorageError> {
         1 => Cond::Absent,
         2 => Cond::Present,
         3 => Cond::Version(version),
+        4 => Cond::Http {
+            if_match: None,
+            if_none_match: None,
+        },
         _ => return Err(bad()),
     };
     let min_seq = r.u64()?;
@@ -197,6 +254,13 @@ pub fn decode_kv(bytes: &[u8]) -> Result<ForwardedKv, StorageError> {
         1 => KvOp::Set(value.to_vec()),
         2 => KvOp::Delete,
         _ => return Err(bad()),
+    };
+    let cond = match cond {
+        Cond::Http { .. } => Cond::Http {
+            if_match: take_tags(&mut r)?,
+            if_none_match: take_tags(&mut r)?,
+        },
+        other => other,
     };
     let mut deadline_ms = None;
     while !r.0.is_empty() {
@@ -300,30 +364,48 @@ pub fn decode_scan(bytes: &[u8]) -> Result<Scan, StorageError> {
     })
 }
 
-/// The executor behind a mailbox stopped before it answered.
+/// Mail an executor's mailbox holds (created in `node`). An executor
+/// serves its mailbox by spawning a task per mail, so the queue only fills
+/// when the executor cannot keep up at all (or is stopped); a few thousand
+/// covers every burst the connection caps allow in practice, while each
+/// queued mail (a forwarded write carries its value) stays in memory. A
+/// sender that finds the mailbox full gets [`MailError::Full`] at once
+/// (answered 503 with `Retry-After`) and never waits.
+pub const MAILBOX_CAPACITY: usize = 4096;
+
+/// Longest node name accepted from the network (`Pull::replica`) unless it
+/// names a configured node.
+pub const MAX_NODE_NAME: usize = 256;
+
+/// Why a mail got no answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MailboxClosed {
-    /// The mail was not delivered: the receiver never saw it.
-    NotDelivered,
-    /// The mail was delivered but no answer came: it may have been acted on.
+pub enum MailError {
+    /// The receiving executor's mailbox is full; nothing was sent.
+    Full,
+    /// The mail was not delivered: the executor behind the mailbox is gone
+    /// and never saw it.
+    Closed,
+    /// The mail was delivered but the executor stopped before it answered:
+    /// it may have been acted on.
     NoAnswer,
 }
 
 /// Sends the mail built by `make` (around a fresh reply channel) to
-/// `mailbox` and waits for the answer.
+/// `mailbox` and waits for the answer. Never waits for room: a full
+/// mailbox fails at once.
 ///
 /// # Errors
-/// The receiving executor is gone.
+/// The mailbox is full, or the receiving executor is gone.
 pub async fn ask<T>(
     mailbox: &flume::Sender<Mail>,
     make: impl FnOnce(flume::Sender<T>) -> Mail,
-) -> Result<T, MailboxClosed> {
+) -> Result<T, MailError> {
     let (tx, rx) = flume::bounded(1);
-    mailbox
-        .send_async(make(tx))
-        .await
-        .map_err(|_| MailboxClosed::NotDelivered)?;
-    rx.recv_async().await.map_err(|_| MailboxClosed::NoAnswer)
+    mailbox.try_send(make(tx)).map_err(|e| match e {
+        flume::TrySendError::Full(_) => MailError::Full,
+        flume::TrySendError::Disconnected(_) => MailError::Closed,
+    })?;
+    rx.recv_async().await.map_err(|_| MailError::NoAnswer)
 }
 
 const TAG_ENTRIES: u8 = 1;
@@ -454,6 +536,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ask_fails_at_once_on_a_full_or_closed_mailbox() {
+        let (tx, rx) = flume::bounded::<Mail>(1);
+        let scan = || Scan {
+            prefix: Vec::new(),
+            after: None,
+            limit: 1,
+        };
+        // Fill the mailbox; the first mail stays unanswered in it.
+        let (first, _first_rx) = flume::bounded(1);
+        tx.try_send(Mail::Scan(scan(), first))
+            .expect("room for one");
+        let full = futures_lite::future::block_on(ask(&tx, |r| Mail::Scan(scan(), r)));
+        assert_eq!(full.err(), Some(MailError::Full));
+        drop(rx);
+        let closed = futures_lite::future::block_on(ask(&tx, |r| Mail::Scan(scan(), r)));
+        assert_eq!(closed.err(), Some(MailError::Closed));
+    }
+
+    #[test]
     fn requests_roundtrip() {
         let kvs = [
             KvRequest {
@@ -478,6 +579,28 @@ mod tests {
                 min_seq: 0,
                 wait_ms: 0,
                 cond: Cond::Absent,
+                style: Style::Rest,
+            },
+            KvRequest {
+                op: KvOp::Get,
+                key: b"h".to_vec(),
+                min_seq: 0,
+                wait_ms: 0,
+                cond: Cond::Http {
+                    if_match: Some(Tags::Versions(vec![1, 7, u64::MAX])),
+                    if_none_match: Some(Tags::Any),
+                },
+                style: Style::Rest,
+            },
+            KvRequest {
+                op: KvOp::Delete,
+                key: b"h".to_vec(),
+                min_seq: 0,
+                wait_ms: 0,
+                cond: Cond::Http {
+                    if_match: None,
+                    if_none_match: Some(Tags::Versions(Vec::new())),
+                },
                 style: Style::Rest,
             },
         ];
@@ -514,6 +637,49 @@ mod tests {
         let mut twice = new.clone();
         twice.extend_from_slice(&new[old.len()..]);
         assert!(decode_kv(&twice).is_err());
+        // A deadline with an RFC 9110 condition: value, then the two tag
+        // sets (cond code 4), then the deadline field; the tags are read
+        // before the trailing fields, so neither is taken for the other.
+        let http = KvRequest {
+            op: KvOp::Set(b"v".to_vec()),
+            key: b"k".to_vec(),
+            min_seq: 3,
+            wait_ms: 0,
+            cond: Cond::Http {
+                if_match: Some(Tags::Versions(vec![1, u64::from(FIELD_DEADLINE), 9])),
+                if_none_match: Some(Tags::Any),
+            },
+            style: Style::Rest,
+        };
+        let plain = encode_kv(&http);
+        let tags = 1 + 4 + 3 * 8 + 1;
+        assert_eq!(plain.len(), old.len() + tags, "tags follow the value");
+        assert_eq!(plain[2], 4, "cond code 4");
+        let with = encode_kv_with_deadline(&http, Some(1_764_000_000_123));
+        assert_eq!(
+            &with[..plain.len()],
+            &plain[..],
+            "the deadline follows the tags"
+        );
+        assert_eq!(with[plain.len()], FIELD_DEADLINE);
+        assert_eq!(with.len(), plain.len() + 1 + 8);
+        assert_eq!(
+            decode_kv(&with).expect("decode"),
+            ForwardedKv {
+                kv: http.clone(),
+                deadline_ms: Some(1_764_000_000_123),
+            }
+        );
+        assert_eq!(
+            decode_kv(&plain).expect("decode"),
+            ForwardedKv {
+                kv: http,
+                deadline_ms: None,
+            }
+        );
+        for cut in (1..=8).chain(10..=10 + tags) {
+            assert!(decode_kv(&with[..with.len() - cut]).is_err(), "cut {cut}");
+        }
         for pull in [
             Pull {
                 replica: "s/replica".into(),

@@ -9,20 +9,25 @@
 //! another host (`GET /internal/pull`, body in `protocol`'s encoding).
 //! Invariants: a replica applies entries strictly in seq order and stores
 //! its applied seq in the same transaction as the data; the primary trims
-//! only entries every known replica has applied, or beyond the retention
-//! bound.
+//! only entries every configured replica has applied, or beyond the
+//! retention bound. Nothing a puller sends can grow the primary's state:
+//! progress is kept only for configured replicas, and a [`SeqWatch`] holds
+//! only the waits that are still live (timed-out or dropped waits are
+//! removed at once).
 
 use crate::http::client::{Client, Resend, node_request};
 use crate::log::Level;
 use crate::log_at;
-use crate::protocol::{Mail, Pull, PullKind, PullReply, ask, decode_reply, encode_pull};
-use crate::shard::Shard;
+use crate::protocol::{Mail, MailError, Pull, PullKind, PullReply, ask, decode_reply, encode_pull};
+use crate::shard::{NodeStats, Shard};
 use crate::storage::LogRead;
 use futures_lite::future;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// Entries per pull reply, at most.
@@ -33,22 +38,56 @@ const PULL_MAX_BYTES: usize = 4 * 1024 * 1024;
 const SNAPSHOT_PAGE: usize = 10_000;
 /// How long a primary holds a log pull open when there is nothing new.
 pub const LONG_POLL: Duration = Duration::from_secs(2);
+/// Longest hold a pull may ask for.
+pub const MAX_PULL_WAIT: Duration = Duration::from_secs(30);
 
 pub use crate::shard::ReplicaState;
 
+/// Longest wait [`SeqWatch::wait_for`] accepts; longer timeouts are cut
+/// to it (an `Instant` plus a huge `Duration` would overflow).
+const MAX_SEQ_WAIT: Duration = Duration::from_secs(3600);
+
 /// A node's durable seq (committed on a primary, applied on a replica)
 /// as seen by its own executor, with waiters for it to reach a target.
+///
+/// Every waiter is an entry of `waiters` only while its `wait_for` future
+/// is alive: it is removed when the target is reached, when the wait
+/// times out and when the future is dropped (a client that went away).
+/// The map therefore never holds more entries than there are live waits,
+/// however many long polls and `min_seq` reads time out on an idle node.
+/// Their number is published as `NodeStats::seq_waiters`.
 pub struct SeqWatch {
     seq: Cell<u64>,
-    waiters: RefCell<Vec<flume::Sender<()>>>,
+    next_id: Cell<u64>,
+    /// Live waits: id → (target seq, waker).
+    waiters: RefCell<HashMap<u64, (u64, Waker)>>,
+    stats: Arc<NodeStats>,
+}
+
+/// Removes a wait's entry when its `wait_for` future ends or is dropped.
+struct Deregister<'a> {
+    watch: &'a SeqWatch,
+    id: u64,
+}
+
+impl Drop for Deregister<'_> {
+    fn drop(&mut self) {
+        let mut waiters = self.watch.waiters.borrow_mut();
+        waiters.remove(&self.id);
+        self.watch.publish(waiters.len());
+    }
 }
 
 impl SeqWatch {
+    /// A watch starting at `seq` that publishes its number of waiters in
+    /// `stats.seq_waiters`.
     #[must_use]
-    pub fn new(seq: u64) -> Self {
+    pub fn new(seq: u64, stats: Arc<NodeStats>) -> Self {
         Self {
             seq: Cell::new(seq),
-            waiters: RefCell::new(Vec::new()),
+            next_id: Cell::new(0),
+            waiters: RefCell::new(HashMap::new()),
+            stats,
         }
     }
 
@@ -57,12 +96,38 @@ impl SeqWatch {
         self.seq.get()
     }
 
-    /// Records that everything up to `seq` is durable and wakes waiters.
+    /// Live waits right now.
+    #[must_use]
+    pub fn waiters(&self) -> usize {
+        self.waiters.borrow().len()
+    }
+
+    fn publish(&self, waiters: usize) {
+        self.stats
+            .seq_waiters
+            .store(waiters as u64, Ordering::Relaxed);
+    }
+
+    /// Records that everything up to `seq` is durable and wakes the
+    /// waiters whose target it reaches (and forgets them).
     pub fn advance(&self, seq: u64) {
         if seq > self.seq.get() {
             self.seq.set(seq);
-            for w in self.waiters.borrow_mut().drain(..) {
-                let _ = w.try_send(());
+            let mut woken = Vec::new();
+            {
+                let mut waiters = self.waiters.borrow_mut();
+                waiters.retain(|_, (target, waker)| {
+                    if *target <= seq {
+                        woken.push(waker.clone());
+                        false
+                    } else {
+                        true
+                    }
+                });
+                self.publish(waiters.len());
+            }
+            for w in woken {
+                w.wake();
             }
         }
     }
@@ -70,23 +135,26 @@ impl SeqWatch {
     /// Waits until the seq is at least `target` or `timeout` passes;
     /// returns whether the target was reached.
     pub async fn wait_for(&self, target: u64, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        while self.seq.get() < target {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            let (tx, rx) = flume::bounded(1);
-            self.waiters.borrow_mut().push(tx);
-            future::or(
-                async {
-                    let _ = rx.recv_async().await;
-                },
-                glommio::timer::sleep(left),
-            )
-            .await;
+        if self.seq.get() >= target {
+            return true;
         }
-        true
+        let id = self.next_id.get();
+        self.next_id.set(id.wrapping_add(1));
+        let _entry = Deregister { watch: self, id };
+        let reached = std::future::poll_fn(|cx| {
+            if self.seq.get() >= target {
+                return Poll::Ready(true);
+            }
+            let mut waiters = self.waiters.borrow_mut();
+            waiters.insert(id, (target, cx.waker().clone()));
+            self.publish(waiters.len());
+            Poll::Pending
+        });
+        future::or(reached, async {
+            glommio::timer::sleep(timeout.min(MAX_SEQ_WAIT)).await;
+            self.seq.get() >= target
+        })
+        .await
     }
 }
 
@@ -107,9 +175,10 @@ impl PrimaryLog {
     #[must_use]
     pub fn new(shard: Rc<Shard>, replicas: Vec<String>, retain: u64) -> Self {
         let committed = shard.stats.seq.load(Ordering::Acquire);
+        let committed = Rc::new(SeqWatch::new(committed, shard.stats.clone()));
         Self {
             shard,
-            committed: Rc::new(SeqWatch::new(committed)),
+            committed,
             progress: RefCell::new(HashMap::new()),
             replicas,
             retain,
@@ -126,9 +195,17 @@ impl PrimaryLog {
     pub async fn serve(&self, pull: Pull) -> PullReply {
         match pull.kind {
             PullKind::Log { after } => {
-                self.progress.borrow_mut().insert(pull.replica, after);
-                let wait = pull.wait.min(Duration::from_secs(30));
-                self.committed.wait_for(after + 1, wait).await;
+                let Some(next) = after.checked_add(1) else {
+                    return PullReply::Failed(format!("no entry can follow seq {after}"));
+                };
+                // Only configured replicas are tracked (they decide the
+                // trim point); anyone else is answered and forgotten, so
+                // the map cannot grow past the configured replicas.
+                if self.is_replica(&pull.replica) {
+                    self.progress.borrow_mut().insert(pull.replica, after);
+                }
+                let wait = pull.wait.min(MAX_PULL_WAIT);
+                self.committed.wait_for(next, wait).await;
                 let read = self
                     .shard
                     .store()
@@ -162,6 +239,12 @@ impl PrimaryLog {
                 }
             }
         }
+    }
+
+    /// True when `name` is one of this shard's configured replicas.
+    #[must_use]
+    pub fn is_replica(&self, name: &str) -> bool {
+        self.replicas.iter().any(|r| r == name)
     }
 
     /// The seq up to which the log may be trimmed now.
@@ -211,9 +294,16 @@ pub enum Upstream {
 impl Upstream {
     async fn pull(&self, pull: Pull) -> Result<PullReply, String> {
         match self {
-            Self::Local(mailbox) => ask(mailbox, |tx| Mail::Pull(pull, tx))
-                .await
-                .map_err(|_| "primary executor stopped".to_string()),
+            Self::Local(mailbox) => {
+                ask(mailbox, |tx| Mail::Pull(pull, tx))
+                    .await
+                    .map_err(|e| match e {
+                        MailError::Full => "primary's mailbox is full (overloaded)".to_string(),
+                        MailError::Closed | MailError::NoAnswer => {
+                            "primary executor stopped".to_string()
+                        }
+                    })
+            }
             Self::Remote {
                 client,
                 addr,

@@ -19,9 +19,9 @@
 //! it ([`ForwardError::is_unsent`]); `api` turns that into a status that
 //! tells a client whether its write may have been applied.
 
-use crate::http::client::{Client, ClientError, ClientResponse, Resend, node_request};
+use crate::http::client::{Client, ClientError, ClientResponse, PeerState, Resend, node_request};
 use crate::http::encode::Response;
-use crate::protocol::{KvRequest, Mail, MailboxClosed, Scan, ask};
+use crate::protocol::{KvRequest, MAILBOX_CAPACITY, Mail, MailError, Scan, ask};
 use crate::shard::{NodeStats, Reader};
 use crate::storage::{SnapshotPage, Store};
 use crate::topology::{NodeInfo, Topology};
@@ -80,6 +80,9 @@ pub enum ForwardError {
     /// The owner executor in this process took the request and stopped
     /// before answering.
     PeerNoAnswer,
+    /// The owner executor's mailbox is full (it is overloaded); nothing
+    /// was sent.
+    PeerBusy,
     /// The remote owner did not answer.
     Remote(ClientError),
 }
@@ -89,18 +92,19 @@ impl ForwardError {
     #[must_use]
     pub fn is_unsent(&self) -> bool {
         match self {
-            Self::PeerStopped => true,
+            Self::PeerStopped | Self::PeerBusy => true,
             Self::PeerNoAnswer => false,
             Self::Remote(e) => e.is_unsent(),
         }
     }
 }
 
-impl From<MailboxClosed> for ForwardError {
-    fn from(e: MailboxClosed) -> Self {
+impl From<MailError> for ForwardError {
+    fn from(e: MailError) -> Self {
         match e {
-            MailboxClosed::NotDelivered => Self::PeerStopped,
-            MailboxClosed::NoAnswer => Self::PeerNoAnswer,
+            MailError::Full => Self::PeerBusy,
+            MailError::Closed => Self::PeerStopped,
+            MailError::NoAnswer => Self::PeerNoAnswer,
         }
     }
 }
@@ -110,6 +114,10 @@ impl fmt::Display for ForwardError {
         match self {
             Self::PeerStopped => write!(f, "owner executor is not running"),
             Self::PeerNoAnswer => write!(f, "owner executor stopped before it answered"),
+            Self::PeerBusy => write!(
+                f,
+                "owner is overloaded: its mailbox is full ({MAILBOX_CAPACITY} requests waiting)"
+            ),
             Self::Remote(e) => e.fmt(f),
         }
     }
@@ -168,6 +176,25 @@ impl Router {
         &self.topo
     }
 
+    /// Every node on another host, with what this process last learned
+    /// about reaching it (see `http::client::Reachability`).
+    #[must_use]
+    pub fn peers(&self) -> Vec<(&NodeInfo, PeerState, String)> {
+        self.topo
+            .nodes
+            .iter()
+            .filter(|n| !n.local)
+            .map(|n| {
+                let (state, detail) = self
+                    .client
+                    .reachability()
+                    .and_then(|r| r.get(&n.address))
+                    .unwrap_or((PeerState::Unknown, String::new()));
+                (n, state, detail)
+            })
+            .collect()
+    }
+
     /// The route to `node`.
     #[must_use]
     pub fn route_to(&self, node: &NodeInfo) -> Route {
@@ -194,7 +221,7 @@ impl Router {
     /// Sends `req` to an executor of this process and waits for its answer.
     ///
     /// # Errors
-    /// The peer executor is gone.
+    /// The peer executor is gone or its mailbox is full.
     pub async fn to_peer(
         &self,
         peer: &flume::Sender<Mail>,
@@ -206,7 +233,7 @@ impl Router {
     /// Asks an executor of this process for a page of a prefix scan.
     ///
     /// # Errors
-    /// The peer executor is gone.
+    /// The peer executor is gone or its mailbox is full.
     pub async fn scan_peer(
         &self,
         peer: &flume::Sender<Mail>,

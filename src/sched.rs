@@ -112,7 +112,11 @@ mod tests {
 
     #[test]
     fn waiters_resume_after_the_next_poll_not_before() {
+        // A long preempt timer: with glommio's 100 ms, a test thread
+        // descheduled for that long during the yields below would let the
+        // executor poll (and the waiters finish) early.
         LocalExecutorBuilder::default()
+            .preempt_timer(Duration::from_secs(10))
             .make()
             .expect("executor")
             .run(async {

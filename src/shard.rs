@@ -23,6 +23,16 @@ use std::time::{Duration, SystemTime};
 /// Most writes committed in one transaction, by default.
 pub const DEFAULT_MAX_BATCH: usize = 4096;
 
+/// Jobs a node's commit queue holds, by default (`--commit-queue`): twice
+/// the largest batch. The committer takes at most one batch per
+/// transaction, so a full queue is one batch committing plus one batch
+/// gathering; a write queued behind more than that would wait several
+/// fsyncs for nothing but latency, and every queued write holds its value
+/// in memory. A client write finding the queue full is refused at once
+/// ([`ShardError::Overloaded`], answered 503 with `Retry-After`) instead of
+/// queueing without bound.
+pub const DEFAULT_COMMIT_QUEUE: usize = 2 * DEFAULT_MAX_BATCH;
+
 /// Counters a node publishes for `/status` (read by any executor).
 #[derive(Debug, Default)]
 pub struct NodeStats {
@@ -35,6 +45,11 @@ pub struct NodeStats {
     pub committed_writes: AtomicU64,
     /// Replica state, see `replication::ReplicaState`.
     pub state: AtomicU64,
+    /// Live waits for this node's seq (replica long polls on a primary,
+    /// `min_seq` reads), see `replication::SeqWatch`.
+    pub seq_waiters: AtomicU64,
+    /// Client writes refused because the commit queue was full.
+    pub overloaded_writes: AtomicU64,
     /// Commit batch sizes: counts of batches with size <= 1, 2, 4, ... 4096, more.
     pub batch_sizes: [AtomicU64; BATCH_BUCKETS],
 }
@@ -99,6 +114,10 @@ pub enum ShardError {
     DeadlinePassed {
         late: Duration,
     },
+    /// The commit queue is full (`capacity` jobs); the write was not queued.
+    Overloaded {
+        capacity: usize,
+    },
 }
 
 impl fmt::Display for ShardError {
@@ -108,6 +127,9 @@ impl fmt::Display for ShardError {
             Self::Stopped => write!(f, "storage is shutting down"),
             Self::DeadlinePassed { late } => {
                 write!(f, "deadline passed {} ms ago", late.as_millis())
+            }
+            Self::Overloaded { capacity } => {
+                write!(f, "commit queue full ({capacity} writes waiting for disk)")
             }
         }
     }
@@ -198,7 +220,9 @@ impl Reader {
 /// Handle to a node's storage; `Send`, created before the executor starts.
 pub struct Shard {
     store: Arc<Store>,
+    /// The committer's queue, bounded (see [`DEFAULT_COMMIT_QUEUE`]).
     jobs: flume::Sender<Job>,
+    queue: usize,
     pub stats: Arc<NodeStats>,
     /// This executor's reads of its own store.
     reader: Reader,
@@ -206,16 +230,23 @@ pub struct Shard {
 
 impl Shard {
     /// Starts the committer thread for `store`, committing at most
-    /// `max_batch` writes per transaction (1 = one fsync per write).
+    /// `max_batch` writes per transaction (1 = one fsync per write), with
+    /// a queue of at most `queue` jobs (see [`DEFAULT_COMMIT_QUEUE`]).
     ///
     /// # Errors
     /// The store cannot be read or the thread cannot be spawned.
-    pub fn start(store: Store, name: &str, max_batch: usize) -> Result<Self, StartError> {
+    pub fn start(
+        store: Store,
+        name: &str,
+        max_batch: usize,
+        queue: usize,
+    ) -> Result<Self, StartError> {
         let stats = Arc::new(NodeStats::default());
         stats.seq.store(store.seq()?, Ordering::Relaxed);
         stats.keys.store(store.key_count()?, Ordering::Relaxed);
         let store = Arc::new(store);
-        let (tx, rx) = flume::unbounded();
+        let queue = queue.max(1);
+        let (tx, rx) = flume::bounded(queue);
         let (s, st) = (store.clone(), stats.clone());
         std::thread::Builder::new()
             .name(format!("commit {name}"))
@@ -225,6 +256,7 @@ impl Shard {
             reader: Reader::new(store.clone(), stats.clone()),
             store,
             jobs: tx,
+            queue,
             stats,
         })
     }
@@ -246,9 +278,33 @@ impl Shard {
         &self.reader
     }
 
-    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Job) -> Result<T, ShardError> {
+    /// Queues a job and awaits its answer. A client write (`refuse_when_full`)
+    /// is refused at once when the queue is full; the node's own jobs
+    /// (replication, trimming) wait for room asynchronously: they come one
+    /// at a time per node and must not be lost. Neither blocks the executor.
+    async fn call<T>(
+        &self,
+        refuse_when_full: bool,
+        make: impl FnOnce(Reply<T>) -> Job,
+    ) -> Result<T, ShardError> {
         let (tx, rx) = flume::bounded(1);
-        self.jobs.send(make(tx)).map_err(|_| ShardError::Stopped)?;
+        let job = make(tx);
+        if refuse_when_full {
+            self.jobs.try_send(job).map_err(|e| match e {
+                flume::TrySendError::Full(_) => {
+                    self.stats.overloaded_writes.fetch_add(1, Ordering::Relaxed);
+                    ShardError::Overloaded {
+                        capacity: self.queue,
+                    }
+                }
+                flume::TrySendError::Disconnected(_) => ShardError::Stopped,
+            })?;
+        } else {
+            self.jobs
+                .send_async(job)
+                .await
+                .map_err(|_| ShardError::Stopped)?;
+        }
         let answer = rx.recv_async().await.map_err(|_| ShardError::Stopped)?;
         // Every job commits; see `Reader::forget`.
         self.reader.forget();
@@ -262,13 +318,14 @@ impl Shard {
     ///
     /// # Errors
     /// Storage failure of the batch this write was part of;
-    /// [`ShardError::DeadlinePassed`] when `apply_by` had passed.
+    /// [`ShardError::DeadlinePassed`] when `apply_by` had passed;
+    /// [`ShardError::Overloaded`] when the commit queue is full.
     pub async fn write(
         &self,
         write: Write,
         apply_by: Option<SystemTime>,
     ) -> Result<Outcome, ShardError> {
-        self.call(|r| Job::Write(write, apply_by, r)).await
+        self.call(true, |r| Job::Write(write, apply_by, r)).await
     }
 
     /// Replica: applies log entries in one transaction; returns applied seq.
@@ -276,7 +333,7 @@ impl Shard {
     /// # Errors
     /// Storage failure or a gap in the entries.
     pub async fn apply(&self, entries: Vec<LogEntry>) -> Result<u64, ShardError> {
-        self.call(|r| Job::Apply(entries, r)).await
+        self.call(false, |r| Job::Apply(entries, r)).await
     }
 
     /// Primary: removes log entries up to `upto` (a bounded amount per call).
@@ -284,7 +341,7 @@ impl Shard {
     /// # Errors
     /// Storage failures.
     pub async fn trim(&self, upto: u64) -> Result<usize, ShardError> {
-        self.call(|r| Job::Trim(upto, r)).await
+        self.call(false, |r| Job::Trim(upto, r)).await
     }
 
     /// Replica re-seed steps; see `Store::reseed_*`.
@@ -292,19 +349,19 @@ impl Shard {
     /// # Errors
     /// Storage failures.
     pub async fn reseed_begin(&self) -> Result<(), ShardError> {
-        self.call(Job::ReseedBegin).await
+        self.call(false, Job::ReseedBegin).await
     }
 
     /// # Errors
     /// Storage failures.
     pub async fn reseed_chunk(&self, pairs: Vec<(Vec<u8>, Versioned)>) -> Result<(), ShardError> {
-        self.call(|r| Job::ReseedChunk(pairs, r)).await
+        self.call(false, |r| Job::ReseedChunk(pairs, r)).await
     }
 
     /// # Errors
     /// Storage failures.
     pub async fn reseed_finish(&self, seq: u64) -> Result<(), ShardError> {
-        self.call(|r| Job::ReseedFinish(seq, r)).await
+        self.call(false, |r| Job::ReseedFinish(seq, r)).await
     }
 }
 
@@ -496,7 +553,7 @@ mod tests {
     fn writes_past_their_apply_by_time_are_not_applied() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("s.redb"), false).expect("open");
-        let shard = Shard::start(store, "test", 16).expect("start");
+        let shard = Shard::start(store, "test", 16, DEFAULT_COMMIT_QUEUE).expect("start");
         let set = |v: &str| Write {
             op: WriteOp::Set {
                 key: b"k".to_vec(),

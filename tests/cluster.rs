@@ -109,8 +109,15 @@ fn every_node_routes_every_shard() {
                 let r = get(writer.addr, &set_target(key, value.as_bytes()));
                 let ctx = format!("set {:?} at {}", String::from_utf8_lossy(key), writer.name);
                 if !writer.primary {
-                    // Replicas refuse writes, naming the key's primary.
+                    // Replicas refuse writes, naming the key's primary, and
+                    // say who answered like every other response.
                     assert_eq!(r.status, 403, "{ctx}: {r}");
+                    assert_eq!(
+                        r.header("X-Served-By"),
+                        Some(writer.name.as_str()),
+                        "{ctx}: {r}"
+                    );
+                    assert!(r.header("X-Shard").is_some(), "{ctx}: X-Shard: {r}");
                     let primary = c.shards[shard].primary.to_string();
                     assert!(
                         r.text().contains(&primary),

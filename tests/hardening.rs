@@ -448,7 +448,10 @@ fn request_size_limits_answer_431_and_413() {
         "8 header fields are within --max-headers: {r}"
     );
     let r = expect_refused(addr, &with_headers(9), 431, "9 header fields");
-    assert!(r.text().contains("header"), "431 message: {r}");
+    assert!(
+        r.text().contains("header") && r.text().contains("--max-headers"),
+        "431 message names the limit's option: {r}"
+    );
     expect_refused(addr, &with_headers(60), 431, "60 header fields");
 
     // Body: 1024 bytes pass, 1025 are refused (form body and REST body).
@@ -467,7 +470,10 @@ fn request_size_limits_answer_431_and_413() {
     let r = conn.read_response().expect("1024-byte body");
     assert_eq!(r.status, 200, "a 1024-byte body is within --max-body: {r}");
     let r = expect_refused(addr, &form(1025), 413, "1025-byte form body");
-    assert!(r.text().contains("body"), "413 message: {r}");
+    assert!(
+        r.text().contains("body") && r.text().contains("1024") && r.text().contains("--max-body"),
+        "413 message names the limit and its option: {r}"
+    );
     expect_refused(
         addr,
         &request_bytes("PUT", "/v1/kv/big", &[], &[b'x'; 1025]),
@@ -1550,14 +1556,25 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
             "{k} after restart: {r}"
         );
     }
-    // SIGINT drains the same way.
-    s.signal(libc::SIGINT);
-    let st = s.wait_exit(Duration::from_secs(5));
-    assert!(
-        st.is_some_and(|st| st.success()),
-        "exit after SIGINT: {st:?}\n{}",
-        s.logs()
-    );
+    // SIGINT drains the same way, and so does SIGHUP (the terminal of
+    // `scripts/launch.sh` closed; its default action would kill the
+    // process), each on a fresh launch.
+    for (i, (sig, name)) in [(libc::SIGINT, "SIGINT"), (libc::SIGHUP, "SIGHUP")]
+        .into_iter()
+        .enumerate()
+    {
+        if i > 0 {
+            s.move_to_new_ports();
+            s.launch();
+        }
+        s.signal(sig);
+        let st = s.wait_exit(Duration::from_secs(5));
+        assert!(
+            st.is_some_and(|st| st.success()),
+            "exit after {name}: {st:?}\n{}",
+            s.logs()
+        );
+    }
 }
 
 #[test]

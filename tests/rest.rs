@@ -235,8 +235,10 @@ fn rest_story(c: &Cluster, via: SocketAddr, key: &[u8]) {
     );
 
     // Bad conditions and methods.
+    // A weak tag never matches under If-Match's strong comparison (RFC
+    // 9110 §13.1.1): 412, not 400.
     let r = req(via, "PUT", &path, &[("If-Match", "W/\"1\"")], b"x");
-    assert_eq!(r.status, 400, "{ctx}: weak ETag: {r}");
+    assert_eq!(r.status, 412, "{ctx}: weak ETag: {r}");
     let r = req(
         via,
         "PUT",
@@ -244,7 +246,9 @@ fn rest_story(c: &Cluster, via: SocketAddr, key: &[u8]) {
         &[("If-Match", "*"), ("If-None-Match", "*")],
         b"x",
     );
-    assert_eq!(r.status, 400, "{ctx}: If-Match with If-None-Match: {r}");
+    // Both are evaluated (RFC 9110 §13.2.2): the key exists, so
+    // `If-None-Match: *` fails.
+    assert_eq!(r.status, 412, "{ctx}: If-Match with If-None-Match: {r}");
     for method in ["POST", "PATCH", "OPTIONS"] {
         let r = req(via, method, &path, &[], b"x");
         assert_eq!(r.status, 405, "{ctx}: {method}: {r}");

@@ -1,8 +1,11 @@
 //! soakclient: the load generator and checker of `bench/soak.sh`.
 //!
-//! Standard library only (compiled with plain `rustc -O`, no Cargo, no
-//! crates). One OS thread per connection, blocking HTTP/1.1 keep-alive, and
-//! EVERY response is checked against what the client itself has written.
+//! A Cargo example of corekv (`cargo build --release --example soakclient`,
+//! which `bench/soak.sh` runs): the standard library plus corekv's own key
+//! placement (`topology::shard_for`) and form encoding
+//! (`http::form::encode_into`). One OS thread per connection, blocking
+//! HTTP/1.1 keep-alive, and EVERY response is checked against what the
+//! client itself has written.
 //!
 //! Connections are spread round-robin over all ports: primaries first, then
 //! replicas (3 shards: 6 ports). A connection on a primary port is a
@@ -31,6 +34,7 @@
 //!   * a replica without `min_seq` (may be stale): `1 <= v <= acked + 1`
 //!     and never older than what this connection saw before on that
 //!     replica (replicas apply in order).
+//!
 //!   `X-Version` must be the `X-Seq` of the write that stored `v` (when
 //!   known), `X-Shard` the key's shard (FNV-1 64 % shards), `X-Served-By` a
 //!   replica exactly when a replica port was asked for a key of its shard.
@@ -48,6 +52,8 @@
 //! problems, verbatim) and a final `SUMMARY k=v ...` line. Exit status 0
 //! only when there was no error and no mismatch.
 
+use corekv::http::form::encode_into;
+use corekv::topology::shard_for;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -95,7 +101,12 @@ fn parse_args() -> Cfg {
     let mut i = 0;
     while i < args.len() {
         let v = args.get(i + 1).cloned().unwrap_or_default();
-        let list = |s: &str| s.split(',').filter(|x| !x.is_empty()).map(String::from).collect();
+        let list = |s: &str| {
+            s.split(',')
+                .filter(|x| !x.is_empty())
+                .map(String::from)
+                .collect()
+        };
         match args[i].as_str() {
             "--primaries" => c.primaries = list(&v),
             "--replicas" => c.replicas = list(&v),
@@ -126,15 +137,6 @@ fn parse_args() -> Cfg {
 }
 
 // ------------------------------------------------------------ keys, values
-
-fn fnv1_64(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        h ^= u64::from(b);
-    }
-    h
-}
 
 fn mix(mut x: u64) -> u64 {
     x ^= x >> 33;
@@ -188,17 +190,6 @@ fn claimed_version(body: &[u8]) -> Option<u64> {
     std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
 }
 
-fn pct_encode(data: &[u8], out: &mut Vec<u8>) {
-    const HEX: &[u8] = b"0123456789ABCDEF";
-    for &b in data {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b);
-        } else {
-            out.extend_from_slice(&[b'%', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
-        }
-    }
-}
-
 fn show(b: &[u8]) -> String {
     let s = String::from_utf8_lossy(&b[..b.len().min(120)]).into_owned();
     format!("{s:?}{}", if b.len() > 120 { "..." } else { "" })
@@ -237,7 +228,12 @@ struct Hist {
 
 impl Hist {
     fn new() -> Self {
-        Self { c: vec![0; NB], n: 0, max: 0, sum: 0 }
+        Self {
+            c: vec![0; NB],
+            n: 0,
+            max: 0,
+            sum: 0,
+        }
     }
     fn add(&mut self, us: u64) {
         self.c[bucket(us)] += 1;
@@ -361,7 +357,11 @@ struct Shared {
 /// | is_set << 12 | key shard << 4 | port index, plus 1 << 63 so it is not 0.
 fn inflight_word(sh: &Shared, is_set: bool, key_shard: usize, port: usize) -> u64 {
     let ms = sh.t_begin.elapsed().as_millis() as u64;
-    (1 << 63) | (ms << 16) | (u64::from(is_set) << 12) | ((key_shard as u64 & 0xff) << 4) | (port as u64 & 15)
+    (1 << 63)
+        | (ms << 16)
+        | (u64::from(is_set) << 12)
+        | ((key_shard as u64 & 0xff) << 4)
+        | (port as u64 & 15)
 }
 
 const SEQ_BITS: u32 = 40;
@@ -384,7 +384,10 @@ impl Shared {
             }
         }
         let phase = *self.phase.lock().unwrap();
-        let label = format!("{} {phase}: {kind}", if is_error { "error" } else { "mismatch" });
+        let label = format!(
+            "{} {phase}: {kind}",
+            if is_error { "error" } else { "mismatch" }
+        );
         let n = {
             let mut kinds = self.kinds.lock().unwrap();
             let n = kinds.entry(label.clone()).or_insert(0);
@@ -419,7 +422,12 @@ struct Conn {
 
 impl Conn {
     fn new(addr: &str, timeout: Duration) -> Self {
-        Self { addr: addr.to_string(), timeout, r: None, line: Vec::with_capacity(256) }
+        Self {
+            addr: addr.to_string(),
+            timeout,
+            r: None,
+            line: Vec::with_capacity(256),
+        }
     }
 
     fn connect(&mut self) -> Result<(), String> {
@@ -429,7 +437,8 @@ impl Conn {
             .map_err(|e| format!("resolve: {e}"))?
             .next()
             .ok_or("resolve: no address")?;
-        let s = TcpStream::connect_timeout(&sa, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
+        let s = TcpStream::connect_timeout(&sa, Duration::from_secs(5))
+            .map_err(|e| format!("connect: {e}"))?;
         s.set_nodelay(true).ok();
         s.set_read_timeout(Some(self.timeout)).ok();
         s.set_write_timeout(Some(self.timeout)).ok();
@@ -452,24 +461,44 @@ impl Conn {
             self.connect()?;
         }
         let r = self.r.as_mut().unwrap();
-        r.get_mut().write_all(req).map_err(|e| format!("write: {e}"))?;
+        r.get_mut()
+            .write_all(req)
+            .map_err(|e| format!("write: {e}"))?;
         let mut first = true;
-        let mut resp = Resp { status: 0, body: Vec::new(), x_seq: None, x_version: None, x_shard: None, served_by: String::new() };
+        let mut resp = Resp {
+            status: 0,
+            body: Vec::new(),
+            x_seq: None,
+            x_version: None,
+            x_shard: None,
+            served_by: String::new(),
+        };
         let mut len: Option<usize> = None;
         let mut close = false;
         loop {
             self.line.clear();
             let n = r.read_until(b'\n', &mut self.line).map_err(|e| {
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) {
                     "timeout: no answer".to_string()
                 } else {
                     format!("read: {e}")
                 }
             })?;
             if n == 0 {
-                return Err(if first { "server closed the connection before answering".into() } else { "eof in headers".into() });
+                return Err(if first {
+                    "server closed the connection before answering".into()
+                } else {
+                    "eof in headers".into()
+                });
             }
-            let line = self.line.strip_suffix(b"\r\n").or_else(|| self.line.strip_suffix(b"\n")).unwrap_or(&self.line);
+            let line = self
+                .line
+                .strip_suffix(b"\r\n")
+                .or_else(|| self.line.strip_suffix(b"\n"))
+                .unwrap_or(&self.line);
             if first {
                 first = false;
                 let s = String::from_utf8_lossy(line);
@@ -478,7 +507,10 @@ impl Conn {
                 if !proto.starts_with("HTTP/1.") {
                     return Err(format!("bad status line {}", show(line)));
                 }
-                resp.status = it.next().and_then(|c| c.parse().ok()).ok_or_else(|| format!("bad status line {}", show(line)))?;
+                resp.status = it
+                    .next()
+                    .and_then(|c| c.parse().ok())
+                    .ok_or_else(|| format!("bad status line {}", show(line)))?;
                 continue;
             }
             if line.is_empty() {
@@ -488,21 +520,32 @@ impl Conn {
                 return Err(format!("bad header line {}", show(line)));
             };
             let name = String::from_utf8_lossy(&line[..colon]).to_ascii_lowercase();
-            let value = String::from_utf8_lossy(&line[colon + 1..]).trim().to_string();
+            let value = String::from_utf8_lossy(&line[colon + 1..])
+                .trim()
+                .to_string();
             match name.as_str() {
-                "content-length" => len = Some(value.parse().map_err(|_| format!("bad content-length {value:?}"))?),
+                "content-length" => {
+                    len = Some(
+                        value
+                            .parse()
+                            .map_err(|_| format!("bad content-length {value:?}"))?,
+                    )
+                }
                 "x-seq" => resp.x_seq = value.parse().ok(),
                 "x-version" => resp.x_version = value.parse().ok(),
                 "x-shard" => resp.x_shard = value.parse().ok(),
                 "x-served-by" => resp.served_by = value,
                 "connection" => close = value.eq_ignore_ascii_case("close"),
-                "transfer-encoding" => return Err(format!("unexpected transfer-encoding {value:?}")),
+                "transfer-encoding" => {
+                    return Err(format!("unexpected transfer-encoding {value:?}"));
+                }
                 _ => {}
             }
         }
         let len = len.ok_or("answer without content-length")?;
         resp.body.resize(len, 0);
-        r.read_exact(&mut resp.body).map_err(|e| format!("read body: {e}"))?;
+        r.read_exact(&mut resp.body)
+            .map_err(|e| format!("read body: {e}"))?;
         if close {
             self.r = None;
         }
@@ -512,7 +555,7 @@ impl Conn {
 
 fn get_request(host: &str, key: &[u8], min_seq: u64, post: bool) -> Vec<u8> {
     let mut params = b"key=".to_vec();
-    pct_encode(key, &mut params);
+    encode_into(key, &mut params);
     if min_seq > 0 {
         params.extend_from_slice(format!("&min_seq={min_seq}&wait_ms=2000").as_bytes());
     }
@@ -521,9 +564,9 @@ fn get_request(host: &str, key: &[u8], min_seq: u64, post: bool) -> Vec<u8> {
 
 fn set_request(host: &str, key: &[u8], value: &[u8], post: bool) -> Vec<u8> {
     let mut params = b"key=".to_vec();
-    pct_encode(key, &mut params);
+    encode_into(key, &mut params);
     params.extend_from_slice(b"&value=");
-    pct_encode(value, &mut params);
+    encode_into(value, &mut params);
     build(host, "/set", &params, post)
 }
 
@@ -595,12 +638,19 @@ impl Worker {
         let value = value_of(&sh.names[k], k, v);
         let post = self.rng.pct(25);
         let req = set_request(&self.host(), &sh.names[k], &value, post);
-        sh.inflight[self.tid].store(inflight_word(&sh, true, sh.shard_of[k], self.port), Ordering::Relaxed);
+        sh.inflight[self.tid].store(
+            inflight_word(&sh, true, sh.shard_of[k], self.port),
+            Ordering::Relaxed,
+        );
         let t0 = Instant::now();
         let res = self.conn.call(&req);
         let us = t0.elapsed().as_micros() as u64;
         sh.inflight[self.tid].store(0, Ordering::Relaxed);
-        let class = if sh.shard_of[k] == self.shard { C_SET_LOCAL } else { C_SET_FWD };
+        let class = if sh.shard_of[k] == self.shard {
+            C_SET_LOCAL
+        } else {
+            C_SET_FWD
+        };
         if measure {
             let mut st = sh.stats[self.tid].lock().unwrap();
             st.class[class].add(us);
@@ -610,20 +660,41 @@ impl Worker {
             st.i_set_n[ks] += 1;
             st.i_set_max[ks] = st.i_set_max[ks].max(us);
         }
-        let what = || format!("SET {} v{v} via {}{}", show(&sh.names[k]), self.conn.addr, if post { " (POST)" } else { "" });
+        let what = || {
+            format!(
+                "SET {} v{v} via {}{}",
+                show(&sh.names[k]),
+                self.conn.addr,
+                if post { " (POST)" } else { "" }
+            )
+        };
         match res {
             Err(e) => {
                 if !sh.unsure[k].swap(true, Ordering::AcqRel) {
                     sh.floor[k].store(seq0, Ordering::Release);
                 }
-                sh.problem(self.tid, true, if e.starts_with("timeout") { "SET timeout" } else { "SET connection error" }, format!("{}: {e}", what()));
+                sh.problem(
+                    self.tid,
+                    true,
+                    if e.starts_with("timeout") {
+                        "SET timeout"
+                    } else {
+                        "SET connection error"
+                    },
+                    format!("{}: {e}", what()),
+                );
             }
             Ok(r) if r.status != 200 => {
                 // Not acknowledged; whether it landed is unknown for 5xx.
                 if !sh.unsure[k].swap(true, Ordering::AcqRel) {
                     sh.floor[k].store(seq0, Ordering::Release);
                 }
-                sh.problem(self.tid, true, &format!("SET status {}", r.status), format!("{}: {} {}", what(), r.status, show(&r.body)));
+                sh.problem(
+                    self.tid,
+                    true,
+                    &format!("SET status {}", r.status),
+                    format!("{}: {} {}", what(), r.status, show(&r.body)),
+                );
             }
             Ok(r) => {
                 let Some(seq) = r.x_seq else {
@@ -631,13 +702,33 @@ impl Worker {
                     return;
                 };
                 if r.body.trim_ascii_end() != b"OK" {
-                    sh.problem(self.tid, false, "SET 200 body is not OK", format!("{}: {}", what(), show(&r.body)));
+                    sh.problem(
+                        self.tid,
+                        false,
+                        "SET 200 body is not OK",
+                        format!("{}: {}", what(), show(&r.body)),
+                    );
                 }
                 if seq <= seq0 || seq > SEQ_MASK {
-                    sh.problem(self.tid, false, "SET X-Seq not above the key's previous write", format!("{}: X-Seq {seq}, previous {seq0}", what()));
+                    sh.problem(
+                        self.tid,
+                        false,
+                        "SET X-Seq not above the key's previous write",
+                        format!("{}: X-Seq {seq}, previous {seq0}", what()),
+                    );
                 }
                 if r.x_shard != Some(sh.shard_of[k] as u64) {
-                    sh.problem(self.tid, false, "wrong X-Shard", format!("{}: X-Shard {:?}, want {}", what(), r.x_shard, sh.shard_of[k]));
+                    sh.problem(
+                        self.tid,
+                        false,
+                        "wrong X-Shard",
+                        format!(
+                            "{}: X-Shard {:?}, want {}",
+                            what(),
+                            r.x_shard,
+                            sh.shard_of[k]
+                        ),
+                    );
                 }
                 let was_unsure = sh.unsure[k].load(Ordering::Acquire);
                 sh.twice[k].store(was_unsure, Ordering::Release);
@@ -651,14 +742,25 @@ impl Worker {
     fn get(&mut self, k: usize, never: bool, use_min_seq: bool) {
         let sh = self.sh.clone();
         let name = if never { &sh.never[k] } else { &sh.names[k] };
-        let kshard = if never { sh.never_shard[k] } else { sh.shard_of[k] };
+        let kshard = if never {
+            sh.never_shard[k]
+        } else {
+            sh.shard_of[k]
+        };
         let local = kshard == self.shard;
         let at_replica = self.replica && local;
-        let (v0, seq0) = if never { (0, 0) } else { unpack(sh.state[k].load(Ordering::Acquire)) };
+        let (v0, seq0) = if never {
+            (0, 0)
+        } else {
+            unpack(sh.state[k].load(Ordering::Acquire))
+        };
         let min_seq = if at_replica && use_min_seq { seq0 } else { 0 };
         let post = self.rng.pct(10);
         let req = get_request(&self.host(), name, min_seq, post);
-        sh.inflight[self.tid].store(inflight_word(&sh, false, kshard, self.port), Ordering::Relaxed);
+        sh.inflight[self.tid].store(
+            inflight_word(&sh, false, kshard, self.port),
+            Ordering::Relaxed,
+        );
         let t0 = Instant::now();
         let res = self.conn.call(&req);
         let us = t0.elapsed().as_micros() as u64;
@@ -666,7 +768,11 @@ impl Worker {
         let class = if never {
             C_NEVER
         } else if at_replica {
-            if min_seq > 0 { C_GET_REPLICA_MIN } else { C_GET_REPLICA }
+            if min_seq > 0 {
+                C_GET_REPLICA_MIN
+            } else {
+                C_GET_REPLICA
+            }
         } else if local {
             C_GET_LOCAL
         } else if self.replica {
@@ -685,45 +791,102 @@ impl Worker {
             format!(
                 "GET {} via {addr}{}{} (acked v{v0} seq {seq0} when sent)",
                 show(name),
-                if min_seq > 0 { format!(" min_seq={min_seq}") } else { String::new() },
+                if min_seq > 0 {
+                    format!(" min_seq={min_seq}")
+                } else {
+                    String::new()
+                },
                 if post { " (POST)" } else { "" }
             )
         };
         let r = match res {
             Err(e) => {
-                sh.problem(self.tid, true, if e.starts_with("timeout") { "GET timeout" } else { "GET connection error" }, format!("{}: {e}", what()));
+                sh.problem(
+                    self.tid,
+                    true,
+                    if e.starts_with("timeout") {
+                        "GET timeout"
+                    } else {
+                        "GET connection error"
+                    },
+                    format!("{}: {e}", what()),
+                );
                 return;
             }
             Ok(r) => r,
         };
         if r.status != 200 && r.status != 404 {
-            sh.problem(self.tid, true, &format!("GET status {}", r.status), format!("{}: {} {}", what(), r.status, show(&r.body)));
+            sh.problem(
+                self.tid,
+                true,
+                &format!("GET status {}", r.status),
+                format!("{}: {} {}", what(), r.status, show(&r.body)),
+            );
             return;
         }
-        let (v1, seq1) = if never { (0, 0) } else { unpack(sh.state[k].load(Ordering::Acquire)) };
+        let (v1, seq1) = if never {
+            (0, 0)
+        } else {
+            unpack(sh.state[k].load(Ordering::Acquire))
+        };
         let check = self.check_get(k, never, at_replica, min_seq, v0, seq0, v1, seq1, &r);
         if r.x_shard != Some(kshard as u64) {
-            sh.problem(self.tid, false, "wrong X-Shard", format!("{}: X-Shard {:?}, want {kshard}", what(), r.x_shard));
+            sh.problem(
+                self.tid,
+                false,
+                "wrong X-Shard",
+                format!("{}: X-Shard {:?}, want {kshard}", what(), r.x_shard),
+            );
         }
         let want_role = if at_replica { "/replica" } else { "/primary" };
         if !r.served_by.ends_with(want_role) {
-            sh.problem(self.tid, false, "wrong X-Served-By", format!("{}: X-Served-By {:?}, want *{want_role}", what(), r.served_by));
+            sh.problem(
+                self.tid,
+                false,
+                "wrong X-Served-By",
+                format!(
+                    "{}: X-Served-By {:?}, want *{want_role}",
+                    what(),
+                    r.served_by
+                ),
+            );
         }
         if let Check::Mismatch(kind, detail) = check {
             sh.problem(
                 self.tid,
                 false,
                 kind,
-                format!("{}: {detail}; got {} {} X-Version {:?}, acked v{v1} seq {seq1} when answered", what(), r.status, show(&r.body), r.x_version),
+                format!(
+                    "{}: {detail}; got {} {} X-Version {:?}, acked v{v1} seq {seq1} when answered",
+                    what(),
+                    r.status,
+                    show(&r.body),
+                    r.x_version
+                ),
             );
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn check_get(&mut self, k: usize, never: bool, at_replica: bool, min_seq: u64, v0: u64, seq0: u64, v1: u64, seq1: u64, r: &Resp) -> Check {
+    fn check_get(
+        &mut self,
+        k: usize,
+        never: bool,
+        at_replica: bool,
+        min_seq: u64,
+        v0: u64,
+        seq0: u64,
+        v1: u64,
+        seq1: u64,
+        r: &Resp,
+    ) -> Check {
         let sh = self.sh.clone();
         if never {
-            return if r.status == 404 { Check::Ok } else { Check::Mismatch("200 for a key never written", String::new()) };
+            return if r.status == 404 {
+                Check::Ok
+            } else {
+                Check::Mismatch("200 for a key never written", String::new())
+            };
         }
         if r.status == 404 {
             return Check::Mismatch("404 for a written key", String::new());
@@ -732,16 +895,26 @@ impl Worker {
             return Check::Mismatch("body is not a value this client wrote", String::new());
         };
         if r.body != value_of(&sh.names[k], k, v) {
-            return Check::Mismatch("body differs from the value written for its version", format!("want {}", show(&value_of(&sh.names[k], k, v))));
+            return Check::Mismatch(
+                "body differs from the value written for its version",
+                format!("want {}", show(&value_of(&sh.names[k], k, v))),
+            );
         }
         let own = self.writer.is_some() && self.own.binary_search(&k).is_ok();
-        let hi = if own && !sh.unsure[k].load(Ordering::Acquire) { v1 } else { v1 + 1 };
+        let hi = if own && !sh.unsure[k].load(Ordering::Acquire) {
+            v1
+        } else {
+            v1 + 1
+        };
         if at_replica {
             // A replica applies in order: never older than what this
             // connection read there before.
             let seen = u64::from(self.seen[k]);
             if v < seen {
-                return Check::Mismatch("replica went back in time", format!("this connection saw v{seen} there before"));
+                return Check::Mismatch(
+                    "replica went back in time",
+                    format!("this connection saw v{seen} there before"),
+                );
             }
             self.seen[k] = v as u32;
         }
@@ -757,23 +930,44 @@ impl Worker {
             v0
         };
         if v < lo {
-            let why = if own { "read-your-writes violated (own key older than acked)" } else if min_seq > 0 { "replica answered min_seq with an older value" } else { "stale read on a primary" };
+            let why = if own {
+                "read-your-writes violated (own key older than acked)"
+            } else if min_seq > 0 {
+                "replica answered min_seq with an older value"
+            } else {
+                "stale read on a primary"
+            };
             return Check::Mismatch(why, format!("want v{lo}..v{hi}"));
         }
         if v > hi {
-            return Check::Mismatch("value newer than any write sent", format!("want v{lo}..v{hi}"));
+            return Check::Mismatch(
+                "value newer than any write sent",
+                format!("want v{lo}..v{hi}"),
+            );
         }
         let Some(x) = r.x_version else {
             return Check::Mismatch("200 without X-Version", String::new());
         };
-        let want = if v == v1 { Some(seq1) } else if v == v0 { Some(seq0) } else { None };
+        let want = if v == v1 {
+            Some(seq1)
+        } else if v == v0 {
+            Some(seq0)
+        } else {
+            None
+        };
         // After an unanswered SET the same version may have been stored
         // twice (the lost write, then its retry): either seq is right.
         let twice = sh.twice[k].load(Ordering::Acquire) || sh.unsure[k].load(Ordering::Acquire);
         let floor = sh.floor[k].load(Ordering::Acquire);
         match want {
-            Some(w) if w != x && !(twice && x > floor && x <= w) => Check::Mismatch("X-Version is not the X-Seq of that write", format!("X-Version {x}, want {w}")),
-            None if v > v1 && x <= seq1 => Check::Mismatch("X-Version of an unacknowledged write not above the acked seq", format!("X-Version {x}")),
+            Some(w) if w != x && !(twice && x > floor && x <= w) => Check::Mismatch(
+                "X-Version is not the X-Seq of that write",
+                format!("X-Version {x}, want {w}"),
+            ),
+            None if v > v1 && x <= seq1 => Check::Mismatch(
+                "X-Version of an unacknowledged write not above the acked seq",
+                format!("X-Version {x}"),
+            ),
             _ => Check::Ok,
         }
     }
@@ -805,14 +999,12 @@ impl Worker {
                     continue;
                 }
             }
-            if self.writer.is_some() && !self.own.is_empty() {
-                if behind {
-                    sh.sets.fetch_add(1, Ordering::Relaxed);
-                    let k = pick(&mut self.rng, Some(&self.own), &self.own_hot);
-                    self.set(k, true);
-                    self.read_back = Some(k);
-                    continue;
-                }
+            if self.writer.is_some() && !self.own.is_empty() && behind {
+                sh.sets.fetch_add(1, Ordering::Relaxed);
+                let k = pick(&mut self.rng, Some(&self.own), &self.own_hot);
+                self.set(k, true);
+                self.read_back = Some(k);
+                continue;
             }
             if sh.cfg.never > 0 && self.rng.pct(5) {
                 let n = self.rng.below(sh.never.len());
@@ -827,7 +1019,11 @@ impl Worker {
                 }
             } else if self.rng.pct(80) {
                 // A replica connection reads mostly its own shard's keys.
-                pick(&mut self.rng, Some(&sh.by_shard[self.shard]), &sh.hot_by_shard[self.shard])
+                pick(
+                    &mut self.rng,
+                    Some(&sh.by_shard[self.shard]),
+                    &sh.hot_by_shard[self.shard],
+                )
             } else {
                 pick(&mut self.rng, None, &sh.hot)
             };
@@ -842,15 +1038,22 @@ impl Worker {
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
     let Some(i) = s.rfind(") ") else { return 0 };
     let f: Vec<&str> = s[i + 2..].split_whitespace().collect();
-    f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+    f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn dir_bytes(path: &str) -> u64 {
@@ -875,7 +1078,9 @@ fn disk_stats(dev: &str) -> (u64, u64) {
     if dev.is_empty() {
         return (0, 0);
     }
-    let Ok(s) = std::fs::read_to_string("/proc/diskstats") else { return (0, 0) };
+    let Ok(s) = std::fs::read_to_string("/proc/diskstats") else {
+        return (0, 0);
+    };
     for l in s.lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
         if f.get(2) == Some(&dev) {
@@ -890,19 +1095,34 @@ fn disk_stats(dev: &str) -> (u64, u64) {
 fn status_nodes(addr: &str) -> String {
     let mut c = Conn::new(addr, Duration::from_secs(3));
     let req = format!("GET /status HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    let Ok(r) = c.call(req.as_bytes()) else { return "?".into() };
+    let Ok(r) = c.call(req.as_bytes()) else {
+        return "?".into();
+    };
     let body = String::from_utf8_lossy(&r.body);
     let num = |obj: &str, field: &str| -> String {
-        obj.find(field).map(|i| {
-            let rest = &obj[i + field.len()..];
-            rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].to_string()
-        }).unwrap_or_else(|| "?".into())
+        obj.find(field)
+            .map(|i| {
+                let rest = &obj[i + field.len()..];
+                rest[..rest
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(rest.len())]
+                    .to_string()
+            })
+            .unwrap_or_else(|| "?".into())
     };
-    body.split("{\"name\":\"").skip(1).map(|obj| {
-        let name = obj.split('"').next().unwrap_or("?");
-        let seq = if obj.contains("\"committed_seq\":") { num(obj, "\"committed_seq\":") } else { num(obj, "\"applied_seq\":") };
-        format!("{name}:{}:{seq}", num(obj, "\"commits\":"))
-    }).collect::<Vec<_>>().join(",")
+    body.split("{\"name\":\"")
+        .skip(1)
+        .map(|obj| {
+            let name = obj.split('"').next().unwrap_or("?");
+            let seq = if obj.contains("\"committed_seq\":") {
+                num(obj, "\"committed_seq\":")
+            } else {
+                num(obj, "\"applied_seq\":")
+            };
+            format!("{name}:{}:{seq}", num(obj, "\"commits\":"))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Largest replica lag (entries) and total open connections from /status.
@@ -911,14 +1131,20 @@ fn server_status(addr: &str) -> (i64, i64) {
     // Keep-alive, then dropped here: the client closes first, so no
     // TIME_WAIT is left on the server's port (see bench/README.md).
     let req = format!("GET /status HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    let Ok(r) = c.call(req.as_bytes()) else { return (-1, -1) };
+    let Ok(r) = c.call(req.as_bytes()) else {
+        return (-1, -1);
+    };
     let body = String::from_utf8_lossy(&r.body);
     let grab = |field: &str| -> Vec<i64> {
-        body.match_indices(field).filter_map(|(i, _)| {
-            let rest = &body[i + field.len()..];
-            let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-            rest[..end].parse().ok()
-        }).collect()
+        body.match_indices(field)
+            .filter_map(|(i, _)| {
+                let rest = &body[i + field.len()..];
+                let end = rest
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(rest.len());
+                rest[..end].parse().ok()
+            })
+            .collect()
     };
     let lag = grab("\"lag\":").into_iter().max().unwrap_or(-1);
     let conns: i64 = grab("\"open_connections\":").into_iter().sum();
@@ -927,7 +1153,11 @@ fn server_status(addr: &str) -> (i64, i64) {
 
 /// (server RSS KiB, data dir bytes on disk, server CPU ticks).
 fn sample_line(sh: &Shared, _clk: f64) -> (u64, u64, u64) {
-    (rss_kib(sh.cfg.pid), dir_bytes(&sh.cfg.data_dir), cpu_ticks(sh.cfg.pid))
+    (
+        rss_kib(sh.cfg.pid),
+        dir_bytes(&sh.cfg.data_dir),
+        cpu_ticks(sh.cfg.pid),
+    )
 }
 
 // -------------------------------------------------------------------- main
@@ -938,8 +1168,8 @@ fn main() {
     let timeout = Duration::from_secs(cfg.timeout_s);
     let names: Vec<Vec<u8>> = (0..cfg.keys).map(key_name).collect();
     let never: Vec<Vec<u8>> = (0..cfg.never).map(never_name).collect();
-    let shard_of: Vec<usize> = names.iter().map(|k| (fnv1_64(k) % nshards as u64) as usize).collect();
-    let never_shard: Vec<usize> = never.iter().map(|k| (fnv1_64(k) % nshards as u64) as usize).collect();
+    let shard_of: Vec<usize> = names.iter().map(|k| shard_for(k, nshards)).collect();
+    let never_shard: Vec<usize> = never.iter().map(|k| shard_for(k, nshards)).collect();
     let nhot = (cfg.keys / 100).max(1);
     let mut by_shard = vec![Vec::new(); nshards];
     let mut hot_by_shard = vec![Vec::new(); nshards];
@@ -997,14 +1227,22 @@ fn main() {
         let port = tid % nports;
         let replica = port >= nshards;
         let shard = port % nshards;
-        let addr = if replica { sh.cfg.replicas[shard].clone() } else { sh.cfg.primaries[shard].clone() };
+        let addr = if replica {
+            sh.cfg.replicas[shard].clone()
+        } else {
+            sh.cfg.primaries[shard].clone()
+        };
         let writer = writers.iter().position(|&w| w == tid);
         let own: Vec<usize> = match writer {
             Some(w) => (0..sh.cfg.keys).filter(|k| k % nwriters == w).collect(),
             None => vec![],
         };
         let own_hot = own.iter().copied().filter(|&k| k < nhot).collect();
-        let seen = if replica { vec![0u32; sh.cfg.keys] } else { vec![] };
+        let seen = if replica {
+            vec![0u32; sh.cfg.keys]
+        } else {
+            vec![]
+        };
         let h = std::thread::Builder::new()
             .name(format!("conn{tid}"))
             .stack_size(256 * 1024)
@@ -1031,23 +1269,40 @@ fn main() {
                 barrier.wait();
                 // Phase 2: replicas catch up with everything preloaded.
                 if w.replica {
-                    let max_seq = sh.by_shard[w.shard].iter().map(|&k| unpack(sh.state[k].load(Ordering::Acquire)).1).max().unwrap_or(0);
+                    let max_seq = sh.by_shard[w.shard]
+                        .iter()
+                        .map(|&k| unpack(sh.state[k].load(Ordering::Acquire)).1)
+                        .max()
+                        .unwrap_or(0);
                     if let Some(&k) = sh.by_shard[w.shard].first() {
                         let host = w.host();
                         let mut params = b"key=".to_vec();
-                        pct_encode(&sh.names[k], &mut params);
-                        params.extend_from_slice(format!("&min_seq={max_seq}&wait_ms=10000").as_bytes());
+                        encode_into(&sh.names[k], &mut params);
+                        params.extend_from_slice(
+                            format!("&min_seq={max_seq}&wait_ms=10000").as_bytes(),
+                        );
                         match w.conn.call(&build(&host, "/get", &params, false)) {
                             Ok(r) if r.status == 200 => {}
-                            Ok(r) => sh.problem(tid, true, "replica did not catch up after the preload", format!("{host}: {} {}", r.status, show(&r.body))),
-                            Err(e) => sh.problem(tid, true, "replica did not catch up after the preload", format!("{host}: {e}")),
+                            Ok(r) => sh.problem(
+                                tid,
+                                true,
+                                "replica did not catch up after the preload",
+                                format!("{host}: {} {}", r.status, show(&r.body)),
+                            ),
+                            Err(e) => sh.problem(
+                                tid,
+                                true,
+                                "replica did not catch up after the preload",
+                                format!("{host}: {e}"),
+                            ),
                         }
                     }
                 }
                 barrier.wait();
                 // Phase 3: the load.
                 barrier.wait();
-                let deadline = start_at.lock().unwrap().unwrap() + Duration::from_secs(sh.cfg.seconds);
+                let deadline =
+                    start_at.lock().unwrap().unwrap() + Duration::from_secs(sh.cfg.seconds);
                 w.run_load(deadline);
                 w
             })
@@ -1080,7 +1335,13 @@ fn main() {
     let mut last_stall_print = start - Duration::from_secs(10);
     let mut stall_reports = 0u64;
     let nports_ = 2 * nshards;
-    let port_name = |p: usize| if p < nshards { sh.cfg.primaries[p].clone() } else { sh.cfg.replicas[p - nshards].clone() };
+    let port_name = |p: usize| {
+        if p < nshards {
+            sh.cfg.primaries[p].clone()
+        } else {
+            sh.cfg.replicas[p - nshards].clone()
+        }
+    };
     loop {
         let now = Instant::now();
         // Stall watch: requests in flight for more than 2 s, at most one
@@ -1096,7 +1357,16 @@ fn main() {
                 let age = now_ms.saturating_sub((x >> 16) & 0x7fff_ffff_ffff);
                 if age >= 2000 {
                     let port = (x & 15) as usize;
-                    let g = format!("{}:shard{}@{}", if x >> 12 & 1 == 1 { "SET" } else { "GET" }, (x >> 4) & 0xff, if port < nports_ { port_name(port) } else { "?".into() });
+                    let g = format!(
+                        "{}:shard{}@{}",
+                        if x >> 12 & 1 == 1 { "SET" } else { "GET" },
+                        (x >> 4) & 0xff,
+                        if port < nports_ {
+                            port_name(port)
+                        } else {
+                            "?".into()
+                        }
+                    );
                     let e = groups.entry(g).or_insert((0, 0));
                     e.0 += 1;
                     e.1 = e.1.max(age);
@@ -1105,7 +1375,11 @@ fn main() {
             if !groups.is_empty() {
                 last_stall_print = now;
                 stall_reports += 1;
-                let by = groups.iter().map(|(g, (n, a))| format!("{g}={n}/{a}ms")).collect::<Vec<_>>().join(",");
+                let by = groups
+                    .iter()
+                    .map(|(g, (n, a))| format!("{g}={n}/{a}ms"))
+                    .collect::<Vec<_>>()
+                    .join(",");
                 println!(
                     "STALL t={:.1} inflight_over_2s={} by={by} nodes={}",
                     (now - start).as_secs_f64(),
@@ -1122,7 +1396,9 @@ fn main() {
         if done {
             // Let the workers finish their last request.
             for h in &handles {
-                while !h.is_finished() && start.elapsed() < Duration::from_secs(sh.cfg.seconds + sh.cfg.timeout_s + 5) {
+                while !h.is_finished()
+                    && start.elapsed() < Duration::from_secs(sh.cfg.seconds + sh.cfg.timeout_s + 5)
+                {
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }
@@ -1171,8 +1447,16 @@ fn main() {
             ih.pct(99.0),
             ih.max,
             (cpu.saturating_sub(cpu_prev)) as f64 / clk / dt * 100.0,
-            set_n.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
-            set_max.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
+            set_n
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            set_max
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
         );
         t_prev = now;
         cpu_prev = cpu;
@@ -1183,7 +1467,10 @@ fn main() {
     }
     sh.stop.store(true, Ordering::Relaxed);
     let load_s = (Instant::now() - start).as_secs_f64();
-    let mut workers: Vec<Worker> = handles.into_iter().map(|h| h.join().expect("worker panicked")).collect();
+    let mut workers: Vec<Worker> = handles
+        .into_iter()
+        .map(|h| h.join().expect("worker panicked"))
+        .collect();
     let after_load = sample_line(&sh, clk);
 
     // Phase 4: final check of every key on its primary and its replica.
@@ -1191,7 +1478,13 @@ fn main() {
     let t_final = Instant::now();
     let final_checked = AtomicU64::new(0);
     let max_seq: Vec<u64> = (0..nshards)
-        .map(|s| sh.by_shard[s].iter().map(|&k| unpack(sh.state[k].load(Ordering::Acquire)).1).max().unwrap_or(0))
+        .map(|s| {
+            sh.by_shard[s]
+                .iter()
+                .map(|&k| unpack(sh.state[k].load(Ordering::Acquire)).1)
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     // Up to 4 connections per port (the workers' own, in tid order).
     let lanes = (conns / nports).clamp(1, 4);
@@ -1203,43 +1496,82 @@ fn main() {
             scope.spawn(move || {
                 let lane = w.tid / nports;
                 let host = w.host();
-                let keys: Vec<usize> = sh.by_shard[w.shard].iter().copied().filter(|k| k % lanes == lane).collect();
+                let keys: Vec<usize> = sh.by_shard[w.shard]
+                    .iter()
+                    .copied()
+                    .filter(|k| k % lanes == lane)
+                    .collect();
                 for k in keys {
                     let (v, _) = unpack(sh.state[k].load(Ordering::Acquire));
                     let unsure = sh.unsure[k].load(Ordering::Acquire);
                     let min_seq = if w.replica { max_seq[w.shard] } else { 0 };
                     let mut params = b"key=".to_vec();
-                    pct_encode(&sh.names[k], &mut params);
+                    encode_into(&sh.names[k], &mut params);
                     if min_seq > 0 {
-                        params.extend_from_slice(format!("&min_seq={min_seq}&wait_ms=10000").as_bytes());
+                        params.extend_from_slice(
+                            format!("&min_seq={min_seq}&wait_ms=10000").as_bytes(),
+                        );
                     }
                     final_checked.fetch_add(1, Ordering::Relaxed);
-                    let what = format!("final GET {} via {host} (last acked v{v}{})", show(&sh.names[k]), if unsure { ", a later SET unanswered" } else { "" });
+                    let what = format!(
+                        "final GET {} via {host} (last acked v{v}{})",
+                        show(&sh.names[k]),
+                        if unsure {
+                            ", a later SET unanswered"
+                        } else {
+                            ""
+                        }
+                    );
                     match w.conn.call(&build(&host, "/get", &params, false)) {
-                        Err(e) => sh.problem(w.tid, true, "final GET failed", format!("{what}: {e}")),
+                        Err(e) => {
+                            sh.problem(w.tid, true, "final GET failed", format!("{what}: {e}"))
+                        }
                         Ok(r) if r.status != 200 => {
                             if r.status == 404 {
                                 sh.problem(w.tid, false, "final: 404 for a written key", what);
                             } else {
-                                sh.problem(w.tid, true, &format!("final GET status {}", r.status), format!("{what}: {}", show(&r.body)));
+                                sh.problem(
+                                    w.tid,
+                                    true,
+                                    &format!("final GET status {}", r.status),
+                                    format!("{what}: {}", show(&r.body)),
+                                );
                             }
                         }
                         Ok(r) => {
-                            let ok = r.body == value_of(&sh.names[k], k, v) || (unsure && r.body == value_of(&sh.names[k], k, v + 1));
+                            let ok = r.body == value_of(&sh.names[k], k, v)
+                                || (unsure && r.body == value_of(&sh.names[k], k, v + 1));
                             if !ok {
-                                sh.problem(w.tid, false, "final: not the last acknowledged value", format!("{what}: got {}", show(&r.body)));
+                                sh.problem(
+                                    w.tid,
+                                    false,
+                                    "final: not the last acknowledged value",
+                                    format!("{what}: got {}", show(&r.body)),
+                                );
                             }
                         }
                     }
                 }
                 if !w.replica {
-                    for n in (0..sh.never.len()).filter(|&n| sh.never_shard[n] == w.shard && n % lanes == lane) {
+                    for n in (0..sh.never.len())
+                        .filter(|&n| sh.never_shard[n] == w.shard && n % lanes == lane)
+                    {
                         final_checked.fetch_add(1, Ordering::Relaxed);
                         let req = get_request(&host, &sh.never[n], 0, false);
                         match w.conn.call(&req) {
                             Ok(r) if r.status == 404 => {}
-                            Ok(r) => sh.problem(w.tid, false, "final: never-written key not 404", format!("{host} {}: {}", show(&sh.never[n]), r.status)),
-                            Err(e) => sh.problem(w.tid, true, "final GET failed", format!("{host} {}: {e}", show(&sh.never[n]))),
+                            Ok(r) => sh.problem(
+                                w.tid,
+                                false,
+                                "final: never-written key not 404",
+                                format!("{host} {}: {}", show(&sh.never[n]), r.status),
+                            ),
+                            Err(e) => sh.problem(
+                                w.tid,
+                                true,
+                                "final GET failed",
+                                format!("{host} {}: {e}", show(&sh.never[n])),
+                            ),
                         }
                     }
                 }
@@ -1274,7 +1606,12 @@ fn main() {
         }
         println!(
             "CLASS name={:?} requests={} p50_us={:.0} p99_us={:.0} p999_us={:.0} max_us={}",
-            CLASSES[i], h.n, h.pct(50.0), h.pct(99.0), h.pct(99.9), h.max
+            CLASSES[i],
+            h.n,
+            h.pct(50.0),
+            h.pct(99.0),
+            h.pct(99.9),
+            h.max
         );
     }
     for (kind, n) in sh.kinds.lock().unwrap().iter() {

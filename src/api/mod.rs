@@ -13,11 +13,14 @@
 //! `metrics`, `topology` and `http`. Invariants: a request that arrived
 //! forwarded is never forwarded again; replicas refuse writes with 403
 //! naming the primary; every data response carries `X-Shard` and
-//! `X-Served-By`.
+//! `X-Served-By`; reads say `Cache-Control: no-cache`, answers to writes
+//! and the operational endpoints `no-store`; a full commit queue or mailbox
+//! is a 503 with `Retry-After`, never a wait.
 //!
 //! Writes and their statuses (README, "What a status means for a write"):
-//! a write that fails without reaching its owner is 503 ("not applied");
-//! one whose bytes were sent and got no valid answer is 502, or 504 on a
+//! a write that fails without reaching its owner is 503 ("not applied"; a
+//! full commit queue or mailbox is one of those, with `Retry-After`); one
+//! whose bytes were sent and got no valid answer is 502, or 504 on a
 //! timeout ("outcome unknown: may have been applied"). A write forwarded
 //! over HTTP carries a deadline (the moment the forwarder stops waiting,
 //! by its clock); the owner applies it only if its own clock plus
@@ -107,6 +110,7 @@ pub enum ApiError {
     Forbidden,
     ReadOnlyReplica {
         node: String,
+        shard: usize,
         primary: String,
     },
     Misdirected {
@@ -134,6 +138,25 @@ pub enum ApiError {
         error: ForwardError,
         write: bool,
     },
+    /// A bounded queue on the way to the disk was full: 503 + `Retry-After`.
+    Overloaded {
+        node: String,
+        why: String,
+    },
+    /// An internal pull under the name of a configured node that is not a
+    /// replica of this shard (the hosts disagree about `sharding.toml`).
+    NotAReplica {
+        node: String,
+        name: String,
+    },
+}
+
+/// Seconds a client is asked to wait (`Retry-After`) when a node is
+/// overloaded.
+pub const RETRY_AFTER_SECS: u32 = 1;
+
+fn overloaded(msg: &str) -> Response {
+    Response::text(503, msg).with_header("Retry-After", RETRY_AFTER_SECS.to_string())
 }
 
 impl ApiError {
@@ -154,7 +177,7 @@ impl ApiError {
             Self::EmptyKey => (400, "empty key: a key must be at least one byte".into()),
             Self::KeyTooLarge { len, max } => (
                 413,
-                format!("key too large: {len} bytes, the limit is {max}"),
+                format!("key too large: {len} bytes, the limit is {max} (--max-key)"),
             ),
             Self::TooManyOps(n) => (
                 413,
@@ -166,10 +189,20 @@ impl ApiError {
                     .with_header("WWW-Authenticate", "Bearer".to_string());
             }
             Self::Forbidden => (403, "wrong token".into()),
-            Self::ReadOnlyReplica { node, primary } => (
-                403,
-                format!("{node} is a read-only replica; send writes to the primary at {primary}"),
-            ),
+            Self::ReadOnlyReplica {
+                node,
+                shard,
+                primary,
+            } => {
+                return Response::text(
+                    403,
+                    &format!(
+                        "{node} is a read-only replica; send writes to the primary at {primary}"
+                    ),
+                )
+                .with_header("X-Shard", shard.to_string())
+                .with_header("X-Served-By", node.clone());
+            }
             Self::Misdirected { node, shard } => (
                 421,
                 format!(
@@ -197,13 +230,6 @@ impl ApiError {
                 error,
                 write,
             } => {
-                let (status, what) = if error.is_unsent() {
-                    (503, "unreachable")
-                } else if matches!(error, ForwardError::Remote(ClientError::Timeout)) {
-                    (504, "did not answer in time")
-                } else {
-                    (502, "failed to answer")
-                };
                 let outcome = if !write {
                     ""
                 } else if error.is_unsent() {
@@ -211,8 +237,33 @@ impl ApiError {
                 } else {
                     "; outcome unknown: the write may have been applied (read the key back, or retry with If-Match / If-None-Match)"
                 };
+                if matches!(error, ForwardError::PeerBusy) {
+                    // Nothing was sent: "not applied", and worth a retry.
+                    return overloaded(&format!(
+                        "node {owner} is overloaded, retry later: {error}{outcome}"
+                    ));
+                }
+                let (status, what) = if error.is_unsent() {
+                    (503, "unreachable")
+                } else if matches!(error, ForwardError::Remote(ClientError::Timeout)) {
+                    (504, "did not answer in time")
+                } else {
+                    (502, "failed to answer")
+                };
                 (status, format!("owner {owner} {what}: {error}{outcome}"))
             }
+            // Only writes are refused this way, before they were queued.
+            Self::Overloaded { node, why } => {
+                return overloaded(&format!(
+                    "node {node} is overloaded, retry later: {why}; the write was not applied"
+                ));
+            }
+            Self::NotAReplica { node, name } => (
+                403,
+                format!(
+                    "{name:?} is a configured node but not a replica of {node}'s shard (do all hosts use the same sharding.toml?)"
+                ),
+            ),
         };
         Response::text(status, &msg)
     }
@@ -320,13 +371,12 @@ impl Api {
                 };
                 (3, result)
             }
-            b"/status" => (6, Ok(self.status())),
-            b"/metrics" => (7, Ok(self.metrics_text())),
-            b"/health" => (8, Ok(Response::text(200, "ok"))),
-            b"/ready" => (9, Ok(self.ready())),
-            b"/internal/pull" | b"/internal/scan" | b"/internal/kv" => {
-                (10, self.internal(&req).await)
-            }
+            b"/status" => (6, Ok(no_store(self.status()))),
+            b"/metrics" => (7, Ok(no_store(self.metrics_text()))),
+            b"/health" => (8, Ok(no_store(Response::text(200, "ok")))),
+            b"/ready" => (9, Ok(no_store(self.ready()))),
+            // Every /internal/ path, known or not, checks the token first.
+            p if p.starts_with(b"/internal/") => (10, self.internal(&req).await),
             _ => (11, Err(ApiError::UnknownPath)),
         }
     }
@@ -381,6 +431,7 @@ impl Api {
         if write && matches!(me.role, Role::Replica(_)) {
             return Err(ApiError::ReadOnlyReplica {
                 node: me.name.clone(),
+                shard: me.shard,
                 primary: topo.primary_of(shard).address.clone(),
             });
         }
@@ -440,37 +491,35 @@ impl Api {
     /// applied only if its commit starts before that deadline less the
     /// clock-skew allowance.
     async fn execute(&self, kv: KvRequest, deadline_ms: Option<u64>) -> Result<Response, ApiError> {
+        // `wait_ms` of a request forwarded from another host is not capped
+        // by the parser: cap it here.
+        let wait_ms = kv.wait_ms.min(MAX_MIN_SEQ_WAIT_MS);
         if kv.min_seq > 0
             && !self
                 .seq
-                .wait_for(kv.min_seq, Duration::from_millis(kv.wait_ms))
+                .wait_for(kv.min_seq, Duration::from_millis(wait_ms))
                 .await
         {
             return Err(ApiError::Behind {
                 node: self.me().name.clone(),
                 applied: self.seq.get(),
                 wanted: kv.min_seq,
-                waited_ms: kv.wait_ms,
+                waited_ms: wait_ms,
             });
         }
         let style = kv.style;
-        let cond = kv.cond;
-        let is_delete = kv.op == KvOp::Delete;
+        let (op, is_delete) = match kv.op {
+            KvOp::Get => return self.read_local(&kv),
+            KvOp::Set(value) => (WriteOp::Set { key: kv.key, value }, false),
+            KvOp::Delete => (WriteOp::Delete { key: kv.key }, true),
+        };
         // The sender's deadline, moved earlier by the clock-skew allowance.
         let apply_by = deadline_ms
             .map(|d| UNIX_EPOCH + Duration::from_millis(d).saturating_sub(self.cfg.clock_skew));
-        let executed = match kv.op {
-            KvOp::Get => return self.read_local(&kv),
-            KvOp::Set(value) => {
-                self.write(WriteOp::Set { key: kv.key, value }, cond, apply_by)
-                    .await?
-            }
-            KvOp::Delete => {
-                self.write(WriteOp::Delete { key: kv.key }, cond, apply_by)
-                    .await?
-            }
-        };
-        Ok(self.tag(format(style, is_delete, executed)))
+        let executed = self.write(op, kv.cond, apply_by).await?;
+        // `/set` and `/delete` also answer GET: no cache may store the
+        // answer (and skip the write next time).
+        Ok(self.tag(no_store(format(style, is_delete, executed))))
     }
 
     /// A read of this node's own store (never waits).
@@ -493,6 +542,10 @@ impl Api {
                 ShardError::DeadlinePassed { late } => ApiError::DeadlinePassed {
                     node: self.me().name.clone(),
                     late_ms: late.as_millis(),
+                },
+                ShardError::Overloaded { .. } => ApiError::Overloaded {
+                    node: self.me().name.clone(),
+                    why: e.to_string(),
                 },
                 other => ApiError::Storage(other.to_string()),
             })?;
@@ -569,16 +622,30 @@ fn read(
         .get(&kv.key)
         .map_err(|e| ApiError::Storage(e.to_string()))?
     {
-        // On a read, a condition is If-None-Match: a matching version, or
-        // `*` (any version), means "not modified".
-        Some(v) if kv.cond == Cond::Version(v.seq) || kv.cond == Cond::Present => {
-            Executed::NotModified { version: v.seq }
-        }
-        Some(v) => Executed::Value {
-            value: v.value,
-            version: v.seq,
-        },
+        // Preconditions are ignored when the answer would be a 404 (RFC
+        // 9110 §13.2.1); otherwise If-Match first (412), then If-None-Match
+        // (304), RFC 9110 §13.2.2.
         None => Executed::NotFound,
+        Some(v) => {
+            let current = Some(v.seq);
+            let (if_match, if_none_match) = match &kv.cond {
+                Cond::Http {
+                    if_match,
+                    if_none_match,
+                } => (if_match.as_ref(), if_none_match.as_ref()),
+                _ => (None, None),
+            };
+            if if_match.is_some_and(|t| !t.matches(current)) {
+                Executed::ConditionFailed { current }
+            } else if if_none_match.is_some_and(|t| t.matches(current)) {
+                Executed::NotModified { version: v.seq }
+            } else {
+                Executed::Value {
+                    value: v.value,
+                    version: v.seq,
+                }
+            }
+        }
     };
     Ok(tag(format(kv.style, false, executed), node, applied))
 }
@@ -595,17 +662,31 @@ fn tag(resp: Response, node: &NodeInfo, applied: Option<u64>) -> Response {
     }
 }
 
+/// Marks an answer that no cache may store (RFC 9111 §5.2.2.5): the
+/// operational endpoints and the answers to writes, which GET requests
+/// would otherwise let a cache store and reuse heuristically.
+fn no_store(resp: Response) -> Response {
+    resp.with_header("Cache-Control", "no-store".into())
+}
+
+/// `Cache-Control` of data reads: caches may store them but must
+/// revalidate before reuse (RFC 9111 §5.2.2.4); a value changes at any time.
+const READ_CACHE_CONTROL: &str = "no-cache";
+
 /// Formats an execution result in the style of the API it came in on.
 fn format(style: Style, is_delete: bool, executed: Executed) -> Response {
     let etag = |v: u64| format!("\"{v}\"");
     match (style, executed) {
-        (Style::Seed, Executed::Value { value, version }) => {
-            Response::new(200, BYTES, value).with_header("X-Version", version.to_string())
-        }
-        (Style::Rest, Executed::Value { value, version }) => {
-            Response::new(200, BYTES, value).with_header("ETag", etag(version))
-        }
-        (_, Executed::NotFound) => Response::text(404, "key not found"),
+        (Style::Seed, Executed::Value { value, version }) => Response::new(200, BYTES, value)
+            .with_header("X-Version", version.to_string())
+            .with_header("Cache-Control", READ_CACHE_CONTROL.into()),
+        (Style::Rest, Executed::Value { value, version }) => Response::new(200, BYTES, value)
+            .with_header("ETag", etag(version))
+            .with_header("X-Version", version.to_string())
+            .with_header("Cache-Control", READ_CACHE_CONTROL.into()),
+        // Only reads find nothing.
+        (_, Executed::NotFound) => Response::text(404, "key not found")
+            .with_header("Cache-Control", READ_CACHE_CONTROL.into()),
         (Style::Rest, Executed::Written { seq }) if is_delete => {
             Response::new(204, TEXT, Vec::new()).with_header("X-Seq", seq.to_string())
         }
@@ -615,9 +696,12 @@ fn format(style: Style, is_delete: bool, executed: Executed) -> Response {
         (Style::Rest, Executed::Written { seq }) => Response::text(200, "OK")
             .with_header("ETag", etag(seq))
             .with_header("X-Seq", seq.to_string()),
-        (_, Executed::NotModified { version }) => {
-            Response::new(304, TEXT, Vec::new()).with_header("ETag", etag(version))
-        }
+        // A 304 repeats the ETag and Cache-Control of the 200 (RFC 9110
+        // §15.4.5); it has no content, so no Content-Type either.
+        (_, Executed::NotModified { version }) => Response::new(304, TEXT, Vec::new())
+            .with_header("ETag", etag(version))
+            .with_header("X-Version", version.to_string())
+            .with_header("Cache-Control", READ_CACHE_CONTROL.into()),
         (_, Executed::ConditionFailed { current }) => {
             let msg = match current {
                 Some(v) => format!("precondition failed: the key's current version is {v}"),
@@ -654,8 +738,10 @@ fn from_remote(resp: ClientResponse) -> Response {
         "X-Version",
         "X-Applied-Seq",
         "ETag",
+        "Cache-Control",
         "Allow",
         "WWW-Authenticate",
+        "Retry-After",
     ] {
         if let Some(v) = resp.header(name) {
             out.headers.push((name, v.to_string()));

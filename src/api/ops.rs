@@ -3,13 +3,19 @@
 //! (`/internal/kv` for forwarded requests, with a write's deadline;
 //! `/internal/pull` for replication, `/internal/scan` for listings).
 //!
-//! Reads every local node's published counters; never blocks.
+//! Reads every local node's published counters and the reachability of
+//! nodes on other hosts; never blocks. Everything an internal request
+//! carries is checked before use: the token (always, when configured),
+//! lengths of names and keys, the puller's name against the configured
+//! replicas, and arithmetic on numbers from the network (checked, 400).
 
 use super::{Api, ApiError};
 use crate::http::encode::{BYTES, JSON, Response};
 use crate::http::parse::{Method, Request};
 use crate::metrics;
-use crate::protocol::{PullReply, decode_kv, decode_pull, decode_scan, encode_reply};
+use crate::protocol::{
+    MAX_NODE_NAME, Pull, PullKind, PullReply, decode_kv, decode_pull, decode_scan, encode_reply,
+};
 use crate::replication::ReplicaState;
 use crate::topology::Role;
 use std::fmt::Write as _;
@@ -49,12 +55,14 @@ impl Api {
             json_str(&mut out, &node.address);
             let _ = write!(
                 out,
-                ",\"shard\":{},\"keys\":{},\"commits\":{},\"committed_writes\":{},\"open_connections\":{}",
+                ",\"shard\":{},\"keys\":{},\"commits\":{},\"committed_writes\":{},\"open_connections\":{},\"seq_waiters\":{},\"overloaded_writes\":{}",
                 node.shard,
                 stats.keys.load(Ordering::Relaxed),
                 stats.commits.load(Ordering::Relaxed),
                 stats.committed_writes.load(Ordering::Relaxed),
                 m.open_connections.load(Ordering::Relaxed),
+                stats.seq_waiters.load(Ordering::Relaxed),
+                stats.overloaded_writes.load(Ordering::Relaxed),
             );
             match node.role {
                 Role::Primary => {
@@ -70,6 +78,24 @@ impl Api {
                         state.name()
                     );
                 }
+            }
+            out.push('}');
+        }
+        // Nodes on other hosts and whether they can be reached. Objects
+        // here start with "peer", not "name": they are not local nodes.
+        out.push_str("],\"peers\":[");
+        for (i, (node, state, detail)) in self.router.peers().into_iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"peer\":");
+            json_str(&mut out, &node.name);
+            out.push_str(",\"address\":");
+            json_str(&mut out, &node.address);
+            let _ = write!(out, ",\"reachability\":\"{}\"", state.name());
+            if !detail.is_empty() {
+                out.push_str(",\"error\":");
+                json_str(&mut out, &detail);
             }
             out.push('}');
         }
@@ -116,10 +142,14 @@ impl Api {
         }
         let bad = |e: crate::storage::StorageError| ApiError::BadBody(e.to_string());
         if req.path == b"/internal/kv" {
-            let forwarded = decode_kv(&req.body).map_err(bad)?;
+            let mut forwarded = decode_kv(&req.body).map_err(bad)?;
+            forwarded.kv.key = super::seed::check_key(forwarded.kv.key, self.cfg.max_key)?;
             return self
                 .dispatch(forwarded.kv, true, forwarded.deadline_ms)
                 .await;
+        }
+        if req.path != b"/internal/pull" && req.path != b"/internal/scan" {
+            return Err(ApiError::UnknownPath);
         }
         if self.me().role != Role::Primary {
             return Err(ApiError::Misdirected {
@@ -129,6 +159,10 @@ impl Api {
         }
         let reply = if req.path == b"/internal/scan" {
             let mut scan = decode_scan(&req.body).map_err(bad)?;
+            self.check_len("prefix", scan.prefix.len())?;
+            if let Some(after) = &scan.after {
+                self.check_len("after", after.len())?;
+            }
             scan.limit = scan.limit.min(10_000);
             PullReply::Snapshot {
                 seq: 0,
@@ -139,8 +173,58 @@ impl Api {
             let Some(primary) = &self.primary else {
                 return Err(ApiError::UnknownPath);
             };
-            primary.serve(decode_pull(&req.body).map_err(bad)?).await
+            let pull = decode_pull(&req.body).map_err(bad)?;
+            self.check_pull(primary.is_replica(&pull.replica), &pull)?;
+            primary.serve(pull).await
         };
         Ok(Response::new(200, BYTES, encode_reply(&reply)))
+    }
+
+    /// A key-sized field of an internal request: at most `--max-key` bytes.
+    fn check_len(&self, field: &'static str, len: usize) -> Result<(), ApiError> {
+        if len > self.cfg.max_key {
+            return Err(ApiError::BadBody(format!(
+                "`{field}` is {len} bytes, the limit is {}",
+                self.cfg.max_key
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks a pull from the network before it is served. A configured
+    /// replica of this shard (`configured`) is served and tracked. The
+    /// name of any other configured node is refused (403): that node
+    /// belongs to another shard, so the hosts disagree about the config.
+    /// A name of no configured node, at most [`MAX_NODE_NAME`] bytes, is
+    /// answered as an observer (monitoring probes use this): the primary
+    /// records nothing for it, so it cannot hold back or grow anything.
+    fn check_pull(&self, configured: bool, pull: &Pull) -> Result<(), ApiError> {
+        if !configured {
+            if pull.replica.len() > MAX_NODE_NAME {
+                return Err(ApiError::BadBody(format!(
+                    "replica name is {} bytes, the limit is {MAX_NODE_NAME}",
+                    pull.replica.len()
+                )));
+            }
+            if self
+                .router
+                .topology()
+                .nodes
+                .iter()
+                .any(|n| n.name == pull.replica)
+            {
+                return Err(ApiError::NotAReplica {
+                    node: self.me().name.clone(),
+                    name: pull.replica.clone(),
+                });
+            }
+        }
+        match &pull.kind {
+            PullKind::Log { after } if after.checked_add(1).is_none() => Err(ApiError::BadBody(
+                format!("`after` is {after}: no entry can follow it"),
+            )),
+            PullKind::Snapshot { after_key: Some(k) } => self.check_len("after_key", k.len()),
+            _ => Ok(()),
+        }
     }
 }

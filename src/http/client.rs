@@ -16,7 +16,10 @@
 //! - a connection is never closed with request bytes possibly still
 //!   queued for the peer: after a failure it is reset (`SO_LINGER` 0, then
 //!   close: the kernel discards unsent bytes and sends RST instead of
-//!   retransmitting them later).
+//!   retransmitting them later);
+//! - what each exchange shows about reaching a node (resolved, connected,
+//!   answered) is recorded in the process-wide [`Reachability`] table that
+//!   `/status` shows.
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -26,7 +29,108 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+/// What this process last learned about reaching a node on another host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerState {
+    /// Nothing was sent to it yet (its address resolved at start-up).
+    Unknown = 0,
+    /// The last exchange got an answer.
+    Reachable = 1,
+    /// Its address does not resolve.
+    Unresolved = 2,
+    /// Connecting failed (refused, unreachable, timed out).
+    Unreachable = 3,
+}
+
+impl PeerState {
+    fn from_code(code: u8) -> Self {
+        match code {
+            1 => Self::Reachable,
+            2 => Self::Unresolved,
+            3 => Self::Unreachable,
+            _ => Self::Unknown,
+        }
+    }
+
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Reachable => "reachable",
+            Self::Unresolved => "unresolved",
+            Self::Unreachable => "unreachable",
+        }
+    }
+}
+
+struct PeerHealth {
+    state: AtomicU8,
+    /// Why it is unresolved or unreachable (empty otherwise).
+    detail: Mutex<String>,
+}
+
+/// Reachability of every node on another host, by configured address;
+/// shared by all executors of the process (`Send + Sync`). Fixed at
+/// start-up: it holds exactly the configured remote addresses.
+pub struct Reachability {
+    peers: HashMap<String, PeerHealth>,
+}
+
+impl Reachability {
+    /// A table of `addrs`, all [`PeerState::Unknown`].
+    #[must_use]
+    pub fn new(addrs: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            peers: addrs
+                .into_iter()
+                .map(|a| {
+                    let health = PeerHealth {
+                        state: AtomicU8::new(PeerState::Unknown as u8),
+                        detail: Mutex::new(String::new()),
+                    };
+                    (a, health)
+                })
+                .collect(),
+        }
+    }
+
+    /// Records what was learned about `addr` (ignored for addresses not in
+    /// the table). Cheap when nothing changes: an answer from a reachable
+    /// node touches one atomic.
+    pub fn record(&self, addr: &str, state: PeerState, detail: &str) {
+        let Some(h) = self.peers.get(addr) else {
+            return;
+        };
+        if state == PeerState::Reachable
+            && h.state.load(Ordering::Relaxed) == PeerState::Reachable as u8
+        {
+            return;
+        }
+        let mut d = h.detail.lock().unwrap_or_else(PoisonError::into_inner);
+        d.clear();
+        d.push_str(detail);
+        h.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// The state of `addr` and why, when it is in the table.
+    #[must_use]
+    pub fn get(&self, addr: &str) -> Option<(PeerState, String)> {
+        let h = self.peers.get(addr)?;
+        let detail = h
+            .detail
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Some((
+            PeerState::from_code(h.state.load(Ordering::Relaxed)),
+            detail,
+        ))
+    }
+}
 
 /// The bytes of a request from one corekv node to another: marked with
 /// `X-Corekv-Forwarded`, with the cluster token when one is set.
@@ -211,6 +315,7 @@ pub struct Client {
     max_idle_per_host: usize,
     idle: RefCell<HashMap<String, Vec<TcpStream>>>,
     resolved: RefCell<HashMap<String, SocketAddr>>,
+    reach: Option<Arc<Reachability>>,
 }
 
 impl Client {
@@ -224,6 +329,26 @@ impl Client {
             max_idle_per_host: 64,
             idle: RefCell::new(HashMap::new()),
             resolved: RefCell::new(HashMap::new()),
+            reach: None,
+        }
+    }
+
+    /// Records what every exchange shows about reaching its node in `reach`.
+    #[must_use]
+    pub fn with_reachability(mut self, reach: Arc<Reachability>) -> Self {
+        self.reach = Some(reach);
+        self
+    }
+
+    /// The table given to [`Client::with_reachability`].
+    #[must_use]
+    pub fn reachability(&self) -> Option<&Arc<Reachability>> {
+        self.reach.as_ref()
+    }
+
+    fn note(&self, addr: &str, state: PeerState, detail: &dyn fmt::Display) {
+        if let Some(r) = &self.reach {
+            r.record(addr, state, &detail.to_string());
         }
     }
 
@@ -260,6 +385,20 @@ impl Client {
         deadline: Instant,
         resend: Resend,
     ) -> Result<ClientResponse, ClientError> {
+        let result = self.send_once(addr, request, deadline, resend).await;
+        if result.is_ok() {
+            self.note(addr, PeerState::Reachable, &"");
+        }
+        result
+    }
+
+    async fn send_once(
+        &self,
+        addr: &str,
+        request: &[u8],
+        deadline: Instant,
+        resend: Resend,
+    ) -> Result<ClientResponse, ClientError> {
         if let Some(stream) = self.pooled(addr) {
             match self.exchange(addr, stream, request, deadline).await {
                 Ok(resp) => return Ok(resp),
@@ -288,7 +427,11 @@ impl Client {
     }
 
     async fn connect(&self, addr: &str, deadline: Instant) -> Result<TcpStream, ClientError> {
-        let sock = self.resolve(addr)?;
+        let sock = self.resolve(addr).inspect_err(|e| {
+            self.note(addr, PeerState::Unresolved, e);
+        })?;
+        // A deadline that passed before connecting says nothing about the
+        // peer: only a connect that was tried is recorded.
         let limit = left(deadline)
             .ok_or(ClientError::ConnectTimeout)?
             .min(self.connect_timeout);
@@ -304,6 +447,9 @@ impl Client {
                         ClientError::Connect(e)
                     }
                 }
+            })
+            .inspect_err(|e| {
+                self.note(addr, PeerState::Unreachable, e);
             })?;
         let _ = stream.set_nodelay(true);
         Ok(stream)
@@ -439,7 +585,14 @@ fn parse_response(buf: &[u8]) -> Result<Option<(ClientResponse, usize, bool)>, &
         }
         out_headers.push((h.name.to_string(), value));
     }
-    let len = len.ok_or("response without Content-Length")?;
+    let status = resp.code.unwrap_or(0);
+    // 1xx, 204 and 304 have no content and no Content-Length (RFC 9112
+    // §6.3); the client sends no HEAD requests.
+    let len = if super::encode::bodiless(status) {
+        0
+    } else {
+        len.ok_or("response without Content-Length")?
+    };
     if len > MAX_RESPONSE {
         return Err("response too large");
     }
@@ -448,7 +601,7 @@ fn parse_response(buf: &[u8]) -> Result<Option<(ClientResponse, usize, bool)>, &
     }
     Ok(Some((
         ClientResponse {
-            status: resp.code.unwrap_or(0),
+            status,
             headers: out_headers,
             body: buf[head..head + len].to_vec(),
         },
@@ -460,6 +613,21 @@ fn parse_response(buf: &[u8]) -> Result<Option<(ClientResponse, usize, bool)>, &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reachability_records_changes() {
+        let r = Reachability::new(["h:1".to_string()]);
+        assert_eq!(r.get("h:1"), Some((PeerState::Unknown, String::new())));
+        r.record("h:1", PeerState::Unresolved, "cannot resolve h:1");
+        assert_eq!(
+            r.get("h:1"),
+            Some((PeerState::Unresolved, "cannot resolve h:1".into()))
+        );
+        r.record("h:1", PeerState::Reachable, "");
+        assert_eq!(r.get("h:1"), Some((PeerState::Reachable, String::new())));
+        r.record("other:2", PeerState::Unreachable, "x");
+        assert_eq!(r.get("other:2"), None);
+    }
 
     #[test]
     fn parses_responses() {
@@ -474,5 +642,14 @@ mod tests {
         let close = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
         assert!(!parse_response(close).expect("ok").expect("complete").2);
         assert!(parse_response(b"HTTP/1.1 200 OK\r\n\r\n").is_err());
+        // 204 and 304 end with their head; what follows is the next response.
+        for status in ["204 No Content", "304 Not Modified"] {
+            let raw = format!("HTTP/1.1 {status}\r\nETag: \"3\"\r\n\r\nHTTP/1.1 200 OK\r\n");
+            let (r, used, reuse) = parse_response(raw.as_bytes())
+                .expect("ok")
+                .expect("complete");
+            assert_eq!((used, reuse), (raw.find("\r\n\r\n").unwrap_or(0) + 4, true));
+            assert!(r.body.is_empty());
+        }
     }
 }

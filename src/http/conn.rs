@@ -6,10 +6,12 @@
 //! (pipelining); after a parse error the error is answered and the
 //! connection closed; a connection idle for longer than `idle_timeout`, or
 //! that takes longer than `request_timeout` to deliver a started request,
-//! is closed (the latter with a 408). A [`Tracker`] shared by the
-//! connections of one executor counts open connections and requests in
-//! flight, and asks connections to close after their current response
-//! while the server drains for shutdown.
+//! is closed (the latter with a 408). Every response written here, the
+//! connection layer's own refusals (400, 408, 413, 431, 501, 505, 503 at
+//! the connection cap) included, carries `Date` ([`super::date`]). A
+//! [`Tracker`] shared by the connections of one executor counts open
+//! connections and requests in flight, and asks connections to close after
+//! their current response while the server drains for shutdown.
 //!
 //! Reading: a connection first tries a non-blocking `recv`; when nothing is
 //! there yet it waits for the executor's next I/O poll ([`NextPoll`]) and
@@ -18,6 +20,7 @@
 //! so a client that always has a request ready cannot monopolise the
 //! executor (and I/O is polled at least once per round of connections).
 
+use super::date;
 use super::encode::{Response, encode};
 use super::parse::{Limits, Method, Parsed, Request, parse};
 use crate::sched::NextPoll;
@@ -122,7 +125,7 @@ pub fn has_room(cfg: &ConnConfig, tracker: &Tracker) -> bool {
 pub async fn refuse(mut stream: TcpStream) {
     let mut out = Vec::new();
     let resp = Response::text(503, "too many open connections; try again later");
-    encode(&resp, false, false, &mut out);
+    encode(&resp, false, false, &date::now(), &mut out);
     let _ = stream.write_all(&out).await;
 }
 
@@ -156,7 +159,7 @@ where
                         handler(req).await
                     };
                     let keep_alive = keep_alive && !resp.close && !tracker.draining.get();
-                    encode(&resp, head_only, keep_alive, &mut out);
+                    encode(&resp, head_only, keep_alive, &date::now(), &mut out);
                     if !keep_alive {
                         close = true;
                         break;
@@ -165,9 +168,10 @@ where
                 Ok(Parsed::Partial) => break,
                 Err(e) => {
                     encode(
-                        &Response::text(e.status(), &e.to_string()),
+                        &Response::text(e.status(), &e.message(&cfg.limits)),
                         false,
                         false,
+                        &date::now(),
                         &mut out,
                     );
                     close = true;
@@ -290,6 +294,6 @@ fn recv_now(stream: &TcpStream, buf: &mut [u8]) -> Option<std::io::Result<usize>
 async fn timed_out(stream: &mut TcpStream) {
     let mut out = Vec::new();
     let resp = Response::text(408, "request not completed in time; closing the connection");
-    encode(&resp, false, false, &mut out);
+    encode(&resp, false, false, &date::now(), &mut out);
     let _ = stream.write_all(&out).await;
 }

@@ -1,7 +1,10 @@
 //! HTTP/1.1 response type and its encoding.
 //!
-//! Pure: a [`Response`] in, bytes appended to an output buffer. Every
-//! response carries Content-Length, so keep-alive framing is always exact.
+//! Pure: a [`Response`] and the `Date` value in, bytes appended to an
+//! output buffer. Every response carries `Date` (RFC 9110 §6.6.1) and
+//! exact Content-Length framing, except 1xx, 204 and 304, which have no
+//! content and therefore neither Content-Length (RFC 9110 §8.6) nor
+//! Content-Type nor a body (RFC 9112 §6.3).
 
 use std::io::Write as _;
 
@@ -66,6 +69,7 @@ pub fn reason(status: u16) -> &'static str {
         200 => "OK",
         201 => "Created",
         204 => "No Content",
+        304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -88,18 +92,32 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
+/// Whether responses with `status` never have content (RFC 9112 §6.3).
+#[must_use]
+pub fn bodiless(status: u16) -> bool {
+    status < 200 || status == 204 || status == 304
+}
+
 /// Appends `resp` to `out`. `head_only` omits the body (HEAD requests) but
-/// keeps its Content-Length; `keep_alive` false adds `Connection: close`.
-pub fn encode(resp: &Response, head_only: bool, keep_alive: bool, out: &mut Vec<u8>) {
+/// keeps its Content-Length; `keep_alive` false adds `Connection: close`;
+/// `date` is the `Date` value (an IMF-fixdate, see [`super::date`]).
+/// 1xx, 204 and 304 responses get neither Content-Type, Content-Length
+/// nor a body.
+pub fn encode(resp: &Response, head_only: bool, keep_alive: bool, date: &[u8], out: &mut Vec<u8>) {
     // Writing into a Vec cannot fail.
-    let _ = write!(
-        out,
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-        resp.status,
-        reason(resp.status),
-        resp.content_type,
-        resp.body.len()
-    );
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
+    let bodiless = bodiless(resp.status);
+    if !bodiless {
+        let _ = write!(
+            out,
+            "Content-Type: {}\r\nContent-Length: {}\r\n",
+            resp.content_type,
+            resp.body.len()
+        );
+    }
+    out.extend_from_slice(b"Date: ");
+    out.extend_from_slice(date);
+    out.extend_from_slice(b"\r\n");
     for (name, value) in &resp.headers {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
@@ -110,7 +128,7 @@ pub fn encode(resp: &Response, head_only: bool, keep_alive: bool, out: &mut Vec<
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if !head_only {
+    if !head_only && !bodiless {
         out.extend_from_slice(&resp.body);
     }
 }
@@ -119,19 +137,42 @@ pub fn encode(resp: &Response, head_only: bool, keep_alive: bool, out: &mut Vec<
 mod tests {
     use super::*;
 
+    const DATE: &[u8] = b"Sun, 06 Nov 1994 08:49:37 GMT";
+
+    fn encoded(r: &Response, head_only: bool, keep_alive: bool) -> String {
+        let mut out = Vec::new();
+        encode(r, head_only, keep_alive, DATE, &mut out);
+        String::from_utf8(out).expect("utf8")
+    }
+
     #[test]
     fn encodes_status_headers_body() {
         let r = Response::text(404, "no such key").with_header("X-Shard", "2".into());
-        let mut out = Vec::new();
-        encode(&r, false, true, &mut out);
         assert_eq!(
-            String::from_utf8(out).expect("utf8"),
-            "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 12\r\nX-Shard: 2\r\n\r\nno such key\n"
+            encoded(&r, false, true),
+            "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 12\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nX-Shard: 2\r\n\r\nno such key\n"
         );
-        let mut head = Vec::new();
-        encode(&r, true, false, &mut head);
-        let head = String::from_utf8(head).expect("utf8");
+        let head = encoded(&r, true, false);
         assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");
         assert!(head.contains("Content-Length: 12"));
+    }
+
+    #[test]
+    fn bodiless_statuses_have_no_framing_headers() {
+        for status in [204, 304] {
+            // Even a (wrongly) filled body is not sent.
+            let r = Response::new(status, TEXT, b"x".to_vec()).with_header("ETag", "\"1\"".into());
+            let text = encoded(&r, false, true);
+            assert_eq!(
+                text,
+                format!(
+                    "HTTP/1.1 {status} {}\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nETag: \"1\"\r\n\r\n",
+                    reason(status)
+                )
+            );
+        }
+        assert_eq!(reason(304), "Not Modified");
+        assert!(bodiless(100) && bodiless(204) && bodiless(304));
+        assert!(!bodiless(200) && !bodiless(205) && !bodiless(404));
     }
 }

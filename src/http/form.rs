@@ -1,5 +1,5 @@
 //! `application/x-www-form-urlencoded` decoding (query strings and form
-//! bodies) and the matching encoder for forwarded requests.
+//! bodies) and the matching encoder (for clients: the soak test's).
 //!
 //! Pure. `+` decodes to a space; `%XX` to the byte; a `%` not followed by
 //! two hex digits is an error (the caller answers 400).

@@ -57,9 +57,9 @@ pub struct Request {
     pub forwarded: bool,
     /// `Authorization` header value.
     pub authorization: Option<Vec<u8>>,
-    /// `If-Match` header value.
+    /// `If-Match` field value (several field lines joined with `, `).
     pub if_match: Option<Vec<u8>>,
-    /// `If-None-Match` header value.
+    /// `If-None-Match` field value (several field lines joined with `, `).
     pub if_none_match: Option<Vec<u8>>,
 }
 
@@ -96,6 +96,27 @@ impl ParseError {
             Self::UnsupportedVersion => 505,
         }
     }
+
+    /// The one-line answer: for a limit, the limit in force and the option
+    /// that raises it.
+    #[must_use]
+    pub fn message(self, limits: &Limits) -> String {
+        match self {
+            Self::HeadTooLarge => format!(
+                "request line and headers are larger than the limit of {} bytes (--max-header-bytes)",
+                limits.max_head
+            ),
+            Self::TooManyHeaders => format!(
+                "more header fields than the limit of {} (--max-headers)",
+                limits.max_headers
+            ),
+            Self::BodyTooLarge => format!(
+                "request body is larger than the limit of {} bytes (--max-body)",
+                limits.max_body
+            ),
+            other => other.to_string(),
+        }
+    }
 }
 
 impl fmt::Display for ParseError {
@@ -111,6 +132,18 @@ impl fmt::Display for ParseError {
             }
             Self::UnsupportedVersion => write!(f, "only HTTP/1.0 and HTTP/1.1 are supported"),
         }
+    }
+}
+
+/// Adds a field line of a list-based field: lines of the same field are one
+/// comma-separated list (RFC 9110 §5.3).
+fn append_list(field: &mut Option<Vec<u8>>, value: &[u8]) {
+    match field {
+        Some(v) => {
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(value);
+        }
+        None => *field = Some(value.to_vec()),
     }
 }
 
@@ -213,9 +246,9 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
         } else if name.eq_ignore_ascii_case("authorization") {
             authorization = Some(h.value.to_vec());
         } else if name.eq_ignore_ascii_case("if-match") {
-            if_match = Some(h.value.to_vec());
+            append_list(&mut if_match, h.value);
         } else if name.eq_ignore_ascii_case("if-none-match") {
-            if_none_match = Some(h.value.to_vec());
+            append_list(&mut if_none_match, h.value);
         }
     }
     let body_len = content_length.unwrap_or(0);

@@ -6,7 +6,7 @@
 
 use super::{Event, NodeError, SHUTDOWN_GRACE};
 use crate::api::{Api, ApiConfig, LocalNodes};
-use crate::http::client::Client;
+use crate::http::client::{Client, Reachability};
 use crate::http::conn::{self, ConnConfig, Tracker};
 use crate::log::Level;
 use crate::log_at;
@@ -32,6 +32,8 @@ pub(super) struct NodeContext {
     pub(super) shard: Shard,
     pub(super) mailbox: flume::Receiver<Mail>,
     pub(super) mailboxes: Mailboxes,
+    /// Reachability of the nodes on other hosts (shared, for `/status`).
+    pub(super) reach: Arc<Reachability>,
     pub(super) nodes: LocalNodes,
     pub(super) retain: u64,
     pub(super) token: Option<Arc<str>>,
@@ -92,6 +94,7 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
         shard,
         mailbox,
         mailboxes,
+        reach,
         nodes,
         retain,
         token,
@@ -103,7 +106,8 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
         preempt_timer: _,
     } = ctx;
     let shard = Rc::new(shard);
-    let client = Rc::new(Client::new(Duration::from_secs(1), forward_timeout));
+    let client =
+        Rc::new(Client::new(Duration::from_secs(1), forward_timeout).with_reachability(reach));
     let (primary, seq) = match node.role {
         Role::Primary => {
             let replicas = topo
@@ -125,7 +129,10 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
                     token: token.clone(),
                 },
             };
-            let applied = Rc::new(SeqWatch::new(shard.stats.seq.load(Ordering::Acquire)));
+            let applied = Rc::new(SeqWatch::new(
+                shard.stats.seq.load(Ordering::Acquire),
+                shard.stats.clone(),
+            ));
             glommio::spawn_local(replication::follow(
                 shard.clone(),
                 applied.clone(),

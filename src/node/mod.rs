@@ -8,7 +8,11 @@
 //! (io_uring, `RLIMIT_MEMLOCK`) → address resolution → stores → listeners
 //! (all bound here, so a port in use fails before any executor runs) →
 //! executors (each reports) → ready. Any failure returns an error and the
-//! process exits non-zero.
+//! process exits non-zero, except a remote node's address that does not
+//! resolve: the other host may come later, so that is a warning naming
+//! the node, and `/status` lists the node as unresolved until it answers.
+//! Mailboxes between executors and each node's commit queue are bounded
+//! (`protocol::MAILBOX_CAPACITY`, `--commit-queue`).
 
 // `executor`: one node's thread, executor and tasks; `system`: sockets,
 // limits, CPUs and signals. This file: options, errors and the start-up
@@ -18,10 +22,12 @@ mod system;
 
 use crate::api::{ApiConfig, LocalNodes};
 use crate::config::{self, ConfigError};
+use crate::http::client::{PeerState, Reachability};
 use crate::http::conn::ConnConfig;
 use crate::log::Level;
 use crate::log_at;
 use crate::metrics::Metrics;
+use crate::protocol::MAILBOX_CAPACITY;
 use crate::router::{Mailboxes, Peer};
 use crate::shard::{Shard, StartError};
 use crate::storage::Store;
@@ -69,6 +75,9 @@ pub struct Options {
     pub log_retention: u64,
     /// Most writes per commit (1 disables group commit; for benchmarks).
     pub commit_batch: usize,
+    /// Most jobs waiting in a node's commit queue; client writes beyond
+    /// it are answered 503 (see `shard::DEFAULT_COMMIT_QUEUE`).
+    pub commit_queue: usize,
     /// Shared token required for writes and internal endpoints.
     pub token: Option<String>,
     /// HTTP limits and timeouts per connection.
@@ -100,6 +109,7 @@ impl Default for Options {
             durable: true,
             log_retention: 1_000_000,
             commit_batch: crate::shard::DEFAULT_MAX_BATCH,
+            commit_queue: crate::shard::DEFAULT_COMMIT_QUEUE,
             token: None,
             conn: ConnConfig::default(),
             max_key: crate::api::DEFAULT_MAX_KEY,
@@ -197,7 +207,7 @@ impl std::error::Error for NodeError {}
 /// # Errors
 /// Any start-up failure (see the module doc for the order of checks).
 pub fn run(opts: &Options) -> Result<(), NodeError> {
-    crate::log::set_level(opts.log_level);
+    crate::log::install(opts.log_level);
     // Before any thread exists, so that every thread inherits the mask and
     // SIGINT/SIGTERM reach only the signal-waiting thread.
     let signals = block_signals()?;
@@ -210,6 +220,7 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         .iter()
         .map(|n| resolve(&n.address))
         .collect::<Result<Vec<_>, _>>()?;
+    let reach = Arc::new(check_remotes(&topo));
     std::fs::create_dir_all(&opts.data_dir).map_err(|error| NodeError::DataDir {
         path: opts.data_dir.clone(),
         error,
@@ -224,7 +235,9 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         };
         let store = Store::open_with_cache(&path, opts.durable, opts.cache_bytes)
             .map_err(|e| storage(StartError::Storage(e)))?;
-        shards.push(Shard::start(store, &n.name, opts.commit_batch).map_err(storage)?);
+        shards.push(
+            Shard::start(store, &n.name, opts.commit_batch, opts.commit_queue).map_err(storage)?,
+        );
     }
     // Listeners are bound here, after every check, with std (SO_REUSEADDR,
     // no SO_REUSEPORT): a port another process listens on fails the start,
@@ -241,7 +254,7 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
     let mut txs: Vec<Option<Peer>> = vec![None; topo.nodes.len()];
     let mut rxs = Vec::new();
     for (n, shard) in locals.iter().zip(&shards) {
-        let (tx, rx) = flume::unbounded();
+        let (tx, rx) = flume::bounded(MAILBOX_CAPACITY);
         txs[n.id] = Some(Peer::new(tx, shard.reader_parts()));
         rxs.push(rx);
     }
@@ -275,6 +288,7 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
             shard,
             mailbox,
             mailboxes: mailboxes.clone(),
+            reach: reach.clone(),
             nodes: nodes.clone(),
             retain: opts.log_retention,
             token: token.clone(),
@@ -353,6 +367,28 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
     }
     log_at!(Level::Info, "corekv", "stopped");
     Ok(())
+}
+
+/// The reachability table of every node on another host. Each address is
+/// resolved once here: one that does not resolve does not stop the start
+/// (the other host may come later, or DNS may catch up) but is logged as a
+/// warning naming the node, and shown as `unresolved` in `/status`.
+fn check_remotes(topo: &Topology) -> Reachability {
+    let remotes: Vec<&NodeInfo> = topo.nodes.iter().filter(|n| !n.local).collect();
+    let reach = Reachability::new(remotes.iter().map(|n| n.address.clone()));
+    for n in remotes {
+        if let Err(e) = resolve(&n.address) {
+            log_at!(
+                Level::Warn,
+                "corekv",
+                "remote node {} at {} cannot be resolved ({e}); requests for its shard will get 503 until it resolves",
+                n.name,
+                n.address
+            );
+            reach.record(&n.address, PeerState::Unresolved, &e.to_string());
+        }
+    }
+    reach
 }
 
 /// Longest wait for requests in flight at shutdown.

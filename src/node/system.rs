@@ -123,8 +123,9 @@ pub(super) fn allowed_cpus() -> Vec<usize> {
     cpus
 }
 
-/// Blocks SIGINT and SIGTERM in this thread (and every thread it spawns
-/// later) so that [`wait_signal`] receives them.
+/// Blocks SIGINT, SIGTERM and SIGHUP (the terminal closed) in this thread
+/// (and every thread it spawns later) so that [`wait_signal`] receives them;
+/// each one drains and stops the process.
 pub(super) fn block_signals() -> Result<libc::sigset_t, NodeError> {
     // SAFETY: sigset manipulation on a local, then pthread_sigmask.
     unsafe {
@@ -132,6 +133,7 @@ pub(super) fn block_signals() -> Result<libc::sigset_t, NodeError> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
             return Err(NodeError::Signal(std::io::Error::last_os_error()));
         }

@@ -16,7 +16,7 @@
 mod types;
 
 pub use types::{
-    Cond, LogEntry, LogRead, Outcome, SnapshotPage, StorageError, Versioned, Write, WriteOp,
+    Cond, LogEntry, LogRead, Outcome, SnapshotPage, StorageError, Tags, Versioned, Write, WriteOp,
 };
 use types::{decode_value, encode_value};
 
@@ -446,6 +446,44 @@ mod tests {
             op,
             cond: Cond::Always,
         }
+    }
+
+    #[test]
+    fn http_conditions_hold_in_the_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Store::open(&dir.path().join("p.redb"), true).expect("open");
+        let http = |m: Option<Tags>, n: Option<Tags>| Cond::Http {
+            if_match: m,
+            if_none_match: n,
+        };
+        let list = |v: &[u64]| Some(Tags::Versions(v.to_vec()));
+        let c = |op, cond| Write { op, cond };
+        let got = p
+            .commit_writes(&[
+                // If-Match on a missing key fails; If-None-Match: * creates.
+                c(set("k", "1"), http(list(&[1]), None)),
+                c(set("k", "1"), http(None, Some(Tags::Any))),
+                // Version 1 now: a list naming it matches, one not naming it fails.
+                c(set("k", "2"), http(list(&[5, 1]), None)),
+                c(set("k", "3"), http(list(&[1, 5]), None)),
+                c(set("k", "3"), http(list(&[]), None)),
+                // If-None-Match with the current version fails, another holds.
+                c(set("k", "3"), http(None, list(&[2]))),
+                c(set("k", "3"), http(Some(Tags::Any), list(&[9]))),
+            ])
+            .expect("commit");
+        assert_eq!(
+            got,
+            vec![
+                Outcome::ConditionFailed { current: None },
+                Outcome::Committed(1),
+                Outcome::Committed(2),
+                Outcome::ConditionFailed { current: Some(2) },
+                Outcome::ConditionFailed { current: Some(2) },
+                Outcome::ConditionFailed { current: Some(2) },
+                Outcome::Committed(3),
+            ]
+        );
     }
 
     #[test]

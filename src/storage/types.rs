@@ -97,8 +97,32 @@ impl WriteOp {
     }
 }
 
-/// When a write may happen, judged on the key's current version.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The entity tags of an `If-Match` or `If-None-Match` header, as the
+/// versions they name (corekv's ETags are `"<version>"`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tags {
+    /// `*`: any current version.
+    Any,
+    /// The versions named by the header's tags. Tags that name no version
+    /// are left out, so an empty list matches nothing.
+    Versions(Vec<u64>),
+}
+
+impl Tags {
+    /// Whether a key whose version is `current` (`None`: absent) matches.
+    #[must_use]
+    pub fn matches(&self, current: Option<u64>) -> bool {
+        match (self, current) {
+            (_, None) => false,
+            (Self::Any, Some(_)) => true,
+            (Self::Versions(vs), Some(c)) => vs.contains(&c),
+        }
+    }
+}
+
+/// When a request may proceed, judged on the key's current version. Checked
+/// inside the commit transaction for writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Cond {
     Always,
     /// Only if the key does not exist (`If-None-Match: *`).
@@ -107,16 +131,32 @@ pub enum Cond {
     Present,
     /// Only if the key's version is exactly this seq (`If-Match: "seq"`).
     Version(u64),
+    /// HTTP preconditions (RFC 9110 §13.2.2): the key must match
+    /// `if_match` (when given) and must not match `if_none_match` (when
+    /// given). The REST API puts only versions a tag names under the
+    /// comparison the header asks for (strong for If-Match, weak for
+    /// If-None-Match) in these lists.
+    Http {
+        if_match: Option<Tags>,
+        if_none_match: Option<Tags>,
+    },
 }
 
 impl Cond {
     #[must_use]
-    pub fn holds(self, current: Option<u64>) -> bool {
+    pub fn holds(&self, current: Option<u64>) -> bool {
         match self {
             Self::Always => true,
             Self::Absent => current.is_none(),
             Self::Present => current.is_some(),
-            Self::Version(v) => current == Some(v),
+            Self::Version(v) => current == Some(*v),
+            Self::Http {
+                if_match,
+                if_none_match,
+            } => {
+                if_match.as_ref().is_none_or(|t| t.matches(current))
+                    && !if_none_match.as_ref().is_some_and(|t| t.matches(current))
+            }
         }
     }
 }

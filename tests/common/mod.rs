@@ -801,7 +801,8 @@ impl Conn {
     }
 
     /// Reads one response. `head_only`: the response to a HEAD request
-    /// (no body despite Content-Length).
+    /// (no body despite Content-Length). 1xx, 204 and 304 responses have no
+    /// body either.
     ///
     /// # Errors
     /// I/O failure, timeout, EOF before a complete response, or a
@@ -849,7 +850,9 @@ impl Conn {
             body: Vec::new(),
         };
         let len = resp.header("content-length").map(str::parse::<usize>);
-        if head_only {
+        // Answers to HEAD and 1xx, 204 and 304 answers end with their head
+        // (RFC 9112 §6.3).
+        if head_only || resp.status < 200 || resp.status == 204 || resp.status == 304 {
             return Ok(resp);
         }
         match len {
