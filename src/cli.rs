@@ -40,6 +40,14 @@ options:
   --max-key BYTES      key size limit, 413 above (default: 8192)
   --idle-timeout SECS  close idle keep-alive connections (default: 60)
   --request-timeout S  time to send a whole request, 408 after (default: 10)
+  --forward-timeout-ms N
+                       how long a request forwarded to another host may
+                       take, connect included: 504 after; also the deadline
+                       a forwarded write carries (default: 5000)
+  --clock-skew-ms N    the largest difference assumed between two hosts'
+                       clocks: an owner applies a forwarded write only if
+                       its clock plus N is not past the write's deadline
+                       (default: 500; must be below --forward-timeout-ms)
   --spin-us N          executors spin N microseconds before sleeping
                        (default: 0, park at once)
   --preempt-us N       glommio preempt timer: executors poll for I/O at
@@ -140,6 +148,17 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
                 opts.conn.request_timeout =
                     Duration::from_secs(number(&value("seconds")?, &name)? as u64);
             }
+            "--forward-timeout-ms" => {
+                opts.forward_timeout =
+                    Duration::from_millis(number(&value("milliseconds")?, &name)? as u64);
+            }
+            "--clock-skew-ms" => {
+                opts.clock_skew = Duration::from_millis(
+                    value("milliseconds")?
+                        .parse()
+                        .map_err(|_| "--clock-skew-ms needs a whole number".to_string())?,
+                );
+            }
             "--spin-us" => {
                 opts.spin_before_park = Duration::from_micros(
                     value("microseconds")?
@@ -158,6 +177,13 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String>
             "--no-fsync" => opts.durable = false,
             other => return Err(format!("unknown option {other:?}")),
         }
+    }
+    if opts.clock_skew >= opts.forward_timeout {
+        return Err(format!(
+            "--clock-skew-ms ({} ms) must be below --forward-timeout-ms ({} ms): every forwarded write would miss its deadline",
+            opts.clock_skew.as_millis(),
+            opts.forward_timeout.as_millis()
+        ));
     }
     Ok(Command::Run(Box::new(opts)))
 }
@@ -188,6 +214,15 @@ mod tests {
         assert_eq!(o.serve, Some(vec!["h:1".to_string(), "h:2".to_string()]));
         assert!(!o.durable);
         assert!(parse(args(&["--bogus"])).is_err());
+        let Ok(Command::Run(o)) =
+            parse(args(&["--forward-timeout-ms", "1500", "--clock-skew-ms=0"]))
+        else {
+            panic!("should parse");
+        };
+        assert_eq!(o.forward_timeout, Duration::from_millis(1500));
+        assert_eq!(o.clock_skew, Duration::ZERO);
+        assert!(parse(args(&["--forward-timeout-ms", "400"])).is_err());
+        assert!(parse(args(&["--forward-timeout-ms", "0"])).is_err());
         let Ok(Command::Run(o)) = parse(args(&["--commit-queue", "3"])) else {
             panic!("should parse");
         };

@@ -1,12 +1,23 @@
 //! Messages between nodes: the in-process [`Mail`] executors send each
-//! other over flume, and the binary body of the replication pull exchange
-//! when it travels over HTTP instead.
+//! other over flume, and the binary bodies of forwarded requests
+//! (`/internal/kv`), replication pulls and scans when they travel over HTTP
+//! instead.
 //!
 //! Pure types and codecs, plus [`ask`], the one way to send a mail (it
 //! never waits for room in a full mailbox: [`MailError::Full`]); depends on
 //! `storage` (entry types) and `http::encode::Response`. Every type that
 //! crosses executors is `Send`. Decoders only check framing; the limits on
 //! what a decoded message may carry are checked by `api` at the boundary.
+//!
+//! A forwarded write over HTTP carries its sender's deadline
+//! ([`ForwardedKv::deadline_ms`], unix milliseconds):
+//! [`encode_kv_with_deadline`] appends it to the [`encode_kv`] layout as an
+//! optional trailing field (after the value and, for a `Cond::Http`
+//! condition, its tag sets), so bodies without it (older senders, reads)
+//! decode as before. An unknown trailing field is an error, never skipped:
+//! an owner must not apply a write whose constraints it does not
+//! understand. (An owner older than the field refuses a body with it: 400,
+//! nothing applied; upgrade owners before senders.)
 
 use crate::http::encode::Response;
 use crate::storage::{Cond, LogEntry, SnapshotPage, StorageError, Tags, Versioned, WriteOp};
@@ -43,6 +54,17 @@ pub struct KvRequest {
     /// Condition on the key's current version (writes only).
     pub cond: Cond,
     pub style: Style,
+}
+
+/// A [`KvRequest`] as it arrives over HTTP (`/internal/kv`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardedKv {
+    pub kv: KvRequest,
+    /// A forwarded write's sender's wall-clock deadline in unix
+    /// milliseconds: the sender stops waiting for the answer then, so the
+    /// owner must not apply the write after it (README, "What a status
+    /// means for a write"). `None`: no deadline (reads; older senders).
+    pub deadline_ms: Option<u64>,
 }
 
 /// A prefix scan of one shard's primary.
@@ -103,9 +125,17 @@ pub enum Mail {
     Scan(Scan, flume::Sender<Result<SnapshotPage, String>>),
 }
 
-/// Encodes a forwarded request for the HTTP transport (`/internal/kv`).
+/// Encodes a forwarded request for the HTTP transport (`/internal/kv`),
+/// without a deadline.
 #[must_use]
 pub fn encode_kv(kv: &KvRequest) -> Vec<u8> {
+    encode_kv_with_deadline(kv, None)
+}
+
+/// Encodes a forwarded request for the HTTP transport (`/internal/kv`)
+/// with its sender's deadline (unix milliseconds), if any.
+#[must_use]
+pub fn encode_kv_with_deadline(kv: &KvRequest, deadline_ms: Option<u64>) -> Vec<u8> {
     let mut out = Vec::with_capacity(48 + kv.key.len());
     out.push(match kv.style {
         Style::Seed => 0,
@@ -138,8 +168,16 @@ pub fn encode_kv(kv: &KvRequest) -> Vec<u8> {
         put_tags(&mut out, if_match.as_ref());
         put_tags(&mut out, if_none_match.as_ref());
     }
+    if let Some(deadline) = deadline_ms {
+        out.push(FIELD_DEADLINE);
+        out.extend_from_slice(&deadline.to_le_bytes());
+    }
     out
 }
+
+/// Optional trailing field of an encoded [`KvRequest`]: the deadline (u64,
+/// unix milliseconds).
+const FIELD_DEADLINE: u8 = 1;
 
 /// An optional tag set: 0 = none, 1 = `*`, 2 = a u32 count and u64 versions.
 fn put_tags(out: &mut Vec<u8>, tags: Option<&Tags>) {
@@ -179,11 +217,14 @@ fn take_tags(r: &mut Reader<'_>) -> Result<Option<Tags>, StorageError> {
     }
 }
 
-/// Decodes a request encoded by [`encode_kv`].
+/// Decodes a request encoded by [`encode_kv`] or
+/// [`encode_kv_with_deadline`]: the fixed head, key and value, then the
+/// tag sets when the condition is `Cond::Http` (cond code 4), then the
+/// optional trailing fields.
 ///
 /// # Errors
-/// Truncated or unknown messages.
-pub fn decode_kv(bytes: &[u8]) -> Result<KvRequest, StorageError> {
+/// Truncated or unknown messages, unknown or repeated trailing fields.
+pub fn decode_kv(bytes: &[u8]) -> Result<ForwardedKv, StorageError> {
     let bad = || StorageError::Corrupt("forwarded request");
     let mut r = Reader(bytes);
     let head = r.take(3)?;
@@ -221,16 +262,23 @@ pub fn decode_kv(bytes: &[u8]) -> Result<KvRequest, StorageError> {
         },
         other => other,
     };
-    if !r.0.is_empty() {
-        return Err(bad());
+    let mut deadline_ms = None;
+    while !r.0.is_empty() {
+        match r.take(1)?[0] {
+            FIELD_DEADLINE if deadline_ms.is_none() => deadline_ms = Some(r.u64()?),
+            _ => return Err(bad()),
+        }
     }
-    Ok(KvRequest {
-        op,
-        key,
-        min_seq,
-        wait_ms,
-        cond,
-        style,
+    Ok(ForwardedKv {
+        kv: KvRequest {
+            op,
+            key,
+            min_seq,
+            wait_ms,
+            cond,
+            style,
+        },
+        deadline_ms,
     })
 }
 
@@ -334,8 +382,12 @@ pub const MAX_NODE_NAME: usize = 256;
 pub enum MailError {
     /// The receiving executor's mailbox is full; nothing was sent.
     Full,
-    /// The executor behind the mailbox stopped before it answered.
+    /// The mail was not delivered: the executor behind the mailbox is gone
+    /// and never saw it.
     Closed,
+    /// The mail was delivered but the executor stopped before it answered:
+    /// it may have been acted on.
+    NoAnswer,
 }
 
 /// Sends the mail built by `make` (around a fresh reply channel) to
@@ -353,7 +405,7 @@ pub async fn ask<T>(
         flume::TrySendError::Full(_) => MailError::Full,
         flume::TrySendError::Disconnected(_) => MailError::Closed,
     })?;
-    rx.recv_async().await.map_err(|_| MailError::Closed)
+    rx.recv_async().await.map_err(|_| MailError::NoAnswer)
 }
 
 const TAG_ENTRIES: u8 = 1;
@@ -553,9 +605,80 @@ mod tests {
             },
         ];
         for kv in kvs {
-            let bytes = encode_kv(&kv);
-            assert_eq!(decode_kv(&bytes).expect("decode"), kv);
-            assert!(decode_kv(&bytes[..bytes.len() - 1]).is_err());
+            for deadline_ms in [None, Some(0), Some(1_764_000_000_123)] {
+                let bytes = encode_kv_with_deadline(&kv, deadline_ms);
+                let want = ForwardedKv {
+                    kv: kv.clone(),
+                    deadline_ms,
+                };
+                assert_eq!(decode_kv(&bytes).expect("decode"), want);
+                assert!(decode_kv(&bytes[..bytes.len() - 1]).is_err());
+            }
+        }
+        // A body without the deadline field (an older sender) decodes with
+        // no deadline; an unknown or repeated trailing field is refused.
+        let kv = KvRequest {
+            op: KvOp::Set(b"v".to_vec()),
+            key: b"k".to_vec(),
+            min_seq: 0,
+            wait_ms: 0,
+            cond: Cond::Always,
+            style: Style::Seed,
+        };
+        let old = encode_kv(&kv);
+        assert_eq!(old.len(), 3 + 8 * 3 + 4 + 1 + 4 + 1, "pre-deadline layout");
+        assert_eq!(decode_kv(&old).expect("decode").deadline_ms, None);
+        let new = encode_kv_with_deadline(&kv, Some(42));
+        assert_eq!(&new[..old.len()], &old[..], "the deadline is appended");
+        assert_eq!(decode_kv(&new).expect("decode").deadline_ms, Some(42));
+        let mut unknown = old.clone();
+        unknown.extend_from_slice(&[9, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(decode_kv(&unknown).is_err());
+        let mut twice = new.clone();
+        twice.extend_from_slice(&new[old.len()..]);
+        assert!(decode_kv(&twice).is_err());
+        // A deadline with an RFC 9110 condition: value, then the two tag
+        // sets (cond code 4), then the deadline field; the tags are read
+        // before the trailing fields, so neither is taken for the other.
+        let http = KvRequest {
+            op: KvOp::Set(b"v".to_vec()),
+            key: b"k".to_vec(),
+            min_seq: 3,
+            wait_ms: 0,
+            cond: Cond::Http {
+                if_match: Some(Tags::Versions(vec![1, u64::from(FIELD_DEADLINE), 9])),
+                if_none_match: Some(Tags::Any),
+            },
+            style: Style::Rest,
+        };
+        let plain = encode_kv(&http);
+        let tags = 1 + 4 + 3 * 8 + 1;
+        assert_eq!(plain.len(), old.len() + tags, "tags follow the value");
+        assert_eq!(plain[2], 4, "cond code 4");
+        let with = encode_kv_with_deadline(&http, Some(1_764_000_000_123));
+        assert_eq!(
+            &with[..plain.len()],
+            &plain[..],
+            "the deadline follows the tags"
+        );
+        assert_eq!(with[plain.len()], FIELD_DEADLINE);
+        assert_eq!(with.len(), plain.len() + 1 + 8);
+        assert_eq!(
+            decode_kv(&with).expect("decode"),
+            ForwardedKv {
+                kv: http.clone(),
+                deadline_ms: Some(1_764_000_000_123),
+            }
+        );
+        assert_eq!(
+            decode_kv(&plain).expect("decode"),
+            ForwardedKv {
+                kv: http,
+                deadline_ms: None,
+            }
+        );
+        for cut in (1..=8).chain(10..=10 + tags) {
+            assert!(decode_kv(&with[..with.len() - cut]).is_err(), "cut {cut}");
         }
         for pull in [
             Pull {

@@ -15,7 +15,7 @@
 //! only the waits that are still live (timed-out or dropped waits are
 //! removed at once).
 
-use crate::http::client::{Client, node_request};
+use crate::http::client::{Client, Resend, node_request};
 use crate::log::Level;
 use crate::log_at;
 use crate::protocol::{Mail, MailError, Pull, PullKind, PullReply, ask, decode_reply, encode_pull};
@@ -28,7 +28,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Entries per pull reply, at most.
 const PULL_MAX_ENTRIES: usize = 10_000;
@@ -299,7 +299,9 @@ impl Upstream {
                     .await
                     .map_err(|e| match e {
                         MailError::Full => "primary's mailbox is full (overloaded)".to_string(),
-                        MailError::Closed => "primary executor stopped".to_string(),
+                        MailError::Closed | MailError::NoAnswer => {
+                            "primary executor stopped".to_string()
+                        }
                     })
             }
             Self::Remote {
@@ -314,9 +316,9 @@ impl Upstream {
                     token.as_deref(),
                     &encode_pull(&pull),
                 );
-                let timeout = pull.wait + Duration::from_secs(5);
+                let deadline = Instant::now() + pull.wait + Duration::from_secs(5);
                 let resp = client
-                    .send(addr, &req, Some(timeout))
+                    .send(addr, &req, deadline, Resend::Idempotent)
                     .await
                     .map_err(|e| format!("{addr}: {e}"))?;
                 if resp.status != 200 {

@@ -14,8 +14,12 @@
 //! sees every acknowledged write, exactly as if the owner had answered, and
 //! waits for no other executor to be scheduled. Writes and reads that must
 //! wait (`min_seq`) still go to the owner's mailbox.
+//!
+//! A forwarded request's failure says whether the owner may have acted on
+//! it ([`ForwardError::is_unsent`]); `api` turns that into a status that
+//! tells a client whether its write may have been applied.
 
-use crate::http::client::{Client, ClientError, ClientResponse, PeerState, node_request};
+use crate::http::client::{Client, ClientError, ClientResponse, PeerState, Resend, node_request};
 use crate::http::encode::Response;
 use crate::protocol::{KvRequest, MAILBOX_CAPACITY, Mail, MailError, Scan, ask};
 use crate::shard::{NodeStats, Reader};
@@ -25,7 +29,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A node of this process as other executors reach it.
 #[derive(Clone)]
@@ -70,8 +74,12 @@ pub enum Route {
 /// Why a forwarded request got no answer.
 #[derive(Debug)]
 pub enum ForwardError {
-    /// The owner executor in this process has stopped.
+    /// The owner executor in this process has stopped; it never saw the
+    /// request.
     PeerStopped,
+    /// The owner executor in this process took the request and stopped
+    /// before answering.
+    PeerNoAnswer,
     /// The owner executor's mailbox is full (it is overloaded); nothing
     /// was sent.
     PeerBusy,
@@ -79,10 +87,33 @@ pub enum ForwardError {
     Remote(ClientError),
 }
 
+impl ForwardError {
+    /// True when the owner certainly never received the request.
+    #[must_use]
+    pub fn is_unsent(&self) -> bool {
+        match self {
+            Self::PeerStopped | Self::PeerBusy => true,
+            Self::PeerNoAnswer => false,
+            Self::Remote(e) => e.is_unsent(),
+        }
+    }
+}
+
+impl From<MailError> for ForwardError {
+    fn from(e: MailError) -> Self {
+        match e {
+            MailError::Full => Self::PeerBusy,
+            MailError::Closed => Self::PeerStopped,
+            MailError::NoAnswer => Self::PeerNoAnswer,
+        }
+    }
+}
+
 impl fmt::Display for ForwardError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::PeerStopped => write!(f, "owner executor is not running"),
+            Self::PeerNoAnswer => write!(f, "owner executor stopped before it answered"),
             Self::PeerBusy => write!(
                 f,
                 "owner is overloaded: its mailbox is full ({MAILBOX_CAPACITY} requests waiting)"
@@ -196,7 +227,7 @@ impl Router {
         peer: &flume::Sender<Mail>,
         req: KvRequest,
     ) -> Result<Response, ForwardError> {
-        ask(peer, |tx| Mail::Kv(req, tx)).await.map_err(mail_error)
+        Ok(ask(peer, |tx| Mail::Kv(req, tx)).await?)
     }
 
     /// Asks an executor of this process for a page of a prefix scan.
@@ -208,13 +239,19 @@ impl Router {
         peer: &flume::Sender<Mail>,
         scan: Scan,
     ) -> Result<Result<SnapshotPage, String>, ForwardError> {
-        ask(peer, |tx| Mail::Scan(scan, tx))
-            .await
-            .map_err(mail_error)
+        Ok(ask(peer, |tx| Mail::Scan(scan, tx)).await?)
+    }
+
+    /// How long a request to another host may take by default, connect
+    /// included (`--forward-timeout-ms`).
+    #[must_use]
+    pub fn remote_timeout(&self) -> Duration {
+        self.client.timeout()
     }
 
     /// POSTs `body` to the internal endpoint `path` of a node on another
-    /// host.
+    /// host and waits for the answer until `deadline`; `resend` says
+    /// whether the request may go out twice.
     ///
     /// # Errors
     /// Connect, timeout or protocol failures.
@@ -223,19 +260,14 @@ impl Router {
         addr: &str,
         path: &[u8],
         body: &[u8],
+        deadline: Instant,
+        resend: Resend,
     ) -> Result<ClientResponse, ForwardError> {
         let request = node_request("POST", path, addr, self.token.as_deref(), body);
         self.client
-            .send(addr, &request, None)
+            .send(addr, &request, deadline, resend)
             .await
             .map_err(ForwardError::Remote)
-    }
-}
-
-fn mail_error(e: MailError) -> ForwardError {
-    match e {
-        MailError::Full => ForwardError::PeerBusy,
-        MailError::Closed => ForwardError::PeerStopped,
     }
 }
 

@@ -7,12 +7,18 @@
 //! (one fsync), then answers each writer; writes that arrive during a
 //! commit form the next batch. Blocking disk work therefore never runs on
 //! an executor's network loop.
+//!
+//! A write may carry an apply-by time (a forwarded write whose sender
+//! stops waiting then): the committer checks it just before the
+//! transaction that would apply the write, and answers
+//! [`ShardError::DeadlinePassed`] instead of applying it when it is past.
 
 use crate::storage::{LogEntry, Outcome, ReadView, StorageError, Store, Versioned, Write};
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 /// Most writes committed in one transaction, by default.
 pub const DEFAULT_MAX_BATCH: usize = 4096;
@@ -103,6 +109,11 @@ pub enum ShardError {
     Storage(Arc<StorageError>),
     /// The committer thread is gone (process shutting down).
     Stopped,
+    /// The write's apply-by time had passed when its batch was about to
+    /// commit, by `late`: it was not applied.
+    DeadlinePassed {
+        late: Duration,
+    },
     /// The commit queue is full (`capacity` jobs); the write was not queued.
     Overloaded {
         capacity: usize,
@@ -114,6 +125,9 @@ impl fmt::Display for ShardError {
         match self {
             Self::Storage(e) => e.fmt(f),
             Self::Stopped => write!(f, "storage is shutting down"),
+            Self::DeadlinePassed { late } => {
+                write!(f, "deadline passed {} ms ago", late.as_millis())
+            }
             Self::Overloaded { capacity } => {
                 write!(f, "commit queue full ({capacity} writes waiting for disk)")
             }
@@ -127,7 +141,8 @@ type Reply<T> = flume::Sender<Result<T, ShardError>>;
 
 /// Work for the committer thread.
 enum Job {
-    Write(Write, Reply<Outcome>),
+    /// A write, its apply-by time (if any) and where to answer.
+    Write(Write, Option<SystemTime>, Reply<Outcome>),
     Apply(Vec<LogEntry>, Reply<u64>),
     Trim(u64, Reply<usize>),
     ReseedBegin(Reply<()>),
@@ -297,13 +312,20 @@ impl Shard {
     }
 
     /// Primary: durably commits `write` if its condition holds; answers
-    /// once the batch it joined is on disk.
+    /// once the batch it joined is on disk. With `apply_by`, the write is
+    /// applied only if the batch it joins starts to commit no later than
+    /// that (the committer's clock).
     ///
     /// # Errors
     /// Storage failure of the batch this write was part of;
+    /// [`ShardError::DeadlinePassed`] when `apply_by` had passed;
     /// [`ShardError::Overloaded`] when the commit queue is full.
-    pub async fn write(&self, write: Write) -> Result<Outcome, ShardError> {
-        self.call(true, |r| Job::Write(write, r)).await
+    pub async fn write(
+        &self,
+        write: Write,
+        apply_by: Option<SystemTime>,
+    ) -> Result<Outcome, ShardError> {
+        self.call(true, |r| Job::Write(write, apply_by, r)).await
     }
 
     /// Replica: applies log entries in one transaction; returns applied seq.
@@ -371,38 +393,76 @@ fn storage_err(e: StorageError) -> ShardError {
     ShardError::Storage(Arc::new(e))
 }
 
+/// Writes waiting for the next commit, with their apply-by times and
+/// where to answer (the three vectors are index-aligned).
+#[derive(Default)]
+struct Pending {
+    ops: Vec<Write>,
+    apply_by: Vec<Option<SystemTime>>,
+    replies: Vec<Reply<Outcome>>,
+}
+
+impl Pending {
+    /// Answers and removes the writes whose apply-by time is before `now`.
+    fn drop_expired(&mut self, now: SystemTime) {
+        let expired = |by: &Option<SystemTime>| by.is_some_and(|by| now > by);
+        if !self.apply_by.iter().any(expired) {
+            return;
+        }
+        let ops = std::mem::take(&mut self.ops);
+        let apply_by = std::mem::take(&mut self.apply_by);
+        let replies = std::mem::take(&mut self.replies);
+        for ((op, by), reply) in ops.into_iter().zip(apply_by).zip(replies) {
+            match by {
+                Some(by) if now > by => {
+                    let late = now.duration_since(by).unwrap_or_default();
+                    let _ = reply.send(Err(ShardError::DeadlinePassed { late }));
+                }
+                _ => {
+                    self.ops.push(op);
+                    self.apply_by.push(by);
+                    self.replies.push(reply);
+                }
+            }
+        }
+    }
+}
+
 fn committer(store: &Store, rx: &flume::Receiver<Job>, stats: &NodeStats, max_batch: usize) {
-    let mut ops: Vec<Write> = Vec::new();
-    let mut replies: Vec<Reply<Outcome>> = Vec::new();
+    let mut pending = Pending::default();
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         while let Some(job) = next.take() {
             match job {
-                Job::Write(op, reply) => {
-                    ops.push(op);
-                    replies.push(reply);
-                    if ops.len() >= max_batch {
-                        flush(store, stats, &mut ops, &mut replies);
+                Job::Write(op, apply_by, reply) => {
+                    pending.ops.push(op);
+                    pending.apply_by.push(apply_by);
+                    pending.replies.push(reply);
+                    if pending.ops.len() >= max_batch {
+                        flush(store, stats, &mut pending);
                     }
                 }
                 other => {
                     // Keep queue order: writes queued before this job commit first.
-                    flush(store, stats, &mut ops, &mut replies);
+                    flush(store, stats, &mut pending);
                     run_other(store, stats, other);
                 }
             }
             next = rx.try_recv().ok();
         }
-        flush(store, stats, &mut ops, &mut replies);
+        flush(store, stats, &mut pending);
     }
 }
 
-fn flush(
-    store: &Store,
-    stats: &NodeStats,
-    ops: &mut Vec<Write>,
-    replies: &mut Vec<Reply<Outcome>>,
-) {
+fn flush(store: &Store, stats: &NodeStats, pending: &mut Pending) {
+    // The last moment before the transaction that applies these writes.
+    pending.drop_expired(SystemTime::now());
+    let Pending {
+        ops,
+        apply_by,
+        replies,
+    } = pending;
+    apply_by.clear();
     if ops.is_empty() {
         return;
     }
@@ -480,5 +540,39 @@ fn run_other(store: &Store, stats: &NodeStats, job: Job) {
             }
             let _ = reply.send(r);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{Cond, WriteOp};
+    use futures_lite::future::block_on;
+
+    #[test]
+    fn writes_past_their_apply_by_time_are_not_applied() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("s.redb"), false).expect("open");
+        let shard = Shard::start(store, "test", 16, DEFAULT_COMMIT_QUEUE).expect("start");
+        let set = |v: &str| Write {
+            op: WriteOp::Set {
+                key: b"k".to_vec(),
+                value: v.as_bytes().to_vec(),
+            },
+            cond: Cond::Always,
+        };
+        let now = SystemTime::now();
+        let late = block_on(shard.write(set("late"), Some(now - Duration::from_secs(1))));
+        assert!(
+            matches!(late, Err(ShardError::DeadlinePassed { late }) if late >= Duration::from_secs(1)),
+            "{late:?}"
+        );
+        assert_eq!(shard.store().get(b"k").expect("get"), None);
+        let ok = block_on(shard.write(set("in time"), Some(now + Duration::from_secs(60))));
+        assert!(matches!(ok, Ok(Outcome::Committed(1))), "{ok:?}");
+        let ok = block_on(shard.write(set("no deadline"), None));
+        assert!(matches!(ok, Ok(Outcome::Committed(2))), "{ok:?}");
+        let v = shard.store().get(b"k").expect("get").expect("present");
+        assert_eq!(v.value, b"no deadline");
     }
 }

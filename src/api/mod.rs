@@ -16,16 +16,26 @@
 //! `X-Served-By`; reads say `Cache-Control: no-cache`, answers to writes
 //! and the operational endpoints `no-store`; a full commit queue or mailbox
 //! is a 503 with `Retry-After`, never a wait.
+//!
+//! Writes and their statuses (README, "What a status means for a write"):
+//! a write that fails without reaching its owner is 503 ("not applied"; a
+//! full commit queue or mailbox is one of those, with `Retry-After`); one
+//! whose bytes were sent and got no valid answer is 502, or 504 on a
+//! timeout ("outcome unknown: may have been applied"). A write forwarded
+//! over HTTP carries a deadline (the moment the forwarder stops waiting,
+//! by its clock); the owner applies it only if its own clock plus
+//! `--clock-skew-ms` is not past that deadline when the write's commit
+//! starts, and answers 503 ("deadline passed, not applied") otherwise.
 
 mod ops;
 mod rest;
 mod seed;
 
-use crate::http::client::{ClientError, ClientResponse};
+use crate::http::client::{ClientError, ClientResponse, Resend};
 use crate::http::encode::{BYTES, JSON, Response, TEXT};
 use crate::http::parse::Request;
 use crate::metrics::Metrics;
-use crate::protocol::{KvOp, KvRequest, Scan, Style, encode_kv, encode_scan};
+use crate::protocol::{KvOp, KvRequest, Scan, Style, encode_kv_with_deadline, encode_scan};
 use crate::replication::{PrimaryLog, SeqWatch};
 use crate::router::{ForwardError, Route, Router};
 use crate::shard::{NodeStats, Reader, Shard, ShardError};
@@ -34,13 +44,48 @@ use crate::topology::{NodeInfo, Role};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Largest accepted key by default, in bytes (`--max-key`).
 pub const DEFAULT_MAX_KEY: usize = 8 * 1024;
 /// Default and largest wait for `min_seq`, in milliseconds.
 pub const MIN_SEQ_WAIT_MS: u64 = 2_000;
 pub const MAX_MIN_SEQ_WAIT_MS: u64 = 10_000;
+/// How long a node waits for another host's answer to a forwarded request
+/// by default, connect included (`--forward-timeout-ms`); also the
+/// deadline a forwarded write carries.
+pub const DEFAULT_FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How far another host's clock may be ahead of or behind this one's by
+/// default (`--clock-skew-ms`); see [`ApiConfig::clock_skew`].
+pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_millis(500);
+
+/// Request limits and forwarding settings of a node's API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// Largest key in bytes (`--max-key`).
+    pub max_key: usize,
+    /// The largest difference assumed between this host's clock and any
+    /// other host's (`--clock-skew-ms`). A forwarded write is applied only
+    /// while this node's clock plus this allowance has not passed the
+    /// sender's deadline, so it is never applied after the sender stopped
+    /// waiting as long as the clocks differ by less than this.
+    pub clock_skew: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_key: DEFAULT_MAX_KEY,
+            clock_skew: DEFAULT_CLOCK_SKEW,
+        }
+    }
+}
+
+/// Milliseconds since the unix epoch of `t` (0 before the epoch).
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// What `/status`, `/ready` and `/metrics` show: every node of this process.
 pub type LocalNodes = Arc<Vec<(NodeInfo, Arc<NodeStats>, Arc<Metrics>)>>;
@@ -79,9 +124,19 @@ pub enum ApiError {
         waited_ms: u64,
     },
     Storage(String),
+    /// A forwarded write reached the point of being applied after its
+    /// sender's deadline (less the clock-skew allowance); not applied.
+    DeadlinePassed {
+        node: String,
+        late_ms: u128,
+    },
+    /// The owner of the key's shard did not answer; `write` says whether
+    /// the request was a write (its status then says if it may have been
+    /// applied).
     Owner {
         owner: String,
         error: ForwardError,
+        write: bool,
     },
     /// A bounded queue on the way to the disk was full: 503 + `Retry-After`.
     Overloaded {
@@ -164,24 +219,44 @@ impl ApiError {
                 format!("{node} has applied seq {applied}, not yet {wanted}, after waiting {waited_ms} ms"),
             ),
             Self::Storage(e) => (500, format!("storage failure: {e}")),
+            Self::DeadlinePassed { node, late_ms } => (
+                503,
+                format!(
+                    "deadline passed, not applied: this forwarded write reached {node} {late_ms} ms after its sender's deadline (less the clock-skew allowance); the sender has stopped waiting for it"
+                ),
+            ),
             Self::Owner {
                 owner,
-                error: error @ ForwardError::PeerBusy,
+                error,
+                write,
             } => {
-                return overloaded(&format!("node {owner} is overloaded, retry later: {error}"));
-            }
-            Self::Owner { owner, error } => {
-                let status = match error {
-                    ForwardError::Remote(ClientError::Timeout) => 504,
-                    ForwardError::Remote(ClientError::Connect(_) | ClientError::Resolve(_))
-                    | ForwardError::PeerStopped
-                    | ForwardError::PeerBusy => 503,
-                    ForwardError::Remote(_) => 502,
+                let outcome = if !write {
+                    ""
+                } else if error.is_unsent() {
+                    "; the write was not applied"
+                } else {
+                    "; outcome unknown: the write may have been applied (read the key back, or retry with If-Match / If-None-Match)"
                 };
-                (status, format!("owner {owner} unreachable: {error}"))
+                if matches!(error, ForwardError::PeerBusy) {
+                    // Nothing was sent: "not applied", and worth a retry.
+                    return overloaded(&format!(
+                        "node {owner} is overloaded, retry later: {error}{outcome}"
+                    ));
+                }
+                let (status, what) = if error.is_unsent() {
+                    (503, "unreachable")
+                } else if matches!(error, ForwardError::Remote(ClientError::Timeout)) {
+                    (504, "did not answer in time")
+                } else {
+                    (502, "failed to answer")
+                };
+                (status, format!("owner {owner} {what}: {error}{outcome}"))
             }
+            // Only writes are refused this way, before they were queued.
             Self::Overloaded { node, why } => {
-                return overloaded(&format!("node {node} is overloaded, retry later: {why}"));
+                return overloaded(&format!(
+                    "node {node} is overloaded, retry later: {why}; the write was not applied"
+                ));
             }
             Self::NotAReplica { node, name } => (
                 403,
@@ -223,7 +298,7 @@ pub struct Api {
     locals: LocalNodes,
     metrics: Arc<Metrics>,
     token: Option<Arc<str>>,
-    max_key: usize,
+    cfg: ApiConfig,
 }
 
 impl Api {
@@ -235,7 +310,7 @@ impl Api {
         seq: Rc<SeqWatch>,
         locals: LocalNodes,
         token: Option<Arc<str>>,
-        max_key: usize,
+        cfg: ApiConfig,
     ) -> Self {
         let me = router.me().id;
         let metrics = locals
@@ -250,7 +325,7 @@ impl Api {
             locals,
             metrics,
             token,
-            max_key,
+            cfg,
         }
     }
 
@@ -281,7 +356,7 @@ impl Api {
                     b"/set" => 1,
                     _ => 2,
                 };
-                let result = match seed::parse(&req, self.max_key) {
+                let result = match seed::parse(&req, self.cfg.max_key) {
                     Ok(kv) => self.authorized_kv(&req, kv).await,
                     Err(e) => Err(e),
                 };
@@ -290,7 +365,7 @@ impl Api {
             b"/v1/batch" => (4, self.batch(&req).await),
             b"/v1/kv" => (5, self.list(&req).await),
             p if p.starts_with(b"/v1/kv/") => {
-                let result = match rest::parse_kv(&req, self.max_key) {
+                let result = match rest::parse_kv(&req, self.cfg.max_key) {
                     Ok(kv) => self.authorized_kv(&req, kv).await,
                     Err(e) => Err(e),
                 };
@@ -330,17 +405,25 @@ impl Api {
         if kv.op != KvOp::Get {
             self.authorize(req)?;
         }
-        self.dispatch(kv, req.forwarded).await
+        self.dispatch(kv, req.forwarded, None).await
     }
 
     /// Answers a request another executor of this process forwarded here.
     pub async fn handle_forwarded(&self, kv: KvRequest) -> Response {
-        self.dispatch(kv, true)
+        self.dispatch(kv, true, None)
             .await
             .unwrap_or_else(|e| e.response())
     }
 
-    async fn dispatch(&self, kv: KvRequest, forwarded: bool) -> Result<Response, ApiError> {
+    /// Serves `kv` here or sends it to its owner. `forwarded`: it came from
+    /// another node (never forwarded again); `deadline_ms`: the sender's
+    /// deadline of a write forwarded over HTTP.
+    async fn dispatch(
+        &self,
+        kv: KvRequest,
+        forwarded: bool,
+        deadline_ms: Option<u64>,
+    ) -> Result<Response, ApiError> {
         let topo = self.router.topology();
         let shard = topo.shard_for(&kv.key);
         let me = self.me();
@@ -353,7 +436,7 @@ impl Api {
             });
         }
         if shard == me.shard {
-            return self.execute(kv).await;
+            return self.execute(kv, deadline_ms).await;
         }
         if forwarded {
             return Err(ApiError::Misdirected {
@@ -365,9 +448,10 @@ impl Api {
         let owner_err = |error| ApiError::Owner {
             owner: format!("{} ({})", owner.name, owner.address),
             error,
+            write,
         };
         match self.router.route_to(owner) {
-            Route::Local => self.execute(kv).await,
+            Route::Local => self.execute(kv, None).await,
             Route::Peer(tx) => {
                 self.metrics.forwarded_peer.fetch_add(1, Ordering::Relaxed);
                 match self.router.peer_reader(owner) {
@@ -381,9 +465,20 @@ impl Api {
                 self.metrics
                     .forwarded_remote
                     .fetch_add(1, Ordering::Relaxed);
+                let mut budget = self.router.remote_timeout();
+                let (wall_deadline, resend) = if write {
+                    // The wall clock is read before the deadline this node
+                    // keeps, so the owner's deadline is never the later one.
+                    (Some(unix_ms(SystemTime::now() + budget)), Resend::IfUnsent)
+                } else {
+                    budget += Duration::from_millis(kv.wait_ms);
+                    (None, Resend::Idempotent)
+                };
+                let deadline = Instant::now() + budget;
+                let body = encode_kv_with_deadline(&kv, wall_deadline);
                 let resp = self
                     .router
-                    .to_remote(&addr, b"/internal/kv", &encode_kv(&kv))
+                    .to_remote(&addr, b"/internal/kv", &body, deadline, resend)
                     .await
                     .map_err(owner_err)?;
                 Ok(from_remote(resp))
@@ -391,8 +486,11 @@ impl Api {
         }
     }
 
-    /// Runs `kv` against this node's own store and formats the answer.
-    async fn execute(&self, kv: KvRequest) -> Result<Response, ApiError> {
+    /// Runs `kv` against this node's own store and formats the answer; a
+    /// write with a `deadline_ms` (its sender's, unix milliseconds) is
+    /// applied only if its commit starts before that deadline less the
+    /// clock-skew allowance.
+    async fn execute(&self, kv: KvRequest, deadline_ms: Option<u64>) -> Result<Response, ApiError> {
         // `wait_ms` of a request forwarded from another host is not capped
         // by the parser: cap it here.
         let wait_ms = kv.wait_ms.min(MAX_MIN_SEQ_WAIT_MS);
@@ -415,7 +513,10 @@ impl Api {
             KvOp::Set(value) => (WriteOp::Set { key: kv.key, value }, false),
             KvOp::Delete => (WriteOp::Delete { key: kv.key }, true),
         };
-        let executed = self.write(op, kv.cond).await?;
+        // The sender's deadline, moved earlier by the clock-skew allowance.
+        let apply_by = deadline_ms
+            .map(|d| UNIX_EPOCH + Duration::from_millis(d).saturating_sub(self.cfg.clock_skew));
+        let executed = self.write(op, kv.cond, apply_by).await?;
         // `/set` and `/delete` also answer GET: no cache may store the
         // answer (and skip the write next time).
         Ok(self.tag(no_store(format(style, is_delete, executed))))
@@ -427,12 +528,21 @@ impl Api {
         read(self.shard.reader(), kv, self.me(), applied)
     }
 
-    async fn write(&self, op: WriteOp, cond: Cond) -> Result<Executed, ApiError> {
+    async fn write(
+        &self,
+        op: WriteOp,
+        cond: Cond,
+        apply_by: Option<SystemTime>,
+    ) -> Result<Executed, ApiError> {
         let outcome = self
             .shard
-            .write(Write { op, cond })
+            .write(Write { op, cond }, apply_by)
             .await
             .map_err(|e| match e {
+                ShardError::DeadlinePassed { late } => ApiError::DeadlinePassed {
+                    node: self.me().name.clone(),
+                    late_ms: late.as_millis(),
+                },
                 ShardError::Overloaded { .. } => ApiError::Overloaded {
                     node: self.me().name.clone(),
                     why: e.to_string(),
@@ -460,6 +570,7 @@ impl Api {
         let owner_err = |error| ApiError::Owner {
             owner: format!("{} ({})", owner.name, owner.address),
             error,
+            write: false,
         };
         match self.router.route_to(owner) {
             Route::Local => self.scan_local(&scan),
@@ -470,9 +581,16 @@ impl Api {
                 .map_err(owner_err)?
                 .map_err(ApiError::Storage),
             Route::Remote(addr) => {
+                let deadline = Instant::now() + self.router.remote_timeout();
                 let resp = self
                     .router
-                    .to_remote(&addr, b"/internal/scan", &encode_scan(&scan))
+                    .to_remote(
+                        &addr,
+                        b"/internal/scan",
+                        &encode_scan(&scan),
+                        deadline,
+                        Resend::Idempotent,
+                    )
                     .await
                     .map_err(owner_err)?;
                 rest::decode_scan_reply(&resp)

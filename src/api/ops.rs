@@ -1,7 +1,7 @@
 //! Operational endpoints: `/status` (JSON), `/ready`, `/metrics`
 //! (Prometheus text) and the internal endpoints other nodes call
-//! (`/internal/pull` for replication, `/internal/scan` for listings,
-//! `/internal/kv` for forwarded requests).
+//! (`/internal/kv` for forwarded requests, with a write's deadline;
+//! `/internal/pull` for replication, `/internal/scan` for listings).
 //!
 //! Reads every local node's published counters and the reachability of
 //! nodes on other hosts; never blocks. Everything an internal request
@@ -142,9 +142,11 @@ impl Api {
         }
         let bad = |e: crate::storage::StorageError| ApiError::BadBody(e.to_string());
         if req.path == b"/internal/kv" {
-            let mut kv = decode_kv(&req.body).map_err(bad)?;
-            kv.key = super::seed::check_key(kv.key, self.max_key)?;
-            return self.dispatch(kv, true).await;
+            let mut forwarded = decode_kv(&req.body).map_err(bad)?;
+            forwarded.kv.key = super::seed::check_key(forwarded.kv.key, self.cfg.max_key)?;
+            return self
+                .dispatch(forwarded.kv, true, forwarded.deadline_ms)
+                .await;
         }
         if req.path != b"/internal/pull" && req.path != b"/internal/scan" {
             return Err(ApiError::UnknownPath);
@@ -180,10 +182,10 @@ impl Api {
 
     /// A key-sized field of an internal request: at most `--max-key` bytes.
     fn check_len(&self, field: &'static str, len: usize) -> Result<(), ApiError> {
-        if len > self.max_key {
+        if len > self.cfg.max_key {
             return Err(ApiError::BadBody(format!(
                 "`{field}` is {len} bytes, the limit is {}",
-                self.max_key
+                self.cfg.max_key
             )));
         }
         Ok(())

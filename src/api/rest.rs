@@ -273,7 +273,7 @@ impl Api {
             if kind == KvOp::Get && cond != Cond::Always {
                 return Err(bad("conditions apply to set and delete only"));
             }
-            let key = check_key(op.key.into_bytes(), self.max_key).map_err(|e| match e {
+            let key = check_key(op.key.into_bytes(), self.cfg.max_key).map_err(|e| match e {
                 ApiError::EmptyKey => bad("empty key"),
                 other => other,
             })?;
@@ -306,7 +306,7 @@ impl Api {
                     let api = self.clone();
                     let kv = kvs[i].clone();
                     let task = glommio::spawn_local(async move {
-                        api.dispatch(kv, forwarded)
+                        api.dispatch(kv, forwarded, None)
                             .await
                             .unwrap_or_else(|e| e.response())
                     });

@@ -1,14 +1,25 @@
 //! A keep-alive HTTP/1.1 client for talking to corekv nodes on other hosts
-//! (forwarded requests, replication pulls).
+//! (forwarded requests, replication pulls, listings).
 //!
-//! Per executor (`!Send`); depends on glommio's `TcpStream` and httparse.
-//! Invariants: connections are pooled per address and reused only after a
-//! complete response without `Connection: close`; a request that fails on a
-//! reused connection before any response byte arrived is retried once on a
-//! fresh connection (the callers only send idempotent requests); every
-//! connect, read and write is bounded by a timeout. What each exchange
-//! shows about reaching a node (resolved, connected, answered) is recorded
-//! in the process-wide [`Reachability`] table that `/status` shows.
+//! Per executor (`!Send`); depends on glommio's `TcpStream`, httparse and
+//! libc (socket options). Invariants:
+//! - connections are pooled per address and reused only after a complete
+//!   response without `Connection: close`; a pooled connection the peer
+//!   has closed (or sent stray bytes on) is discarded before any byte is
+//!   written to it;
+//! - every exchange ends by a deadline covering connect, write and read;
+//! - a request goes out a second time only if that cannot repeat it: when
+//!   no byte of it was written, or, for a [`Resend::Idempotent`] request
+//!   (a read), when a reused connection failed before any response byte;
+//! - [`ClientError::is_unsent`] tells a failure where the peer certainly
+//!   got nothing from one where it may have acted on the request;
+//! - a connection is never closed with request bytes possibly still
+//!   queued for the peer: after a failure it is reset (`SO_LINGER` 0, then
+//!   close: the kernel discards unsent bytes and sends RST instead of
+//!   retransmitting them later);
+//! - what each exchange shows about reaching a node (resolved, connected,
+//!   answered) is recorded in the process-wide [`Reachability`] table that
+//!   `/status` shows.
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -17,9 +28,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What this process last learned about reaching a node on another host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,19 +177,47 @@ impl ClientResponse {
     }
 }
 
+/// Whether a request may be sent again after a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resend {
+    /// Repeating it is harmless (a read): it is sent again on a fresh
+    /// connection when a reused one fails before any response byte.
+    Idempotent,
+    /// A write: it is sent again only when no byte of it was written.
+    IfUnsent,
+}
+
 /// Why a request got no response.
 #[derive(Debug)]
 pub enum ClientError {
-    /// The address does not resolve.
+    /// The address does not resolve. Nothing was sent.
     Resolve(String),
-    /// No connection could be made (refused, unreachable).
+    /// No connection could be made (refused, unreachable). Nothing was sent.
     Connect(io::Error),
-    /// Connect, write or read took longer than allowed.
+    /// No connection was made before the deadline. Nothing was sent.
+    ConnectTimeout,
+    /// The connection failed before any byte of the request was written.
+    Unsent(io::Error),
+    /// Bytes of the request were written but no complete answer came by
+    /// the deadline; the connection was reset. The peer may have acted on it.
     Timeout,
-    /// The connection broke mid-exchange.
+    /// The connection broke after bytes of the request were written. The
+    /// peer may have acted on it.
     Io(io::Error),
     /// The peer answered something that is not a valid response.
     BadResponse(&'static str),
+}
+
+impl ClientError {
+    /// True when no byte of the request left this node: the peer certainly
+    /// did not act on it.
+    #[must_use]
+    pub fn is_unsent(&self) -> bool {
+        matches!(
+            self,
+            Self::Resolve(_) | Self::Connect(_) | Self::ConnectTimeout | Self::Unsent(_)
+        )
+    }
 }
 
 impl fmt::Display for ClientError {
@@ -185,8 +225,10 @@ impl fmt::Display for ClientError {
         match self {
             Self::Resolve(a) => write!(f, "cannot resolve {a}"),
             Self::Connect(e) => write!(f, "cannot connect: {e}"),
-            Self::Timeout => write!(f, "timed out"),
-            Self::Io(e) => write!(f, "connection failed: {e}"),
+            Self::ConnectTimeout => write!(f, "connect timed out"),
+            Self::Unsent(e) => write!(f, "connection failed before the request was sent: {e}"),
+            Self::Timeout => write!(f, "no answer in time"),
+            Self::Io(e) => write!(f, "connection failed after the request was sent: {e}"),
             Self::BadResponse(why) => write!(f, "invalid response: {why}"),
         }
     }
@@ -204,12 +246,67 @@ fn classify(e: io::Error) -> ClientError {
 
 /// How an exchange on one connection ended badly.
 enum Failure {
-    /// Nothing was received: safe to retry on a fresh connection.
-    Stale(ClientError),
+    /// No byte of the request was written: any request may go again.
+    Unsent(ClientError),
+    /// The request was written, the connection failed before any response
+    /// byte: an idempotent request may go again.
+    NoAnswer(ClientError),
     Failed(ClientError),
 }
 
+impl Failure {
+    fn into_error(self) -> ClientError {
+        match self {
+            Self::Unsent(e) | Self::NoAnswer(e) | Self::Failed(e) => e,
+        }
+    }
+}
+
 const MAX_RESPONSE: usize = 64 * 1024 * 1024;
+
+/// Time left until `deadline`, or `None` once it has passed.
+fn left(deadline: Instant) -> Option<Duration> {
+    Some(deadline.saturating_duration_since(Instant::now())).filter(|d| !d.is_zero())
+}
+
+/// Closes `stream` with a reset: `SO_LINGER` 0 makes the kernel drop any
+/// bytes still queued for the peer and send RST, so nothing of an
+/// abandoned request is delivered later.
+fn reset(stream: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: the fd is open for the lifetime of `stream`; `linger` is a
+    // valid `struct linger` of the size passed.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::from_ref(&linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(stream);
+}
+
+/// True when a pooled connection still looks usable: the peer has neither
+/// closed it nor sent anything unasked (a non-blocking `MSG_PEEK`).
+fn still_open(stream: &TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    // SAFETY: recv writes at most 1 byte into `byte`; the fd is open for
+    // the lifetime of `stream`.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            byte.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+}
 
 /// Pooled keep-alive client.
 pub struct Client {
@@ -222,6 +319,8 @@ pub struct Client {
 }
 
 impl Client {
+    /// `connect_timeout` bounds each connect; `io_timeout` is the default
+    /// time a caller allows for a whole exchange ([`Client::timeout`]).
     #[must_use]
     pub fn new(connect_timeout: Duration, io_timeout: Duration) -> Self {
         Self {
@@ -253,18 +352,40 @@ impl Client {
         }
     }
 
+    /// The default time allowed for a whole exchange.
+    #[must_use]
+    pub fn timeout(&self) -> Duration {
+        self.io_timeout
+    }
+
+    /// A pooled connection to `addr` that the peer has not closed.
+    fn pooled(&self, addr: &str) -> Option<TcpStream> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(addr)?;
+        while let Some(stream) = list.pop() {
+            if still_open(&stream) {
+                return Some(stream);
+            }
+            reset(stream);
+        }
+        None
+    }
+
     /// Sends the complete request bytes `request` to `addr` and reads the
-    /// response. `io_timeout` overrides the client's read timeout (long polls).
+    /// response, all by `deadline`. `resend` says whether the request may
+    /// be sent again after a failure (see [`Resend`]).
     ///
     /// # Errors
-    /// See [`ClientError`].
+    /// See [`ClientError`]; [`ClientError::is_unsent`] says whether the
+    /// peer may have received the request.
     pub async fn send(
         &self,
         addr: &str,
         request: &[u8],
-        io_timeout: Option<Duration>,
+        deadline: Instant,
+        resend: Resend,
     ) -> Result<ClientResponse, ClientError> {
-        let result = self.send_once(addr, request, io_timeout).await;
+        let result = self.send_once(addr, request, deadline, resend).await;
         if result.is_ok() {
             self.note(addr, PeerState::Reachable, &"");
         }
@@ -275,22 +396,21 @@ impl Client {
         &self,
         addr: &str,
         request: &[u8],
-        io_timeout: Option<Duration>,
+        deadline: Instant,
+        resend: Resend,
     ) -> Result<ClientResponse, ClientError> {
-        let timeout = io_timeout.unwrap_or(self.io_timeout);
-        let pooled = self.idle.borrow_mut().get_mut(addr).and_then(Vec::pop);
-        if let Some(stream) = pooled {
-            match self.exchange(addr, stream, request, timeout).await {
+        if let Some(stream) = self.pooled(addr) {
+            match self.exchange(addr, stream, request, deadline).await {
                 Ok(resp) => return Ok(resp),
-                Err(Failure::Failed(e)) => return Err(e),
-                Err(Failure::Stale(_)) => {}
+                Err(Failure::Unsent(_)) => {}
+                Err(Failure::NoAnswer(_)) if resend == Resend::Idempotent => {}
+                Err(f) => return Err(f.into_error()),
             }
         }
-        let stream = self.connect(addr).await?;
-        match self.exchange(addr, stream, request, timeout).await {
-            Ok(resp) => Ok(resp),
-            Err(Failure::Failed(e) | Failure::Stale(e)) => Err(e),
-        }
+        let stream = self.connect(addr, deadline).await?;
+        self.exchange(addr, stream, request, deadline)
+            .await
+            .map_err(Failure::into_error)
     }
 
     fn resolve(&self, addr: &str) -> Result<SocketAddr, ClientError> {
@@ -306,15 +426,27 @@ impl Client {
         Ok(a)
     }
 
-    async fn connect(&self, addr: &str) -> Result<TcpStream, ClientError> {
+    async fn connect(&self, addr: &str, deadline: Instant) -> Result<TcpStream, ClientError> {
         let sock = self.resolve(addr).inspect_err(|e| {
             self.note(addr, PeerState::Unresolved, e);
         })?;
-        let stream = TcpStream::connect_timeout(sock, self.connect_timeout)
+        // A deadline that passed before connecting says nothing about the
+        // peer: only a connect that was tried is recorded.
+        let limit = left(deadline)
+            .ok_or(ClientError::ConnectTimeout)?
+            .min(self.connect_timeout);
+        let stream = TcpStream::connect_timeout(sock, limit)
             .await
             .map_err(|e| match e {
-                glommio::GlommioError::TimedOut(_) => ClientError::Timeout,
-                other => ClientError::Connect(other.into()),
+                glommio::GlommioError::TimedOut(_) => ClientError::ConnectTimeout,
+                other => {
+                    let e: io::Error = other.into();
+                    if e.kind() == io::ErrorKind::TimedOut {
+                        ClientError::ConnectTimeout
+                    } else {
+                        ClientError::Connect(e)
+                    }
+                }
             })
             .inspect_err(|e| {
                 self.note(addr, PeerState::Unreachable, e);
@@ -323,65 +455,103 @@ impl Client {
         Ok(stream)
     }
 
+    /// One request and its response on `stream`. On any failure the
+    /// connection is reset, never returned to the pool.
     async fn exchange(
         &self,
         addr: &str,
         mut stream: TcpStream,
         request: &[u8],
-        timeout: Duration,
+        deadline: Instant,
     ) -> Result<ClientResponse, Failure> {
-        let set = stream
-            .set_write_timeout(Some(self.io_timeout))
-            .and_then(|()| stream.set_read_timeout(Some(timeout)));
-        if let Err(e) = set {
-            return Err(Failure::Stale(ClientError::Io(e.into())));
-        }
-        if let Err(e) = stream.write_all(request).await {
-            return Err(Failure::Stale(classify(e)));
-        }
-        let mut buf = vec![0u8; 8192];
-        let mut end = 0;
-        loop {
-            if end == buf.len() {
-                if buf.len() >= MAX_RESPONSE {
-                    return Err(Failure::Failed(ClientError::BadResponse(
-                        "response too large",
-                    )));
-                }
-                buf.resize(buf.len() * 2, 0);
-            }
-            let n = match stream.read(&mut buf[end..]).await {
-                Ok(0) if end == 0 => {
-                    return Err(Failure::Stale(ClientError::Io(
-                        io::ErrorKind::UnexpectedEof.into(),
-                    )));
-                }
-                Ok(0) => {
-                    return Err(Failure::Failed(ClientError::Io(
-                        io::ErrorKind::UnexpectedEof.into(),
-                    )));
-                }
-                Ok(n) => n,
-                Err(e) if end == 0 && e.kind() != io::ErrorKind::TimedOut => {
-                    return Err(Failure::Stale(classify(e)));
-                }
-                Err(e) => return Err(Failure::Failed(classify(e))),
-            };
-            end += n;
-            match parse_response(&buf[..end]) {
-                Ok(Some((resp, used, reusable))) => {
-                    if reusable && used == end {
-                        let mut idle = self.idle.borrow_mut();
-                        let list = idle.entry(addr.to_string()).or_default();
-                        if list.len() < self.max_idle_per_host {
-                            list.push(stream);
-                        }
+        match exchange_on(&mut stream, request, deadline).await {
+            Ok((resp, reusable)) => {
+                if reusable {
+                    let mut idle = self.idle.borrow_mut();
+                    let list = idle.entry(addr.to_string()).or_default();
+                    if list.len() < self.max_idle_per_host {
+                        list.push(stream);
                     }
-                    return Ok(resp);
                 }
-                Ok(None) => {}
-                Err(why) => return Err(Failure::Failed(ClientError::BadResponse(why))),
+                Ok(resp)
             }
+            Err(f) => {
+                reset(stream);
+                Err(f)
+            }
+        }
+    }
+}
+
+/// Writes `request` and reads one response from `stream` by `deadline`;
+/// the response and whether the connection may be reused.
+async fn exchange_on(
+    stream: &mut TcpStream,
+    request: &[u8],
+    deadline: Instant,
+) -> Result<(ClientResponse, bool), Failure> {
+    let mut sent = 0;
+    while sent < request.len() {
+        let written = match left(deadline) {
+            None => Err(io::ErrorKind::TimedOut.into()),
+            Some(t) => match stream.set_write_timeout(Some(t)) {
+                Ok(()) => stream.write(&request[sent..]).await,
+                Err(e) => Err(e.into()),
+            },
+        };
+        match written {
+            Ok(0) => {
+                let e = io::ErrorKind::WriteZero.into();
+                return Err(if sent == 0 {
+                    Failure::Unsent(ClientError::Unsent(e))
+                } else {
+                    Failure::Failed(ClientError::Io(e))
+                });
+            }
+            Ok(n) => sent += n,
+            Err(e) if sent == 0 => return Err(Failure::Unsent(ClientError::Unsent(e))),
+            Err(e) => return Err(Failure::Failed(classify(e))),
+        }
+    }
+    let mut buf = vec![0u8; 8192];
+    let mut end = 0;
+    loop {
+        if end == buf.len() {
+            if buf.len() >= MAX_RESPONSE {
+                return Err(Failure::Failed(ClientError::BadResponse(
+                    "response too large",
+                )));
+            }
+            buf.resize(buf.len() * 2, 0);
+        }
+        let Some(t) = left(deadline) else {
+            return Err(Failure::Failed(ClientError::Timeout));
+        };
+        if let Err(e) = stream.set_read_timeout(Some(t)) {
+            return Err(Failure::Failed(ClientError::Io(e.into())));
+        }
+        let n = match stream.read(&mut buf[end..]).await {
+            Ok(0) if end == 0 => {
+                return Err(Failure::NoAnswer(ClientError::Io(
+                    io::ErrorKind::UnexpectedEof.into(),
+                )));
+            }
+            Ok(0) => {
+                return Err(Failure::Failed(ClientError::Io(
+                    io::ErrorKind::UnexpectedEof.into(),
+                )));
+            }
+            Ok(n) => n,
+            Err(e) if end == 0 && e.kind() != io::ErrorKind::TimedOut => {
+                return Err(Failure::NoAnswer(classify(e)));
+            }
+            Err(e) => return Err(Failure::Failed(classify(e))),
+        };
+        end += n;
+        match parse_response(&buf[..end]) {
+            Ok(Some((resp, used, reusable))) => return Ok((resp, reusable && used == end)),
+            Ok(None) => {}
+            Err(why) => return Err(Failure::Failed(ClientError::BadResponse(why))),
         }
     }
 }

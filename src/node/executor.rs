@@ -5,7 +5,7 @@
 //! Depends on `api`, `replication`, `router`, `shard`, `http::conn`.
 
 use super::{Event, NodeError, SHUTDOWN_GRACE};
-use crate::api::{Api, LocalNodes};
+use crate::api::{Api, ApiConfig, LocalNodes};
 use crate::http::client::{Client, Reachability};
 use crate::http::conn::{self, ConnConfig, Tracker};
 use crate::log::Level;
@@ -38,7 +38,9 @@ pub(super) struct NodeContext {
     pub(super) retain: u64,
     pub(super) token: Option<Arc<str>>,
     pub(super) conn: ConnConfig,
-    pub(super) max_key: usize,
+    pub(super) api: ApiConfig,
+    /// Longest exchange with another host (`--forward-timeout-ms`).
+    pub(super) forward_timeout: Duration,
     /// Shutdown request; the executor answers on the enclosed channel.
     pub(super) stop: flume::Receiver<flume::Sender<()>>,
     pub(super) spin_before_park: Duration,
@@ -97,15 +99,15 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
         retain,
         token,
         conn: cfg,
-        max_key,
+        api: api_config,
+        forward_timeout,
         stop,
         spin_before_park: _,
         preempt_timer: _,
     } = ctx;
     let shard = Rc::new(shard);
-    let client = Rc::new(
-        Client::new(Duration::from_secs(1), Duration::from_secs(5)).with_reachability(reach),
-    );
+    let client =
+        Rc::new(Client::new(Duration::from_secs(1), forward_timeout).with_reachability(reach));
     let (primary, seq) = match node.role {
         Role::Primary => {
             let replicas = topo
@@ -149,7 +151,7 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
         seq,
         nodes,
         token,
-        max_key,
+        api_config,
     ));
     let tracker = Rc::new(Tracker::default());
     glommio::spawn_local(drain_mailbox(

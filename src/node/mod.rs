@@ -20,7 +20,7 @@
 mod executor;
 mod system;
 
-use crate::api::LocalNodes;
+use crate::api::{ApiConfig, LocalNodes};
 use crate::config::{self, ConfigError};
 use crate::http::client::{PeerState, Reachability};
 use crate::http::conn::ConnConfig;
@@ -84,6 +84,12 @@ pub struct Options {
     pub conn: ConnConfig,
     /// Largest key in bytes.
     pub max_key: usize,
+    /// How long a forwarded request to another host may take, connect
+    /// included; also the deadline a forwarded write carries.
+    pub forward_timeout: Duration,
+    /// Assumed largest clock difference between hosts (see
+    /// `api::ApiConfig::clock_skew`).
+    pub clock_skew: Duration,
     pub log_level: Level,
     /// glommio `spin_before_park` (zero: park at once).
     pub spin_before_park: Duration,
@@ -107,6 +113,8 @@ impl Default for Options {
             token: None,
             conn: ConnConfig::default(),
             max_key: crate::api::DEFAULT_MAX_KEY,
+            forward_timeout: crate::api::DEFAULT_FORWARD_TIMEOUT,
+            clock_skew: crate::api::DEFAULT_CLOCK_SKEW,
             log_level: Level::Info,
             spin_before_park: DEFAULT_SPIN,
             cache_bytes: crate::storage::DEFAULT_CACHE_BYTES,
@@ -285,7 +293,11 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
             retain: opts.log_retention,
             token: token.clone(),
             conn: opts.conn,
-            max_key: opts.max_key,
+            api: ApiConfig {
+                max_key: opts.max_key,
+                clock_skew: opts.clock_skew,
+            },
+            forward_timeout: opts.forward_timeout,
             stop: stop_rx,
             spin_before_park: opts.spin_before_park,
             preempt_timer: opts.preempt_timer,
