@@ -34,8 +34,8 @@ pub enum KvOp {
 /// Which API a request came in on, so the owner answers in its form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Style {
-    /// `/get`, `/set`, `/delete`.
-    Seed,
+    /// `/get`, `/set`, `/delete` (query-string API, as the seed project's).
+    Query,
     /// `/v1/kv/{key}` (and the batch endpoint).
     Rest,
 }
@@ -138,7 +138,7 @@ pub fn encode_kv(kv: &KvRequest) -> Vec<u8> {
 pub fn encode_kv_with_deadline(kv: &KvRequest, deadline_ms: Option<u64>) -> Vec<u8> {
     let mut out = Vec::with_capacity(48 + kv.key.len());
     out.push(match kv.style {
-        Style::Seed => 0,
+        Style::Query => 0,
         Style::Rest => 1,
     });
     let (op, value): (u8, &[u8]) = match &kv.op {
@@ -229,7 +229,7 @@ pub fn decode_kv(bytes: &[u8]) -> Result<ForwardedKv, StorageError> {
     let mut r = Reader(bytes);
     let head = r.take(3)?;
     let style = match head[0] {
-        0 => Style::Seed,
+        0 => Style::Query,
         1 => Style::Rest,
         _ => return Err(bad()),
     };
@@ -571,7 +571,7 @@ mod tests {
                 min_seq: 9,
                 wait_ms: 100,
                 cond: Cond::Present,
-                style: Style::Seed,
+                style: Style::Query,
             },
             KvRequest {
                 op: KvOp::Delete,
@@ -623,7 +623,7 @@ mod tests {
             min_seq: 0,
             wait_ms: 0,
             cond: Cond::Always,
-            style: Style::Seed,
+            style: Style::Query,
         };
         let old = encode_kv(&kv);
         assert_eq!(old.len(), 3 + 8 * 3 + 4 + 1 + 4 + 1, "pre-deadline layout");

@@ -487,7 +487,7 @@ fn internal_endpoints_check_token_names_lengths_and_overflow() {
             min_seq: u64::MAX,
             wait_ms: u64::MAX,
             cond: Cond::Always,
-            style: Style::Seed,
+            style: Style::Query,
         }),
     );
     assert_eq!(r.status, 504, "min_seq u64::MAX with wait_ms u64::MAX: {r}");

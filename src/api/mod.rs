@@ -4,7 +4,7 @@
 //! the node's store when it is the owner, and maps every outcome and error
 //! to a [`Response`] in one place each.
 //!
-//! Layout: `seed` parses `/get`, `/set`, `/delete`; `rest` parses
+//! Layout: `query` parses `/get`, `/set`, `/delete`; `rest` parses
 //! `/v1/kv/{key}`, `/v1/batch` and listings; `ops` answers `/status`,
 //! `/health`, `/ready` and `/metrics`; this file holds routing, execution,
 //! authorisation and the error-to-status mapping.
@@ -28,8 +28,8 @@
 //! starts, and answers 503 ("deadline passed, not applied") otherwise.
 
 mod ops;
+mod query;
 mod rest;
-mod seed;
 
 use crate::http::client::{ClientError, ClientResponse, Resend};
 use crate::http::encode::{BYTES, JSON, Response, TEXT};
@@ -356,7 +356,7 @@ impl Api {
                     b"/set" => 1,
                     _ => 2,
                 };
-                let result = match seed::parse(&req, self.cfg.max_key) {
+                let result = match query::parse(&req, self.cfg.max_key) {
                     Ok(kv) => self.authorized_kv(&req, kv).await,
                     Err(e) => Err(e),
                 };
@@ -677,7 +677,7 @@ const READ_CACHE_CONTROL: &str = "no-cache";
 fn format(style: Style, is_delete: bool, executed: Executed) -> Response {
     let etag = |v: u64| format!("\"{v}\"");
     match (style, executed) {
-        (Style::Seed, Executed::Value { value, version }) => Response::new(200, BYTES, value)
+        (Style::Query, Executed::Value { value, version }) => Response::new(200, BYTES, value)
             .with_header("X-Version", version.to_string())
             .with_header("Cache-Control", READ_CACHE_CONTROL.into()),
         (Style::Rest, Executed::Value { value, version }) => Response::new(200, BYTES, value)
@@ -690,7 +690,7 @@ fn format(style: Style, is_delete: bool, executed: Executed) -> Response {
         (Style::Rest, Executed::Written { seq }) if is_delete => {
             Response::new(204, TEXT, Vec::new()).with_header("X-Seq", seq.to_string())
         }
-        (Style::Seed, Executed::Written { seq }) => {
+        (Style::Query, Executed::Written { seq }) => {
             Response::text(200, "OK").with_header("X-Seq", seq.to_string())
         }
         (Style::Rest, Executed::Written { seq }) => Response::text(200, "OK")

@@ -143,7 +143,7 @@ impl Api {
         let bad = |e: crate::storage::StorageError| ApiError::BadBody(e.to_string());
         if req.path == b"/internal/kv" {
             let mut forwarded = decode_kv(&req.body).map_err(bad)?;
-            forwarded.kv.key = super::seed::check_key(forwarded.kv.key, self.cfg.max_key)?;
+            forwarded.kv.key = super::query::check_key(forwarded.kv.key, self.cfg.max_key)?;
             return self
                 .dispatch(forwarded.kv, true, forwarded.deadline_ms)
                 .await;

@@ -1,4 +1,4 @@
-//! The RESTful API beside the seed endpoints: `/v1/kv/{key}` (GET, HEAD,
+//! The RESTful API beside the query-string endpoints: `/v1/kv/{key}` (GET, HEAD,
 //! PUT, DELETE with raw bodies, ETags and conditional requests),
 //! `POST /v1/batch` (many keys in one request) and `GET /v1/kv?prefix=`
 //! (a listing across all shards with a limit and a cursor).
@@ -6,7 +6,7 @@
 //! Depends on the parent module's routing and on serde_json for the batch
 //! and listing bodies.
 
-use super::seed::{check_key, read_wait, take_param};
+use super::query::{check_key, read_wait, take_param};
 use super::{Api, ApiError};
 use crate::http::client::ClientResponse;
 use crate::http::encode::{JSON, Response};

@@ -1,5 +1,5 @@
-//! The seed's endpoints: `/get`, `/set`, `/delete` with query or form
-//! parameters.
+//! The query-string endpoints (the API of the Go project corekv descends
+//! from): `/get`, `/set`, `/delete` with query or form parameters.
 //!
 //! Pure: a parsed request in, a [`KvRequest`] or an [`ApiError`] out.
 
@@ -9,7 +9,7 @@ use crate::http::parse::{Method, Request};
 use crate::protocol::{KvOp, KvRequest, Style};
 use crate::storage::Cond;
 
-/// Parameters of a seed endpoint: the query, plus a form body on POST/PUT.
+/// Parameters of a query-string endpoint: the query, plus a form body on POST/PUT.
 pub(super) fn parse(req: &Request, max_key: usize) -> Result<KvRequest, ApiError> {
     let (allow, ok) = match req.path.as_slice() {
         b"/get" => (
@@ -47,7 +47,7 @@ pub(super) fn parse(req: &Request, max_key: usize) -> Result<KvRequest, ApiError
         min_seq,
         wait_ms,
         cond: Cond::Always,
-        style: Style::Seed,
+        style: Style::Query,
     })
 }
 
