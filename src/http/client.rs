@@ -21,6 +21,7 @@
 //!   answered) is recorded in the process-wide [`Reachability`] table that
 //!   `/status` shows.
 
+use super::framing::{FramingError, framing};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::cell::RefCell;
@@ -566,25 +567,19 @@ fn parse_response(buf: &[u8]) -> Result<Option<(ClientResponse, usize, bool)>, &
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err("unparseable status line or headers"),
     };
-    let mut len = None;
-    let mut reusable = resp.version == Some(1);
-    let mut out_headers = Vec::new();
-    for h in resp.headers.iter() {
-        let value = String::from_utf8_lossy(h.value).into_owned();
-        if h.name.eq_ignore_ascii_case("content-length") {
-            len = Some(
-                value
-                    .trim()
-                    .parse::<usize>()
-                    .map_err(|_| "bad Content-Length")?,
-            );
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            reusable = reusable && !value.eq_ignore_ascii_case("close");
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err("Transfer-Encoding responses are not supported");
-        }
-        out_headers.push((h.name.to_string(), value));
-    }
+    let framed = framing(resp.headers).map_err(FramingError::message)?;
+    let len = framed.content_length;
+    let reusable = resp.version == Some(1) && !framed.close;
+    let out_headers = resp
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
     let status = resp.code.unwrap_or(0);
     // 1xx, 204 and 304 have no content and no Content-Length (RFC 9112
     // §6.3); the client sends no HEAD requests.

@@ -6,6 +6,7 @@
 //! [`ParseError`] maps to one status in [`ParseError::status`]. After any
 //! parse error the connection must be closed: the stream position is lost.
 
+use super::framing::{FramingError, framing};
 use std::fmt;
 
 /// Size limits applied while parsing.
@@ -158,12 +159,6 @@ fn method_of(m: &str) -> Method {
     }
 }
 
-fn has_token(value: &[u8], token: &str) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
 /// Parses one request from the start of `buf`.
 ///
 /// # Errors
@@ -198,8 +193,12 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
         return Err(ParseError::HeadTooLarge);
     }
     let version = req.version.unwrap_or(1);
-    let mut content_length: Option<usize> = None;
-    let mut keep_alive = version >= 1;
+    let framed = framing(req.headers).map_err(|e| match e {
+        FramingError::LengthOverflow => ParseError::BodyTooLarge,
+        FramingError::Encoding => ParseError::UnsupportedTransferEncoding,
+        other => ParseError::BadFraming(other.message()),
+    })?;
+    let keep_alive = !framed.close && (version >= 1 || framed.keep_alive);
     let mut form_body = false;
     let mut forwarded = false;
     let mut authorization = None;
@@ -207,38 +206,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
     let mut if_none_match = None;
     for h in req.headers.iter() {
         let name = h.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            if content_length.is_some() {
-                return Err(ParseError::BadFraming("more than one Content-Length"));
-            }
-            let text = std::str::from_utf8(h.value)
-                .ok()
-                .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or(ParseError::BadFraming("Content-Length is not a number"))?;
-            let n = text
-                .parse::<usize>()
-                .map_err(|_| ParseError::BodyTooLarge)?;
-            content_length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(
-                if content_length.is_some()
-                    || req
-                        .headers
-                        .iter()
-                        .any(|x| x.name.eq_ignore_ascii_case("content-length"))
-                {
-                    ParseError::BadFraming("both Content-Length and Transfer-Encoding")
-                } else {
-                    ParseError::UnsupportedTransferEncoding
-                },
-            );
-        } else if name.eq_ignore_ascii_case("connection") {
-            if has_token(h.value, "close") {
-                keep_alive = false;
-            } else if has_token(h.value, "keep-alive") {
-                keep_alive = true;
-            }
-        } else if name.eq_ignore_ascii_case("content-type") {
+        if name.eq_ignore_ascii_case("content-type") {
             form_body = h.value.len() >= 33
                 && h.value[..33].eq_ignore_ascii_case(b"application/x-www-form-urlencoded");
         } else if name.eq_ignore_ascii_case("x-corekv-forwarded") {
@@ -251,7 +219,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
             append_list(&mut if_none_match, h.value);
         }
     }
-    let body_len = content_length.unwrap_or(0);
+    let body_len = framed.content_length.unwrap_or(0);
     if body_len > limits.max_body {
         return Err(ParseError::BodyTooLarge);
     }
