@@ -29,11 +29,59 @@ use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Endpoints counted separately.
-pub const ENDPOINTS: [&str; 12] = [
-    "get", "set", "delete", "kv", "batch", "list", "status", "metrics", "health", "ready",
-    "internal", "other",
-];
+/// The endpoints requests are counted by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Get,
+    Set,
+    Delete,
+    Kv,
+    Batch,
+    List,
+    Status,
+    Metrics,
+    Health,
+    Ready,
+    Internal,
+    Other,
+}
+
+impl Endpoint {
+    /// Every endpoint, in the order of their `endpoint` label values.
+    pub const ALL: [Self; 12] = [
+        Self::Get,
+        Self::Set,
+        Self::Delete,
+        Self::Kv,
+        Self::Batch,
+        Self::List,
+        Self::Status,
+        Self::Metrics,
+        Self::Health,
+        Self::Ready,
+        Self::Internal,
+        Self::Other,
+    ];
+
+    /// The `endpoint` label value.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Get => "get",
+            Self::Set => "set",
+            Self::Delete => "delete",
+            Self::Kv => "kv",
+            Self::Batch => "batch",
+            Self::List => "list",
+            Self::Status => "status",
+            Self::Metrics => "metrics",
+            Self::Health => "health",
+            Self::Ready => "ready",
+            Self::Internal => "internal",
+            Self::Other => "other",
+        }
+    }
+}
 
 /// Status codes counted separately; anything else counts as "other".
 const STATUSES: [u16; 21] = [
@@ -61,7 +109,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self {
-            requests: (0..ENDPOINTS.len() * (STATUSES.len() + 1))
+            requests: (0..Endpoint::ALL.len() * (STATUSES.len() + 1))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             latency: Default::default(),
@@ -76,12 +124,12 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts one answered request.
-    pub fn record(&self, endpoint: usize, status: u16, micros: u64) {
+    pub fn record(&self, endpoint: Endpoint, status: u16, micros: u64) {
         let s = STATUSES
             .iter()
             .position(|&x| x == status)
             .unwrap_or(STATUSES.len());
-        let idx = endpoint.min(ENDPOINTS.len() - 1) * (STATUSES.len() + 1) + s;
+        let idx = endpoint as usize * (STATUSES.len() + 1) + s;
         self.requests[idx].fetch_add(1, Ordering::Relaxed);
         let b = LATENCY_US
             .iter()
@@ -252,7 +300,7 @@ impl Scrape {
             MetricType::Counter,
         )?;
         for (n, _, m) in &self.nodes {
-            for (e, endpoint) in ENDPOINTS.iter().enumerate() {
+            for (e, endpoint) in Endpoint::ALL.iter().map(|e| e.name()).enumerate() {
                 for s in 0..=STATUSES.len() {
                     let v = m.requests[e * (STATUSES.len() + 1) + s].load(R);
                     if v == 0 {
@@ -467,8 +515,8 @@ mod tests {
             node(&format!("{NASTY}/replica"), Role::Replica(0)),
         ];
         let (primary, stats, metrics) = &nodes[0];
-        metrics.record(0, 200, 120);
-        metrics.record(1, 999, 7_000_000);
+        metrics.record(Endpoint::Get, 200, 120);
+        metrics.record(Endpoint::Set, 999, 7_000_000);
         metrics.forwarded_remote.fetch_add(2, R);
         stats.batch_sizes[2].fetch_add(1, R); // one batch of 3 writes
         stats.commits.fetch_add(1, R);

@@ -34,7 +34,7 @@ mod rest;
 use crate::http::client::{ClientError, ClientResponse, Resend};
 use crate::http::encode::{BYTES, JSON, Response, TEXT};
 use crate::http::parse::Request;
-use crate::metrics::Metrics;
+use crate::metrics::{Endpoint, Metrics};
 use crate::protocol::{KvOp, KvRequest, Scan, Style, encode_kv_with_deadline, encode_scan};
 use crate::replication::{PrimaryLog, SeqWatch};
 use crate::router::{ForwardError, Route, Router};
@@ -348,13 +348,13 @@ impl Api {
         resp
     }
 
-    async fn route_path(self: &Rc<Self>, req: Request) -> (usize, Result<Response, ApiError>) {
+    async fn route_path(self: &Rc<Self>, req: Request) -> (Endpoint, Result<Response, ApiError>) {
         match req.path.as_slice() {
             b"/get" | b"/set" | b"/delete" => {
                 let endpoint = match req.path.as_slice() {
-                    b"/get" => 0,
-                    b"/set" => 1,
-                    _ => 2,
+                    b"/get" => Endpoint::Get,
+                    b"/set" => Endpoint::Set,
+                    _ => Endpoint::Delete,
                 };
                 let result = match query::parse(&req, self.cfg.max_key) {
                     Ok(kv) => self.authorized_kv(&req, kv).await,
@@ -362,22 +362,22 @@ impl Api {
                 };
                 (endpoint, result)
             }
-            b"/v1/batch" => (4, self.batch(&req).await),
-            b"/v1/kv" => (5, self.list(&req).await),
+            b"/v1/batch" => (Endpoint::Batch, self.batch(&req).await),
+            b"/v1/kv" => (Endpoint::List, self.list(&req).await),
             p if p.starts_with(b"/v1/kv/") => {
                 let result = match rest::parse_kv(&req, self.cfg.max_key) {
                     Ok(kv) => self.authorized_kv(&req, kv).await,
                     Err(e) => Err(e),
                 };
-                (3, result)
+                (Endpoint::Kv, result)
             }
-            b"/status" => (6, Ok(no_store(self.status()))),
-            b"/metrics" => (7, Ok(no_store(self.metrics_text()))),
-            b"/health" => (8, Ok(no_store(Response::text(200, "ok")))),
-            b"/ready" => (9, Ok(no_store(self.ready()))),
+            b"/status" => (Endpoint::Status, Ok(no_store(self.status()))),
+            b"/metrics" => (Endpoint::Metrics, Ok(no_store(self.metrics_text()))),
+            b"/health" => (Endpoint::Health, Ok(no_store(Response::text(200, "ok")))),
+            b"/ready" => (Endpoint::Ready, Ok(no_store(self.ready()))),
             // Every /internal/ path, known or not, checks the token first.
-            p if p.starts_with(b"/internal/") => (10, self.internal(&req).await),
-            _ => (11, Err(ApiError::UnknownPath)),
+            p if p.starts_with(b"/internal/") => (Endpoint::Internal, self.internal(&req).await),
+            _ => (Endpoint::Other, Err(ApiError::UnknownPath)),
         }
     }
 
