@@ -18,89 +18,115 @@ use crate::protocol::{
 };
 use crate::replication::ReplicaState;
 use crate::topology::Role;
-use std::fmt::Write as _;
+use serde::Serialize;
 use std::sync::atomic::Ordering;
 
 /// A replica further behind than this many entries is not ready.
 pub const READY_MAX_LAG: u64 = 1000;
 
-fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+/// `/status`: which node answered, every local node, every remote peer.
+#[derive(Serialize)]
+struct Status<'a> {
+    served_by: &'a str,
+    nodes: Vec<NodeJson<'a>>,
+    peers: Vec<PeerJson>,
+}
+
+/// One local node in `/status`; `name` comes first (clients and the test
+/// harness find node objects by it).
+#[derive(Serialize)]
+struct NodeJson<'a> {
+    name: &'a str,
+    address: &'a str,
+    shard: usize,
+    keys: u64,
+    commits: u64,
+    committed_writes: u64,
+    open_connections: u64,
+    seq_waiters: u64,
+    overloaded_writes: u64,
+    role: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    committed_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    applied_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    primary_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lag: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'static str>,
+}
+
+/// A node on another host in `/status`: `peer`, not `name`, comes first,
+/// since it is not a local node.
+#[derive(Serialize)]
+struct PeerJson {
+    peer: String,
+    address: String,
+    reachability: &'static str,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    error: String,
 }
 
 impl Api {
     pub(super) fn status(&self) -> Response {
-        let mut out = String::from("{\"served_by\":");
-        json_str(&mut out, &self.me().name);
-        out.push_str(",\"nodes\":[");
-        for (i, (node, stats, m)) in self.locals.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let seq = stats.seq.load(Ordering::Acquire);
-            out.push_str("{\"name\":");
-            json_str(&mut out, &node.name);
-            out.push_str(",\"address\":");
-            json_str(&mut out, &node.address);
-            let _ = write!(
-                out,
-                ",\"shard\":{},\"keys\":{},\"commits\":{},\"committed_writes\":{},\"open_connections\":{},\"seq_waiters\":{},\"overloaded_writes\":{}",
-                node.shard,
-                stats.keys.load(Ordering::Relaxed),
-                stats.commits.load(Ordering::Relaxed),
-                stats.committed_writes.load(Ordering::Relaxed),
-                m.open_connections.load(Ordering::Relaxed),
-                stats.seq_waiters.load(Ordering::Relaxed),
-                stats.overloaded_writes.load(Ordering::Relaxed),
-            );
-            match node.role {
-                Role::Primary => {
-                    let _ = write!(out, ",\"role\":\"primary\",\"committed_seq\":{seq}");
+        let nodes = self
+            .locals
+            .iter()
+            .map(|(node, stats, m)| {
+                let seq = stats.seq.load(Ordering::Acquire);
+                let mut n = NodeJson {
+                    name: &node.name,
+                    address: &node.address,
+                    shard: node.shard,
+                    keys: stats.keys.load(Ordering::Relaxed),
+                    commits: stats.commits.load(Ordering::Relaxed),
+                    committed_writes: stats.committed_writes.load(Ordering::Relaxed),
+                    open_connections: m.open_connections.load(Ordering::Relaxed),
+                    seq_waiters: stats.seq_waiters.load(Ordering::Relaxed),
+                    overloaded_writes: stats.overloaded_writes.load(Ordering::Relaxed),
+                    role: "primary",
+                    committed_seq: None,
+                    applied_seq: None,
+                    primary_seq: None,
+                    lag: None,
+                    state: None,
+                };
+                match node.role {
+                    Role::Primary => n.committed_seq = Some(seq),
+                    Role::Replica(_) => {
+                        let primary = stats.primary_seq.load(Ordering::Relaxed);
+                        let state = ReplicaState::from_code(stats.state.load(Ordering::Relaxed));
+                        n.role = "replica";
+                        n.applied_seq = Some(seq);
+                        n.primary_seq = Some(primary);
+                        n.lag = Some(primary.saturating_sub(seq));
+                        n.state = Some(state.name());
+                    }
                 }
-                Role::Replica(_) => {
-                    let primary = stats.primary_seq.load(Ordering::Relaxed);
-                    let state = ReplicaState::from_code(stats.state.load(Ordering::Relaxed));
-                    let _ = write!(
-                        out,
-                        ",\"role\":\"replica\",\"applied_seq\":{seq},\"primary_seq\":{primary},\"lag\":{},\"state\":\"{}\"",
-                        primary.saturating_sub(seq),
-                        state.name()
-                    );
-                }
-            }
-            out.push('}');
-        }
-        // Nodes on other hosts and whether they can be reached. Objects
-        // here start with "peer", not "name": they are not local nodes.
-        out.push_str("],\"peers\":[");
-        for (i, (node, state, detail)) in self.router.peers().into_iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str("{\"peer\":");
-            json_str(&mut out, &node.name);
-            out.push_str(",\"address\":");
-            json_str(&mut out, &node.address);
-            let _ = write!(out, ",\"reachability\":\"{}\"", state.name());
-            if !detail.is_empty() {
-                out.push_str(",\"error\":");
-                json_str(&mut out, &detail);
-            }
-            out.push('}');
-        }
-        out.push_str("]}\n");
-        Response::new(200, JSON, out.into_bytes())
+                n
+            })
+            .collect();
+        let peers = self
+            .router
+            .peers()
+            .into_iter()
+            .map(|(node, state, error)| PeerJson {
+                peer: node.name.clone(),
+                address: node.address.clone(),
+                reachability: state.name(),
+                error,
+            })
+            .collect();
+        let status = Status {
+            served_by: &self.me().name,
+            nodes,
+            peers,
+        };
+        let mut body = serde_json::to_vec(&status).unwrap_or_default();
+        body.push(b'\n');
+        Response::new(200, JSON, body)
     }
 
     /// 200 when every local replica follows its primary within
