@@ -3,7 +3,11 @@
 
 Placement is the one the README describes (Architecture, Placement):
     shard = fnv1_64(key bytes) % number_of_shards
-with 64-bit FNV-1 (multiply, then xor; NOT FNV-1a).
+with 64-bit FNV-1 (multiply, then xor; NOT FNV-1a). It is not computed
+here: `soakclient place` (a Cargo example of corekv, bench/soak/soakclient.rs,
+built by the bench scripts; COREKV_PLACE names the binary) answers with
+corekv's own `topology::shard_for`, and `selftest` checks its answers
+against the golden vectors.
 
 Sub-commands (all bounded, all talk only to the addresses they are given):
   selftest                       check the golden vectors, exit 1 on mismatch
@@ -27,23 +31,28 @@ import sys
 import time
 import urllib.parse
 
-FNV_OFFSET = 0xCBF29CE484222325
-FNV_PRIME = 0x100000001B3
-MASK = 0xFFFFFFFFFFFFFFFF
+def placer() -> str:
+    import os
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.environ.get("COREKV_PLACE") or os.path.join(
+        here, "..", "target", "release", "examples", "soakclient")
 
 
-def fnv1_64(data: bytes) -> int:
-    h = FNV_OFFSET
-    for b in data:
-        h = (h * FNV_PRIME) & MASK
-        h ^= b
-    return h
-
-
-def shard_of(key, n: int) -> int:
-    if isinstance(key, str):
-        key = key.encode()
-    return fnv1_64(key) % n
+def placements(keys, n: int):
+    """(shard, fnv1_64) of every key, from corekv's own placement code."""
+    import subprocess
+    data = b"".join((k.encode() if isinstance(k, str) else k) + b"\n" for k in keys)
+    try:
+        out = subprocess.run([placer(), "place", "--shards", str(n)], input=data,
+                             capture_output=True, check=True, timeout=120).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise SystemExit("keys.py: cannot run %s place (cargo build --release --example "
+                         "soakclient): %s" % (placer(), e))
+    rows = [line.split("\t") for line in out.decode().splitlines()]
+    if len(rows) != len(keys):
+        raise SystemExit("keys.py: %s place answered %d lines for %d keys"
+                         % (placer(), len(rows), len(keys)))
+    return [(int(shard), int(h, 16)) for shard, h in rows]
 
 
 GOLDEN_3 = {"a": 0, "b": 2, "c": 1, "k": 2, "foo": 0, "exampleKey": 1,
@@ -53,30 +62,25 @@ GOLDEN_4 = {"k": 0, "a": 2, "missing": 3}
 
 def selftest() -> int:
     bad = []
-    if fnv1_64(b"k") != 0xAF63BD4C8601B7B4:
-        bad.append("fnv1_64('k') = %#x" % fnv1_64(b"k"))
-    for k, want in GOLDEN_3.items():
-        if shard_of(k, 3) != want:
-            bad.append("3 shards: %r -> %d, want %d" % (k, shard_of(k, 3), want))
-    for k, want in GOLDEN_4.items():
-        if shard_of(k, 4) != want:
-            bad.append("4 shards: %r -> %d, want %d" % (k, shard_of(k, 4), want))
+    (_, h), = placements(["k"], 3)
+    if h != 0xAF63BD4C8601B7B4:
+        bad.append("fnv1_64('k') = %#x" % h)
+    for golden, n in ((GOLDEN_3, 3), (GOLDEN_4, 4)):
+        keys = list(golden)
+        for k, (got, _) in zip(keys, placements(keys, n)):
+            if got != golden[k]:
+                bad.append("%d shards: %r -> %d, want %d" % (n, k, got, golden[k]))
     for b in bad:
         print("FAIL", b, file=sys.stderr)
     if not bad:
-        print("fnv1_64 golden vectors: ok", file=sys.stderr)
+        print("fnv1_64 golden vectors: ok (%s place)" % placer(), file=sys.stderr)
     return 1 if bad else 0
 
 
 def owned_keys(prefix: str, universe: int, shards: int, idx: int, count: int):
-    out = []
-    for i in range(universe):
-        k = "%s%d" % (prefix, i)
-        if shard_of(k, shards) == idx:
-            out.append(k)
-            if len(out) >= count:
-                break
-    return out
+    keys = ["%s%d" % (prefix, i) for i in range(universe)]
+    owned = [k for k, (s, _) in zip(keys, placements(keys, shards)) if s == idx]
+    return owned[:count]
 
 
 # --------------------------------------------------------------------------
@@ -189,8 +193,8 @@ async def load(args):
         all_keys = ["%s%d" % (args.prefix, n) for n in range(args.start, args.start + args.count)]
         what = "%s%d..%s%d" % (args.prefix, args.start, args.prefix, args.start + args.count - 1)
     per_shard = {}
-    for k in all_keys:
-        per_shard.setdefault(shard_of(k, args.shards), []).append(k)
+    for k, (shard, _) in zip(all_keys, placements(all_keys, args.shards)):
+        per_shard.setdefault(shard, []).append(k)
     missing = sorted(s for s in per_shard if s not in addrs)
     if missing:
         raise SystemExit("--addr must give IDX=HOST:PORT for shard(s) %s" % missing)
@@ -285,8 +289,8 @@ def main():
     if args.cmd == "selftest":
         return selftest()
     if args.cmd == "shard":
-        for k in args.key:
-            print("%s\t%d\t%#018x" % (k, shard_of(k, args.shards), fnv1_64(k.encode())))
+        for k, (shard, h) in zip(args.key, placements(args.key, args.shards)):
+            print("%s\t%d\t%#018x" % (k, shard, h))
         return 0
     if args.cmd == "keys":
         ks = owned_keys(args.prefix, args.universe, args.shards, args.idx, args.count)

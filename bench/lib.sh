@@ -45,17 +45,25 @@ bench_finish() {
     exit "$rc"
 }
 
-# server_binary: builds corekv (unless SKIP_BUILD=1) and points COREKV_BIN at
-# a private copy in WORK, so that a rebuild during the run cannot swap it.
+# server_binary: builds corekv and its bench helper `soakclient` (the soak
+# client, also `soakclient place`, the key placement bench/keys.py asks)
+# unless SKIP_BUILD=1, and points COREKV_BIN and COREKV_PLACE at private
+# copies in WORK, so that a rebuild during the run cannot swap them.
 server_binary() {
     if [ "${SKIP_BUILD:-0}" != 1 ]; then
-        log "cargo build --release"
-        (cd "$ROOT_DIR" && timeout 1500 cargo build --release --quiet) || die "cargo build --release failed"
+        log "cargo build --release (server and the soakclient example)"
+        (cd "$ROOT_DIR" && timeout 1500 cargo build --release --quiet --bin corekv --example soakclient) \
+            || die "cargo build --release failed"
     fi
     [ -x "$COREKV_BIN" ] || die "no binary at $COREKV_BIN"
+    local place="$ROOT_DIR/target/release/examples/soakclient"
+    [ -x "$place" ] || die "no $place (cargo build --release --example soakclient)"
     cp "$COREKV_BIN" "$WORK/corekv"
+    cp "$place" "$WORK/soakclient"
     log "server binary: $COREKV_BIN ($(stat -c '%y' "$COREKV_BIN" | cut -d. -f1), sha256 $(sha256sum "$COREKV_BIN" | cut -c1-12))"
     COREKV_BIN="$WORK/corekv"
+    COREKV_PLACE="$WORK/soakclient"
+    export COREKV_PLACE
 }
 
 # cpu_ticks PID: utime+stime (clock ticks) of PID and its direct children

@@ -83,7 +83,6 @@ for t in wrk python3 curl; do
 done
 if use_oha; then command -v oha >/dev/null || die "oha not found (run bench/install.sh, or SKIP_OHA=1)"; fi
 nginx_bin >/dev/null || die "nginx not found (run bench/install.sh)"
-python3 "$BENCH_DIR/keys.py" selftest
 
 # Connection counts: every distinct one of CONNS_LIST and CONNS, in order.
 # shellcheck disable=SC2086 # word splitting wanted: lists of numbers
@@ -106,6 +105,7 @@ fi
 
 # ---------------------------------------------------------------- 2. build
 server_binary
+python3 "$BENCH_DIR/keys.py" selftest
 
 # ---------------------------------------------------------------- 3. keys
 P0=$BASE_PORT                      # primary of shard 0

@@ -43,8 +43,8 @@ trap 'log "interrupted"; exit 130' INT TERM
 
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then bash "$BENCH_DIR/install.sh"; fi
 command -v wrk >/dev/null || die "wrk not found (run bench/install.sh)"
-python3 "$BENCH_DIR/keys.py" selftest
 server_binary
+python3 "$BENCH_DIR/keys.py" selftest
 
 write_sharding_toml "$WORK/sharding.toml" $NSHARDS "$BASE_PORT"
 ALL_PORTS=$(seq "$BASE_PORT" $((BASE_PORT + 2 * NSHARDS - 1)))

@@ -68,10 +68,6 @@ command -v cargo >/dev/null || die "cargo not found (the Rust toolchain builds c
 
 # ---------------------------------------------------------------- build
 server_binary
-log "cargo build --release --example soakclient"
-(cd "$ROOT_DIR" && timeout 1500 cargo build --release --quiet --example soakclient) \
-    || die "could not build the soak client (cargo build --release --example soakclient)"
-cp "$ROOT_DIR/target/release/examples/soakclient" "$WORK/soakclient"
 
 # ---------------------------------------------------------------- server
 write_sharding_toml "$WORK/sharding.toml" $NSHARDS "$BASE_PORT"

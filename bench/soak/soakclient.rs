@@ -53,7 +53,7 @@
 //! only when there was no error and no mismatch.
 
 use corekv::http::form::encode_into;
-use corekv::topology::shard_for;
+use corekv::topology::{fnv1_64, shard_for};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -1162,7 +1162,32 @@ fn sample_line(sh: &Shared, _clk: f64) -> (u64, u64, u64) {
 
 // -------------------------------------------------------------------- main
 
+/// `soakclient place --shards N`: for every key read from stdin (one per
+/// line), prints `shard<TAB>fnv1_64 in hex`, with corekv's own placement;
+/// bench/keys.py uses it instead of a copy of the hash.
+fn place(args: &[String]) {
+    let shards: usize = match args {
+        [flag, n] if flag == "--shards" => n.parse().unwrap_or(0),
+        _ => 0,
+    };
+    if shards == 0 {
+        eprintln!("usage: soakclient place --shards N < keys");
+        std::process::exit(2);
+    }
+    let stdin = std::io::stdin();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for line in stdin.lock().split(b'\n') {
+        let Ok(key) = line else { std::process::exit(1) };
+        let _ = writeln!(out, "{}\t{:#018x}", shard_for(&key, shards), fnv1_64(&key));
+    }
+}
+
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("place") {
+        place(&argv[2..]);
+        return;
+    }
     let cfg = parse_args();
     let nshards = cfg.primaries.len();
     let timeout = Duration::from_secs(cfg.timeout_s);
