@@ -1,67 +1,221 @@
 //! Command-line options of the `corekv` binary.
 //!
-//! Pure: arguments in, [`Command`] out. No I/O.
+//! Pure: arguments in, [`Command`] out; the only input besides the
+//! arguments is the `COREKV_TOKEN` environment variable. The options, their
+//! help texts and their defaults are declared once, in [`Args`]; the
+//! defaults are read from [`Options::default`], so `--help` shows the values
+//! the program really uses.
 
 use crate::node::Options;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use log::Level;
+use std::ffi::OsString;
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-fn number(text: &str, option: &str) -> Result<usize, String> {
-    text.parse::<usize>()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("{option} needs a whole number above 0, not {text:?}"))
+/// The environment variable `--token` falls back to.
+pub const TOKEN_ENV: &str = "COREKV_TOKEN";
+
+/// Most header fields a request may be allowed (`--max-headers` is capped
+/// here).
+const MAX_HEADERS_CAP: usize = 128;
+
+/// The command line as clap sees it; converted into [`Options`].
+#[derive(Parser, Debug)]
+#[command(
+    name = "corekv",
+    version,
+    about = "Runs the corekv nodes of sharding.toml that live on this host.",
+    args_override_self = true,
+    term_width = 80
+)]
+struct Args {
+    /// Cluster layout.
+    #[arg(long, value_name = "FILE", allow_hyphen_values = true,
+          default_value_os_t = Options::default().config)]
+    config: PathBuf,
+
+    /// Where the redb files live.
+    #[arg(long, value_name = "DIR", allow_hyphen_values = true,
+          default_value_os_t = Options::default().data_dir)]
+    data_dir: PathBuf,
+
+    /// Run only the nodes with these configured addresses (comma-separated);
+    /// every other node is reached over HTTP [default: all].
+    #[arg(long, value_name = "ADDR[,ADDR]", allow_hyphen_values = true,
+          value_parser = addresses)]
+    serve: Option<Addresses>,
+
+    /// Replication log entries kept for lagging replicas.
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = whole,
+          default_value_t = Options::default().log_retention)]
+    log_retention: u64,
+
+    /// Most writes per group commit (1 = one fsync per write, a benchmark
+    /// baseline).
+    #[arg(long, value_name = "N", allow_hyphen_values = true,
+          value_parser = positive::<usize>,
+          default_value_t = Options::default().commit_batch)]
+    commit_batch: usize,
+
+    /// Most writes waiting for a node's committer; more are answered 503
+    /// with Retry-After.
+    #[arg(long, value_name = "N", allow_hyphen_values = true,
+          value_parser = positive::<usize>,
+          default_value_t = Options::default().commit_queue)]
+    commit_queue: usize,
+
+    /// Shared secret required (as `Authorization: Bearer TOKEN`) for writes
+    /// and internal endpoints [default: none].
+    #[arg(long, value_name = "TOKEN", allow_hyphen_values = true, env = TOKEN_ENV,
+          hide_env_values = true)]
+    token: Option<String>,
+
+    /// One of error, warn, info (also: warning) or debug.
+    #[arg(long, value_name = "LEVEL", allow_hyphen_values = true, value_parser = level,
+          default_value_t = LevelArg(Options::default().log_level))]
+    log_level: LevelArg,
+
+    /// Open connections per node; more get 503.
+    #[arg(long, value_name = "N", allow_hyphen_values = true,
+          value_parser = positive::<usize>,
+          default_value_t = Options::default().conn.max_connections)]
+    max_connections: usize,
+
+    /// Request body limit, 413 above.
+    #[arg(long, value_name = "BYTES", allow_hyphen_values = true,
+          value_parser = positive::<usize>,
+          default_value_t = Options::default().conn.limits.max_body)]
+    max_body: usize,
+
+    /// Request line + headers limit, 431 above.
+    #[arg(long, value_name = "BYTES", allow_hyphen_values = true,
+          value_parser = positive::<usize>,
+          default_value_t = Options::default().conn.limits.max_head)]
+    max_header_bytes: usize,
+
+    /// Header count limit, 431 above (values over 128 count as 128).
+    #[arg(long, value_name = "N", allow_hyphen_values = true,
+          value_parser = positive::<usize>,
+          default_value_t = Options::default().conn.limits.max_headers)]
+    max_headers: usize,
+
+    /// Key size limit, 413 above.
+    #[arg(long, value_name = "BYTES", allow_hyphen_values = true,
+          value_parser = positive::<usize>,
+          default_value_t = Options::default().max_key)]
+    max_key: usize,
+
+    /// Close idle keep-alive connections after this many seconds.
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true,
+          value_parser = positive::<u64>,
+          default_value_t = Options::default().conn.idle_timeout.as_secs())]
+    idle_timeout: u64,
+
+    /// Seconds to send a whole request, 408 after.
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true,
+          value_parser = positive::<u64>,
+          default_value_t = Options::default().conn.request_timeout.as_secs())]
+    request_timeout: u64,
+
+    /// How long a request forwarded to another host may take, connect
+    /// included: 504 after; also the deadline a forwarded write carries.
+    #[arg(long, value_name = "N", allow_hyphen_values = true,
+          value_parser = positive::<u64>,
+          default_value_t = millis(Options::default().forward_timeout))]
+    forward_timeout_ms: u64,
+
+    /// The largest difference assumed between two hosts' clocks: an owner
+    /// applies a forwarded write only if its clock plus N is not past the
+    /// write's deadline (must be below --forward-timeout-ms).
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = whole,
+          default_value_t = millis(Options::default().clock_skew))]
+    clock_skew_ms: u64,
+
+    /// Executors spin N microseconds before sleeping (0: park at once).
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = whole,
+          default_value_t = micros(Options::default().spin_before_park))]
+    spin_us: u64,
+
+    /// The glommio preempt timer: executors poll for I/O at least every N
+    /// microseconds while tasks keep running (see README, Scheduling).
+    #[arg(long, value_name = "N", allow_hyphen_values = true,
+          value_parser = positive::<u64>,
+          default_value_t = micros(Options::default().preempt_timer))]
+    preempt_us: u64,
+
+    /// Arm an io_uring poll as soon as a connection has no request waiting,
+    /// instead of first letting the executor poll once (benchmark
+    /// comparison).
+    #[arg(long)]
+    no_yield: bool,
+
+    /// The redb page cache per node file, in MiB.
+    #[arg(long, value_name = "N", allow_hyphen_values = true,
+          value_parser = positive::<usize>,
+          default_value_t = Options::default().cache_bytes >> 20)]
+    cache_mb: usize,
+
+    /// Acknowledge writes before they are on disk (testing only: loses
+    /// acknowledged writes on a crash).
+    #[arg(long)]
+    no_fsync: bool,
 }
 
-pub const USAGE: &str = "\
-usage: corekv [options]
+/// The `--serve` list (a newtype so clap takes it as one value).
+#[derive(Clone, Debug)]
+struct Addresses(Vec<String>);
 
-Runs the corekv nodes of sharding.toml that live on this host.
+/// A log level shown in lower case, as it is written on the command line.
+#[derive(Clone, Copy, Debug)]
+struct LevelArg(Level);
 
-options:
-  --config FILE        cluster layout (default: ./sharding.toml)
-  --data-dir DIR       where the redb files live (default: ./data)
-  --serve ADDR[,ADDR]  run only the nodes with these configured addresses;
-                       every other node is reached over HTTP (default: all)
-  --log-retention N    replication log entries kept for lagging replicas
-                       (default: 1000000)
-  --commit-batch N     most writes per group commit (default: 4096;
-                       1 = one fsync per write, a benchmark baseline)
-  --commit-queue N     most writes waiting for a node's committer; more
-                       are answered 503 with Retry-After (default: 8192)
-  --token TOKEN        shared secret required (as `Authorization: Bearer
-                       TOKEN`) for writes and internal endpoints; also read
-                       from the COREKV_TOKEN environment variable
-  --log-level LEVEL    error, warn, info (default) or debug
-  --max-connections N  open connections per node (default: 10000)
-  --max-body BYTES     request body limit, 413 above (default: 8388608)
-  --max-header-bytes B request line + headers limit, 431 above (default: 16384)
-  --max-headers N      header count limit, 431 above (default: 64)
-  --max-key BYTES      key size limit, 413 above (default: 8192)
-  --idle-timeout SECS  close idle keep-alive connections (default: 60)
-  --request-timeout S  time to send a whole request, 408 after (default: 10)
-  --forward-timeout-ms N
-                       how long a request forwarded to another host may
-                       take, connect included: 504 after; also the deadline
-                       a forwarded write carries (default: 5000)
-  --clock-skew-ms N    the largest difference assumed between two hosts'
-                       clocks: an owner applies a forwarded write only if
-                       its clock plus N is not past the write's deadline
-                       (default: 500; must be below --forward-timeout-ms)
-  --spin-us N          executors spin N microseconds before sleeping
-                       (default: 0, park at once)
-  --preempt-us N       glommio preempt timer: executors poll for I/O at
-                       least every N microseconds while tasks keep running
-                       (default: 1000000; see README, Scheduling)
-  --no-yield           arm an io_uring poll as soon as a connection has no
-                       request waiting, instead of first letting the
-                       executor poll once (benchmark comparison)
-  --cache-mb N         redb page cache per node file (default: 64)
-  --no-fsync           acknowledge writes before they are on disk
-                       (testing only: loses acknowledged writes on a crash)
-  -h, --help           print this help
-  -V, --version        print the version
-";
+impl fmt::Display for LevelArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.as_str().to_ascii_lowercase())
+    }
+}
+
+fn positive<T: std::str::FromStr + Default + PartialEq>(text: &str) -> Result<T, String> {
+    text.parse::<T>()
+        .ok()
+        .filter(|n| *n != T::default())
+        .ok_or_else(|| "needs a whole number above 0".to_string())
+}
+
+fn whole(text: &str) -> Result<u64, String> {
+    text.parse().map_err(|_| "needs a whole number".to_string())
+}
+
+fn addresses(text: &str) -> Result<Addresses, String> {
+    let list: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if list.is_empty() {
+        return Err("needs at least one address".into());
+    }
+    Ok(Addresses(list))
+}
+
+fn level(text: &str) -> Result<LevelArg, String> {
+    crate::log::parse_level(text)
+        .map(LevelArg)
+        .ok_or_else(|| "must be error, warn, info or debug".to_string())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
@@ -71,119 +225,96 @@ pub enum Command {
     Version,
 }
 
+/// The full `--help` text: every option with its meaning and default.
+#[must_use]
+pub fn help() -> String {
+    Args::command().render_help().to_string()
+}
+
+/// One line for a usage error: the problem, then "see --help".
+fn usage_error(problem: &str) -> String {
+    format!("{problem}; see --help")
+}
+
+/// clap's first line (without its `error: ` prefix) plus its suggestion,
+/// if it has one; clap's own rendering adds the usage and more lines.
+fn describe(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    let mut problem = first.strip_prefix("error: ").unwrap_or(first).to_string();
+    if let Some(ContextValue::String(s)) = e.get(ContextKind::SuggestedArg) {
+        problem.push_str(&format!(" (did you mean {s}?)"));
+    }
+    problem
+}
+
 /// Parses the arguments after the program name.
 ///
 /// # Errors
-/// An unknown option, a missing or invalid option value.
-pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
-    let mut opts = Options {
-        token: std::env::var("COREKV_TOKEN").ok().filter(|t| !t.is_empty()),
-        ..Options::default()
-    };
-    let mut it = args.into_iter();
-    while let Some(arg) = it.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = |what: &str| {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or_else(|| format!("option {name} needs {what}"))
-        };
-        match name.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "-V" | "--version" => return Ok(Command::Version),
-            "--config" => opts.config = PathBuf::from(value("a file")?),
-            "--data-dir" => opts.data_dir = PathBuf::from(value("a directory")?),
-            "--serve" => {
-                let list: Vec<String> = value("addresses")?
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect();
-                if list.is_empty() {
-                    return Err("--serve needs at least one address".into());
-                }
-                opts.serve = Some(list);
-            }
-            "--log-retention" => {
-                opts.log_retention = value("a number")?
-                    .parse()
-                    .map_err(|_| "--log-retention needs a whole number".to_string())?;
-            }
-            "--commit-batch" => {
-                opts.commit_batch = value("a number")?
-                    .parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| "--commit-batch needs a number >= 1".to_string())?;
-            }
-            "--commit-queue" => opts.commit_queue = number(&value("a number")?, &name)?,
-            "--token" => {
-                let t = value("a token")?;
-                if t.is_empty() || t.contains(['\r', '\n']) {
-                    return Err("--token must be non-empty and on one line".into());
-                }
-                opts.token = Some(t);
-            }
-            "--log-level" => {
-                opts.log_level = crate::log::parse_level(&value("a level")?)
-                    .ok_or("--log-level must be error, warn, info or debug")?;
-            }
-            "--max-connections" => opts.conn.max_connections = number(&value("a number")?, &name)?,
-            "--max-body" => opts.conn.limits.max_body = number(&value("a number")?, &name)?,
-            "--max-header-bytes" => opts.conn.limits.max_head = number(&value("a number")?, &name)?,
-            "--max-headers" => {
-                opts.conn.limits.max_headers = number(&value("a number")?, &name)?.min(128);
-            }
-            "--max-key" => opts.max_key = number(&value("a number")?, &name)?,
-            "--idle-timeout" => {
-                opts.conn.idle_timeout =
-                    Duration::from_secs(number(&value("seconds")?, &name)? as u64);
-            }
-            "--request-timeout" => {
-                opts.conn.request_timeout =
-                    Duration::from_secs(number(&value("seconds")?, &name)? as u64);
-            }
-            "--forward-timeout-ms" => {
-                opts.forward_timeout =
-                    Duration::from_millis(number(&value("milliseconds")?, &name)? as u64);
-            }
-            "--clock-skew-ms" => {
-                opts.clock_skew = Duration::from_millis(
-                    value("milliseconds")?
-                        .parse()
-                        .map_err(|_| "--clock-skew-ms needs a whole number".to_string())?,
-                );
-            }
-            "--spin-us" => {
-                opts.spin_before_park = Duration::from_micros(
-                    value("microseconds")?
-                        .parse()
-                        .map_err(|_| "--spin-us needs a whole number".to_string())?,
-                );
-            }
-            "--preempt-us" => {
-                opts.preempt_timer =
-                    Duration::from_micros(number(&value("microseconds")?, &name)? as u64);
-            }
-            "--no-yield" => opts.conn.yield_before_read = false,
-            "--cache-mb" => {
-                opts.cache_bytes = number(&value("megabytes")?, &name)?.saturating_mul(1 << 20);
-            }
-            "--no-fsync" => opts.durable = false,
-            other => return Err(format!("unknown option {other:?}")),
+/// An unknown option, a missing or invalid option value, or option values
+/// that contradict each other: one line naming the problem, ending in
+/// "see --help".
+pub fn parse<I, T>(args: I) -> Result<Command, String>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let argv = std::iter::once(OsString::from("corekv")).chain(args.into_iter().map(Into::into));
+    let matches = match Args::command()
+        .color(clap::ColorChoice::Never)
+        .try_get_matches_from(argv)
+    {
+        Ok(m) => m,
+        Err(e) => {
+            return match e.kind() {
+                ErrorKind::DisplayHelp => Ok(Command::Help),
+                ErrorKind::DisplayVersion => Ok(Command::Version),
+                _ => Err(usage_error(&describe(&e))),
+            };
         }
-    }
+    };
+    let args = Args::from_arg_matches(&matches).map_err(|e| usage_error(&describe(&e)))?;
+    // An empty COREKV_TOKEN means no token; on the command line a token
+    // must be a usable header value.
+    let token = match (args.token, matches.value_source("token")) {
+        (Some(t), Some(ValueSource::EnvVariable)) => Some(t).filter(|t| !t.is_empty()),
+        (Some(t), _) if t.is_empty() || t.contains(['\r', '\n']) => {
+            return Err(usage_error("--token must be non-empty and on one line"));
+        }
+        (t, _) => t,
+    };
+    let mut conn = Options::default().conn;
+    conn.max_connections = args.max_connections;
+    conn.limits.max_body = args.max_body;
+    conn.limits.max_head = args.max_header_bytes;
+    conn.limits.max_headers = args.max_headers.min(MAX_HEADERS_CAP);
+    conn.idle_timeout = Duration::from_secs(args.idle_timeout);
+    conn.request_timeout = Duration::from_secs(args.request_timeout);
+    conn.yield_before_read = !args.no_yield;
+    let opts = Options {
+        config: args.config,
+        data_dir: args.data_dir,
+        serve: args.serve.map(|a| a.0),
+        durable: !args.no_fsync,
+        log_retention: args.log_retention,
+        commit_batch: args.commit_batch,
+        commit_queue: args.commit_queue,
+        token,
+        conn,
+        max_key: args.max_key,
+        forward_timeout: Duration::from_millis(args.forward_timeout_ms),
+        clock_skew: Duration::from_millis(args.clock_skew_ms),
+        log_level: args.log_level.0,
+        spin_before_park: Duration::from_micros(args.spin_us),
+        cache_bytes: args.cache_mb.saturating_mul(1 << 20),
+        preempt_timer: Duration::from_micros(args.preempt_us),
+    };
     if opts.clock_skew >= opts.forward_timeout {
-        return Err(format!(
+        return Err(usage_error(&format!(
             "--clock-skew-ms ({} ms) must be below --forward-timeout-ms ({} ms): every forwarded write would miss its deadline",
             opts.clock_skew.as_millis(),
             opts.forward_timeout.as_millis()
-        ));
+        )));
     }
     Ok(Command::Run(Box::new(opts)))
 }
@@ -196,39 +327,257 @@ mod tests {
         a.iter().map(|s| (*s).to_string()).collect()
     }
 
+    fn run(a: &[&str]) -> Options {
+        match parse(args(a)) {
+            Ok(Command::Run(o)) => *o,
+            other => panic!("{a:?} should parse, got {other:?}"),
+        }
+    }
+
+    /// A usage error: one line, naming the problem, pointing to --help.
+    fn usage(a: &[&str]) -> String {
+        match parse(args(a)) {
+            Err(e) => {
+                assert!(!e.contains('\n'), "{a:?}: one line, got {e:?}");
+                assert!(e.ends_with("; see --help"), "{a:?}: {e:?}");
+                e
+            }
+            other => panic!("{a:?} should be refused, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn clap_declaration_is_consistent() {
+        Args::command().debug_assert();
+    }
+
     #[test]
     fn defaults_and_options() {
         assert_eq!(parse(args(&[])), Ok(Command::Run(Box::default())));
-        let Ok(Command::Run(o)) = parse(args(&[
+        let o = run(&[
             "--config",
             "c.toml",
             "--data-dir=d",
             "--serve",
             "h:1, h:2",
             "--no-fsync",
-        ])) else {
-            panic!("should parse");
-        };
+        ]);
         assert_eq!(o.config, PathBuf::from("c.toml"));
         assert_eq!(o.data_dir, PathBuf::from("d"));
         assert_eq!(o.serve, Some(vec!["h:1".to_string(), "h:2".to_string()]));
         assert!(!o.durable);
         assert!(parse(args(&["--bogus"])).is_err());
-        let Ok(Command::Run(o)) =
-            parse(args(&["--forward-timeout-ms", "1500", "--clock-skew-ms=0"]))
-        else {
-            panic!("should parse");
-        };
+        let o = run(&["--forward-timeout-ms", "1500", "--clock-skew-ms=0"]);
         assert_eq!(o.forward_timeout, Duration::from_millis(1500));
         assert_eq!(o.clock_skew, Duration::ZERO);
         assert!(parse(args(&["--forward-timeout-ms", "400"])).is_err());
         assert!(parse(args(&["--forward-timeout-ms", "0"])).is_err());
-        let Ok(Command::Run(o)) = parse(args(&["--commit-queue", "3"])) else {
-            panic!("should parse");
-        };
+        let o = run(&["--commit-queue", "3"]);
         assert_eq!(o.commit_queue, 3);
         assert!(parse(args(&["--commit-queue", "0"])).is_err());
         assert!(parse(args(&["--config"])).is_err());
         assert_eq!(parse(args(&["-h"])), Ok(Command::Help));
+    }
+
+    #[test]
+    fn every_option_sets_its_field() {
+        let o = run(&[
+            "--log-retention=0",
+            "--commit-batch",
+            "1",
+            "--log-level",
+            "DEBUG",
+            "--max-connections",
+            "7",
+            "--max-body",
+            "100",
+            "--max-header-bytes",
+            "200",
+            "--max-headers",
+            "1000",
+            "--max-key",
+            "16",
+            "--idle-timeout",
+            "3",
+            "--request-timeout",
+            "4",
+            "--spin-us",
+            "50",
+            "--preempt-us",
+            "2000",
+            "--no-yield",
+            "--cache-mb",
+            "2",
+            "--token",
+            "-secret",
+        ]);
+        assert_eq!(o.log_retention, 0);
+        assert_eq!(o.commit_batch, 1);
+        assert_eq!(o.log_level, Level::Debug);
+        assert_eq!(o.conn.max_connections, 7);
+        assert_eq!(o.conn.limits.max_body, 100);
+        assert_eq!(o.conn.limits.max_head, 200);
+        assert_eq!(o.conn.limits.max_headers, 128, "capped");
+        assert_eq!(o.max_key, 16);
+        assert_eq!(o.conn.idle_timeout, Duration::from_secs(3));
+        assert_eq!(o.conn.request_timeout, Duration::from_secs(4));
+        assert_eq!(o.spin_before_park, Duration::from_micros(50));
+        assert_eq!(o.preempt_timer, Duration::from_micros(2000));
+        assert!(!o.conn.yield_before_read);
+        assert_eq!(o.cache_bytes, 2 << 20);
+        assert_eq!(o.token.as_deref(), Some("-secret"));
+        assert_eq!(run(&["--log-level", "warning"]).log_level, Level::Warn);
+        // The last of a repeated option wins.
+        assert_eq!(run(&["--max-key", "1", "--max-key", "2"]).max_key, 2);
+    }
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        let e = usage(&["--bogus"]);
+        assert!(e.contains("--bogus"), "{e}");
+        let e = usage(&["--confg", "x"]);
+        assert!(e.contains("--confg") && e.contains("--config"), "{e}");
+        let e = usage(&["--config"]);
+        assert!(e.contains("--config"), "{e}");
+        for (option, bad) in [
+            ("--commit-queue", "0"),
+            ("--commit-batch", "0"),
+            ("--max-connections", "-1"),
+            ("--max-body", "x"),
+            ("--max-header-bytes", "0"),
+            ("--max-headers", "0"),
+            ("--max-key", "1.5"),
+            ("--idle-timeout", "0"),
+            ("--request-timeout", ""),
+            ("--forward-timeout-ms", "0"),
+            ("--preempt-us", "0"),
+            ("--cache-mb", "0"),
+            ("--log-retention", "-1"),
+            ("--clock-skew-ms", "x"),
+            ("--spin-us", "1e3"),
+            ("--log-level", "loud"),
+            ("--serve", " , "),
+            ("--token", ""),
+            ("--token", "a\nb"),
+        ] {
+            let e = usage(&[option, bad]);
+            assert!(e.contains(option), "{option} {bad:?}: {e}");
+        }
+        let e = usage(&["--forward-timeout-ms", "400"]);
+        assert!(
+            e.contains("--clock-skew-ms (500 ms)") && e.contains("--forward-timeout-ms (400 ms)"),
+            "{e}"
+        );
+        usage(&["--clock-skew-ms", "5000"]);
+        assert_eq!(parse(args(&["--help"])), Ok(Command::Help));
+        assert_eq!(parse(args(&["-V"])), Ok(Command::Version));
+        assert_eq!(parse(args(&["--version"])), Ok(Command::Version));
+    }
+
+    #[test]
+    fn help_lists_every_option_with_its_default() {
+        // Wrapped at 80 columns: compare with single spaces.
+        let text = help().split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut names: Vec<String> = Args::command()
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .collect();
+        names.extend(["-h", "--help", "-V", "--version"].map(String::from));
+        for name in [
+            "--config",
+            "--data-dir",
+            "--serve",
+            "--log-retention",
+            "--commit-batch",
+            "--commit-queue",
+            "--token",
+            "--log-level",
+            "--max-connections",
+            "--max-body",
+            "--max-header-bytes",
+            "--max-headers",
+            "--max-key",
+            "--idle-timeout",
+            "--request-timeout",
+            "--forward-timeout-ms",
+            "--clock-skew-ms",
+            "--spin-us",
+            "--preempt-us",
+            "--no-yield",
+            "--cache-mb",
+            "--no-fsync",
+        ] {
+            assert!(names.iter().any(|n| n == name), "{name} is not declared");
+        }
+        for name in &names {
+            assert!(
+                text.contains(&format!("{name} ")) || text.contains(&format!("{name},")),
+                "{name} missing from help:\n{text}"
+            );
+        }
+        for default in [
+            "[default: sharding.toml]",
+            "[default: data]",
+            "[default: all]",
+            "[default: 1000000]",
+            "[default: 4096]",
+            "[default: 8192]",
+            "[default: info]",
+            "[default: 10000]",
+            "[default: 8388608]",
+            "[default: 16384]",
+            "[default: 64]",
+            "[default: 60]",
+            "[default: 10]",
+            "[default: 5000]",
+            "[default: 500]",
+            "[default: 0]",
+            "[default: 1000000]",
+            "[env: COREKV_TOKEN]",
+        ] {
+            assert!(
+                text.contains(default),
+                "{default} missing from help:\n{text}"
+            );
+        }
+    }
+
+    /// `COREKV_TOKEN` is read once per process, so this test runs itself
+    /// again as a child process with the variable set (setting it here
+    /// would race with the other tests).
+    #[test]
+    fn token_from_environment() {
+        const MODE: &str = "COREKV_CLI_TEST_TOKEN_MODE";
+        match std::env::var(MODE).as_deref() {
+            Ok("set") => {
+                assert_eq!(run(&[]).token.as_deref(), Some("from env"));
+                assert_eq!(run(&["--token", "arg"]).token.as_deref(), Some("arg"));
+                return;
+            }
+            Ok("empty") => {
+                assert_eq!(run(&[]).token, None);
+                return;
+            }
+            _ => {}
+        }
+        for (mode, value) in [("set", "from env"), ("empty", "")] {
+            let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+                .args([
+                    "--exact",
+                    "cli::tests::token_from_environment",
+                    "--test-threads=1",
+                ])
+                .env(MODE, mode)
+                .env(TOKEN_ENV, value)
+                .output()
+                .expect("run the test binary");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "{mode}: {}\n{stdout}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 }

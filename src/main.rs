@@ -2,11 +2,11 @@
 //! Exit codes: 0 after a clean shutdown, 1 when start-up fails, 2 for bad
 //! command-line usage.
 
-use corekv::cli::{self, Command, USAGE};
+use corekv::cli::{self, Command};
 
 fn main() {
-    match cli::parse(std::env::args().skip(1)) {
-        Ok(Command::Help) => print!("{USAGE}"),
+    match cli::parse(std::env::args_os().skip(1)) {
+        Ok(Command::Help) => print!("{}", cli::help()),
         Ok(Command::Version) => println!("corekv {}", env!("CARGO_PKG_VERSION")),
         Ok(Command::Run(opts)) => {
             if let Err(e) = corekv::node::run(&opts) {
@@ -15,7 +15,7 @@ fn main() {
             }
         }
         Err(e) => {
-            eprintln!("corekv: {e}\n\n{USAGE}");
+            eprintln!("corekv: {e}");
             std::process::exit(2);
         }
     }
