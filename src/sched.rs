@@ -60,14 +60,45 @@ impl NextPoll {
 ///
 /// glommio fires expired timers while it polls for I/O; a timer that is
 /// still in the future when it is registered therefore fires at the first
-/// poll after it expires. One microsecond is far shorter than any round.
+/// poll after it expires. One microsecond is far shorter than any round;
+/// a timer found already expired at its first poll is replaced.
 async fn end_round(np: Rc<NextPoll>) {
-    glommio::timer::Timer::new(Duration::from_micros(1)).await;
+    AfterPoll { timer: None }.await;
     np.round.set(np.round.get().wrapping_add(1));
     np.armed.set(false);
     let waiters = std::mem::take(&mut *np.waiters.borrow_mut());
     for w in waiters {
         w.wake();
+    }
+}
+
+/// Resolves the first time it is polled again after registering a timer
+/// with glommio's reactor, i.e. once that timer fired at an I/O poll.
+/// glommio's `Timer` alone would not do: it is ready whenever it is polled
+/// after its deadline, and a timer whose one microsecond ran out before its
+/// first poll (the thread was descheduled in between) would fire at once.
+struct AfterPoll {
+    /// The timer registered by the first poll (kept: dropping it would
+    /// deregister it).
+    timer: Option<glommio::timer::Timer>,
+}
+
+impl Future for AfterPoll {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if this.timer.is_some() {
+            // Only the registered timer wakes this task.
+            return Poll::Ready(());
+        }
+        loop {
+            let mut timer = glommio::timer::Timer::new(Duration::from_micros(1));
+            if Pin::new(&mut timer).poll(cx).is_pending() {
+                this.timer = Some(timer);
+                return Poll::Pending;
+            }
+        }
     }
 }
 
