@@ -4,7 +4,8 @@
 //! `/internal/pull` for replication, `/internal/scan` for listings).
 //!
 //! Reads every local node's published counters and the reachability of
-//! nodes on other hosts; never blocks. Everything an internal request
+//! nodes on other hosts; never blocks. The internal pull and scan pages are
+//! read on the node's reader thread (a full read queue is a 503). Everything an internal request
 //! carries is checked before use: the token (always, when configured),
 //! lengths of names and keys, the puller's name against the configured
 //! replicas, and arithmetic on numbers from the network (checked, 400).
@@ -55,7 +56,7 @@ impl Api {
             json_str(&mut out, &node.address);
             let _ = write!(
                 out,
-                ",\"shard\":{},\"keys\":{},\"commits\":{},\"committed_writes\":{},\"open_connections\":{},\"seq_waiters\":{},\"overloaded_writes\":{}",
+                ",\"shard\":{},\"keys\":{},\"commits\":{},\"committed_writes\":{},\"open_connections\":{},\"seq_waiters\":{},\"overloaded_writes\":{},\"overloaded_reads\":{}",
                 node.shard,
                 stats.keys.load(Ordering::Relaxed),
                 stats.commits.load(Ordering::Relaxed),
@@ -63,6 +64,7 @@ impl Api {
                 m.open_connections.load(Ordering::Relaxed),
                 stats.seq_waiters.load(Ordering::Relaxed),
                 stats.overloaded_writes.load(Ordering::Relaxed),
+                stats.overloaded_reads.load(Ordering::Relaxed),
             );
             match node.role {
                 Role::Primary => {
@@ -166,7 +168,7 @@ impl Api {
             scan.limit = scan.limit.min(10_000);
             PullReply::Snapshot {
                 seq: 0,
-                pairs: self.scan_local(&scan)?,
+                pairs: self.scan_local(scan).await?,
                 done: true,
             }
         } else {
@@ -175,7 +177,13 @@ impl Api {
             };
             let pull = decode_pull(&req.body).map_err(bad)?;
             self.check_pull(primary.is_replica(&pull.replica), &pull)?;
-            primary.serve(pull).await
+            primary
+                .serve(pull)
+                .await
+                .map_err(|e| ApiError::ReadsOverloaded {
+                    node: self.me().name.clone(),
+                    why: e.to_string(),
+                })?
         };
         Ok(Response::new(200, BYTES, encode_reply(&reply)))
     }
