@@ -5,7 +5,8 @@
 //!
 //! Pure types and codecs, plus [`ask`], the one way to send a mail (it
 //! never waits for room in a full mailbox: [`MailError::Full`]); depends on
-//! `storage` (entry types) and `http::encode::Response`. Every type that
+//! `storage` (entry types), `shard::ShardError` (why a scan was not
+//! served) and `http::encode::Response`. Every type that
 //! crosses executors is `Send`. Decoders only check framing; the limits on
 //! what a decoded message may carry are checked by `api` at the boundary.
 //!
@@ -20,6 +21,7 @@
 //! nothing applied; upgrade owners before senders.)
 
 use crate::http::encode::Response;
+use crate::shard::ShardError;
 use crate::storage::{Cond, LogEntry, SnapshotPage, StorageError, Tags, Versioned, WriteOp};
 use std::time::Duration;
 
@@ -121,8 +123,9 @@ pub enum Mail {
     Kv(KvRequest, flume::Sender<Response>),
     /// A replication pull from a replica in this process.
     Pull(Pull, flume::Sender<PullReply>),
-    /// A prefix scan for a listing; answered with the page or a message.
-    Scan(Scan, flume::Sender<Result<SnapshotPage, String>>),
+    /// A prefix scan for a listing; answered with the page or why not
+    /// (a full read queue included).
+    Scan(Scan, flume::Sender<Result<SnapshotPage, ShardError>>),
 }
 
 /// Encodes a forwarded request for the HTTP transport (`/internal/kv`),

@@ -13,13 +13,17 @@
 //! retention bound. Nothing a puller sends can grow the primary's state:
 //! progress is kept only for configured replicas, and a [`SeqWatch`] holds
 //! only the waits that are still live (timed-out or dropped waits are
-//! removed at once).
+//! removed at once). The primary reads log and snapshot pages on its
+//! node's reader thread (see `shard`), so serving a pull or a re-seed
+//! never blocks the executor; a full read queue refuses the pull (503 over
+//! HTTP, a `Failed` reply over the mailbox) and the replica retries after
+//! its back-off.
 
 use crate::http::client::{Client, Resend, node_request};
 use crate::log::Level;
 use crate::log_at;
 use crate::protocol::{Mail, MailError, Pull, PullKind, PullReply, ask, decode_reply, encode_pull};
-use crate::shard::{NodeStats, Shard};
+use crate::shard::{NodeStats, Shard, ShardError};
 use crate::storage::LogRead;
 use futures_lite::future;
 use std::cell::{Cell, RefCell};
@@ -191,12 +195,21 @@ impl PrimaryLog {
         &self.committed
     }
 
-    /// Answers one pull.
-    pub async fn serve(&self, pull: Pull) -> PullReply {
+    /// Answers one pull. Log and snapshot pages are read on the node's
+    /// reader thread (`Shard::read_log`, `Shard::snapshot_chunk`), never
+    /// on the executor.
+    ///
+    /// # Errors
+    /// [`ShardError::ReadsOverloaded`] when the node's read queue is full
+    /// (the caller answers 503); other failures are a
+    /// [`PullReply::Failed`].
+    pub async fn serve(&self, pull: Pull) -> Result<PullReply, ShardError> {
         match pull.kind {
             PullKind::Log { after } => {
                 let Some(next) = after.checked_add(1) else {
-                    return PullReply::Failed(format!("no entry can follow seq {after}"));
+                    return Ok(PullReply::Failed(format!(
+                        "no entry can follow seq {after}"
+                    )));
                 };
                 // Only configured replicas are tracked (they decide the
                 // trim point); anyone else is answered and forgotten, so
@@ -206,10 +219,11 @@ impl PrimaryLog {
                 }
                 let wait = pull.wait.min(MAX_PULL_WAIT);
                 self.committed.wait_for(next, wait).await;
+                // Read on the node's reader thread: a page is up to 4 MiB.
                 let read = self
                     .shard
-                    .store()
-                    .read_log(after, PULL_MAX_ENTRIES, PULL_MAX_BYTES);
+                    .read_log(after, PULL_MAX_ENTRIES, PULL_MAX_BYTES)
+                    .await;
                 // Commits are published after they are durable, so the log
                 // can be a little ahead of both counters.
                 let primary_seq = self
@@ -217,25 +231,22 @@ impl PrimaryLog {
                     .get()
                     .max(self.shard.stats.seq.load(Ordering::Acquire));
                 match read {
-                    Ok(LogRead::Entries(entries)) => PullReply::Entries {
+                    Ok(LogRead::Entries(entries)) => Ok(PullReply::Entries {
                         primary_seq: primary_seq.max(entries.last().map_or(0, |e| e.seq)),
                         entries,
-                    },
-                    Ok(LogRead::Trimmed) => PullReply::Trimmed { primary_seq },
-                    Err(e) => PullReply::Failed(e.to_string()),
+                    }),
+                    Ok(LogRead::Trimmed) => Ok(PullReply::Trimmed { primary_seq }),
+                    Err(e) => failed(e),
                 }
             }
+            // Read on the node's reader thread: a page is 10,000 pairs.
             PullKind::Snapshot { after_key } => {
-                match self
-                    .shard
-                    .store()
-                    .snapshot_chunk(after_key.as_deref(), SNAPSHOT_PAGE)
-                {
+                match self.shard.snapshot_chunk(after_key, SNAPSHOT_PAGE).await {
                     Ok((seq, pairs)) => {
                         let done = pairs.len() < SNAPSHOT_PAGE;
-                        PullReply::Snapshot { seq, pairs, done }
+                        Ok(PullReply::Snapshot { seq, pairs, done })
                     }
-                    Err(e) => PullReply::Failed(e.to_string()),
+                    Err(e) => failed(e),
                 }
             }
         }
@@ -276,6 +287,15 @@ impl PrimaryLog {
                 }
             }
         }
+    }
+}
+
+/// A failed page read as a pull's answer: an overloaded read queue stays
+/// an error (a 503 for the caller), anything else is a `Failed` reply.
+fn failed(e: ShardError) -> Result<PullReply, ShardError> {
+    match e {
+        ShardError::ReadsOverloaded { .. } => Err(e),
+        other => Ok(PullReply::Failed(other.to_string())),
     }
 }
 

@@ -22,7 +22,7 @@
 use crate::http::client::{Client, ClientError, ClientResponse, PeerState, Resend, node_request};
 use crate::http::encode::Response;
 use crate::protocol::{KvRequest, MAILBOX_CAPACITY, Mail, MailError, Scan, ask};
-use crate::shard::{NodeStats, Reader};
+use crate::shard::{NodeStats, Reader, ShardError};
 use crate::storage::{SnapshotPage, Store};
 use crate::topology::{NodeInfo, Topology};
 use std::cell::Cell;
@@ -238,7 +238,7 @@ impl Router {
         &self,
         peer: &flume::Sender<Mail>,
         scan: Scan,
-    ) -> Result<Result<SnapshotPage, String>, ForwardError> {
+    ) -> Result<Result<SnapshotPage, ShardError>, ForwardError> {
         Ok(ask(peer, |tx| Mail::Scan(scan, tx)).await?)
     }
 

@@ -1,19 +1,42 @@
-//! A node's store and its committer thread (group commit).
+//! A node's store, its committer thread (group commit) and its reader
+//! thread (large reads).
 //!
-//! Depends on `storage` and flume. The executor reads the store directly
-//! (redb reads run beside a commit) but never writes it: every write goes
-//! to the node's committer thread as a [`Job`]. The committer takes every
-//! job waiting in its queue, commits all queued writes in one transaction
-//! (one fsync), then answers each writer; writes that arrive during a
-//! commit form the next batch. Blocking disk work therefore never runs on
-//! an executor's network loop.
+//! Depends on `storage` and flume. The executor reads single keys directly
+//! ([`Reader`]: microseconds, redb reads run beside a commit) but never
+//! writes the store: every write goes to the node's committer thread as a
+//! [`Job`]. The committer takes every job waiting in its queue, commits all
+//! queued writes in one transaction (one fsync), then answers each writer;
+//! writes that arrive during a commit form the next batch.
+//!
+//! Reads that walk many pages (a replication log page of up to 4 MiB, a
+//! re-seed snapshot page of 10,000 pairs, a prefix listing page) go to the
+//! node's reader thread instead ([`Shard::read_log`],
+//! [`Shard::snapshot_chunk`], [`Shard::scan_prefix`]): one OS thread per
+//! node, not pinned, fed by a bounded flume queue of [`READ_QUEUE`] jobs;
+//! each job answers on its own one-slot channel that the executor awaits
+//! (`recv_async`). A full queue refuses the read at once
+//! ([`ShardError::ReadsOverloaded`], answered 503 with `Retry-After`),
+//! never a wait. Blocking disk work therefore never runs on an executor's
+//! network loop, and one node's large reads run one at a time.
+//!
+//! Why a thread of our own rather than glommio's `spawn_blocking`: glommio's
+//! blocking pool is one thread per executor by default, placed like the
+//! executor (`Placement::Fixed(cpu)` pins it to the executor's own CPU, so
+//! a 10 MB snapshot page would still compete with that core's connections
+//! for the one CPU), it also carries glommio's own blocking file
+//! operations, and its 4096-entry queue waits for room (`send_async`)
+//! instead of refusing. Our thread is unpinned (the kernel runs it on an
+//! idle CPU when there is one), serves only these reads, and its queue
+//! refuses when full, like the commit queue.
 //!
 //! A write may carry an apply-by time (a forwarded write whose sender
 //! stops waiting then): the committer checks it just before the
 //! transaction that would apply the write, and answers
 //! [`ShardError::DeadlinePassed`] instead of applying it when it is past.
 
-use crate::storage::{LogEntry, Outcome, ReadView, StorageError, Store, Versioned, Write};
+use crate::storage::{
+    LogEntry, LogRead, Outcome, ReadView, SnapshotPage, StorageError, Store, Versioned, Write,
+};
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::sync::Arc;
@@ -33,6 +56,13 @@ pub const DEFAULT_MAX_BATCH: usize = 4096;
 /// queueing without bound.
 pub const DEFAULT_COMMIT_QUEUE: usize = 2 * DEFAULT_MAX_BATCH;
 
+/// Large reads a node's read queue holds (see the module header); more are
+/// refused with [`ShardError::ReadsOverloaded`]. A replica pulls one page
+/// at a time, a listing asks each shard for one page: 64 is far more than
+/// normal traffic needs, and each queued job is a few bytes (the page is
+/// read only when its job runs).
+pub const READ_QUEUE: usize = 64;
+
 /// Counters a node publishes for `/status` (read by any executor).
 #[derive(Debug, Default)]
 pub struct NodeStats {
@@ -50,6 +80,8 @@ pub struct NodeStats {
     pub seq_waiters: AtomicU64,
     /// Client writes refused because the commit queue was full.
     pub overloaded_writes: AtomicU64,
+    /// Large reads (pulls, listings) refused because the read queue was full.
+    pub overloaded_reads: AtomicU64,
     /// Commit batch sizes: counts of batches with size <= 1, 2, 4, ... 4096, more.
     pub batch_sizes: [AtomicU64; BATCH_BUCKETS],
 }
@@ -118,6 +150,10 @@ pub enum ShardError {
     Overloaded {
         capacity: usize,
     },
+    /// The read queue is full (`capacity` jobs); the read was not queued.
+    ReadsOverloaded {
+        capacity: usize,
+    },
 }
 
 impl fmt::Display for ShardError {
@@ -130,6 +166,12 @@ impl fmt::Display for ShardError {
             }
             Self::Overloaded { capacity } => {
                 write!(f, "commit queue full ({capacity} writes waiting for disk)")
+            }
+            Self::ReadsOverloaded { capacity } => {
+                write!(
+                    f,
+                    "read queue full ({capacity} large reads waiting for disk)"
+                )
             }
         }
     }
@@ -149,6 +191,9 @@ enum Job {
     ReseedChunk(Vec<(Vec<u8>, Versioned)>, Reply<()>),
     ReseedFinish(u64, Reply<()>),
 }
+
+/// A large read for the reader thread; it answers on its own channel.
+type ReadJob = Box<dyn FnOnce(&Store) + Send>;
 
 /// Reads one node's store from any executor of the process.
 ///
@@ -223,6 +268,8 @@ pub struct Shard {
     /// The committer's queue, bounded (see [`DEFAULT_COMMIT_QUEUE`]).
     jobs: flume::Sender<Job>,
     queue: usize,
+    /// The reader thread's queue, bounded ([`READ_QUEUE`]).
+    reads: flume::Sender<ReadJob>,
     pub stats: Arc<NodeStats>,
     /// This executor's reads of its own store.
     reader: Reader,
@@ -252,11 +299,23 @@ impl Shard {
             .name(format!("commit {name}"))
             .spawn(move || committer(&s, &rx, &st, max_batch.max(1)))
             .map_err(StartError::Thread)?;
+        let (reads, read_rx) = flume::bounded::<ReadJob>(READ_QUEUE);
+        let s = store.clone();
+        std::thread::Builder::new()
+            .name(format!("read {name}"))
+            .spawn(move || {
+                // Ends when the `Shard` (the only sender) is dropped.
+                while let Ok(job) = read_rx.recv() {
+                    job(&s);
+                }
+            })
+            .map_err(StartError::Thread)?;
         Ok(Self {
             reader: Reader::new(store.clone(), stats.clone()),
             store,
             jobs: tx,
             queue,
+            reads,
             stats,
         })
     }
@@ -309,6 +368,74 @@ impl Shard {
         // Every job commits; see `Reader::forget`.
         self.reader.forget();
         answer
+    }
+
+    /// Runs `read` on the node's reader thread and awaits its answer
+    /// without blocking the executor; refused at once when the read queue
+    /// is full. If the caller stops waiting, the job still runs and its
+    /// answer is dropped.
+    async fn offload<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Store) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, ShardError> {
+        let (tx, rx) = flume::bounded(1);
+        let job: ReadJob = Box::new(move |store| {
+            let _ = tx.send(read(store).map_err(storage_err));
+        });
+        self.reads.try_send(job).map_err(|e| match e {
+            flume::TrySendError::Full(_) => {
+                self.stats.overloaded_reads.fetch_add(1, Ordering::Relaxed);
+                ShardError::ReadsOverloaded {
+                    capacity: READ_QUEUE,
+                }
+            }
+            flume::TrySendError::Disconnected(_) => ShardError::Stopped,
+        })?;
+        rx.recv_async().await.map_err(|_| ShardError::Stopped)?
+    }
+
+    /// Primary: a page of the log after `after` (see `Store::read_log`),
+    /// read on the reader thread.
+    ///
+    /// # Errors
+    /// Storage failures; [`ShardError::ReadsOverloaded`].
+    pub async fn read_log(
+        &self,
+        after: u64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<LogRead, ShardError> {
+        self.offload(move |s| s.read_log(after, max_entries, max_bytes))
+            .await
+    }
+
+    /// Primary: a snapshot page (see `Store::snapshot_chunk`), read on the
+    /// reader thread.
+    ///
+    /// # Errors
+    /// Storage failures; [`ShardError::ReadsOverloaded`].
+    pub async fn snapshot_chunk(
+        &self,
+        after: Option<Vec<u8>>,
+        max: usize,
+    ) -> Result<(u64, SnapshotPage), ShardError> {
+        self.offload(move |s| s.snapshot_chunk(after.as_deref(), max))
+            .await
+    }
+
+    /// A page of keys with `prefix` (see `Store::scan_prefix`), read on
+    /// the reader thread.
+    ///
+    /// # Errors
+    /// Storage failures; [`ShardError::ReadsOverloaded`].
+    pub async fn scan_prefix(
+        &self,
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<SnapshotPage, ShardError> {
+        self.offload(move |s| s.scan_prefix(&prefix, after.as_deref(), limit))
+            .await
     }
 
     /// Primary: durably commits `write` if its condition holds; answers
@@ -382,7 +509,7 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Storage(e) => e.fmt(f),
-            Self::Thread(e) => write!(f, "cannot start committer thread: {e}"),
+            Self::Thread(e) => write!(f, "cannot start a storage thread: {e}"),
         }
     }
 }
@@ -548,6 +675,44 @@ mod tests {
     use super::*;
     use crate::storage::{Cond, WriteOp};
     use futures_lite::future::block_on;
+
+    #[test]
+    fn a_full_read_queue_refuses_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("s.redb"), false).expect("open");
+        let shard = Shard::start(store, "test", 16, DEFAULT_COMMIT_QUEUE).expect("start");
+        // Hold the reader thread in one job, then fill its queue.
+        let (release, held) = flume::bounded::<()>(0);
+        let (started_tx, started) = flume::bounded::<()>(1);
+        let hold: ReadJob = Box::new(move |_| {
+            let _ = started_tx.send(());
+            let _ = held.recv();
+        });
+        assert!(shard.reads.try_send(hold).is_ok());
+        started.recv().expect("reader thread runs jobs");
+        for _ in 0..READ_QUEUE {
+            let filler: ReadJob = Box::new(|_| {});
+            assert!(shard.reads.try_send(filler).is_ok());
+        }
+        let refused = block_on(shard.scan_prefix(b"k".to_vec(), None, 10));
+        assert!(
+            matches!(
+                refused,
+                Err(ShardError::ReadsOverloaded {
+                    capacity: READ_QUEUE
+                })
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(shard.stats.overloaded_reads.load(Ordering::Relaxed), 1);
+        drop(release);
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while !shard.reads.is_empty() && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let page = block_on(shard.scan_prefix(b"k".to_vec(), None, 10));
+        assert!(matches!(page, Ok(ref p) if p.is_empty()), "{page:?}");
+    }
 
     #[test]
     fn writes_past_their_apply_by_time_are_not_applied() {

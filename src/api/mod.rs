@@ -14,8 +14,10 @@
 //! forwarded is never forwarded again; replicas refuse writes with 403
 //! naming the primary; every data response carries `X-Shard` and
 //! `X-Served-By`; reads say `Cache-Control: no-cache`, answers to writes
-//! and the operational endpoints `no-store`; a full commit queue or mailbox
-//! is a 503 with `Retry-After`, never a wait.
+//! and the operational endpoints `no-store`; a full commit queue, read
+//! queue or mailbox is a 503 with `Retry-After`, never a wait. Single-key
+//! reads run on the executor (microseconds); listing pages are read on the
+//! node's reader thread (`Shard::scan_prefix`), never on the executor.
 //!
 //! Writes and their statuses (README, "What a status means for a write"):
 //! a write that fails without reaching its owner is 503 ("not applied"; a
@@ -143,6 +145,12 @@ pub enum ApiError {
         node: String,
         why: String,
     },
+    /// A node's read queue (listings, replication pulls) was full: 503 +
+    /// `Retry-After`.
+    ReadsOverloaded {
+        node: String,
+        why: String,
+    },
     /// An internal pull under the name of a configured node that is not a
     /// replica of this shard (the hosts disagree about `sharding.toml`).
     NotAReplica {
@@ -257,6 +265,9 @@ impl ApiError {
                 return overloaded(&format!(
                     "node {node} is overloaded, retry later: {why}; the write was not applied"
                 ));
+            }
+            Self::ReadsOverloaded { node, why } => {
+                return overloaded(&format!("node {node} is overloaded, retry later: {why}"));
             }
             Self::NotAReplica { node, name } => (
                 403,
@@ -573,13 +584,13 @@ impl Api {
             write: false,
         };
         match self.router.route_to(owner) {
-            Route::Local => self.scan_local(&scan),
+            Route::Local => self.scan_local(scan).await,
             Route::Peer(tx) => self
                 .router
                 .scan_peer(&tx, scan)
                 .await
                 .map_err(owner_err)?
-                .map_err(ApiError::Storage),
+                .map_err(|e| scan_error(&owner.name, e)),
             Route::Remote(addr) => {
                 let deadline = Instant::now() + self.router.remote_timeout();
                 let resp = self
@@ -593,20 +604,42 @@ impl Api {
                     )
                     .await
                     .map_err(owner_err)?;
-                rest::decode_scan_reply(&resp)
+                rest::decode_scan_reply(&resp, &owner.name)
             }
         }
     }
 
-    /// Scans this node's own store (primaries only).
+    /// Scans this node's own store (primaries only) on the node's reader
+    /// thread: the executor awaits the page, it never reads it.
     ///
     /// # Errors
-    /// Storage failures.
-    pub fn scan_local(&self, scan: &Scan) -> Result<SnapshotPage, ApiError> {
+    /// Storage failures; a full read queue ([`ShardError::ReadsOverloaded`]).
+    pub async fn scan_page(&self, scan: Scan) -> Result<SnapshotPage, ShardError> {
         self.shard
-            .store()
-            .scan_prefix(&scan.prefix, scan.after.as_deref(), scan.limit)
-            .map_err(|e| ApiError::Storage(e.to_string()))
+            .scan_prefix(scan.prefix, scan.after, scan.limit)
+            .await
+    }
+
+    /// [`Api::scan_page`] with its failure as a request error (503 with
+    /// `Retry-After` for a full read queue, 500 for storage).
+    ///
+    /// # Errors
+    /// Storage failures; a full read queue.
+    pub async fn scan_local(&self, scan: Scan) -> Result<SnapshotPage, ApiError> {
+        self.scan_page(scan)
+            .await
+            .map_err(|e| scan_error(&self.me().name, e))
+    }
+}
+
+/// A failed page read of `node` as a request error.
+fn scan_error(node: &str, e: ShardError) -> ApiError {
+    match e {
+        ShardError::ReadsOverloaded { .. } => ApiError::ReadsOverloaded {
+            node: node.to_string(),
+            why: e.to_string(),
+        },
+        other => ApiError::Storage(other.to_string()),
     }
 }
 

@@ -4,7 +4,8 @@
 //! `/internal/pull` for replication, `/internal/scan` for listings).
 //!
 //! Reads every local node's published counters and the reachability of
-//! nodes on other hosts; never blocks. Everything an internal request
+//! nodes on other hosts; never blocks. The internal pull and scan pages are
+//! read on the node's reader thread (a full read queue is a 503). Everything an internal request
 //! carries is checked before use: the token (always, when configured),
 //! lengths of names and keys, the puller's name against the configured
 //! replicas, and arithmetic on numbers from the network (checked, 400).
@@ -45,6 +46,7 @@ struct NodeJson<'a> {
     open_connections: u64,
     seq_waiters: u64,
     overloaded_writes: u64,
+    overloaded_reads: u64,
     role: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     committed_seq: Option<u64>,
@@ -86,6 +88,7 @@ impl Api {
                     open_connections: m.open_connections.load(Ordering::Relaxed),
                     seq_waiters: stats.seq_waiters.load(Ordering::Relaxed),
                     overloaded_writes: stats.overloaded_writes.load(Ordering::Relaxed),
+                    overloaded_reads: stats.overloaded_reads.load(Ordering::Relaxed),
                     role: "primary",
                     committed_seq: None,
                     applied_seq: None,
@@ -192,7 +195,7 @@ impl Api {
             scan.limit = scan.limit.min(10_000);
             PullReply::Snapshot {
                 seq: 0,
-                pairs: self.scan_local(&scan)?,
+                pairs: self.scan_local(scan).await?,
                 done: true,
             }
         } else {
@@ -201,7 +204,13 @@ impl Api {
             };
             let pull = decode_pull(&req.body).map_err(bad)?;
             self.check_pull(primary.is_replica(&pull.replica), &pull)?;
-            primary.serve(pull).await
+            primary
+                .serve(pull)
+                .await
+                .map_err(|e| ApiError::ReadsOverloaded {
+                    node: self.me().name.clone(),
+                    why: e.to_string(),
+                })?
         };
         Ok(Response::new(200, BYTES, encode_reply(&reply)))
     }

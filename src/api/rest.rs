@@ -169,7 +169,20 @@ pub(super) fn parse_kv(req: &Request, max_key: usize) -> Result<KvRequest, ApiEr
     })
 }
 
-pub(super) fn decode_scan_reply(resp: &ClientResponse) -> Result<SnapshotPage, ApiError> {
+pub(super) fn decode_scan_reply(
+    resp: &ClientResponse,
+    owner: &str,
+) -> Result<SnapshotPage, ApiError> {
+    if resp.status == 503 && resp.header("retry-after").is_some() {
+        // The remote owner's read queue (or mailbox) was full.
+        return Err(ApiError::ReadsOverloaded {
+            node: owner.to_string(),
+            why: format!(
+                "it answered: {}",
+                String::from_utf8_lossy(&resp.body).trim()
+            ),
+        });
+    }
     if resp.status != 200 {
         return Err(ApiError::Storage(format!(
             "remote scan answered {}: {}",

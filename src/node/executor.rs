@@ -238,7 +238,9 @@ async fn drain_mailbox(
                 let primary = primary.clone();
                 glommio::spawn_local(async move {
                     let answer = match primary {
-                        Some(p) => p.serve(pull).await,
+                        Some(p) => p.serve(pull).await.unwrap_or_else(|e| {
+                            crate::protocol::PullReply::Failed(format!("primary overloaded: {e}"))
+                        }),
                         None => crate::protocol::PullReply::Failed(
                             "pull sent to a node that is not a primary".into(),
                         ),
@@ -248,7 +250,12 @@ async fn drain_mailbox(
                 .detach();
             }
             Mail::Scan(scan, reply) => {
-                let _ = reply.send(api.scan_local(&scan).map_err(|e| format!("{e:?}")));
+                // The page is read on the node's reader thread.
+                let api = api.clone();
+                glommio::spawn_local(async move {
+                    let _ = reply.send(api.scan_page(scan).await);
+                })
+                .detach();
             }
         }
     }
