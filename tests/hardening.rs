@@ -13,7 +13,7 @@ mod common;
 
 use common::{
     Cluster, Conn, Resp, ShardAddrs, config_text, delete_target, free_ports, get, get_target,
-    health_ok, http, keys_for_shard, request_bytes, set_target, spawn_corekv, wait_until,
+    health_ok, http, keys_for_shard, request_bytes, sample, set_target, spawn_corekv, wait_until,
     write_local_config,
 };
 use corekv::protocol::{
@@ -192,17 +192,6 @@ fn statuses_of(mut bytes: &[u8]) -> Result<Vec<u16>, String> {
         bytes = &bytes[total..];
     }
     Ok(out)
-}
-
-/// The value of the sample `name{labels}` in Prometheus text, if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
 }
 
 /// Opens a connection to `addr` that the server serves (a `/health` on it

@@ -14,7 +14,7 @@ mod common;
 
 use common::{
     Cluster, Conn, Resp, ShardAddrs, config_text, free_ports, get, get_target, health_ok, http,
-    keys_for_shard, set_target, spawn_corekv, status_nodes, wait_until,
+    keys_for_shard, sample, set_target, spawn_corekv, status_nodes, wait_until,
 };
 use corekv::protocol::{
     KvOp, KvRequest, Pull, PullKind, PullReply, Scan, Style, decode_reply, encode_kv, encode_pull,
@@ -31,17 +31,6 @@ const OCTETS: (&str, &str) = ("Content-Type", "application/octet-stream");
 
 // ---------------------------------------------------------------------------
 // Local helpers
-
-/// The value of the sample `series` (name and labels) in Prometheus text.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
 
 /// `corekv_seq_waiters` of `node` as `/metrics` on `addr` reports it.
 fn seq_waiters(addr: SocketAddr, node: &str) -> u64 {

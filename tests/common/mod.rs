@@ -1003,6 +1003,22 @@ pub fn delete_target(key: &[u8]) -> String {
 }
 
 // ---------------------------------------------------------------------------
+// /metrics
+
+/// The value of the sample `series` (name and labels, e.g.
+/// `corekv_seq{node="s1/primary"}`) in Prometheus text, if present.
+#[must_use]
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+// ---------------------------------------------------------------------------
 // /status
 
 /// One node entry of a `/status` JSON document, as raw `"field":value` text.
