@@ -699,7 +699,7 @@ fn tag(resp: Response, node: &NodeInfo, applied: Option<u64>) -> Response {
 /// operational endpoints and the answers to writes, which GET requests
 /// would otherwise let a cache store and reuse heuristically.
 fn no_store(resp: Response) -> Response {
-    resp.with_header("Cache-Control", "no-store".into())
+    resp.with_header("Cache-Control", "no-store")
 }
 
 /// `Cache-Control` of data reads: caches may store them but must
@@ -712,14 +712,15 @@ fn format(style: Style, is_delete: bool, executed: Executed) -> Response {
     match (style, executed) {
         (Style::Query, Executed::Value { value, version }) => Response::new(200, BYTES, value)
             .with_header("X-Version", version.to_string())
-            .with_header("Cache-Control", READ_CACHE_CONTROL.into()),
+            .with_header("Cache-Control", READ_CACHE_CONTROL),
         (Style::Rest, Executed::Value { value, version }) => Response::new(200, BYTES, value)
             .with_header("ETag", etag(version))
             .with_header("X-Version", version.to_string())
-            .with_header("Cache-Control", READ_CACHE_CONTROL.into()),
+            .with_header("Cache-Control", READ_CACHE_CONTROL),
         // Only reads find nothing.
-        (_, Executed::NotFound) => Response::text(404, "key not found")
-            .with_header("Cache-Control", READ_CACHE_CONTROL.into()),
+        (_, Executed::NotFound) => {
+            Response::text(404, "key not found").with_header("Cache-Control", READ_CACHE_CONTROL)
+        }
         (Style::Rest, Executed::Written { seq }) if is_delete => {
             Response::new(204, TEXT, Vec::new()).with_header("X-Seq", seq.to_string())
         }
@@ -734,7 +735,7 @@ fn format(style: Style, is_delete: bool, executed: Executed) -> Response {
         (_, Executed::NotModified { version }) => Response::new(304, TEXT, Vec::new())
             .with_header("ETag", etag(version))
             .with_header("X-Version", version.to_string())
-            .with_header("Cache-Control", READ_CACHE_CONTROL.into()),
+            .with_header("Cache-Control", READ_CACHE_CONTROL),
         (_, Executed::ConditionFailed { current }) => {
             let msg = match current {
                 Some(v) => format!("precondition failed: the key's current version is {v}"),
@@ -777,7 +778,7 @@ fn from_remote(resp: ClientResponse) -> Response {
         "Retry-After",
     ] {
         if let Some(v) = resp.header(name) {
-            out.headers.push((name, v.to_string()));
+            out.headers.push((name, v.to_string().into()));
         }
     }
     out.body = resp.body;

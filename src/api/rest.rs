@@ -436,7 +436,7 @@ impl Api {
             200,
             &json!({ "items": items, "next_cursor": next.unwrap_or(Value::Null) }),
         )
-        .with_header("Cache-Control", "no-cache".into()))
+        .with_header("Cache-Control", "no-cache"))
     }
 }
 

@@ -6,6 +6,7 @@
 //! content and therefore neither Content-Length (RFC 9110 §8.6) nor
 //! Content-Type nor a body (RFC 9112 §6.3).
 
+use std::borrow::Cow;
 use std::io::Write as _;
 
 /// A response ready to encode. `Send`, so it can cross executors.
@@ -14,7 +15,7 @@ pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
     /// Extra headers (name, value); values must not contain CR or LF.
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
     pub body: Vec<u8>,
     /// Close the connection after this response.
     pub close: bool,
@@ -46,9 +47,10 @@ impl Response {
         Self::new(status, TEXT, body)
     }
 
+    /// Adds a header; a `&'static str` value is not copied.
     #[must_use]
-    pub fn with_header(mut self, name: &'static str, value: String) -> Self {
-        self.headers.push((name, value));
+    pub fn with_header(mut self, name: &'static str, value: impl Into<Cow<'static, str>>) -> Self {
+        self.headers.push((name, value.into()));
         self
     }
 
@@ -58,7 +60,7 @@ impl Response {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 }
 
@@ -147,7 +149,7 @@ mod tests {
 
     #[test]
     fn encodes_status_headers_body() {
-        let r = Response::text(404, "no such key").with_header("X-Shard", "2".into());
+        let r = Response::text(404, "no such key").with_header("X-Shard", "2");
         assert_eq!(
             encoded(&r, false, true),
             "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 12\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\nX-Shard: 2\r\n\r\nno such key\n"
@@ -161,7 +163,7 @@ mod tests {
     fn bodiless_statuses_have_no_framing_headers() {
         for status in [204, 304] {
             // Even a (wrongly) filled body is not sent.
-            let r = Response::new(status, TEXT, b"x".to_vec()).with_header("ETag", "\"1\"".into());
+            let r = Response::new(status, TEXT, b"x".to_vec()).with_header("ETag", "\"1\"");
             let text = encoded(&r, false, true);
             assert_eq!(
                 text,
