@@ -465,11 +465,12 @@ impl Api {
             Route::Local => self.execute(kv, None).await,
             Route::Peer(tx) => {
                 self.metrics.forwarded_peer.fetch_add(1, Ordering::Relaxed);
-                match self.router.peer_reader(owner) {
-                    Some(reader) if kv.op == KvOp::Get && kv.min_seq == 0 => {
-                        read(reader, &kv, owner, None)
-                    }
-                    _ => self.router.to_peer(&tx, kv).await.map_err(owner_err),
+                // Only a plain read asks for the reader (which also schedules
+                // the sweep of its snapshot); writes never open one.
+                let plain_read = kv.op == KvOp::Get && kv.min_seq == 0;
+                match plain_read.then(|| self.router.peer_reader(owner)).flatten() {
+                    Some(reader) => read(reader, &kv, owner, None),
+                    None => self.router.to_peer(&tx, kv).await.map_err(owner_err),
                 }
             }
             Route::Remote(addr) => {
