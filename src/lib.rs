@@ -8,7 +8,7 @@
 //! - pure, no I/O: [`config`] (sharding.toml → `ClusterConfig`), [`topology`]
 //!   (FNV-1 placement, who owns what), [`http::parse`] and [`http::encode`].
 //! - storage: [`storage`], the only module that imports redb (synchronous).
-//! - per executor: [`shard`] (a node's store and its group-commit thread),
+//! - per executor: [`nodestore`] (a node's store handle, its group-commit and reader threads),
 //!   [`replication`] (primary and replica sides), [`http::conn`] (the
 //!   connection loop), [`http::client`] (keep-alive client for forwarding
 //!   and replication over the network), [`sched`] (waiting for the
@@ -25,10 +25,10 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod node;
+pub mod nodestore;
 pub mod protocol;
 pub mod replication;
 pub mod router;
 pub mod sched;
-pub mod shard;
 pub mod storage;
 pub mod topology;

@@ -16,7 +16,7 @@
 //! Depends on `shard::NodeStats` (commit and replication counters) and
 //! `topology::NodeInfo` only.
 
-use crate::shard::{BATCH_BUCKETS, NodeStats};
+use crate::nodestore::{BATCH_BUCKETS, NodeStats};
 use crate::topology::{NodeInfo, Role};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{

@@ -3,7 +3,7 @@
 //! transaction per batch, and re-seeds from a snapshot when the primary has
 //! trimmed past it.
 //!
-//! Per executor (`!Send`). Depends on `shard`, `protocol` and
+//! Per executor (`!Send`). Depends on `nodestore`, `protocol` and
 //! `http::client`. The same [`follow`] loop runs over both transports: a
 //! flume mailbox to a primary in this process, or HTTP to a primary on
 //! another host (`GET /internal/pull`, body in `protocol`'s encoding).
@@ -14,7 +14,7 @@
 //! progress is kept only for configured replicas, and a [`SeqWatch`] holds
 //! only the waits that are still live (timed-out or dropped waits are
 //! removed at once). The primary reads log and snapshot pages on its
-//! node's reader thread (see `shard`), so serving a pull or a re-seed
+//! node's reader thread (see `nodestore`), so serving a pull or a re-seed
 //! never blocks the executor; a full read queue refuses the pull (503 over
 //! HTTP, a `Failed` reply over the mailbox) and the replica retries after
 //! its back-off.
@@ -22,8 +22,8 @@
 use crate::http::client::{Client, Resend, node_request};
 use crate::log::Level;
 use crate::log_at;
+use crate::nodestore::{NodeStats, NodeStore, StoreError};
 use crate::protocol::{Mail, MailError, Pull, PullKind, PullReply, ask, decode_reply, encode_pull};
-use crate::shard::{NodeStats, Shard, ShardError};
 use crate::storage::LogRead;
 use futures_lite::future;
 use std::cell::{Cell, RefCell};
@@ -45,7 +45,7 @@ pub const LONG_POLL: Duration = Duration::from_secs(2);
 /// Longest hold a pull may ask for.
 pub const MAX_PULL_WAIT: Duration = Duration::from_secs(30);
 
-pub use crate::shard::ReplicaState;
+pub use crate::nodestore::ReplicaState;
 
 /// Longest wait [`SeqWatch::wait_for`] accepts; longer timeouts are cut
 /// to it (an `Instant` plus a huge `Duration` would overflow).
@@ -165,7 +165,7 @@ impl SeqWatch {
 /// The primary side: knows the committed seq, holds long polls, serves
 /// log pages and snapshot pages, and trims the log.
 pub struct PrimaryLog {
-    shard: Rc<Shard>,
+    shard: Rc<NodeStore>,
     committed: Rc<SeqWatch>,
     /// Applied seq last reported by each replica (by node name).
     progress: RefCell<HashMap<String, u64>>,
@@ -177,7 +177,7 @@ impl PrimaryLog {
     /// `replicas` are the names of the shard's configured replicas; the log
     /// keeps at most `retain` entries beyond what all of them applied.
     #[must_use]
-    pub fn new(shard: Rc<Shard>, replicas: Vec<String>, retain: u64) -> Self {
+    pub fn new(shard: Rc<NodeStore>, replicas: Vec<String>, retain: u64) -> Self {
         let committed = shard.stats.seq.load(Ordering::Acquire);
         let committed = Rc::new(SeqWatch::new(committed, shard.stats.clone()));
         Self {
@@ -196,14 +196,14 @@ impl PrimaryLog {
     }
 
     /// Answers one pull. Log and snapshot pages are read on the node's
-    /// reader thread (`Shard::read_log`, `Shard::snapshot_chunk`), never
+    /// reader thread (`NodeStore::read_log`, `NodeStore::snapshot_chunk`), never
     /// on the executor.
     ///
     /// # Errors
-    /// [`ShardError::ReadsOverloaded`] when the node's read queue is full
+    /// [`StoreError::ReadsOverloaded`] when the node's read queue is full
     /// (the caller answers 503); other failures are a
     /// [`PullReply::Failed`].
-    pub async fn serve(&self, pull: Pull) -> Result<PullReply, ShardError> {
+    pub async fn serve(&self, pull: Pull) -> Result<PullReply, StoreError> {
         match pull.kind {
             PullKind::Log { after } => {
                 let Some(next) = after.checked_add(1) else {
@@ -292,9 +292,9 @@ impl PrimaryLog {
 
 /// A failed page read as a pull's answer: an overloaded read queue stays
 /// an error (a 503 for the caller), anything else is a `Failed` reply.
-fn failed(e: ShardError) -> Result<PullReply, ShardError> {
+fn failed(e: StoreError) -> Result<PullReply, StoreError> {
     match e {
-        ShardError::ReadsOverloaded { .. } => Err(e),
+        StoreError::ReadsOverloaded { .. } => Err(e),
         other => Ok(PullReply::Failed(other.to_string())),
     }
 }
@@ -354,12 +354,12 @@ impl Upstream {
     }
 }
 
-fn set_state(shard: &Shard, state: ReplicaState) {
+fn set_state(shard: &NodeStore, state: ReplicaState) {
     shard.stats.state.store(state as u64, Ordering::Relaxed);
 }
 
 /// The replica side: follows the primary forever.
-pub async fn follow(shard: Rc<Shard>, applied: Rc<SeqWatch>, upstream: Upstream, name: String) {
+pub async fn follow(shard: Rc<NodeStore>, applied: Rc<SeqWatch>, upstream: Upstream, name: String) {
     let mut backoff = Duration::from_millis(50);
     let mut last_error = String::new();
     loop {
@@ -387,7 +387,7 @@ pub async fn follow(shard: Rc<Shard>, applied: Rc<SeqWatch>, upstream: Upstream,
     }
 }
 
-async fn pull_once(shard: &Shard, upstream: &Upstream, name: &str) -> Result<(), String> {
+async fn pull_once(shard: &NodeStore, upstream: &Upstream, name: &str) -> Result<(), String> {
     let applied = shard.stats.seq.load(Ordering::Acquire);
     // Until the replica has heard from its primary, ask without waiting, so
     // a caught-up replica reports itself as following at once.
@@ -466,7 +466,7 @@ async fn primary_still_behind(upstream: &Upstream, name: &str, applied: u64) -> 
 
 /// Copies the primary's data page by page (the store is already marked as
 /// re-seeding and emptied), then follows the log from the first page's seq.
-async fn reseed(shard: &Shard, upstream: &Upstream, name: &str) -> Result<(), String> {
+async fn reseed(shard: &NodeStore, upstream: &Upstream, name: &str) -> Result<(), String> {
     set_state(shard, ReplicaState::Reseeding);
     // A re-seed interrupted earlier starts again from an empty table.
     shard.reseed_begin().await.map_err(|e| e.to_string())?;

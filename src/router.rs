@@ -2,7 +2,7 @@
 //! process (flume mailbox, or a direct read of its store), or a node on
 //! another host (HTTP), and the transports that carry it there.
 //!
-//! Per executor. Depends on `topology`, `protocol`, `shard` (readers of
+//! Per executor. Depends on `topology`, `protocol`, `nodestore` (readers of
 //! in-process nodes' stores) and `http::client`; it knows no URLs or status
 //! codes (the caller, `api`, builds the bytes of a remote request and maps
 //! failures to statuses).
@@ -21,8 +21,8 @@
 
 use crate::http::client::{Client, ClientError, ClientResponse, PeerState, Resend, node_request};
 use crate::http::encode::Response;
+use crate::nodestore::{NodeStats, Reader, StoreError};
 use crate::protocol::{KvRequest, MAILBOX_CAPACITY, Mail, MailError, Scan, ask};
-use crate::shard::{NodeStats, Reader, ShardError};
 use crate::storage::{SnapshotPage, Store};
 use crate::topology::{NodeInfo, Topology};
 use std::cell::Cell;
@@ -238,7 +238,7 @@ impl Router {
         &self,
         peer: &flume::Sender<Mail>,
         scan: Scan,
-    ) -> Result<Result<SnapshotPage, ShardError>, ForwardError> {
+    ) -> Result<Result<SnapshotPage, StoreError>, ForwardError> {
         Ok(ask(peer, |tx| Mail::Scan(scan, tx)).await?)
     }
 

@@ -9,7 +9,7 @@
 //! `/health`, `/ready` and `/metrics`; this file holds routing, execution,
 //! authorisation and the error-to-status mapping.
 //!
-//! Per executor. Depends on `router`, `shard`, `replication`, `protocol`,
+//! Per executor. Depends on `router`, `nodestore`, `replication`, `protocol`,
 //! `metrics`, `topology` and `http`. Invariants: a request that arrived
 //! forwarded is never forwarded again; replicas refuse writes with 403
 //! naming the primary; every data response carries `X-Shard` and
@@ -17,7 +17,7 @@
 //! and the operational endpoints `no-store`; a full commit queue, read
 //! queue or mailbox is a 503 with `Retry-After`, never a wait. Single-key
 //! reads run on the executor (microseconds); listing pages are read on the
-//! node's reader thread (`Shard::scan_prefix`), never on the executor.
+//! node's reader thread (`NodeStore::scan_prefix`), never on the executor.
 //!
 //! Writes and their statuses (README, "What a status means for a write"):
 //! a write that fails without reaching its owner is 503 ("not applied"; a
@@ -37,10 +37,10 @@ use crate::http::client::{ClientError, ClientResponse, Resend};
 use crate::http::encode::{BYTES, JSON, Response, TEXT};
 use crate::http::parse::Request;
 use crate::metrics::{Endpoint, Metrics};
+use crate::nodestore::{NodeStats, NodeStore, Reader, StoreError};
 use crate::protocol::{KvOp, KvRequest, Scan, Style, encode_kv_with_deadline, encode_scan};
 use crate::replication::{PrimaryLog, SeqWatch};
 use crate::router::{ForwardError, Route, Router};
-use crate::shard::{NodeStats, Reader, Shard, ShardError};
 use crate::storage::{Cond, Outcome, SnapshotPage, Write, WriteOp};
 use crate::topology::{NodeInfo, Role};
 use std::rc::Rc;
@@ -302,7 +302,7 @@ enum Executed {
 /// One node's request handler.
 pub struct Api {
     router: Router,
-    shard: Rc<Shard>,
+    shard: Rc<NodeStore>,
     primary: Option<Rc<PrimaryLog>>,
     /// Committed (primary) or applied (replica) seq of this node.
     seq: Rc<SeqWatch>,
@@ -316,7 +316,7 @@ impl Api {
     #[must_use]
     pub fn new(
         router: Router,
-        shard: Rc<Shard>,
+        shard: Rc<NodeStore>,
         primary: Option<Rc<PrimaryLog>>,
         seq: Rc<SeqWatch>,
         locals: LocalNodes,
@@ -551,11 +551,11 @@ impl Api {
             .write(Write { op, cond }, apply_by)
             .await
             .map_err(|e| match e {
-                ShardError::DeadlinePassed { late } => ApiError::DeadlinePassed {
+                StoreError::DeadlinePassed { late } => ApiError::DeadlinePassed {
                     node: self.me().name.clone(),
                     late_ms: late.as_millis(),
                 },
-                ShardError::Overloaded { .. } => ApiError::Overloaded {
+                StoreError::Overloaded { .. } => ApiError::Overloaded {
                     node: self.me().name.clone(),
                     why: e.to_string(),
                 },
@@ -614,8 +614,8 @@ impl Api {
     /// thread: the executor awaits the page, it never reads it.
     ///
     /// # Errors
-    /// Storage failures; a full read queue ([`ShardError::ReadsOverloaded`]).
-    pub async fn scan_page(&self, scan: Scan) -> Result<SnapshotPage, ShardError> {
+    /// Storage failures; a full read queue ([`StoreError::ReadsOverloaded`]).
+    pub async fn scan_page(&self, scan: Scan) -> Result<SnapshotPage, StoreError> {
         self.shard
             .scan_prefix(scan.prefix, scan.after, scan.limit)
             .await
@@ -634,9 +634,9 @@ impl Api {
 }
 
 /// A failed page read of `node` as a request error.
-fn scan_error(node: &str, e: ShardError) -> ApiError {
+fn scan_error(node: &str, e: StoreError) -> ApiError {
     match e {
-        ShardError::ReadsOverloaded { .. } => ApiError::ReadsOverloaded {
+        StoreError::ReadsOverloaded { .. } => ApiError::ReadsOverloaded {
             node: node.to_string(),
             why: e.to_string(),
         },

@@ -2,7 +2,7 @@
 //! a CPU), the node's tasks (replication, log trimming, the mailbox of
 //! requests from other executors) and its accept loop with graceful drain.
 //!
-//! Depends on `api`, `replication`, `router`, `shard`, `http::conn`.
+//! Depends on `api`, `replication`, `router`, `nodestore`, `http::conn`.
 
 use super::{Event, NodeError, SHUTDOWN_GRACE};
 use crate::api::{Api, ApiConfig, LocalNodes};
@@ -10,11 +10,11 @@ use crate::http::client::{Client, Reachability};
 use crate::http::conn::{self, ConnConfig, Tracker};
 use crate::log::Level;
 use crate::log_at;
+use crate::nodestore::NodeStore;
 use crate::protocol::Mail;
 use crate::replication::{self, PrimaryLog, SeqWatch, Upstream};
 use crate::router::{Mailboxes, Router};
 use crate::sched::NextPoll;
-use crate::shard::Shard;
 use crate::topology::{NodeInfo, Role, Topology};
 use futures_lite::future;
 use glommio::net::TcpListener;
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 pub(super) struct NodeContext {
     pub(super) node: NodeInfo,
     pub(super) topo: Arc<Topology>,
-    pub(super) shard: Shard,
+    pub(super) shard: NodeStore,
     pub(super) mailbox: flume::Receiver<Mail>,
     pub(super) mailboxes: Mailboxes,
     /// Reachability of the nodes on other hosts (shared, for `/status`).

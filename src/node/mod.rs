@@ -27,9 +27,9 @@ use crate::http::conn::ConnConfig;
 use crate::log::Level;
 use crate::log_at;
 use crate::metrics::Metrics;
+use crate::nodestore::{NodeStore, StartError};
 use crate::protocol::MAILBOX_CAPACITY;
 use crate::router::{Mailboxes, Peer};
-use crate::shard::{Shard, StartError};
 use crate::storage::Store;
 use crate::topology::{NodeInfo, Topology, TopologyError};
 use executor::{NodeContext, run_executor};
@@ -76,7 +76,7 @@ pub struct Options {
     /// Most writes per commit (1 disables group commit; for benchmarks).
     pub commit_batch: usize,
     /// Most jobs waiting in a node's commit queue; client writes beyond
-    /// it are answered 503 (see `shard::DEFAULT_COMMIT_QUEUE`).
+    /// it are answered 503 (see `nodestore::DEFAULT_COMMIT_QUEUE`).
     pub commit_queue: usize,
     /// Shared token required for writes and internal endpoints.
     pub token: Option<String>,
@@ -108,8 +108,8 @@ impl Default for Options {
             serve: None,
             durable: true,
             log_retention: 1_000_000,
-            commit_batch: crate::shard::DEFAULT_MAX_BATCH,
-            commit_queue: crate::shard::DEFAULT_COMMIT_QUEUE,
+            commit_batch: crate::nodestore::DEFAULT_MAX_BATCH,
+            commit_queue: crate::nodestore::DEFAULT_COMMIT_QUEUE,
             token: None,
             conn: ConnConfig::default(),
             max_key: crate::api::DEFAULT_MAX_KEY,
@@ -236,7 +236,8 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         let store = Store::open_with_cache(&path, opts.durable, opts.cache_bytes)
             .map_err(|e| storage(StartError::Storage(e)))?;
         shards.push(
-            Shard::start(store, &n.name, opts.commit_batch, opts.commit_queue).map_err(storage)?,
+            NodeStore::start(store, &n.name, opts.commit_batch, opts.commit_queue)
+                .map_err(storage)?,
         );
     }
     // Listeners are bound here, after every check, with std (SO_REUSEADDR,

@@ -1,132 +1,12 @@
-//! Messages between nodes: the in-process [`Mail`] executors send each
-//! other over flume, and the binary bodies of forwarded requests
-//! (`/internal/kv`), replication pulls and scans when they travel over HTTP
-//! instead.
+//! Binary bodies of forwarded requests (`/internal/kv`), replication pulls
+//! and scans when they travel over HTTP, and their decoders (framing
+//! checks only).
 //!
-//! Pure types and codecs, plus [`ask`], the one way to send a mail (it
-//! never waits for room in a full mailbox: [`MailError::Full`]); depends on
-//! `storage` (entry types), `shard::ShardError` (why a scan was not
-//! served) and `http::encode::Response`. Every type that
-//! crosses executors is `Send`. Decoders only check framing; the limits on
-//! what a decoded message may carry are checked by `api` at the boundary.
-//!
-//! A forwarded write over HTTP carries its sender's deadline
-//! ([`ForwardedKv::deadline_ms`], unix milliseconds):
-//! [`encode_kv_with_deadline`] appends it to the [`encode_kv`] layout as an
-//! optional trailing field (after the value and, for a `Cond::Http`
-//! condition, its tag sets), so bodies without it (older senders, reads)
-//! decode as before. An unknown trailing field is an error, never skipped:
-//! an owner must not apply a write whose constraints it does not
-//! understand. (An owner older than the field refuses a body with it: 400,
-//! nothing applied; upgrade owners before senders.)
+//! Depends on the message types (`super`) and `storage` (entry types).
 
-use crate::http::encode::Response;
-use crate::shard::ShardError;
-use crate::storage::{Cond, LogEntry, SnapshotPage, StorageError, Tags, Versioned, WriteOp};
+use super::{ForwardedKv, KvOp, KvRequest, Pull, PullKind, PullReply, Scan, Style};
+use crate::storage::{Cond, LogEntry, StorageError, Tags, Versioned, WriteOp};
 use std::time::Duration;
-
-/// A key-value operation addressed to the node that owns the key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KvOp {
-    Get,
-    Set(Vec<u8>),
-    Delete,
-}
-
-/// Which API a request came in on, so the owner answers in its form.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Style {
-    /// `/get`, `/set`, `/delete` (query-string API, as the seed project's).
-    Query,
-    /// `/v1/kv/{key}` (and the batch endpoint).
-    Rest,
-}
-
-/// A key-value request as routed between nodes. A `KvRequest` that reaches
-/// another node is "forwarded" and is never forwarded again.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KvRequest {
-    pub op: KvOp,
-    pub key: Vec<u8>,
-    /// Read-your-writes: answer a get only once the serving node has
-    /// applied at least this seq (0: no condition).
-    pub min_seq: u64,
-    /// How long to wait for `min_seq`, in milliseconds.
-    pub wait_ms: u64,
-    /// Condition on the key's current version (writes only).
-    pub cond: Cond,
-    pub style: Style,
-}
-
-/// A [`KvRequest`] as it arrives over HTTP (`/internal/kv`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ForwardedKv {
-    pub kv: KvRequest,
-    /// A forwarded write's sender's wall-clock deadline in unix
-    /// milliseconds: the sender stops waiting for the answer then, so the
-    /// owner must not apply the write after it (README, "What a status
-    /// means for a write"). `None`: no deadline (reads; older senders).
-    pub deadline_ms: Option<u64>,
-}
-
-/// A prefix scan of one shard's primary.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Scan {
-    pub prefix: Vec<u8>,
-    /// Resume strictly after this key.
-    pub after: Option<Vec<u8>>,
-    pub limit: usize,
-}
-
-/// What a replica asks its primary for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PullKind {
-    /// Log entries after `after` (the replica's applied seq).
-    Log { after: u64 },
-    /// A page of the primary's data for a re-seed, keys after `after_key`.
-    Snapshot { after_key: Option<Vec<u8>> },
-}
-
-/// A replica's pull request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pull {
-    /// The replica's node name, so the primary can track its progress.
-    pub replica: String,
-    pub kind: PullKind,
-    /// How long the primary may hold a log pull open waiting for writes.
-    pub wait: Duration,
-}
-
-/// The primary's answer to a [`Pull`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PullReply {
-    /// Entries in order after the requested seq (none: nothing new in time).
-    Entries {
-        primary_seq: u64,
-        entries: Vec<LogEntry>,
-    },
-    /// The log was trimmed past the replica's position: re-seed.
-    Trimmed { primary_seq: u64 },
-    /// A page of a re-seed snapshot read at `seq`; `done` on the last page.
-    Snapshot {
-        seq: u64,
-        pairs: Vec<(Vec<u8>, Versioned)>,
-        done: bool,
-    },
-    /// The primary could not answer (storage failure), with its message.
-    Failed(String),
-}
-
-/// What executors send each other.
-pub enum Mail {
-    /// A forwarded key-value request; the owner answers on the channel.
-    Kv(KvRequest, flume::Sender<Response>),
-    /// A replication pull from a replica in this process.
-    Pull(Pull, flume::Sender<PullReply>),
-    /// A prefix scan for a listing; answered with the page or why not
-    /// (a full read queue included).
-    Scan(Scan, flume::Sender<Result<SnapshotPage, ShardError>>),
-}
 
 /// Encodes a forwarded request for the HTTP transport (`/internal/kv`),
 /// without a deadline.
@@ -367,50 +247,6 @@ pub fn decode_scan(bytes: &[u8]) -> Result<Scan, StorageError> {
     })
 }
 
-/// Mail an executor's mailbox holds (created in `node`). An executor
-/// serves its mailbox by spawning a task per mail, so the queue only fills
-/// when the executor cannot keep up at all (or is stopped); a few thousand
-/// covers every burst the connection caps allow in practice, while each
-/// queued mail (a forwarded write carries its value) stays in memory. A
-/// sender that finds the mailbox full gets [`MailError::Full`] at once
-/// (answered 503 with `Retry-After`) and never waits.
-pub const MAILBOX_CAPACITY: usize = 4096;
-
-/// Longest node name accepted from the network (`Pull::replica`) unless it
-/// names a configured node.
-pub const MAX_NODE_NAME: usize = 256;
-
-/// Why a mail got no answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MailError {
-    /// The receiving executor's mailbox is full; nothing was sent.
-    Full,
-    /// The mail was not delivered: the executor behind the mailbox is gone
-    /// and never saw it.
-    Closed,
-    /// The mail was delivered but the executor stopped before it answered:
-    /// it may have been acted on.
-    NoAnswer,
-}
-
-/// Sends the mail built by `make` (around a fresh reply channel) to
-/// `mailbox` and waits for the answer. Never waits for room: a full
-/// mailbox fails at once.
-///
-/// # Errors
-/// The mailbox is full, or the receiving executor is gone.
-pub async fn ask<T>(
-    mailbox: &flume::Sender<Mail>,
-    make: impl FnOnce(flume::Sender<T>) -> Mail,
-) -> Result<T, MailError> {
-    let (tx, rx) = flume::bounded(1);
-    mailbox.try_send(make(tx)).map_err(|e| match e {
-        flume::TrySendError::Full(_) => MailError::Full,
-        flume::TrySendError::Disconnected(_) => MailError::Closed,
-    })?;
-    rx.recv_async().await.map_err(|_| MailError::NoAnswer)
-}
-
 const TAG_ENTRIES: u8 = 1;
 const TAG_TRIMMED: u8 = 2;
 const TAG_SNAPSHOT: u8 = 3;
@@ -537,25 +373,6 @@ pub fn decode_reply(bytes: &[u8]) -> Result<PullReply, StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ask_fails_at_once_on_a_full_or_closed_mailbox() {
-        let (tx, rx) = flume::bounded::<Mail>(1);
-        let scan = || Scan {
-            prefix: Vec::new(),
-            after: None,
-            limit: 1,
-        };
-        // Fill the mailbox; the first mail stays unanswered in it.
-        let (first, _first_rx) = flume::bounded(1);
-        tx.try_send(Mail::Scan(scan(), first))
-            .expect("room for one");
-        let full = futures_lite::future::block_on(ask(&tx, |r| Mail::Scan(scan(), r)));
-        assert_eq!(full.err(), Some(MailError::Full));
-        drop(rx);
-        let closed = futures_lite::future::block_on(ask(&tx, |r| Mail::Scan(scan(), r)));
-        assert_eq!(closed.err(), Some(MailError::Closed));
-    }
 
     #[test]
     fn requests_roundtrip() {

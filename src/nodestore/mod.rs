@@ -1,5 +1,6 @@
-//! A node's store, its committer thread (group commit) and its reader
-//! thread (large reads).
+//! A node's store handle ([`NodeStore`]): its committer thread (group
+//! commit, `committer.rs`), its reader thread and the executor-side
+//! [`Reader`] (`reader.rs`), its counters and its error enum.
 //!
 //! Depends on `storage` and flume. The executor reads single keys directly
 //! ([`Reader`]: microseconds, redb reads run beside a commit) but never
@@ -10,12 +11,12 @@
 //!
 //! Reads that walk many pages (a replication log page of up to 4 MiB, a
 //! re-seed snapshot page of 10,000 pairs, a prefix listing page) go to the
-//! node's reader thread instead ([`Shard::read_log`],
-//! [`Shard::snapshot_chunk`], [`Shard::scan_prefix`]): one OS thread per
+//! node's reader thread instead ([`NodeStore::read_log`],
+//! [`NodeStore::snapshot_chunk`], [`NodeStore::scan_prefix`]): one OS thread per
 //! node, not pinned, fed by a bounded flume queue of [`READ_QUEUE`] jobs;
 //! each job answers on its own one-slot channel that the executor awaits
 //! (`recv_async`). A full queue refuses the read at once
-//! ([`ShardError::ReadsOverloaded`], answered 503 with `Retry-After`),
+//! ([`StoreError::ReadsOverloaded`], answered 503 with `Retry-After`),
 //! never a wait. Blocking disk work therefore never runs on an executor's
 //! network loop, and one node's large reads run one at a time.
 //!
@@ -32,12 +33,18 @@
 //! A write may carry an apply-by time (a forwarded write whose sender
 //! stops waiting then): the committer checks it just before the
 //! transaction that would apply the write, and answers
-//! [`ShardError::DeadlinePassed`] instead of applying it when it is past.
+//! [`StoreError::DeadlinePassed`] instead of applying it when it is past.
+
+mod committer;
+mod reader;
+
+pub use reader::Reader;
 
 use crate::storage::{
-    LogEntry, LogRead, Outcome, ReadView, SnapshotPage, StorageError, Store, Versioned, Write,
+    LogEntry, LogRead, Outcome, SnapshotPage, StorageError, Store, Versioned, Write,
 };
-use std::cell::{Cell, RefCell};
+use committer::Job;
+use reader::ReadJob;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,12 +59,12 @@ pub const DEFAULT_MAX_BATCH: usize = 4096;
 /// gathering; a write queued behind more than that would wait several
 /// fsyncs for nothing but latency, and every queued write holds its value
 /// in memory. A client write finding the queue full is refused at once
-/// ([`ShardError::Overloaded`], answered 503 with `Retry-After`) instead of
+/// ([`StoreError::Overloaded`], answered 503 with `Retry-After`) instead of
 /// queueing without bound.
 pub const DEFAULT_COMMIT_QUEUE: usize = 2 * DEFAULT_MAX_BATCH;
 
 /// Large reads a node's read queue holds (see the module header); more are
-/// refused with [`ShardError::ReadsOverloaded`]. A replica pulls one page
+/// refused with [`StoreError::ReadsOverloaded`]. A replica pulls one page
 /// at a time, a listing asks each shard for one page: 64 is far more than
 /// normal traffic needs, and each queued job is a few bytes (the page is
 /// read only when its job runs).
@@ -137,7 +144,7 @@ impl NodeStats {
 
 /// Why a write or apply did not complete.
 #[derive(Debug, Clone)]
-pub enum ShardError {
+pub enum StoreError {
     Storage(Arc<StorageError>),
     /// The committer thread is gone (process shutting down).
     Stopped,
@@ -156,7 +163,7 @@ pub enum ShardError {
     },
 }
 
-impl fmt::Display for ShardError {
+impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Storage(e) => e.fmt(f),
@@ -177,93 +184,12 @@ impl fmt::Display for ShardError {
     }
 }
 
-impl std::error::Error for ShardError {}
+impl std::error::Error for StoreError {}
 
-type Reply<T> = flume::Sender<Result<T, ShardError>>;
-
-/// Work for the committer thread.
-enum Job {
-    /// A write, its apply-by time (if any) and where to answer.
-    Write(Write, Option<SystemTime>, Reply<Outcome>),
-    Apply(Vec<LogEntry>, Reply<u64>),
-    Trim(u64, Reply<usize>),
-    ReseedBegin(Reply<()>),
-    ReseedChunk(Vec<(Vec<u8>, Versioned)>, Reply<()>),
-    ReseedFinish(u64, Reply<()>),
-}
-
-/// A large read for the reader thread; it answers on its own channel.
-type ReadJob = Box<dyn FnOnce(&Store) + Send>;
-
-/// Reads one node's store from any executor of the process.
-///
-/// Not `Send`: each executor makes its own from [`Shard::reader_parts`].
-/// Reads share one read transaction until the node's committer publishes a
-/// new seq. The committer publishes after a commit and before it
-/// acknowledges any write of it, and the seq is loaded before the snapshot
-/// is taken, so a reused snapshot holds every acknowledged write. redb read
-/// transactions are MVCC snapshots, safe from any thread, and never wait
-/// for a commit.
-pub struct Reader {
-    store: Arc<Store>,
-    stats: Arc<NodeStats>,
-    view: RefCell<Option<(u64, ReadView)>>,
-    /// A read happened since the last [`Reader::sweep`].
-    used: Cell<bool>,
-}
-
-impl Reader {
-    #[must_use]
-    pub fn new(store: Arc<Store>, stats: Arc<NodeStats>) -> Self {
-        Self {
-            store,
-            stats,
-            view: RefCell::new(None),
-            used: Cell::new(false),
-        }
-    }
-
-    /// Reads `key` on the calling thread.
-    ///
-    /// # Errors
-    /// Storage failures.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
-        let seq = self.stats.seq.load(Ordering::Acquire);
-        self.used.set(true);
-        let mut cached = self.view.borrow_mut();
-        match &*cached {
-            Some((at, view)) if *at == seq && !self.stats.reseeding() => view.get(key),
-            _ => {
-                let view = self.store.snapshot()?;
-                let found = view.get(key);
-                *cached = Some((seq, view));
-                found
-            }
-        }
-    }
-
-    /// Closes the cached snapshot. An old snapshot kept open stops redb
-    /// from reusing the pages later commits free (the file only grows).
-    pub fn forget(&self) {
-        self.view.borrow_mut().take();
-    }
-
-    /// Closes the cached snapshot if the node has committed since it was
-    /// taken or nothing read it since the last sweep; returns whether a
-    /// snapshot is still open. For readers of another executor's node,
-    /// whose commits do not pass through this executor.
-    pub fn sweep(&self) -> bool {
-        let seq = self.stats.seq.load(Ordering::Acquire);
-        let mut cached = self.view.borrow_mut();
-        if !self.used.replace(false) || matches!(&*cached, Some((at, _)) if *at != seq) {
-            cached.take();
-        }
-        cached.is_some()
-    }
-}
+type Reply<T> = flume::Sender<Result<T, StoreError>>;
 
 /// Handle to a node's storage; `Send`, created before the executor starts.
-pub struct Shard {
+pub struct NodeStore {
     store: Arc<Store>,
     /// The committer's queue, bounded (see [`DEFAULT_COMMIT_QUEUE`]).
     jobs: flume::Sender<Job>,
@@ -275,7 +201,7 @@ pub struct Shard {
     reader: Reader,
 }
 
-impl Shard {
+impl NodeStore {
     /// Starts the committer thread for `store`, committing at most
     /// `max_batch` writes per transaction (1 = one fsync per write), with
     /// a queue of at most `queue` jobs (see [`DEFAULT_COMMIT_QUEUE`]).
@@ -297,18 +223,13 @@ impl Shard {
         let (s, st) = (store.clone(), stats.clone());
         std::thread::Builder::new()
             .name(format!("commit {name}"))
-            .spawn(move || committer(&s, &rx, &st, max_batch.max(1)))
+            .spawn(move || committer::committer(&s, &rx, &st, max_batch.max(1)))
             .map_err(StartError::Thread)?;
         let (reads, read_rx) = flume::bounded::<ReadJob>(READ_QUEUE);
         let s = store.clone();
         std::thread::Builder::new()
             .name(format!("read {name}"))
-            .spawn(move || {
-                // Ends when the `Shard` (the only sender) is dropped.
-                while let Ok(job) = read_rx.recv() {
-                    job(&s);
-                }
-            })
+            .spawn(move || reader::serve(&s, &read_rx))
             .map_err(StartError::Thread)?;
         Ok(Self {
             reader: Reader::new(store.clone(), stats.clone()),
@@ -345,26 +266,26 @@ impl Shard {
         &self,
         refuse_when_full: bool,
         make: impl FnOnce(Reply<T>) -> Job,
-    ) -> Result<T, ShardError> {
+    ) -> Result<T, StoreError> {
         let (tx, rx) = flume::bounded(1);
         let job = make(tx);
         if refuse_when_full {
             self.jobs.try_send(job).map_err(|e| match e {
                 flume::TrySendError::Full(_) => {
                     self.stats.overloaded_writes.fetch_add(1, Ordering::Relaxed);
-                    ShardError::Overloaded {
+                    StoreError::Overloaded {
                         capacity: self.queue,
                     }
                 }
-                flume::TrySendError::Disconnected(_) => ShardError::Stopped,
+                flume::TrySendError::Disconnected(_) => StoreError::Stopped,
             })?;
         } else {
             self.jobs
                 .send_async(job)
                 .await
-                .map_err(|_| ShardError::Stopped)?;
+                .map_err(|_| StoreError::Stopped)?;
         }
-        let answer = rx.recv_async().await.map_err(|_| ShardError::Stopped)?;
+        let answer = rx.recv_async().await.map_err(|_| StoreError::Stopped)?;
         // Every job commits; see `Reader::forget`.
         self.reader.forget();
         answer
@@ -377,7 +298,7 @@ impl Shard {
     async fn offload<T: Send + 'static>(
         &self,
         read: impl FnOnce(&Store) -> Result<T, StorageError> + Send + 'static,
-    ) -> Result<T, ShardError> {
+    ) -> Result<T, StoreError> {
         let (tx, rx) = flume::bounded(1);
         let job: ReadJob = Box::new(move |store| {
             let _ = tx.send(read(store).map_err(storage_err));
@@ -385,26 +306,26 @@ impl Shard {
         self.reads.try_send(job).map_err(|e| match e {
             flume::TrySendError::Full(_) => {
                 self.stats.overloaded_reads.fetch_add(1, Ordering::Relaxed);
-                ShardError::ReadsOverloaded {
+                StoreError::ReadsOverloaded {
                     capacity: READ_QUEUE,
                 }
             }
-            flume::TrySendError::Disconnected(_) => ShardError::Stopped,
+            flume::TrySendError::Disconnected(_) => StoreError::Stopped,
         })?;
-        rx.recv_async().await.map_err(|_| ShardError::Stopped)?
+        rx.recv_async().await.map_err(|_| StoreError::Stopped)?
     }
 
     /// Primary: a page of the log after `after` (see `Store::read_log`),
     /// read on the reader thread.
     ///
     /// # Errors
-    /// Storage failures; [`ShardError::ReadsOverloaded`].
+    /// Storage failures; [`StoreError::ReadsOverloaded`].
     pub async fn read_log(
         &self,
         after: u64,
         max_entries: usize,
         max_bytes: usize,
-    ) -> Result<LogRead, ShardError> {
+    ) -> Result<LogRead, StoreError> {
         self.offload(move |s| s.read_log(after, max_entries, max_bytes))
             .await
     }
@@ -413,12 +334,12 @@ impl Shard {
     /// reader thread.
     ///
     /// # Errors
-    /// Storage failures; [`ShardError::ReadsOverloaded`].
+    /// Storage failures; [`StoreError::ReadsOverloaded`].
     pub async fn snapshot_chunk(
         &self,
         after: Option<Vec<u8>>,
         max: usize,
-    ) -> Result<(u64, SnapshotPage), ShardError> {
+    ) -> Result<(u64, SnapshotPage), StoreError> {
         self.offload(move |s| s.snapshot_chunk(after.as_deref(), max))
             .await
     }
@@ -427,13 +348,13 @@ impl Shard {
     /// the reader thread.
     ///
     /// # Errors
-    /// Storage failures; [`ShardError::ReadsOverloaded`].
+    /// Storage failures; [`StoreError::ReadsOverloaded`].
     pub async fn scan_prefix(
         &self,
         prefix: Vec<u8>,
         after: Option<Vec<u8>>,
         limit: usize,
-    ) -> Result<SnapshotPage, ShardError> {
+    ) -> Result<SnapshotPage, StoreError> {
         self.offload(move |s| s.scan_prefix(&prefix, after.as_deref(), limit))
             .await
     }
@@ -445,13 +366,13 @@ impl Shard {
     ///
     /// # Errors
     /// Storage failure of the batch this write was part of;
-    /// [`ShardError::DeadlinePassed`] when `apply_by` had passed;
-    /// [`ShardError::Overloaded`] when the commit queue is full.
+    /// [`StoreError::DeadlinePassed`] when `apply_by` had passed;
+    /// [`StoreError::Overloaded`] when the commit queue is full.
     pub async fn write(
         &self,
         write: Write,
         apply_by: Option<SystemTime>,
-    ) -> Result<Outcome, ShardError> {
+    ) -> Result<Outcome, StoreError> {
         self.call(true, |r| Job::Write(write, apply_by, r)).await
     }
 
@@ -459,7 +380,7 @@ impl Shard {
     ///
     /// # Errors
     /// Storage failure or a gap in the entries.
-    pub async fn apply(&self, entries: Vec<LogEntry>) -> Result<u64, ShardError> {
+    pub async fn apply(&self, entries: Vec<LogEntry>) -> Result<u64, StoreError> {
         self.call(false, |r| Job::Apply(entries, r)).await
     }
 
@@ -467,7 +388,7 @@ impl Shard {
     ///
     /// # Errors
     /// Storage failures.
-    pub async fn trim(&self, upto: u64) -> Result<usize, ShardError> {
+    pub async fn trim(&self, upto: u64) -> Result<usize, StoreError> {
         self.call(false, |r| Job::Trim(upto, r)).await
     }
 
@@ -475,19 +396,19 @@ impl Shard {
     ///
     /// # Errors
     /// Storage failures.
-    pub async fn reseed_begin(&self) -> Result<(), ShardError> {
+    pub async fn reseed_begin(&self) -> Result<(), StoreError> {
         self.call(false, Job::ReseedBegin).await
     }
 
     /// # Errors
     /// Storage failures.
-    pub async fn reseed_chunk(&self, pairs: Vec<(Vec<u8>, Versioned)>) -> Result<(), ShardError> {
+    pub async fn reseed_chunk(&self, pairs: Vec<(Vec<u8>, Versioned)>) -> Result<(), StoreError> {
         self.call(false, |r| Job::ReseedChunk(pairs, r)).await
     }
 
     /// # Errors
     /// Storage failures.
-    pub async fn reseed_finish(&self, seq: u64) -> Result<(), ShardError> {
+    pub async fn reseed_finish(&self, seq: u64) -> Result<(), StoreError> {
         self.call(false, |r| Job::ReseedFinish(seq, r)).await
     }
 }
@@ -516,158 +437,8 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-fn storage_err(e: StorageError) -> ShardError {
-    ShardError::Storage(Arc::new(e))
-}
-
-/// Writes waiting for the next commit, with their apply-by times and
-/// where to answer (the three vectors are index-aligned).
-#[derive(Default)]
-struct Pending {
-    ops: Vec<Write>,
-    apply_by: Vec<Option<SystemTime>>,
-    replies: Vec<Reply<Outcome>>,
-}
-
-impl Pending {
-    /// Answers and removes the writes whose apply-by time is before `now`.
-    fn drop_expired(&mut self, now: SystemTime) {
-        let expired = |by: &Option<SystemTime>| by.is_some_and(|by| now > by);
-        if !self.apply_by.iter().any(expired) {
-            return;
-        }
-        let ops = std::mem::take(&mut self.ops);
-        let apply_by = std::mem::take(&mut self.apply_by);
-        let replies = std::mem::take(&mut self.replies);
-        for ((op, by), reply) in ops.into_iter().zip(apply_by).zip(replies) {
-            match by {
-                Some(by) if now > by => {
-                    let late = now.duration_since(by).unwrap_or_default();
-                    let _ = reply.send(Err(ShardError::DeadlinePassed { late }));
-                }
-                _ => {
-                    self.ops.push(op);
-                    self.apply_by.push(by);
-                    self.replies.push(reply);
-                }
-            }
-        }
-    }
-}
-
-fn committer(store: &Store, rx: &flume::Receiver<Job>, stats: &NodeStats, max_batch: usize) {
-    let mut pending = Pending::default();
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(job) = next.take() {
-            match job {
-                Job::Write(op, apply_by, reply) => {
-                    pending.ops.push(op);
-                    pending.apply_by.push(apply_by);
-                    pending.replies.push(reply);
-                    if pending.ops.len() >= max_batch {
-                        flush(store, stats, &mut pending);
-                    }
-                }
-                other => {
-                    // Keep queue order: writes queued before this job commit first.
-                    flush(store, stats, &mut pending);
-                    run_other(store, stats, other);
-                }
-            }
-            next = rx.try_recv().ok();
-        }
-        flush(store, stats, &mut pending);
-    }
-}
-
-fn flush(store: &Store, stats: &NodeStats, pending: &mut Pending) {
-    // The last moment before the transaction that applies these writes.
-    pending.drop_expired(SystemTime::now());
-    let Pending {
-        ops,
-        apply_by,
-        replies,
-    } = pending;
-    apply_by.clear();
-    if ops.is_empty() {
-        return;
-    }
-    match store.commit_writes(ops) {
-        Ok(outcomes) => {
-            let mut committed = 0;
-            let mut last = None;
-            for o in &outcomes {
-                if let Outcome::Committed(seq) = o {
-                    committed += 1;
-                    last = Some(*seq);
-                }
-            }
-            if let Some(seq) = last {
-                publish(store, stats, seq);
-            }
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-            stats
-                .committed_writes
-                .fetch_add(committed, Ordering::Relaxed);
-            stats.record_batch(ops.len());
-            for (o, reply) in outcomes.into_iter().zip(replies.drain(..)) {
-                let _ = reply.send(Ok(o));
-            }
-        }
-        Err(e) => {
-            let e = storage_err(e);
-            for reply in replies.drain(..) {
-                let _ = reply.send(Err(e.clone()));
-            }
-        }
-    }
-    ops.clear();
-}
-
-fn publish(store: &Store, stats: &NodeStats, seq: u64) {
-    stats.seq.store(seq, Ordering::Release);
-    if let Ok(k) = store.key_count() {
-        stats.keys.store(k, Ordering::Relaxed);
-    }
-}
-
-fn run_other(store: &Store, stats: &NodeStats, job: Job) {
-    match job {
-        Job::Write(..) => {}
-        Job::Apply(entries, reply) => {
-            let r = store.apply_entries(&entries).map_err(storage_err);
-            if let Ok(seq) = r {
-                publish(store, stats, seq);
-                stats.commits.fetch_add(1, Ordering::Relaxed);
-            }
-            let _ = reply.send(r);
-        }
-        Job::Trim(upto, reply) => {
-            let _ = reply.send(store.trim_log(upto, 100_000).map_err(storage_err));
-        }
-        Job::ReseedBegin(reply) => {
-            let r = store.reseed_begin().map_err(storage_err);
-            if r.is_ok() {
-                stats.keys.store(0, Ordering::Relaxed);
-            }
-            let _ = reply.send(r);
-        }
-        Job::ReseedChunk(pairs, reply) => {
-            let r = store.reseed_chunk(&pairs).map_err(storage_err);
-            if let Ok(k) = store.key_count() {
-                stats.keys.store(k, Ordering::Relaxed);
-            }
-            let _ = reply.send(r);
-        }
-        Job::ReseedFinish(seq, reply) => {
-            let r = store.reseed_finish(seq).map_err(storage_err);
-            if r.is_ok() {
-                publish(store, stats, seq);
-            }
-            let _ = reply.send(r);
-        }
-    }
+fn storage_err(e: StorageError) -> StoreError {
+    StoreError::Storage(Arc::new(e))
 }
 
 #[cfg(test)]
@@ -680,7 +451,7 @@ mod tests {
     fn a_full_read_queue_refuses_at_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("s.redb"), false).expect("open");
-        let shard = Shard::start(store, "test", 16, DEFAULT_COMMIT_QUEUE).expect("start");
+        let shard = NodeStore::start(store, "test", 16, DEFAULT_COMMIT_QUEUE).expect("start");
         // Hold the reader thread in one job, then fill its queue.
         let (release, held) = flume::bounded::<()>(0);
         let (started_tx, started) = flume::bounded::<()>(1);
@@ -698,7 +469,7 @@ mod tests {
         assert!(
             matches!(
                 refused,
-                Err(ShardError::ReadsOverloaded {
+                Err(StoreError::ReadsOverloaded {
                     capacity: READ_QUEUE
                 })
             ),
@@ -718,7 +489,7 @@ mod tests {
     fn writes_past_their_apply_by_time_are_not_applied() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("s.redb"), false).expect("open");
-        let shard = Shard::start(store, "test", 16, DEFAULT_COMMIT_QUEUE).expect("start");
+        let shard = NodeStore::start(store, "test", 16, DEFAULT_COMMIT_QUEUE).expect("start");
         let set = |v: &str| Write {
             op: WriteOp::Set {
                 key: b"k".to_vec(),
@@ -729,7 +500,7 @@ mod tests {
         let now = SystemTime::now();
         let late = block_on(shard.write(set("late"), Some(now - Duration::from_secs(1))));
         assert!(
-            matches!(late, Err(ShardError::DeadlinePassed { late }) if late >= Duration::from_secs(1)),
+            matches!(late, Err(StoreError::DeadlinePassed { late }) if late >= Duration::from_secs(1)),
             "{late:?}"
         );
         assert_eq!(shard.store().get(b"k").expect("get"), None);
