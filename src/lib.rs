@@ -28,6 +28,7 @@ pub mod node;
 pub mod nodestore;
 pub mod protocol;
 pub mod replication;
+pub mod roles;
 pub mod router;
 pub mod sched;
 pub mod storage;
