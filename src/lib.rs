@@ -21,6 +21,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod http;
 pub mod log;
 pub mod metrics;

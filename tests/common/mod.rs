@@ -13,6 +13,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod etcd;
+
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::fs::File;
