@@ -163,6 +163,27 @@ struct Args {
     /// acknowledged writes on a crash).
     #[arg(long)]
     no_fsync: bool,
+
+    /// etcd client URLs (comma-separated, tried in order): etcd decides
+    /// who is primary and a replica takes over a dead primary (README,
+    /// Failover with etcd) [default: none, the configured primaries for
+    /// ever].
+    #[arg(long, value_name = "URL[,URL]", allow_hyphen_values = true,
+          value_parser = addresses)]
+    etcd: Option<Addresses>,
+
+    /// Prefix of corekv's keys in etcd.
+    #[arg(long, value_name = "PREFIX", allow_hyphen_values = true,
+          default_value_t = Options::default().etcd_prefix)]
+    etcd_prefix: String,
+
+    /// The etcd lease TTL: a dead primary is replaced after about this
+    /// long; a primary stops writing max(TTL/4, 250 ms) before its lease
+    /// could expire.
+    #[arg(long, value_name = "N", allow_hyphen_values = true,
+          value_parser = positive::<u64>,
+          default_value_t = millis(Options::default().lease_ttl))]
+    lease_ttl_ms: u64,
 }
 
 /// The `--serve` list (a newtype so clap takes it as one value).
@@ -308,7 +329,13 @@ where
         spin_before_park: Duration::from_micros(args.spin_us),
         cache_bytes: args.cache_mb.saturating_mul(1 << 20),
         preempt_timer: Duration::from_micros(args.preempt_us),
+        etcd: args.etcd.map(|a| a.0),
+        etcd_prefix: args.etcd_prefix,
+        lease_ttl: Duration::from_millis(args.lease_ttl_ms),
     };
+    if let Some(Err(e)) = opts.control().map(|c| c.validate()) {
+        return Err(usage_error(&e.to_string()));
+    }
     if opts.clock_skew >= opts.forward_timeout {
         return Err(usage_error(&format!(
             "--clock-skew-ms ({} ms) must be below --forward-timeout-ms ({} ms): every forwarded write would miss its deadline",
@@ -429,6 +456,40 @@ mod tests {
         assert_eq!(run(&["--log-level", "warning"]).log_level, Level::Warn);
         // The last of a repeated option wins.
         assert_eq!(run(&["--max-key", "1", "--max-key", "2"]).max_key, 2);
+    }
+
+    #[test]
+    fn etcd_options() {
+        let o = run(&[]);
+        assert_eq!(o.etcd, None);
+        assert!(o.control().is_none(), "static roles by default");
+        let o = run(&[
+            "--etcd",
+            "http://a:2379,http://b:2379",
+            "--etcd-prefix",
+            "/x",
+            "--lease-ttl-ms",
+            "3000",
+        ]);
+        let c = o.control().expect("control plane on");
+        assert_eq!(c.endpoints, ["http://a:2379", "http://b:2379"]);
+        assert_eq!(c.prefix, "/x");
+        assert_eq!(c.lease_ttl, Duration::from_secs(3));
+        assert_eq!(c.margin(), Duration::from_millis(750));
+        assert_eq!(
+            run(&["--etcd", "http://a:1", "--lease-ttl-ms", "1000"])
+                .control()
+                .map(|c| c.margin()),
+            Some(Duration::from_millis(250))
+        );
+        for bad in [
+            &["--etcd", "a:2379"][..],
+            &["--etcd", "http://a:1", "--lease-ttl-ms", "999"],
+            &["--etcd", "http://a:1", "--etcd-prefix", "x"],
+            &["--etcd", "http://a:1", "--etcd-prefix", "/x/"],
+        ] {
+            usage(bad);
+        }
     }
 
     #[test]

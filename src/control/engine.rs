@@ -62,7 +62,7 @@ struct Handover {
     mod_rev: i64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 enum Stage {
     /// Write the candidate keys.
     Announce,
@@ -656,17 +656,13 @@ impl Engine {
             }
             return;
         }
-        let Some(stage) = self.shards[s].election.as_ref().map(|e| match e.stage {
-            Stage::Announce => 0,
-            Stage::Collect => 1,
-            Stage::Campaign(n) => 2 + n,
-        }) else {
+        let Some(stage) = self.shards[s].election.as_ref().map(|e| e.stage) else {
             return;
         };
         match stage {
-            0 => self.announce(s, now),
-            1 => self.collect(s, now),
-            n => self.campaign(s, n - 2, now),
+            Stage::Announce => self.announce(s, now),
+            Stage::Collect => self.collect(s, now),
+            Stage::Campaign(n) => self.campaign(s, n, now),
         }
     }
 
@@ -1024,7 +1020,7 @@ impl Engine {
             return;
         };
         let next = match o.stage {
-            OldStage::Quiesce { .. } if timed_out => OldStage::Resume,
+            OldStage::Quiesce { .. } | OldStage::Published if timed_out => OldStage::Resume,
             OldStage::Quiesce { seq, since } => {
                 let cur = (self.progress)(node).1;
                 if cur != seq {
@@ -1038,7 +1034,6 @@ impl Engine {
                     self.publish_seq(s, &leader, cur)
                 }
             }
-            OldStage::Published if timed_out => OldStage::Resume,
             OldStage::Published => return,
             OldStage::Resume => {
                 if self.resume(s, node, &leader) {

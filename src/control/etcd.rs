@@ -19,7 +19,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use std::fmt;
-use std::io::{BufRead as _, BufReader};
+use std::io::BufReader;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -455,68 +455,83 @@ pub fn watch(
                 continue;
             }
         };
-        let mut reader = BufReader::new(resp.into_body().into_reader());
-        let mut line = String::new();
-        let why = loop {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(0) => break format!("{ep}: watch stream ended"),
-                Err(e) => break format!("{ep}: {e}"),
-                Ok(_) => {}
-            }
-            let Ok(v) = serde_json::from_str::<Value>(line.trim()) else {
-                continue;
-            };
-            if v.get("error").is_some() {
-                break format!("{ep}: watch error {}", v["error"]);
-            }
-            let r = &v["result"];
-            if int(&r["compact_revision"]) > 0 {
-                start = 0;
-                if !on(WatchItem::Compacted) {
-                    return;
-                }
-                break format!("{ep}: watch compacted");
-            }
-            if r["canceled"].as_bool().unwrap_or(false) {
-                break format!("{ep}: watch canceled: {}", r["cancel_reason"]);
-            }
-            let header_rev = int(&r["header"]["revision"]);
-            if r["created"].as_bool().unwrap_or(false) {
-                failures = 0;
-                if start == 0 {
-                    start = header_rev + 1;
-                }
-                if !on(WatchItem::Connected) {
-                    return;
-                }
-                continue;
-            }
-            if let Some(events) = r["events"].as_array() {
-                for e in events {
-                    let kv = Kv::from_json(&e["kv"]);
-                    start = start.max(kv.mod_revision + 1);
-                    let item = if e["type"].as_str() == Some("DELETE") {
-                        WatchItem::Delete(kv)
-                    } else {
-                        WatchItem::Put(kv)
-                    };
-                    if !on(item) {
-                        return;
-                    }
-                }
-            } else if header_rev > 0 {
-                // A progress notification: everything up to here was sent.
-                start = start.max(header_rev + 1);
-            }
+        let reader = BufReader::new(resp.into_body().into_reader());
+        let Some(why) = read_events(reader, ep, &mut start, &mut failures, stop, &mut on) else {
+            return;
         };
         failures += 1;
         next_ep += 1;
         if !on(WatchItem::Broken(why)) {
             return;
+        }
+    }
+}
+
+/// Reads one watch stream until it breaks (returns why) or the watch is
+/// to end (`None`).
+fn read_events(
+    mut reader: impl std::io::BufRead,
+    ep: &str,
+    start: &mut i64,
+    failures: &mut u32,
+    stop: &AtomicBool,
+    on: &mut impl FnMut(WatchItem) -> bool,
+) -> Option<String> {
+    let mut line = String::new();
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Some(format!("{ep}: watch stream ended")),
+            Err(e) => return Some(format!("{ep}: {e}")),
+            Ok(_) => {}
+        }
+        let Ok(v) = serde_json::from_str::<Value>(line.trim()) else {
+            continue;
+        };
+        if v.get("error").is_some() {
+            return Some(format!("{ep}: watch error {}", v["error"]));
+        }
+        let r = &v["result"];
+        if int(&r["compact_revision"]) > 0 {
+            *start = 0;
+            if !on(WatchItem::Compacted) {
+                return None;
+            }
+            return Some(format!("{ep}: watch compacted"));
+        }
+        if r["canceled"].as_bool().unwrap_or(false) {
+            return Some(format!("{ep}: watch canceled: {}", r["cancel_reason"]));
+        }
+        let header_rev = int(&r["header"]["revision"]);
+        if r["created"].as_bool().unwrap_or(false) {
+            *failures = 0;
+            if *start == 0 {
+                *start = header_rev + 1;
+            }
+            if !on(WatchItem::Connected) {
+                return None;
+            }
+            continue;
+        }
+        if let Some(events) = r["events"].as_array() {
+            for e in events {
+                let kv = Kv::from_json(&e["kv"]);
+                *start = (*start).max(kv.mod_revision + 1);
+                let item = if e["type"].as_str() == Some("DELETE") {
+                    WatchItem::Delete(kv)
+                } else {
+                    WatchItem::Put(kv)
+                };
+                if !on(item) {
+                    return None;
+                }
+            }
+        } else if header_rev > 0 {
+            // A progress notification: everything up to here was sent.
+            *start = (*start).max(header_rev + 1);
         }
     }
 }

@@ -157,7 +157,13 @@ impl ControlConfig {
         self.lease_ttl / 4
     }
 
-    fn validate(&self) -> Result<(), ControlError> {
+    /// Checks the options (the command line reports these as usage
+    /// errors).
+    ///
+    /// # Errors
+    /// No endpoint, an endpoint that is not an `http://` URL, a TTL under
+    /// 1 s, a prefix that does not start with `/` or ends with one.
+    pub fn validate(&self) -> Result<(), ControlError> {
         if self.endpoints.is_empty() {
             return Err(ControlError::Config("--etcd needs at least one URL".into()));
         }
@@ -341,36 +347,33 @@ impl ControlStatus {
     }
 }
 
-/// A running control plane. [`ControlHandle::stop`] (or dropping it)
-/// fences the local primaries and revokes the lease, so the other hosts
-/// elect at once.
-pub struct ControlHandle {
+/// What the data plane keeps of the control plane (clone it into every
+/// executor): the status counters and the way to ask for a switchover.
+#[derive(Clone)]
+pub struct ControlClient {
     cmds: flume::Sender<engine::Msg>,
     status: Arc<ControlStatus>,
-    lease_stop: flume::Sender<bool>,
-    watch_stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
 }
 
-impl fmt::Debug for ControlHandle {
+impl fmt::Debug for ControlClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ControlHandle")
+        f.debug_struct("ControlClient")
             .field("status", &self.status)
             .finish_non_exhaustive()
     }
 }
 
-impl ControlHandle {
-    /// The status counters.
+impl ControlClient {
+    /// The status counters (for `/status`, `/ready`, `/metrics`).
     #[must_use]
     pub fn status(&self) -> &Arc<ControlStatus> {
         &self.status
     }
 
-    /// Starts a planned switchover of `shard` to `to` (default: the first
-    /// node of the shard in config order that is not the primary) and
-    /// returns the channel its outcome will arrive on; an executor awaits
-    /// it with `recv_async`.
+    /// Starts a planned switchover of `shard` to node `to` (default: the
+    /// first node of the shard in config order that is not the primary)
+    /// and returns the channel its outcome will arrive on; an executor
+    /// awaits it with `recv_async` (never blocks).
     ///
     /// # Errors
     /// [`ControlError::Stopped`] when the control plane is gone.
@@ -386,7 +389,7 @@ impl ControlHandle {
         Ok(rx)
     }
 
-    /// [`ControlHandle::request_promote`] and a blocking wait for the
+    /// [`ControlClient::request_promote`] and a blocking wait for the
     /// outcome (never call it on an executor).
     ///
     /// # Errors
@@ -396,6 +399,40 @@ impl ControlHandle {
         self.request_promote(shard, to)?
             .recv()
             .map_err(|_| ControlError::Stopped)?
+    }
+}
+
+/// A running control plane (owned by the process's main thread).
+/// [`ControlHandle::stop`] (or dropping it) fences the local primaries and
+/// revokes the lease, so the other hosts elect at once.
+pub struct ControlHandle {
+    client: ControlClient,
+    lease_stop: flume::Sender<bool>,
+    watch_stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl fmt::Debug for ControlHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlHandle")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for ControlHandle {
+    type Target = ControlClient;
+
+    fn deref(&self) -> &ControlClient {
+        &self.client
+    }
+}
+
+impl ControlHandle {
+    /// A clonable client for the executors.
+    #[must_use]
+    pub fn client(&self) -> ControlClient {
+        self.client.clone()
     }
 
     /// Stops the control plane: fences every local primary, revokes the
@@ -413,7 +450,7 @@ impl ControlHandle {
     }
 
     fn shutdown(&mut self, revoke: bool) {
-        let _ = self.cmds.send(engine::Msg::Stop);
+        let _ = self.client.cmds.send(engine::Msg::Stop);
         self.watch_stop.store(true, Ordering::Release);
         let _ = self.lease_stop.send(revoke);
         for t in self.threads.drain(..) {
@@ -486,14 +523,12 @@ pub fn start(
         cmds.clone(),
         watch_stop.clone(),
     );
-    let handle = ControlHandle {
-        cmds,
-        status,
+    let mut handle = ControlHandle {
+        client: ControlClient { cmds, status },
         lease_stop,
         watch_stop,
         threads,
     };
-    let mut handle = handle;
     match std::thread::Builder::new()
         .name("control".into())
         .spawn(move || eng.run(&msgs))

@@ -22,6 +22,7 @@ mod system;
 
 use crate::api::{ApiConfig, LocalNodes};
 use crate::config::{self, ConfigError};
+use crate::control::{self as control_plane, ControlClient, ControlConfig, ControlError};
 use crate::http::client::{PeerState, Reachability};
 use crate::http::conn::ConnConfig;
 use crate::log::Level;
@@ -29,6 +30,7 @@ use crate::log_at;
 use crate::metrics::Metrics;
 use crate::nodestore::{NodeStore, StartError};
 use crate::protocol::MAILBOX_CAPACITY;
+use crate::roles::Roles;
 use crate::router::{Mailboxes, Peer};
 use crate::storage::Store;
 use crate::topology::{NodeInfo, Topology, TopologyError};
@@ -98,6 +100,33 @@ pub struct Options {
     /// glommio `preempt_timer`: longest run of tasks before the executor
     /// polls for I/O again.
     pub preempt_timer: Duration,
+    /// etcd client URLs: the control plane is on (`None`: static roles).
+    pub etcd: Option<Vec<String>>,
+    /// Prefix of corekv's keys in etcd.
+    pub etcd_prefix: String,
+    /// The control plane's lease TTL.
+    pub lease_ttl: Duration,
+}
+
+impl Options {
+    /// The control plane's options, when `--etcd` is given.
+    #[must_use]
+    pub fn control(&self) -> Option<ControlConfig> {
+        let endpoints = self.etcd.clone()?;
+        let mut c = ControlConfig::new(endpoints);
+        c.prefix.clone_from(&self.etcd_prefix);
+        c.lease_ttl = self.lease_ttl;
+        Some(c)
+    }
+}
+
+/// What the data plane gets from the control plane (for the executors).
+#[derive(Clone, Debug)]
+pub struct ControlPlane {
+    /// Who is primary in which epoch, and each local node's write deadline.
+    pub roles: Arc<Roles>,
+    /// Status and switchovers; `None` in a static cluster.
+    pub control: Option<ControlClient>,
 }
 
 impl Default for Options {
@@ -119,6 +148,9 @@ impl Default for Options {
             spin_before_park: DEFAULT_SPIN,
             cache_bytes: crate::storage::DEFAULT_CACHE_BYTES,
             preempt_timer: DEFAULT_PREEMPT,
+            etcd: None,
+            etcd_prefix: crate::control::DEFAULT_PREFIX.to_string(),
+            lease_ttl: crate::control::DEFAULT_LEASE_TTL,
         }
     }
 }
@@ -157,6 +189,8 @@ pub enum NodeError {
     },
     Signal(std::io::Error),
     StartTimeout,
+    /// The etcd control plane could not start.
+    Control(ControlError),
     /// An executor stopped while the process was running.
     ExecutorDied(String),
 }
@@ -194,6 +228,7 @@ impl fmt::Display for NodeError {
             }
             Self::Signal(e) => write!(f, "cannot wait for signals: {e}"),
             Self::StartTimeout => write!(f, "executors did not come up within 30 s"),
+            Self::Control(e) => e.fmt(f),
             Self::ExecutorDied(node) => write!(f, "{node}: executor stopped unexpectedly"),
         }
     }
@@ -252,6 +287,7 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
             error: e.to_string(),
         })?);
     }
+    let (_plane, control) = start_control(opts, &topo, &locals, &shards)?;
     let mut txs: Vec<Option<Peer>> = vec![None; topo.nodes.len()];
     let mut rxs = Vec::new();
     for (n, shard) in locals.iter().zip(&shards) {
@@ -350,6 +386,11 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         Ok(Event::Failed(e)) => return Err(e),
         Err(_) => return Err(NodeError::ExecutorDied("every executor".into())),
     }
+    // A planned stop: the local primaries stop writing and the lease is
+    // revoked first, so the other hosts elect while this one drains.
+    if let Some(c) = control {
+        c.stop();
+    }
     let (done_tx, done_rx) = flume::unbounded::<()>();
     for stop in &stops {
         let _ = stop.send(done_tx.clone());
@@ -364,6 +405,51 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
     }
     log_at!(Level::Info, "corekv", "stopped");
     Ok(())
+}
+
+/// The roles (fixed, or moved by etcd with `--etcd`) and, with `--etcd`,
+/// the running control plane; its threads start here.
+fn start_control(
+    opts: &Options,
+    topo: &Arc<Topology>,
+    locals: &[NodeInfo],
+    shards: &[NodeStore],
+) -> Result<(ControlPlane, Option<control_plane::ControlHandle>), NodeError> {
+    let Some(cfg) = opts.control() else {
+        let plane = ControlPlane {
+            roles: Arc::new(Roles::fixed(topo)),
+            control: None,
+        };
+        return Ok((plane, None));
+    };
+    let roles = Arc::new(Roles::controlled(topo));
+    let mut stats = vec![None; topo.nodes.len()];
+    for (n, s) in locals.iter().zip(shards) {
+        stats[n.id] = Some(s.stats.clone());
+    }
+    // (epoch, seq) of the last entry each local node applied.
+    // TODO: the epoch, once NodeStats records it.
+    let progress: control_plane::Progress = Arc::new(move |node| {
+        stats
+            .get(node)
+            .and_then(Option::as_ref)
+            .map_or((0, 0), |s| {
+                (0, s.seq.load(std::sync::atomic::Ordering::Acquire))
+            })
+    });
+    let handle = control_plane::start(topo.clone(), roles.clone(), progress, cfg)
+        .map_err(NodeError::Control)?;
+    log_at!(
+        Level::Info,
+        "corekv",
+        "control plane: etcd at {}",
+        opts.etcd.as_deref().unwrap_or_default().join(",")
+    );
+    let plane = ControlPlane {
+        roles,
+        control: Some(handle.client()),
+    };
+    Ok((plane, Some(handle)))
 }
 
 /// The reachability table of every node on another host. Each address is
