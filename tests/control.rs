@@ -3,7 +3,8 @@
 //! local nodes, stand for the processes of a cluster. Bootstrap, ranking by
 //! (epoch, seq), failover after a process stops renewing its lease (with
 //! the old primary fenced before the new epoch exists), an etcd kill -9 +
-//! restart with no election, and planned switchovers.
+//! restart with no election, and planned switchovers; then two real
+//! corekv processes with `--etcd` (kill -9 of one, SIGTERM of the other).
 //!
 //! Every wait is on a deadline. Tests skip (printing why) when there is no
 //! etcd binary, unless `COREKV_REQUIRE_ETCD=1`.
@@ -367,4 +368,80 @@ fn a_switchover_that_times_out_gives_the_role_back() {
     b.set_seq(1, 10);
     let r = a.handle().promote(0, Some(1)).expect("second try");
     assert_eq!((r.node, r.epoch), (1, 2));
+}
+
+/// The leader key of shard `s` under `/corekv` as (node name, epoch).
+fn leader_of(client: &control::etcd::Client, s: usize) -> Option<(String, u64)> {
+    let (_, kvs) = client
+        .range(format!("/corekv/shards/{s}/leader").as_bytes(), false)
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&kvs.first()?.value).ok()?;
+    Some((v["node"].as_str()?.to_string(), v["epoch"].as_u64()?))
+}
+
+#[test]
+fn real_processes_fail_over_after_kill9_and_hand_over_on_sigterm() {
+    let Some(etcd) = Etcd::start() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, shards) = common::write_local_config(dir.path(), 2);
+    let spawn = |label: &str, serve: [std::net::SocketAddr; 2]| {
+        let args: Vec<String> = [
+            "--config",
+            &config.display().to_string(),
+            "--data-dir",
+            &dir.path().join(label).display().to_string(),
+            "--serve",
+            &format!("{},{}", serve[0], serve[1]),
+            "--etcd",
+            &etcd.url,
+            "--lease-ttl-ms",
+            "1000",
+        ]
+        .iter()
+        .map(|s| (*s).to_string())
+        .collect();
+        common::spawn_corekv(dir.path(), label, &args).expect("spawn corekv")
+    };
+    // A: shard1's primary and shard2's replica; B the other two.
+    let (mut a, _, a_err) = spawn("a", [shards[0].primary, shards[1].replica]);
+    let (mut b, _, b_err) = spawn("b", [shards[1].primary, shards[0].replica]);
+    let logs = || {
+        format!(
+            "A:\n{}\nB:\n{}",
+            std::fs::read_to_string(&a_err).unwrap_or_default(),
+            std::fs::read_to_string(&b_err).unwrap_or_default()
+        )
+    };
+    let client = control::etcd::Client::new(vec![etcd.url.clone()], Duration::from_secs(1));
+    let want = |s: usize, name: &str, epoch: u64| {
+        let l = leader_of(&client, s);
+        l.as_ref().is_some_and(|(n, e)| n == name && *e == epoch)
+    };
+    assert!(
+        wait(Duration::from_secs(20), || want(0, "shard1/primary", 1)
+            && want(1, "shard2/primary", 1))
+        .is_some(),
+        "bootstrap: {:?} {:?}\n{}",
+        leader_of(&client, 0),
+        leader_of(&client, 1),
+        logs()
+    );
+    a.kill().expect("kill -9 A");
+    let _ = a.wait();
+    let took = wait(ELECTION, || want(0, "shard1/replica", 2))
+        .unwrap_or_else(|| panic!("no failover: {:?}\n{}", leader_of(&client, 0), logs()));
+    eprintln!("kill -9 of a process: its shard has a new primary in etcd after {took:?}");
+    assert!(want(1, "shard2/primary", 1), "the other shard is untouched");
+    // SIGTERM: B revokes its lease at once, long before the TTL.
+    // SAFETY: kill(2) on our own unreaped child.
+    unsafe {
+        libc::kill(i32::try_from(b.id()).expect("pid"), libc::SIGTERM);
+    }
+    let gone = wait(Duration::from_secs(5), || {
+        leader_of(&client, 0).is_none() && leader_of(&client, 1).is_none()
+    })
+    .unwrap_or_else(|| panic!("leader keys stay after SIGTERM\n{}", logs()));
+    eprintln!("SIGTERM: leader keys gone after {gone:?}");
+    assert!(gone < TTL, "a planned stop revokes: {gone:?}");
+    let _ = b.wait();
 }
