@@ -447,8 +447,14 @@ impl Engine {
         let spawned = std::thread::Builder::new()
             .name("control watch".into())
             .spawn(move || {
+                // After a compaction this watch ends: the state is read
+                // again and a new watch starts from that read's revision.
                 etcd::watch(&endpoints, &prefix, from, idle, &stop, |item| {
-                    !stop.load(Ordering::Acquire) && tx.send(Msg::Watch(item)).is_ok()
+                    if stop.load(Ordering::Acquire) {
+                        return false;
+                    }
+                    let last = item == WatchItem::Compacted;
+                    tx.send(Msg::Watch(item)).is_ok() && !last
                 });
             });
         match spawned {
@@ -488,6 +494,7 @@ impl Engine {
                     "watch fell behind a compaction; reading the shard keys again"
                 );
                 self.synced = false;
+                self.watching = false;
             }
             WatchItem::Connected => {
                 log_at!(Level::Debug, "control", "watching {}", self.root);
