@@ -866,7 +866,9 @@ impl Engine {
                 epoch: leader.epoch,
             }));
         }
-        if self.shards[s].handover.is_some() || self.pending.iter().any(|p| p.shard == s) {
+        // Whether a handover exists is decided by the txn below (the
+        // watch may not have delivered a finished one's deletion yet).
+        if self.pending.iter().any(|p| p.shard == s) {
             return answer(Err(ControlError::Busy(s)));
         }
         if self.lease == 0 {
@@ -882,7 +884,7 @@ impl Engine {
                 cmp_mod(&self.leader_key(s), leader.mod_rev),
             ],
             &[op_put(&key, value.as_bytes(), self.lease)],
-            &[],
+            &[op_get(&key)],
         );
         match res {
             Ok(r) if r.succeeded => {
@@ -910,7 +912,10 @@ impl Engine {
                 };
                 self.handover_put(s, &kv);
             }
-            Ok(_) => answer(Err(ControlError::Busy(s))),
+            Ok(r) if !r.read.is_empty() => answer(Err(ControlError::Busy(s))),
+            Ok(_) => answer(Err(ControlError::Conflict(format!(
+                "the primary of shard {s} changed; try again"
+            )))),
             Err(e) => {
                 self.error("requesting a switchover", &e);
                 answer(Err(ControlError::Etcd(e)));
