@@ -85,6 +85,8 @@ mod engine;
 pub mod etcd;
 mod lease;
 
+use crate::log::Level;
+use crate::log_at;
 use crate::roles::Roles;
 use crate::topology::Topology;
 use etcd::EtcdError;
@@ -316,26 +318,31 @@ impl ControlStatus {
 
     fn record_ok(&self) {
         self.reachable.store(true, Ordering::Release);
-        self.unreachable_since_ms.store(0, Ordering::Release);
+        let since = self.unreachable_since_ms.swap(0, Ordering::AcqRel);
+        if since != 0 {
+            log_at!(
+                Level::Info,
+                "control",
+                "etcd answers again after {} ms",
+                unix_ms().saturating_sub(since)
+            );
+        }
     }
 
     fn record_error(&self, e: &EtcdError) {
         if e.is_transport() {
             self.reachable.store(false, Ordering::Release);
-            let now = u64::try_from(
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_millis(),
-            )
-            .unwrap_or(u64::MAX)
-            .max(1);
-            let _ = self.unreachable_since_ms.compare_exchange(
-                0,
-                now,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
+            let first = self
+                .unreachable_since_ms
+                .compare_exchange(0, unix_ms().max(1), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            if first {
+                log_at!(
+                    Level::Warn,
+                    "control",
+                    "{e}; no elections until it answers, local primaries stop writing when their lease runs out"
+                );
+            }
         }
         self.note_error(&e.to_string());
     }
@@ -400,6 +407,16 @@ impl ControlClient {
             .recv()
             .map_err(|_| ControlError::Stopped)?
     }
+}
+
+fn unix_ms() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
 }
 
 /// A running control plane (owned by the process's main thread).
