@@ -49,7 +49,7 @@ pub use crate::nodestore::ReplicaState;
 
 /// Longest wait [`SeqWatch::wait_for`] accepts; longer timeouts are cut
 /// to it (an `Instant` plus a huge `Duration` would overflow).
-const MAX_SEQ_WAIT: Duration = Duration::from_secs(3600);
+const MAX_SEQ_WAIT: Duration = Duration::from_hours(1);
 
 /// A node's durable seq (committed on a primary, applied on a replica)
 /// as seen by its own executor, with waiters for it to reach a target.

@@ -169,6 +169,10 @@ fn overloaded(msg: &str) -> Response {
 
 impl ApiError {
     #[must_use]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "split by what it does in a following commit"
+    )]
     pub fn response(&self) -> Response {
         let (status, msg) = match self {
             Self::UnknownPath => (

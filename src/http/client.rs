@@ -2,7 +2,7 @@
 //! (forwarded requests, replication pulls, listings).
 //!
 //! Per executor (`!Send`); depends on glommio's `TcpStream`, httparse and
-//! libc (socket options). Invariants:
+//! libc (a non-blocking peek) and socket2 (`SO_LINGER`). Invariants:
 //! - connections are pooled per address and reused only after a complete
 //!   response without `Connection: close`; a pooled connection the peer
 //!   has closed (or sent stray bytes on) is discarded before any byte is
@@ -274,21 +274,7 @@ fn left(deadline: Instant) -> Option<Duration> {
 /// bytes still queued for the peer and send RST, so nothing of an
 /// abandoned request is delivered later.
 fn reset(stream: TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: the fd is open for the lifetime of `stream`; `linger` is a
-    // valid `struct linger` of the size passed.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            std::ptr::from_ref(&linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
     drop(stream);
 }
 

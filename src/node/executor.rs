@@ -87,6 +87,10 @@ pub(super) fn run_executor(
     let _ = events.send(Event::Stopped(id));
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "split by what it does in a following commit"
+)]
 async fn serve_node(ctx: NodeContext, listener: TcpListener) {
     let NodeContext {
         node,
