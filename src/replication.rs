@@ -19,11 +19,13 @@
 //! HTTP, a `Failed` reply over the mailbox) and the replica retries after
 //! its back-off.
 
-use crate::http::client::{Client, Resend, node_request};
+use crate::http::client::{Client, Resend};
 use crate::log::Level;
 use crate::log_at;
 use crate::nodestore::{NodeStats, NodeStore, StoreError};
-use crate::protocol::{Mail, MailError, Pull, PullKind, PullReply, ask, decode_reply, encode_pull};
+use crate::protocol::{
+    Mail, MailError, Pull, PullKind, PullReply, ask, decode_reply, encode_pull, node_request,
+};
 use crate::storage::LogRead;
 use futures_lite::future;
 use std::cell::{Cell, RefCell};

@@ -1,11 +1,13 @@
 //! The RESTful API beside the query-string endpoints: `/v1/kv/{key}` (GET, HEAD,
-//! PUT, DELETE with raw bodies, ETags and conditional requests),
+//! PUT, DELETE with raw bodies, ETags and conditional requests, whose
+//! headers `headers` reads),
 //! `POST /v1/batch` (many keys in one request) and `GET /v1/kv?prefix=`
 //! (a listing across all shards with a limit and a cursor).
 //!
 //! Depends on the parent module's routing and on `serde_json` for the batch
 //! and listing bodies.
 
+use super::headers;
 use super::query::{check_key, read_wait, take_param};
 use super::{Api, ApiError};
 use crate::http::client::ClientResponse;
@@ -13,7 +15,7 @@ use crate::http::encode::{JSON, Response};
 use crate::http::form;
 use crate::http::parse::{Method, Request};
 use crate::protocol::{KvOp, KvRequest, PullReply, Scan, Style, decode_reply};
-use crate::storage::{Cond, SnapshotPage, Tags};
+use crate::storage::{Cond, SnapshotPage};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
@@ -26,137 +28,19 @@ pub const MAX_BATCH_OPS: usize = 1000;
 const DEFAULT_LIST_LIMIT: usize = 100;
 const MAX_LIST_LIMIT: usize = 1000;
 
-/// One entity tag of a conditional header (RFC 9110 §8.8.3).
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct EntityTag {
-    /// `W/` prefix.
-    weak: bool,
-    /// The version the opaque tag names, when it is one of corekv's
-    /// (`"<version>"`, canonical decimal); other well-formed tags name none.
-    version: Option<u64>,
-}
-
-/// An `If-Match` / `If-None-Match` field value (RFC 9110 §13.1.1-2).
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum TagList {
-    /// `*`
-    Any,
-    /// `#entity-tag`: a comma-separated list (empty elements are ignored,
-    /// RFC 9110 §5.6.1.2).
-    Tags(Vec<EntityTag>),
-}
-
-/// Parses `"*" / #entity-tag`, where `entity-tag = [ "W/" ] DQUOTE
-/// *etagc DQUOTE` and `etagc` is `!` or `#`..`~` or obs-text. `None` when
-/// the value is malformed (an unquoted tag, a lower-case `w/`, a stray
-/// character, `*` inside a list).
-fn parse_tag_list(raw: &[u8]) -> Option<TagList> {
-    let value = raw.trim_ascii();
-    if value == b"*" {
-        return Some(TagList::Any);
-    }
-    let mut tags = Vec::new();
-    let mut rest = value;
-    loop {
-        rest = rest.trim_ascii_start();
-        match rest.first() {
-            None => break,
-            // An empty list element.
-            Some(b',') => {
-                rest = &rest[1..];
-                continue;
-            }
-            Some(_) => {}
-        }
-        let (weak, tag) = match rest.strip_prefix(b"W/") {
-            Some(t) => (true, t),
-            None => (false, rest),
-        };
-        let tag = tag.strip_prefix(b"\"")?;
-        let close = tag.iter().position(|&b| b == b'"')?;
-        let opaque = &tag[..close];
-        if !opaque.iter().all(|&b| b == 0x21 || b >= 0x23 && b != 0x7f) {
-            return None;
-        }
-        tags.push(EntityTag {
-            weak,
-            version: version_of(opaque),
-        });
-        // After a tag: optional whitespace, then a comma or the end.
-        rest = tag[close + 1..].trim_ascii_start();
-        match rest.first() {
-            None => break,
-            Some(b',') => rest = &rest[1..],
-            Some(_) => return None,
-        }
-    }
-    Some(TagList::Tags(tags))
-}
-
-/// The version an opaque tag names: canonical decimal only, since tags
-/// compare octet by octet (`"07"` is not `"7"`).
-fn version_of(opaque: &[u8]) -> Option<u64> {
-    let canonical = !opaque.is_empty()
-        && opaque.iter().all(u8::is_ascii_digit)
-        && (opaque.len() == 1 || opaque[0] != b'0');
-    if !canonical {
-        return None;
-    }
-    std::str::from_utf8(opaque).ok()?.parse().ok()
-}
-
-/// The versions a header's tags match under its comparison function
-/// (RFC 9110 §8.8.3.2): `strong` (If-Match) leaves weak tags out, weak
-/// (If-None-Match) compares the opaque tags only.
-fn header_tags(raw: &[u8], header: &'static str, strong: bool) -> Result<Tags, ApiError> {
-    match parse_tag_list(raw) {
-        Some(TagList::Any) => Ok(Tags::Any),
-        Some(TagList::Tags(tags)) => Ok(Tags::Versions(
-            tags.iter()
-                .filter(|t| !(strong && t.weak))
-                .filter_map(|t| t.version)
-                .collect(),
-        )),
-        None => Err(ApiError::BadParam(
-            header,
-            "must be * or a comma-separated list of entity tags such as \"12\", W/\"12\"",
-        )),
-    }
-}
-
 /// `/v1/kv/{key}`.
 pub(super) fn parse_kv(req: &Request, max_key: usize) -> Result<KvRequest, ApiError> {
-    let raw_key = &req.path[b"/v1/kv/".len()..];
+    let raw_key = &req.path()[b"/v1/kv/".len()..];
     let key = form::decode_path(raw_key).map_err(|_| ApiError::BadEncoding("path"))?;
     let key = check_key(key, max_key)?;
     let op = match req.method {
         Method::Get | Method::Head => KvOp::Get,
-        Method::Put => KvOp::Set(req.body.clone()),
+        Method::Put => KvOp::Set(req.body().to_vec()),
         Method::Delete => KvOp::Delete,
         _ => return Err(ApiError::MethodNotAllowed("GET, HEAD, PUT, DELETE")),
     };
-    // RFC 9110 §13.2.2: If-Match (strong comparison), then If-None-Match
-    // (weak comparison); a failing If-None-Match is 304 on reads and 412
-    // on writes (see `read` and `format` in the parent module).
-    let if_match = req
-        .if_match
-        .as_deref()
-        .map(|v| header_tags(v, "If-Match", true))
-        .transpose()?;
-    let if_none_match = req
-        .if_none_match
-        .as_deref()
-        .map(|v| header_tags(v, "If-None-Match", false))
-        .transpose()?;
-    let cond = if if_match.is_none() && if_none_match.is_none() {
-        Cond::Always
-    } else {
-        Cond::Http {
-            if_match,
-            if_none_match,
-        }
-    };
-    let mut params = form::parse_pairs(&req.query).map_err(|_| ApiError::BadEncoding("query"))?;
+    let cond = headers::condition(req)?;
+    let mut params = form::parse_pairs(req.query()).map_err(|_| ApiError::BadEncoding("query"))?;
     let mut take = |name: &str| take_param(&mut params, name);
     let (min_seq, wait_ms) = read_wait(&mut take)?;
     Ok(KvRequest {
@@ -266,7 +150,7 @@ impl Api {
             return Err(ApiError::MethodNotAllowed("POST"));
         }
         let input: BatchIn =
-            serde_json::from_slice(&req.body).map_err(|e| ApiError::BadBody(e.to_string()))?;
+            serde_json::from_slice(req.body()).map_err(|e| ApiError::BadBody(e.to_string()))?;
         if input.ops.len() > MAX_BATCH_OPS {
             return Err(ApiError::TooManyOps(input.ops.len()));
         }
@@ -314,7 +198,7 @@ impl Api {
             let prev = (0..i).rev().find(|&j| kvs[j].key == kv.key);
             rounds.push(prev.map_or(0, |j| rounds[j] + 1));
         }
-        let forwarded = req.forwarded;
+        let forwarded = headers::forwarded(req);
         let mut responses: Vec<Option<Response>> = vec![None; kvs.len()];
         for round in 0..=rounds.iter().copied().max().unwrap_or(0) {
             let tasks: Vec<_> = (0..kvs.len())
@@ -372,7 +256,7 @@ impl Api {
         if !matches!(req.method, Method::Get | Method::Head) {
             return Err(ApiError::MethodNotAllowed("GET, HEAD"));
         }
-        let params = form::parse_pairs(&req.query).map_err(|_| ApiError::BadEncoding("query"))?;
+        let params = form::parse_pairs(req.query()).map_err(|_| ApiError::BadEncoding("query"))?;
         let get = |name: &str| {
             params
                 .iter()
@@ -447,81 +331,6 @@ impl Api {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn strong(v: u64) -> EntityTag {
-        EntityTag {
-            weak: false,
-            version: Some(v),
-        }
-    }
-
-    fn weak(v: u64) -> EntityTag {
-        EntityTag {
-            weak: true,
-            version: Some(v),
-        }
-    }
-
-    const OTHER: EntityTag = EntityTag {
-        weak: false,
-        version: None,
-    };
-
-    #[test]
-    fn entity_tag_lists() {
-        use TagList::{Any, Tags as L};
-        let table: &[(&str, Option<TagList>)] = &[
-            ("*", Some(Any)),
-            ("  *  ", Some(Any)),
-            ("\"12\"", Some(L(vec![strong(12)]))),
-            ("W/\"7\"", Some(L(vec![weak(7)]))),
-            ("\"1\", \"7\"", Some(L(vec![strong(1), strong(7)]))),
-            (
-                "\"1\",W/\"7\" ,\t\"9\"",
-                Some(L(vec![strong(1), weak(7), strong(9)])),
-            ),
-            // Empty list elements are ignored; an empty list is a list.
-            (", \"3\",, ", Some(L(vec![strong(3)]))),
-            ("", Some(L(vec![]))),
-            // Well-formed tags that name no version.
-            ("\"abc\"", Some(L(vec![OTHER]))),
-            ("\"\"", Some(L(vec![OTHER]))),
-            ("\"07\"", Some(L(vec![OTHER]))),
-            ("\"+7\"", Some(L(vec![OTHER]))),
-            ("\"18446744073709551616\"", Some(L(vec![OTHER]))),
-            ("\"x\u{80}\"", Some(L(vec![OTHER]))),
-            ("\"0\"", Some(L(vec![strong(0)]))),
-            ("\"18446744073709551615\"", Some(L(vec![strong(u64::MAX)]))),
-            // Malformed.
-            ("12", None),
-            ("\"12", None),
-            ("12\"", None),
-            ("w/\"1\"", None),
-            ("W/ \"1\"", None),
-            ("W/1", None),
-            ("\"1\" \"2\"", None),
-            ("\"1\"x", None),
-            ("*, \"1\"", None),
-            ("\"1\", *", None),
-            ("\"a b\"", None),
-            ("\"a\\\"b\"", None),
-            ("\"\x7f\"", None),
-            ("\"1\";", None),
-        ];
-        for (raw, want) in table {
-            assert_eq!(&parse_tag_list(raw.as_bytes()), want, "{raw:?}");
-        }
-        let tags = |raw: &str, strong| header_tags(raw.as_bytes(), "If-Match", strong).ok();
-        let vs = |v: &[u64]| Some(Tags::Versions(v.to_vec()));
-        // If-Match compares strongly: weak tags never match.
-        assert_eq!(tags("W/\"7\", \"1\"", true), vs(&[1]));
-        assert_eq!(tags("W/\"7\"", true), vs(&[]));
-        // If-None-Match compares weakly.
-        assert_eq!(tags("W/\"7\", \"1\"", false), vs(&[7, 1]));
-        assert_eq!(tags("\"x\", \"2\"", false), vs(&[2]));
-        assert_eq!(tags("*", true), Some(Tags::Any));
-        assert_eq!(tags("7", false), None);
-    }
 
     #[test]
     fn hex_and_cursors() {
