@@ -174,7 +174,7 @@ impl ApiError {
     #[must_use]
     #[expect(
         clippy::too_many_lines,
-        reason = "split by what it does in a following commit"
+        reason = "one arm per error: the single place errors become statuses"
     )]
     pub fn response(&self) -> Response {
         let (status, msg) = match self {

@@ -20,6 +20,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 /// Most operations in one batch.
@@ -141,10 +142,6 @@ fn json_response(status: u16, v: &Value) -> Response {
 impl Api {
     /// `POST /v1/batch`: runs every operation (concurrently, each routed to
     /// its owner; not atomic across keys) and answers their results in order.
-    #[expect(
-        clippy::too_many_lines,
-        reason = "split by what it does in a following commit"
-    )]
     pub(super) async fn batch(self: &Rc<Self>, req: &Request) -> Result<Response, ApiError> {
         if req.method != Method::Post {
             return Err(ApiError::MethodNotAllowed("POST"));
@@ -154,51 +151,35 @@ impl Api {
         if input.ops.len() > MAX_BATCH_OPS {
             return Err(ApiError::TooManyOps(input.ops.len()));
         }
-        let mut kvs = Vec::with_capacity(input.ops.len());
-        for (i, op) in input.ops.into_iter().enumerate() {
-            let bad = |why: &str| ApiError::BadBody(format!("ops[{i}]: {why}"));
-            let kind = match (op.op.as_str(), op.value) {
-                ("get", None) => KvOp::Get,
-                ("set", Some(v)) => KvOp::Set(v.into_bytes()),
-                ("delete", None) => KvOp::Delete,
-                ("set", None) => return Err(bad("`set` needs a `value`")),
-                ("get" | "delete", Some(_)) => return Err(bad("only `set` takes a `value`")),
-                _ => return Err(bad("`op` must be get, set or delete")),
-            };
-            let cond = match (op.if_version, op.if_absent) {
-                (Some(_), true) => return Err(bad("if_version and if_absent exclude each other")),
-                (Some(v), false) => Cond::Version(v),
-                (None, true) => Cond::Absent,
-                (None, false) => Cond::Always,
-            };
-            if kind == KvOp::Get && cond != Cond::Always {
-                return Err(bad("conditions apply to set and delete only"));
-            }
-            let key = check_key(op.key.into_bytes(), self.cfg.max_key).map_err(|e| match e {
-                ApiError::EmptyKey => bad("empty key"),
-                other => other,
-            })?;
-            kvs.push(KvRequest {
-                op: kind,
-                key,
-                min_seq: 0,
-                wait_ms: 0,
-                cond,
-                style: Style::Rest,
-            });
-        }
+        let kvs = input
+            .ops
+            .into_iter()
+            .enumerate()
+            .map(|(i, op)| batch_op(i, op, self.cfg.max_key))
+            .collect::<Result<Vec<_>, _>>()?;
         if kvs.iter().any(|kv| kv.op != KvOp::Get) {
             self.authorize(req)?;
         }
-        // Operations on one key run in request order; different keys run
-        // concurrently (so writes share group commits). Round r holds each
-        // key's r-th operation.
+        let responses = self.run_batch(&kvs, headers::forwarded(req)).await;
+        let results: Vec<Value> = kvs
+            .iter()
+            .zip(&responses)
+            .map(|(kv, resp)| batch_result(kv, resp))
+            .collect();
+        Ok(json_response(200, &json!({ "results": results })))
+    }
+
+    /// Runs a batch's operations: those on one key in request order,
+    /// different keys concurrently (so writes share group commits). Round r
+    /// holds each key's r-th operation. One response per operation, in order.
+    async fn run_batch(self: &Rc<Self>, kvs: &[KvRequest], forwarded: bool) -> Vec<Response> {
         let mut rounds: Vec<usize> = Vec::with_capacity(kvs.len());
-        for (i, kv) in kvs.iter().enumerate() {
-            let prev = (0..i).rev().find(|&j| kvs[j].key == kv.key);
-            rounds.push(prev.map_or(0, |j| rounds[j] + 1));
+        let mut last_round: HashMap<&[u8], usize> = HashMap::with_capacity(kvs.len());
+        for kv in kvs {
+            let round = last_round.get(kv.key.as_slice()).map_or(0, |r| r + 1);
+            last_round.insert(&kv.key, round);
+            rounds.push(round);
         }
-        let forwarded = headers::forwarded(req);
         let mut responses: Vec<Option<Response>> = vec![None; kvs.len()];
         for round in 0..=rounds.iter().copied().max().unwrap_or(0) {
             let tasks: Vec<_> = (0..kvs.len())
@@ -218,36 +199,8 @@ impl Api {
                 responses[i] = Some(task.await);
             }
         }
-        let tasks = responses;
-        let mut results = Vec::with_capacity(tasks.len());
-        for (kv, resp) in kvs.iter().zip(tasks) {
-            let Some(resp) = resp else { continue };
-            let mut obj = Map::new();
-            let op = match kv.op {
-                KvOp::Get => "get",
-                KvOp::Set(_) => "set",
-                KvOp::Delete => "delete",
-            };
-            obj.insert("op".into(), json!(op));
-            put_bytes(&mut obj, "key", &kv.key);
-            obj.insert("status".into(), json!(resp.status));
-            if let Some(v) = resp
-                .header("ETag")
-                .and_then(|e| e.trim_matches('"').parse::<u64>().ok())
-            {
-                obj.insert("version".into(), json!(v));
-            }
-            if resp.status == 200 && kv.op == KvOp::Get {
-                put_bytes(&mut obj, "value", &resp.body);
-            } else if resp.status >= 400 {
-                obj.insert(
-                    "error".into(),
-                    json!(String::from_utf8_lossy(&resp.body).trim()),
-                );
-            }
-            results.push(Value::Object(obj));
-        }
-        Ok(json_response(200, &json!({ "results": results })))
+        // Every index belongs to exactly one round.
+        responses.into_iter().flatten().collect()
     }
 
     /// `GET /v1/kv?prefix=P&limit=N&cursor=C`: keys with a prefix across
@@ -326,6 +279,69 @@ impl Api {
         )
         .with_header("Cache-Control", "no-cache"))
     }
+}
+
+/// Operation `i` of a batch as a request, or why it is refused.
+fn batch_op(i: usize, op: OpIn, max_key: usize) -> Result<KvRequest, ApiError> {
+    let bad = |why: &str| ApiError::BadBody(format!("ops[{i}]: {why}"));
+    let kind = match (op.op.as_str(), op.value) {
+        ("get", None) => KvOp::Get,
+        ("set", Some(v)) => KvOp::Set(v.into_bytes()),
+        ("delete", None) => KvOp::Delete,
+        ("set", None) => return Err(bad("`set` needs a `value`")),
+        ("get" | "delete", Some(_)) => return Err(bad("only `set` takes a `value`")),
+        _ => return Err(bad("`op` must be get, set or delete")),
+    };
+    let cond = match (op.if_version, op.if_absent) {
+        (Some(_), true) => return Err(bad("if_version and if_absent exclude each other")),
+        (Some(v), false) => Cond::Version(v),
+        (None, true) => Cond::Absent,
+        (None, false) => Cond::Always,
+    };
+    if kind == KvOp::Get && cond != Cond::Always {
+        return Err(bad("conditions apply to set and delete only"));
+    }
+    let key = check_key(op.key.into_bytes(), max_key).map_err(|e| match e {
+        ApiError::EmptyKey => bad("empty key"),
+        other => other,
+    })?;
+    Ok(KvRequest {
+        op: kind,
+        key,
+        min_seq: 0,
+        wait_ms: 0,
+        cond,
+        style: Style::Rest,
+    })
+}
+
+/// One operation's entry in a batch's `results`: op, key, status, the
+/// version (from the ETag), the value of a read or the error text.
+fn batch_result(kv: &KvRequest, resp: &Response) -> Value {
+    let mut obj = Map::new();
+    let op = match kv.op {
+        KvOp::Get => "get",
+        KvOp::Set(_) => "set",
+        KvOp::Delete => "delete",
+    };
+    obj.insert("op".into(), json!(op));
+    put_bytes(&mut obj, "key", &kv.key);
+    obj.insert("status".into(), json!(resp.status));
+    if let Some(v) = resp
+        .header("ETag")
+        .and_then(|e| e.trim_matches('"').parse::<u64>().ok())
+    {
+        obj.insert("version".into(), json!(v));
+    }
+    if resp.status == 200 && kv.op == KvOp::Get {
+        put_bytes(&mut obj, "value", &resp.body);
+    } else if resp.status >= 400 {
+        obj.insert(
+            "error".into(),
+            json!(String::from_utf8_lossy(&resp.body).trim()),
+        );
+    }
+    Value::Object(obj)
 }
 
 #[cfg(test)]
