@@ -565,7 +565,7 @@ impl Api {
             })?;
         Ok(match outcome {
             Outcome::Committed(seq) => {
-                self.seq.advance(seq);
+                self.seq.notify();
                 Executed::Written { seq }
             }
             Outcome::ConditionFailed { current } => Executed::ConditionFailed { current },

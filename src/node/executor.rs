@@ -190,10 +190,7 @@ fn start_replica(
     shard: &Rc<NodeStore>,
     upstream: Upstream,
 ) -> (Option<Rc<PrimaryLog>>, Rc<SeqWatch>) {
-    let applied = Rc::new(SeqWatch::new(
-        shard.stats.seq.load(Ordering::Acquire),
-        shard.stats.clone(),
-    ));
+    let applied = Rc::new(SeqWatch::new(shard.stats.clone()));
     glommio::spawn_local(replication::follow(
         shard.clone(),
         applied.clone(),
