@@ -147,7 +147,7 @@ struct Args {
           default_value_t = micros(Options::default().preempt_timer))]
     preempt_us: u64,
 
-    /// Arm an io_uring poll as soon as a connection has no request waiting,
+    /// Arm an `io_uring` poll as soon as a connection has no request waiting,
     /// instead of first letting the executor poll once (benchmark
     /// comparison).
     #[arg(long)]
@@ -243,7 +243,7 @@ fn describe(e: &clap::Error) -> String {
     let first = rendered.lines().next().unwrap_or_default();
     let mut problem = first.strip_prefix("error: ").unwrap_or(first).to_string();
     if let Some(ContextValue::String(s)) = e.get(ContextKind::SuggestedArg) {
-        problem.push_str(&format!(" (did you mean {s}?)"));
+        problem = format!("{problem} (did you mean {s}?)");
     }
     problem
 }
@@ -422,7 +422,7 @@ mod tests {
         assert_eq!(o.conn.idle_timeout, Duration::from_secs(3));
         assert_eq!(o.conn.request_timeout, Duration::from_secs(4));
         assert_eq!(o.spin_before_park, Duration::from_micros(50));
-        assert_eq!(o.preempt_timer, Duration::from_micros(2000));
+        assert_eq!(o.preempt_timer, Duration::from_millis(2));
         assert!(!o.conn.yield_before_read);
         assert_eq!(o.cache_bytes, 2 << 20);
         assert_eq!(o.token.as_deref(), Some("-secret"));

@@ -17,13 +17,16 @@
 //! node's reader thread (see `nodestore`), so serving a pull or a re-seed
 //! never blocks the executor; a full read queue refuses the pull (503 over
 //! HTTP, a `Failed` reply over the mailbox) and the replica retries after
-//! its back-off.
+//! its back-off. The seq has one source, `NodeStats::seq`, published by
+//! the committer before it acknowledges a commit; [`SeqWatch`] waits on it.
 
-use crate::http::client::{Client, Resend, node_request};
+use crate::http::client::{Client, Resend};
 use crate::log::Level;
 use crate::log_at;
 use crate::nodestore::{NodeStats, NodeStore, StoreError};
-use crate::protocol::{Mail, MailError, Pull, PullKind, PullReply, ask, decode_reply, encode_pull};
+use crate::protocol::{
+    Mail, MailError, Pull, PullKind, PullReply, ask, decode_reply, encode_pull, node_request,
+};
 use crate::storage::LogRead;
 use futures_lite::future;
 use std::cell::{Cell, RefCell};
@@ -47,12 +50,20 @@ pub const MAX_PULL_WAIT: Duration = Duration::from_secs(30);
 
 pub use crate::nodestore::ReplicaState;
 
+/// How long a log pull from a replica that is ahead of the published seq
+/// waits for the publication (see [`PrimaryLog::serve`]).
+const BEHIND_WAIT: Duration = Duration::from_millis(200);
+
 /// Longest wait [`SeqWatch::wait_for`] accepts; longer timeouts are cut
 /// to it (an `Instant` plus a huge `Duration` would overflow).
-const MAX_SEQ_WAIT: Duration = Duration::from_secs(3600);
+const MAX_SEQ_WAIT: Duration = Duration::from_hours(1);
 
-/// A node's durable seq (committed on a primary, applied on a replica)
-/// as seen by its own executor, with waiters for it to reach a target.
+/// Waiters for a node's durable seq (committed on a primary, applied on a
+/// replica) to reach a target. The seq itself lives in one place,
+/// `NodeStats::seq`, which the committer publishes after a commit and
+/// before acknowledging it; this watch only reads it. Whoever receives an
+/// acknowledgement on the node's executor calls [`SeqWatch::notify`],
+/// which wakes the waiters the published seq now reaches.
 ///
 /// Every waiter is an entry of `waiters` only while its `wait_for` future
 /// is alive: it is removed when the target is reached, when the wait
@@ -61,7 +72,6 @@ const MAX_SEQ_WAIT: Duration = Duration::from_secs(3600);
 /// however many long polls and `min_seq` reads time out on an idle node.
 /// Their number is published as `NodeStats::seq_waiters`.
 pub struct SeqWatch {
-    seq: Cell<u64>,
     next_id: Cell<u64>,
     /// Live waits: id → (target seq, waker).
     waiters: RefCell<HashMap<u64, (u64, Waker)>>,
@@ -83,12 +93,11 @@ impl Drop for Deregister<'_> {
 }
 
 impl SeqWatch {
-    /// A watch starting at `seq` that publishes its number of waiters in
+    /// A watch on `stats.seq` that publishes its number of waiters in
     /// `stats.seq_waiters`.
     #[must_use]
-    pub fn new(seq: u64, stats: Arc<NodeStats>) -> Self {
+    pub fn new(stats: Arc<NodeStats>) -> Self {
         Self {
-            seq: Cell::new(seq),
             next_id: Cell::new(0),
             waiters: RefCell::new(HashMap::new()),
             stats,
@@ -97,7 +106,7 @@ impl SeqWatch {
 
     #[must_use]
     pub fn get(&self) -> u64 {
-        self.seq.get()
+        self.stats.seq.load(Ordering::Acquire)
     }
 
     /// Live waits right now.
@@ -112,11 +121,12 @@ impl SeqWatch {
             .store(waiters as u64, Ordering::Relaxed);
     }
 
-    /// Records that everything up to `seq` is durable and wakes the
-    /// waiters whose target it reaches (and forgets them).
-    pub fn advance(&self, seq: u64) {
-        if seq > self.seq.get() {
-            self.seq.set(seq);
+    /// Wakes the waiters whose target the published seq reaches (and
+    /// forgets them): called after an acknowledged commit, which the
+    /// committer publishes before acknowledging.
+    pub fn notify(&self) {
+        let seq = self.get();
+        if !self.waiters.borrow().is_empty() {
             let mut woken = Vec::new();
             {
                 let mut waiters = self.waiters.borrow_mut();
@@ -139,14 +149,14 @@ impl SeqWatch {
     /// Waits until the seq is at least `target` or `timeout` passes;
     /// returns whether the target was reached.
     pub async fn wait_for(&self, target: u64, timeout: Duration) -> bool {
-        if self.seq.get() >= target {
+        if self.get() >= target {
             return true;
         }
         let id = self.next_id.get();
         self.next_id.set(id.wrapping_add(1));
         let _entry = Deregister { watch: self, id };
         let reached = std::future::poll_fn(|cx| {
-            if self.seq.get() >= target {
+            if self.get() >= target {
                 return Poll::Ready(true);
             }
             let mut waiters = self.waiters.borrow_mut();
@@ -156,7 +166,7 @@ impl SeqWatch {
         });
         future::or(reached, async {
             glommio::timer::sleep(timeout.min(MAX_SEQ_WAIT)).await;
-            self.seq.get() >= target
+            self.get() >= target
         })
         .await
     }
@@ -178,8 +188,7 @@ impl PrimaryLog {
     /// keeps at most `retain` entries beyond what all of them applied.
     #[must_use]
     pub fn new(shard: Rc<NodeStore>, replicas: Vec<String>, retain: u64) -> Self {
-        let committed = shard.stats.seq.load(Ordering::Acquire);
-        let committed = Rc::new(SeqWatch::new(committed, shard.stats.clone()));
+        let committed = Rc::new(SeqWatch::new(shard.stats.clone()));
         Self {
             shard,
             committed,
@@ -189,7 +198,7 @@ impl PrimaryLog {
         }
     }
 
-    /// The committed seq; advanced by the API after each durable write.
+    /// The committed seq; the API notifies it after each durable write.
     #[must_use]
     pub fn committed(&self) -> &Rc<SeqWatch> {
         &self.committed
@@ -224,12 +233,16 @@ impl PrimaryLog {
                     .shard
                     .read_log(after, PULL_MAX_ENTRIES, PULL_MAX_BYTES)
                     .await;
-                // Commits are published after they are durable, so the log
-                // can be a little ahead of both counters.
-                let primary_seq = self
-                    .committed
-                    .get()
-                    .max(self.shard.stats.seq.load(Ordering::Acquire));
+                // A commit is in the log a moment before the committer
+                // publishes it. A replica that already holds `after` saw
+                // it there: wait for its publication rather than report
+                // a seq below it (the replica would take it for a lost
+                // primary and re-seed). A primary really behind the
+                // replica answers with its seq once the wait ends.
+                if self.committed.get() < after {
+                    self.committed.wait_for(after, BEHIND_WAIT).await;
+                }
+                let primary_seq = self.committed.get();
                 match read {
                     Ok(LogRead::Entries(entries)) => Ok(PullReply::Entries {
                         primary_seq: primary_seq.max(entries.last().map_or(0, |e| e.seq)),
@@ -368,7 +381,7 @@ pub async fn follow(shard: Rc<NodeStore>, applied: Rc<SeqWatch>, upstream: Upstr
             Ok(false) => pull_once(&shard, &upstream, &name).await,
             Err(e) => Err(e.to_string()),
         };
-        applied.advance(shard.stats.seq.load(Ordering::Acquire));
+        applied.notify();
         match step {
             Ok(()) => {
                 backoff = Duration::from_millis(50);
@@ -399,9 +412,7 @@ async fn pull_once(shard: &NodeStore, upstream: &Upstream, name: &str) -> Result
         wait: if settled { LONG_POLL } else { Duration::ZERO },
     };
     match upstream.pull(pull).await? {
-        PullReply::Entries { primary_seq, .. }
-            if primary_seq < applied && primary_still_behind(upstream, name, applied).await =>
-        {
+        PullReply::Entries { primary_seq, .. } if primary_seq < applied => {
             // The primary is behind this replica: its data was lost or
             // replaced. Follow the primary as it is now.
             log_at!(
@@ -447,21 +458,6 @@ async fn pull_once(shard: &NodeStore, upstream: &Upstream, name: &str) -> Result
         PullReply::Snapshot { .. } => Err("primary answered a log pull with a snapshot".into()),
         PullReply::Failed(msg) => Err(format!("primary failed: {msg}")),
     }
-}
-
-/// Asks again after a pause: true when the primary still reports a seq
-/// below `applied` (a one-off low answer can be a commit not yet published).
-async fn primary_still_behind(upstream: &Upstream, name: &str, applied: u64) -> bool {
-    glommio::timer::sleep(Duration::from_millis(200)).await;
-    let pull = Pull {
-        replica: name.to_string(),
-        kind: PullKind::Log { after: applied },
-        wait: Duration::ZERO,
-    };
-    matches!(
-        upstream.pull(pull).await,
-        Ok(PullReply::Entries { primary_seq, .. }) if primary_seq < applied
-    )
 }
 
 /// Copies the primary's data page by page (the store is already marked as

@@ -19,10 +19,10 @@
 //! it ([`ForwardError::is_unsent`]); `api` turns that into a status that
 //! tells a client whether its write may have been applied.
 
-use crate::http::client::{Client, ClientError, ClientResponse, PeerState, Resend, node_request};
+use crate::http::client::{Client, ClientError, ClientResponse, PeerState, Resend};
 use crate::http::encode::Response;
 use crate::nodestore::{NodeStats, Reader, StoreError};
-use crate::protocol::{KvRequest, MAILBOX_CAPACITY, Mail, MailError, Scan, ask};
+use crate::protocol::{KvRequest, MAILBOX_CAPACITY, Mail, MailError, Scan, ask, node_request};
 use crate::storage::{SnapshotPage, Store};
 use crate::topology::{NodeInfo, Topology};
 use std::cell::Cell;

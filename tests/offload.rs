@@ -11,6 +11,11 @@
 //! load, not the maximum, so a loaded CI machine's scheduling hiccups do
 //! not decide the result.
 
+#![allow(
+    clippy::cast_possible_truncation, // a percentile position within the sample
+    clippy::cast_sign_loss, // a percentile position within the sample
+)]
+
 mod common;
 
 use common::{Cluster, Conn, enc, request_bytes};

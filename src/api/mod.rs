@@ -4,8 +4,10 @@
 //! the node's store when it is the owner, and maps every outcome and error
 //! to a [`Response`] in one place each.
 //!
-//! Layout: `query` parses `/get`, `/set`, `/delete`; `rest` parses
-//! `/v1/kv/{key}`, `/v1/batch` and listings; `ops` answers `/status`,
+//! Layout: `headers` says what the request header fields the API reads
+//! mean (the http layer only finds them by name); `query` parses `/get`,
+//! `/set`, `/delete`; `rest` parses `/v1/kv/{key}`, `/v1/batch` and
+//! listings; `ops` answers `/status`,
 //! `/health`, `/ready` and `/metrics`; this file holds routing, execution,
 //! authorisation and the error-to-status mapping.
 //!
@@ -29,6 +31,7 @@
 //! `--clock-skew-ms` is not past that deadline when the write's commit
 //! starts, and answers 503 ("deadline passed, not applied") otherwise.
 
+mod headers;
 mod ops;
 mod query;
 mod rest;
@@ -169,6 +172,10 @@ fn overloaded(msg: &str) -> Response {
 
 impl ApiError {
     #[must_use]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one arm per error: the single place errors become statuses"
+    )]
     pub fn response(&self) -> Response {
         let (status, msg) = match self {
             Self::UnknownPath => (
@@ -360,9 +367,9 @@ impl Api {
     }
 
     async fn route_path(self: &Rc<Self>, req: Request) -> (Endpoint, Result<Response, ApiError>) {
-        match req.path.as_slice() {
+        match req.path() {
             b"/get" | b"/set" | b"/delete" => {
-                let endpoint = match req.path.as_slice() {
+                let endpoint = match req.path() {
                     b"/get" => Endpoint::Get,
                     b"/set" => Endpoint::Set,
                     _ => Endpoint::Delete,
@@ -397,13 +404,8 @@ impl Api {
         let Some(token) = &self.token else {
             return Ok(());
         };
-        let Some(given) = req.authorization.as_deref() else {
+        let Some(given) = headers::credentials(req) else {
             return Err(ApiError::Unauthorized);
-        };
-        let given = given.trim_ascii();
-        let given = match given.get(..7) {
-            Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => given[7..].trim_ascii(),
-            _ => given,
         };
         if constant_time_eq(given, token.as_bytes()) {
             Ok(())
@@ -416,7 +418,7 @@ impl Api {
         if kv.op != KvOp::Get {
             self.authorize(req)?;
         }
-        self.dispatch(kv, req.forwarded, None).await
+        self.dispatch(kv, headers::forwarded(req), None).await
     }
 
     /// Answers a request another executor of this process forwarded here.
@@ -563,7 +565,7 @@ impl Api {
             })?;
         Ok(match outcome {
             Outcome::Committed(seq) => {
-                self.seq.advance(seq);
+                self.seq.notify();
                 Executed::Written { seq }
             }
             Outcome::ConditionFailed { current } => Executed::ConditionFailed { current },

@@ -170,14 +170,14 @@ impl Api {
             return Err(ApiError::MethodNotAllowed("POST"));
         }
         let bad = |e: crate::storage::StorageError| ApiError::BadBody(e.to_string());
-        if req.path == b"/internal/kv" {
-            let mut forwarded = decode_kv(&req.body).map_err(bad)?;
+        if req.path() == b"/internal/kv" {
+            let mut forwarded = decode_kv(req.body()).map_err(bad)?;
             forwarded.kv.key = super::query::check_key(forwarded.kv.key, self.cfg.max_key)?;
             return self
                 .dispatch(forwarded.kv, true, forwarded.deadline_ms)
                 .await;
         }
-        if req.path != b"/internal/pull" && req.path != b"/internal/scan" {
+        if req.path() != b"/internal/pull" && req.path() != b"/internal/scan" {
             return Err(ApiError::UnknownPath);
         }
         if self.me().role != Role::Primary {
@@ -186,8 +186,8 @@ impl Api {
                 shard: self.me().shard,
             });
         }
-        let reply = if req.path == b"/internal/scan" {
-            let mut scan = decode_scan(&req.body).map_err(bad)?;
+        let reply = if req.path() == b"/internal/scan" {
+            let mut scan = decode_scan(req.body()).map_err(bad)?;
             self.check_len("prefix", scan.prefix.len())?;
             if let Some(after) = &scan.after {
                 self.check_len("after", after.len())?;
@@ -202,7 +202,7 @@ impl Api {
             let Some(primary) = &self.primary else {
                 return Err(ApiError::UnknownPath);
             };
-            let pull = decode_pull(&req.body).map_err(bad)?;
+            let pull = decode_pull(req.body()).map_err(bad)?;
             self.check_pull(primary.is_replica(&pull.replica), &pull)?;
             primary
                 .serve(pull)

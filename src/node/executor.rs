@@ -87,6 +87,9 @@ pub(super) fn run_executor(
     let _ = events.send(Event::Stopped(id));
 }
 
+/// The node's life on its executor: start its replication role, build its
+/// API, serve connections until asked to stop, drain, then keep serving
+/// mails and replication until the process exits.
 async fn serve_node(ctx: NodeContext, listener: TcpListener) {
     let NodeContext {
         node,
@@ -109,38 +112,10 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
     let client =
         Rc::new(Client::new(Duration::from_secs(1), forward_timeout).with_reachability(reach));
     let (primary, seq) = match node.role {
-        Role::Primary => {
-            let replicas = topo
-                .replicas_of(node.shard)
-                .map(|r| r.name.clone())
-                .collect();
-            let log = Rc::new(PrimaryLog::new(shard.clone(), replicas, retain));
-            glommio::spawn_local(log.clone().trim_forever()).detach();
-            let seq = log.committed().clone();
-            (Some(log), seq)
-        }
+        Role::Primary => start_primary(&topo, &node, &shard, retain),
         Role::Replica(_) => {
-            let owner = topo.primary_of(node.shard);
-            let upstream = match mailboxes.get(owner.id) {
-                Some(Some(peer)) => Upstream::Local(peer.mail.clone()),
-                _ => Upstream::Remote {
-                    client: client.clone(),
-                    addr: owner.address.clone(),
-                    token: token.clone(),
-                },
-            };
-            let applied = Rc::new(SeqWatch::new(
-                shard.stats.seq.load(Ordering::Acquire),
-                shard.stats.clone(),
-            ));
-            glommio::spawn_local(replication::follow(
-                shard.clone(),
-                applied.clone(),
-                upstream,
-                node.name.clone(),
-            ))
-            .detach();
-            (None, applied)
+            let upstream = upstream_of(&topo, &node, &mailboxes, &client, token.as_ref());
+            start_replica(&node, &shard, upstream)
         }
     };
     let router = Router::new(topo, node.id, mailboxes, client, token.clone());
@@ -161,51 +136,131 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
         tracker.next_poll().clone(),
     ))
     .detach();
-    let done = loop {
+    let done = accept_until_stopped(&listener, &stop, &api, &tracker, cfg, &node.name).await;
+    // Shutdown: stop accepting, let connections finish what they started.
+    drop(listener);
+    drain_connections(&tracker).await;
+    if let Some(done) = done {
+        let _ = done.send(());
+    }
+    // Keep serving forwarded requests and replication until the process exits.
+    future::pending::<()>().await;
+}
+
+/// A primary's log (trimmed in the background) and its committed seq.
+fn start_primary(
+    topo: &Topology,
+    node: &NodeInfo,
+    shard: &Rc<NodeStore>,
+    retain: u64,
+) -> (Option<Rc<PrimaryLog>>, Rc<SeqWatch>) {
+    let replicas = topo
+        .replicas_of(node.shard)
+        .map(|r| r.name.clone())
+        .collect();
+    let log = Rc::new(PrimaryLog::new(shard.clone(), replicas, retain));
+    glommio::spawn_local(log.clone().trim_forever()).detach();
+    let seq = log.committed().clone();
+    (Some(log), seq)
+}
+
+/// Where a replica pulls from: its primary's mailbox when the primary runs
+/// in this process, else over HTTP.
+fn upstream_of(
+    topo: &Topology,
+    node: &NodeInfo,
+    mailboxes: &Mailboxes,
+    client: &Rc<Client>,
+    token: Option<&Arc<str>>,
+) -> Upstream {
+    let owner = topo.primary_of(node.shard);
+    match mailboxes.get(owner.id) {
+        Some(Some(peer)) => Upstream::Local(peer.mail.clone()),
+        _ => Upstream::Remote {
+            client: client.clone(),
+            addr: owner.address.clone(),
+            token: token.cloned(),
+        },
+    }
+}
+
+/// A replica follows its primary in the background; its applied seq.
+fn start_replica(
+    node: &NodeInfo,
+    shard: &Rc<NodeStore>,
+    upstream: Upstream,
+) -> (Option<Rc<PrimaryLog>>, Rc<SeqWatch>) {
+    let applied = Rc::new(SeqWatch::new(shard.stats.clone()));
+    glommio::spawn_local(replication::follow(
+        shard.clone(),
+        applied.clone(),
+        upstream,
+        node.name.clone(),
+    ))
+    .detach();
+    (None, applied)
+}
+
+/// Accepts connections, each served on its own task, until a stop request
+/// arrives; returns the channel to answer it on.
+async fn accept_until_stopped(
+    listener: &TcpListener,
+    stop: &flume::Receiver<flume::Sender<()>>,
+    api: &Rc<Api>,
+    tracker: &Rc<Tracker>,
+    cfg: ConnConfig,
+    name: &str,
+) -> Option<flume::Sender<()>> {
+    loop {
         let next = future::or(async { Ok(listener.accept().await) }, async {
             Err(stop.recv_async().await)
         })
         .await;
         match next {
             Ok(Ok(stream)) => {
-                let api = api.clone();
-                let tracker = tracker.clone();
-                glommio::spawn_local(async move {
-                    let metrics = api.metrics().clone();
-                    if !conn::has_room(&cfg, &tracker) {
-                        metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
-                        conn::refuse(stream).await;
-                        return;
-                    }
-                    metrics.open_connections.fetch_add(1, Ordering::Relaxed);
-                    conn::serve(stream, cfg, &tracker, |req| {
-                        let api = api.clone();
-                        async move { api.handle(req).await }
-                    })
-                    .await;
-                    metrics.open_connections.fetch_sub(1, Ordering::Relaxed);
-                })
-                .detach();
+                glommio::spawn_local(serve_connection(stream, api.clone(), tracker.clone(), cfg))
+                    .detach();
             }
             Ok(Err(e)) => {
-                log_at!(Level::Warn, &node.name, "accept failed: {e}");
+                log_at!(Level::Warn, name, "accept failed: {e}");
                 glommio::timer::sleep(Duration::from_millis(50)).await;
             }
             Err(done) => break done.ok(),
         }
-    };
-    // Shutdown: stop accepting, let connections finish what they started.
-    drop(listener);
+    }
+}
+
+/// One client connection: refused with 503 when the executor has no room,
+/// else served until it closes; counted in the metrics either way.
+async fn serve_connection(
+    stream: glommio::net::TcpStream,
+    api: Rc<Api>,
+    tracker: Rc<Tracker>,
+    cfg: ConnConfig,
+) {
+    let metrics = api.metrics().clone();
+    if !conn::has_room(&cfg, &tracker) {
+        metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
+        conn::refuse(stream).await;
+        return;
+    }
+    metrics.open_connections.fetch_add(1, Ordering::Relaxed);
+    conn::serve(stream, cfg, &tracker, |req| {
+        let api = api.clone();
+        async move { api.handle(req).await }
+    })
+    .await;
+    metrics.open_connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Tells connections to close after their current request and waits for
+/// them, up to [`SHUTDOWN_GRACE`].
+async fn drain_connections(tracker: &Tracker) {
     tracker.drain();
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     while tracker.in_flight() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
-    if let Some(done) = done {
-        let _ = done.send(());
-    }
-    // Keep serving forwarded requests and replication until the process exits.
-    future::pending::<()>().await;
 }
 
 /// Mails served in a row before the mailbox lets the executor poll for I/O

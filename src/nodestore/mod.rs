@@ -504,7 +504,7 @@ mod tests {
             "{late:?}"
         );
         assert_eq!(shard.store().get(b"k").expect("get"), None);
-        let ok = block_on(shard.write(set("in time"), Some(now + Duration::from_secs(60))));
+        let ok = block_on(shard.write(set("in time"), Some(now + Duration::from_mins(1))));
         assert!(matches!(ok, Ok(Outcome::Committed(1))), "{ok:?}");
         let ok = block_on(shard.write(set("no deadline"), None));
         assert!(matches!(ok, Ok(Outcome::Committed(2))), "{ok:?}");

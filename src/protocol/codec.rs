@@ -375,6 +375,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::too_many_lines)] // one case per request kind, a table
     fn requests_roundtrip() {
         let kvs = [
             KvRequest {
@@ -504,7 +505,7 @@ mod tests {
             Pull {
                 replica: "s/replica".into(),
                 kind: PullKind::Log { after: 5 },
-                wait: Duration::from_millis(2000),
+                wait: Duration::from_secs(2),
             },
             Pull {
                 replica: "r".into(),

@@ -3,11 +3,14 @@
 //! (`/internal/kv`), replication pulls and scans when they travel over HTTP
 //! instead.
 //!
-//! Here: the message types. `mailbox.rs`: [`Mail`] and [`ask`], the one way
+//! Here: the message types and [`node_request`], the HTTP request one node
+//! sends another (marked with [`FORWARDED_HEADER`], with the cluster
+//! token). `mailbox.rs`: [`Mail`] and [`ask`], the one way
 //! to send a mail (it never waits for room in a full mailbox:
 //! [`MailError::Full`]). `codec.rs`: the binary encoders and decoders.
 //! Depends on `storage` (entry types), `nodestore::StoreError` (why a scan
-//! was not served) and `http::encode::Response`. Every type that crosses
+//! was not served), `http::encode::Response` and
+//! `http::client::request_bytes`. Every type that crosses
 //! executors is `Send`. Decoders only check framing; the limits on what a
 //! decoded message may carry are checked by `api` at the boundary.
 //!
@@ -30,8 +33,34 @@ pub use codec::{
 };
 pub use mailbox::{MAILBOX_CAPACITY, Mail, MailError, ask};
 
+use crate::http::client::request_bytes;
 use crate::storage::{Cond, LogEntry, Versioned};
 use std::time::Duration;
+
+/// The header field that marks a request one corekv node sends another
+/// (the receiver never forwards it again).
+pub const FORWARDED_HEADER: &str = "X-Corekv-Forwarded";
+
+/// The bytes of a request from one corekv node to another: marked with
+/// [`FORWARDED_HEADER`], with the cluster token when one is set.
+#[must_use]
+pub fn node_request(
+    method: &str,
+    target: &[u8],
+    host: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> Vec<u8> {
+    let forwarded = (FORWARDED_HEADER, &b"1"[..]);
+    match token {
+        Some(t) => {
+            let bearer = format!("Bearer {t}");
+            let fields = [forwarded, ("Authorization", bearer.as_bytes())];
+            request_bytes(method, target, host, &fields, body)
+        }
+        None => request_bytes(method, target, host, &[forwarded], body),
+    }
+}
 
 /// A key-value operation addressed to the node that owns the key.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -265,16 +265,6 @@ impl Store {
         Ok(LogRead::Entries(entries))
     }
 
-    /// Primary: the lowest seq still in the log, if any.
-    ///
-    /// # Errors
-    /// Storage failures.
-    pub fn first_logged(&self) -> Result<Option<u64>, StorageError> {
-        let txn = self.db.begin_read()?;
-        let log = txn.open_table(LOG)?;
-        Ok(log.first()?.map(|(k, _)| k.value()))
-    }
-
     /// Primary: removes log entries with seq `<= upto`, at most `max` of them
     /// (so one call stays short). Returns how many were removed.
     ///
