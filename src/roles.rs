@@ -105,13 +105,12 @@ impl Roles {
         let Some(slot) = self.shards.get(shard) else {
             return false;
         };
-        let new = match primary {
-            Some((node, epoch)) => pack(node, epoch),
-            None => {
-                // Keep the epoch, forget the node.
-                let old = slot.load(Ordering::Acquire);
-                (old & !NODE_MASK) | NO_NODE
-            }
+        let new = if let Some((node, epoch)) = primary {
+            pack(node, epoch)
+        } else {
+            // Keep the epoch, forget the node.
+            let old = slot.load(Ordering::Acquire);
+            (old & !NODE_MASK) | NO_NODE
         };
         let mut changed = false;
         let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
