@@ -28,6 +28,10 @@
 //! by its clock); the owner applies it only if its own clock plus
 //! `--clock-skew-ms` is not past that deadline when the write's commit
 //! starts, and answers 503 ("deadline passed, not applied") otherwise.
+//! A write refused by a node whose store is not healthy is 507 (disk full)
+//! or 503 ("not applied", both with `Retry-After`); one whose commit failed
+//! and could not be checked after the store's reopen is 500 ("outcome
+//! unknown"); a read while the store is being reopened is 503.
 
 mod ops;
 mod query;
