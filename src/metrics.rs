@@ -198,7 +198,7 @@ struct NodeValue {
 const R: Ordering = Ordering::Relaxed;
 
 /// The per-node counters and gauges, in exposition order.
-const NODE_VALUES: [NodeValue; 10] = [
+const NODE_VALUES: [NodeValue; 12] = [
     NodeValue {
         name: "corekv_forwarded",
         help: "Requests forwarded to the owner (in-process or remote).",
@@ -246,6 +246,18 @@ const NODE_VALUES: [NodeValue; 10] = [
         help: "Writes answered 503 because the node's commit queue was full.",
         kind: MetricType::Counter,
         read: |s, _| s.overloaded_writes.load(R),
+    },
+    NodeValue {
+        name: "corekv_storage_healthy",
+        help: "1 while the node's store takes writes, 0 after a storage failure (full disk) until it recovers.",
+        kind: MetricType::Gauge,
+        read: |s, _| u64::from(s.storage.load(R) == 0),
+    },
+    NodeValue {
+        name: "corekv_storage_failures",
+        help: "I/O failures of the node's store (each one reopened it).",
+        kind: MetricType::Counter,
+        read: |s, _| s.storage_failures.load(R),
     },
     NodeValue {
         name: "corekv_keys",
@@ -537,6 +549,8 @@ mod tests {
             ("corekv_committed_writes_total", "counter"),
             ("corekv_seq_waiters", "gauge"),
             ("corekv_overloaded_writes_total", "counter"),
+            ("corekv_storage_healthy", "gauge"),
+            ("corekv_storage_failures_total", "counter"),
             ("corekv_keys", "gauge"),
             ("corekv_seq", "gauge"),
             ("corekv_replication_lag", "gauge"),

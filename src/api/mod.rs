@@ -30,6 +30,10 @@
 //! by its clock); the owner applies it only if its own clock plus
 //! `--clock-skew-ms` is not past that deadline when the write's commit
 //! starts, and answers 503 ("deadline passed, not applied") otherwise.
+//! A write refused by a node whose store is not healthy is 507 (disk full)
+//! or 503 ("not applied", both with `Retry-After`); one whose commit failed
+//! and could not be checked after the store's reopen is 500 ("outcome
+//! unknown"); a read while the store is being reopened is 503.
 
 mod headers;
 mod ops;
@@ -40,11 +44,11 @@ use crate::http::client::{ClientError, ClientResponse, Resend};
 use crate::http::encode::{BYTES, JSON, Response, TEXT};
 use crate::http::parse::Request;
 use crate::metrics::{Endpoint, Metrics};
-use crate::nodestore::{NodeStats, NodeStore, Reader, StoreError};
+use crate::nodestore::{NodeStats, NodeStore, Reader, StorageHealth, StoreError};
 use crate::protocol::{KvOp, KvRequest, Scan, Style, encode_kv_with_deadline, encode_scan};
 use crate::replication::{PrimaryLog, SeqWatch};
 use crate::router::{ForwardError, Route, Router};
-use crate::storage::{Cond, Outcome, SnapshotPage, Write, WriteOp};
+use crate::storage::{Cond, Outcome, SnapshotPage, StorageError, Write, WriteOp};
 use crate::topology::{NodeInfo, Role};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -159,6 +163,25 @@ pub enum ApiError {
     NotAReplica {
         node: String,
         name: String,
+    },
+    /// The node's store is not healthy and the write was not applied:
+    /// 507 when its disk is full (`no_space`), else 503; both with
+    /// `Retry-After`.
+    StorageRefused {
+        node: String,
+        why: String,
+        no_space: bool,
+    },
+    /// A read found the node's store closed while it is reopened: 503 +
+    /// `Retry-After`.
+    StorageReopening {
+        node: String,
+    },
+    /// A write's commit failed and the store could not be reopened to
+    /// check whether it reached the disk: 500, outcome unknown.
+    OutcomeUnknown {
+        node: String,
+        why: String,
     },
 }
 
@@ -276,6 +299,29 @@ impl ApiError {
             Self::ReadsOverloaded { node, why } => {
                 return overloaded(&format!("node {node} is overloaded, retry later: {why}"));
             }
+            Self::StorageRefused {
+                node,
+                why,
+                no_space,
+            } => {
+                let status = if *no_space { 507 } else { 503 };
+                return Response::text(
+                    status,
+                    &format!("{node} cannot write now: {why}; the write was not applied"),
+                )
+                .with_header("Retry-After", RETRY_AFTER_SECS.to_string());
+            }
+            Self::StorageReopening { node } => {
+                return overloaded(&format!(
+                    "{node}'s storage is being reopened after a failure, retry later"
+                ));
+            }
+            Self::OutcomeUnknown { node, why } => (
+                500,
+                format!(
+                    "storage failure on {node}: {why}; outcome unknown: the write may have been applied (read the key back, or retry with If-Match / If-None-Match)"
+                ),
+            ),
             Self::NotAReplica { node, name } => (
                 403,
                 format!(
@@ -561,6 +607,15 @@ impl Api {
                     node: self.me().name.clone(),
                     why: e.to_string(),
                 },
+                StoreError::Unavailable { health, .. } => ApiError::StorageRefused {
+                    node: self.me().name.clone(),
+                    why: e.to_string(),
+                    no_space: health == StorageHealth::NoSpace,
+                },
+                StoreError::OutcomeUnknown { .. } => ApiError::OutcomeUnknown {
+                    node: self.me().name.clone(),
+                    why: e.to_string(),
+                },
                 other => ApiError::Storage(other.to_string()),
             })?;
         Ok(match outcome {
@@ -642,6 +697,18 @@ fn scan_error(node: &str, e: StoreError) -> ApiError {
             node: node.to_string(),
             why: e.to_string(),
         },
+        StoreError::Storage(e) => read_error(node, &e),
+        other => ApiError::Storage(other.to_string()),
+    }
+}
+
+/// A failed read of `node`'s store as a request error: 503 while the
+/// store is closed for a reopen, 500 otherwise.
+fn read_error(node: &str, e: &StorageError) -> ApiError {
+    match e {
+        StorageError::Reopening => ApiError::StorageReopening {
+            node: node.to_string(),
+        },
         other => ApiError::Storage(other.to_string()),
     }
 }
@@ -656,7 +723,7 @@ fn read(
 ) -> Result<Response, ApiError> {
     let executed = match reader
         .get(&kv.key)
-        .map_err(|e| ApiError::Storage(e.to_string()))?
+        .map_err(|e| read_error(&node.name, &e))?
     {
         // Preconditions are ignored when the answer would be a 404 (RFC
         // 9110 §13.2.1); otherwise If-Match first (412), then If-None-Match

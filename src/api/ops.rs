@@ -14,6 +14,7 @@ use super::{Api, ApiError};
 use crate::http::encode::{BYTES, JSON, Response};
 use crate::http::parse::{Method, Request};
 use crate::metrics;
+use crate::nodestore::StorageHealth;
 use crate::protocol::{
     MAX_NODE_NAME, Pull, PullKind, PullReply, decode_kv, decode_pull, decode_scan, encode_reply,
 };
@@ -47,6 +48,13 @@ struct NodeJson<'a> {
     seq_waiters: u64,
     overloaded_writes: u64,
     overloaded_reads: u64,
+    /// `ok`, `no-space`, `failed` or `reopening` (see `nodestore`).
+    storage: &'static str,
+    /// Why the store is not `ok`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    storage_error: String,
+    storage_failures: u64,
+    reopens: u64,
     role: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     committed_seq: Option<u64>,
@@ -89,6 +97,10 @@ impl Api {
                     seq_waiters: stats.seq_waiters.load(Ordering::Relaxed),
                     overloaded_writes: stats.overloaded_writes.load(Ordering::Relaxed),
                     overloaded_reads: stats.overloaded_reads.load(Ordering::Relaxed),
+                    storage: stats.health().name(),
+                    storage_error: stats.storage_error(),
+                    storage_failures: stats.storage_failures.load(Ordering::Relaxed),
+                    reopens: stats.reopens.load(Ordering::Relaxed),
                     role: "primary",
                     committed_seq: None,
                     applied_seq: None,
@@ -132,11 +144,22 @@ impl Api {
         Response::new(200, JSON, body)
     }
 
-    /// 200 when every local replica follows its primary within
-    /// [`READY_MAX_LAG`] entries; 503 naming the ones that do not.
+    /// 200 when every local node's store is healthy and every local
+    /// replica follows its primary within [`READY_MAX_LAG`] entries; 503
+    /// naming the ones that do not (with the storage error).
     pub(super) fn ready(&self) -> Response {
         let mut behind = Vec::new();
         for (node, stats, _) in self.locals.iter() {
+            let health = stats.health();
+            if health != StorageHealth::Ok {
+                behind.push(format!(
+                    "{} (storage {}: {})",
+                    node.name,
+                    health.name(),
+                    stats.storage_error()
+                ));
+                continue;
+            }
             if let Role::Replica(_) = node.role {
                 let state = ReplicaState::from_code(stats.state.load(Ordering::Relaxed));
                 let lag = stats

@@ -3,13 +3,22 @@
 //! writer, and runs the node's own jobs (replica applies, log trims,
 //! re-seed steps) in queue order.
 //!
-//! Depends on `storage` and flume only; [`super::NodeStore`] is the only
-//! sender.
+//! It also owns the store's recovery from I/O errors (a full disk): it
+//! reopens the store, decides what a failed batch became, publishes the
+//! node's storage health, refuses jobs while the store is not healthy and
+//! retries with back-off (see the `nodestore` header for the whole story).
+//!
+//! Depends on `storage`, `log` and flume only; [`super::NodeStore`] is the
+//! only sender.
 
-use super::{NodeStats, Reply, StoreError, storage_err};
-use crate::storage::{LogEntry, Outcome, Store, Versioned, Write};
+use super::{
+    NodeStats, PROBE_BYTES, RETRY_FIRST, RETRY_MAX, Reply, StorageHealth, StoreError, storage_err,
+};
+use crate::log::Level;
+use crate::log_at;
+use crate::storage::{LogEntry, Outcome, StorageError, Store, Versioned, Write};
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 /// Work for the committer thread.
 pub(super) enum Job {
@@ -57,122 +66,385 @@ impl Pending {
     }
 }
 
+/// The store failed and is not taking jobs yet.
+struct Failure {
+    /// The disk was full: a probe must find space before writes retry.
+    no_space: bool,
+    /// The store is open again (the reopen after the failure worked).
+    reopened: bool,
+    /// The failure, for `/status` and the errors jobs get.
+    cause: String,
+    /// When to try to bring the store back.
+    retry_at: Instant,
+}
+
+struct Committer<'a> {
+    store: &'a Store,
+    stats: &'a NodeStats,
+    name: &'a str,
+    max_batch: usize,
+    pending: Pending,
+    /// Reused for every batch's outcomes.
+    outcomes: Vec<Outcome>,
+    failure: Option<Failure>,
+    /// The pause before the next retry after a failure.
+    backoff: Duration,
+}
+
 pub(super) fn committer(
     store: &Store,
     rx: &flume::Receiver<Job>,
     stats: &NodeStats,
     max_batch: usize,
+    name: &str,
 ) {
-    let mut pending = Pending::default();
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(job) = next.take() {
-            match job {
-                Job::Write(op, apply_by, reply) => {
-                    pending.ops.push(op);
-                    pending.apply_by.push(apply_by);
-                    pending.replies.push(reply);
-                    if pending.ops.len() >= max_batch {
-                        flush(store, stats, &mut pending);
-                    }
+    let mut c = Committer {
+        store,
+        stats,
+        name,
+        max_batch,
+        pending: Pending::default(),
+        outcomes: Vec::new(),
+        failure: None,
+        backoff: RETRY_FIRST,
+    };
+    loop {
+        let job = match c.failure.as_ref().map(|f| f.retry_at) {
+            // Healthy with nothing gathered: sleep until a job comes.
+            None if c.pending.ops.is_empty() => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+            // Healthy: gather what is queued, commit when nothing more is.
+            None => match rx.try_recv() {
+                Ok(job) => job,
+                Err(flume::TryRecvError::Empty) => {
+                    c.flush();
+                    continue;
                 }
-                other => {
-                    // Keep queue order: writes queued before this job commit first.
-                    flush(store, stats, &mut pending);
-                    run_other(store, stats, other);
+                Err(flume::TryRecvError::Disconnected) => break,
+            },
+            // Failed: refuse jobs until it is time to retry.
+            Some(at) => {
+                if Instant::now() >= at {
+                    c.recover();
+                    continue;
+                }
+                match rx.recv_deadline(at) {
+                    Ok(job) => job,
+                    Err(flume::RecvTimeoutError::Timeout) => continue,
+                    Err(flume::RecvTimeoutError::Disconnected) => break,
                 }
             }
-            next = rx.try_recv().ok();
+        };
+        c.take(job);
+    }
+    c.flush();
+}
+
+impl Committer<'_> {
+    fn take(&mut self, job: Job) {
+        if let Some(f) = &self.failure {
+            let health = if f.reopened {
+                if f.no_space {
+                    StorageHealth::NoSpace
+                } else {
+                    StorageHealth::Failed
+                }
+            } else {
+                StorageHealth::Reopening
+            };
+            refuse(
+                job,
+                &StoreError::Unavailable {
+                    health,
+                    cause: f.cause.clone(),
+                },
+            );
+            return;
         }
-        flush(store, stats, &mut pending);
+        match job {
+            Job::Write(op, apply_by, reply) => {
+                self.pending.ops.push(op);
+                self.pending.apply_by.push(apply_by);
+                self.pending.replies.push(reply);
+                if self.pending.ops.len() >= self.max_batch {
+                    self.flush();
+                }
+            }
+            other => {
+                // Keep queue order: writes queued before this job commit first.
+                self.flush();
+                if self.failure.is_some() {
+                    self.take(other);
+                } else {
+                    self.run_other(other);
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        // The last moment before the transaction that applies these writes.
+        self.pending.drop_expired(SystemTime::now());
+        self.pending.apply_by.clear();
+        if self.pending.ops.is_empty() {
+            return;
+        }
+        let result = self
+            .store
+            .commit_writes_into(&self.pending.ops, &mut self.outcomes);
+        let batch = self.pending.ops.len();
+        let answer: Result<(), StoreError> = match result {
+            Ok(()) => {
+                self.backoff = RETRY_FIRST;
+                Ok(())
+            }
+            Err(e) if e.needs_reopen() => {
+                let after = self.fail(&e);
+                self.verdict(batch, after)
+            }
+            Err(e) => Err(storage_err(e)),
+        };
+        let replies = self.pending.replies.drain(..);
+        match answer {
+            Ok(()) => {
+                let mut committed = 0;
+                let mut last = None;
+                for o in &self.outcomes {
+                    if let Outcome::Committed(seq) = o {
+                        committed += 1;
+                        last = Some(*seq);
+                    }
+                }
+                if let Some(seq) = last {
+                    publish(self.store, self.stats, seq);
+                }
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .committed_writes
+                    .fetch_add(committed, Ordering::Relaxed);
+                self.stats.record_batch(batch);
+                for (o, reply) in self.outcomes.iter().zip(replies) {
+                    let _ = reply.send(Ok(*o));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+        self.pending.ops.clear();
+    }
+
+    /// What a batch whose commit failed with an I/O error became, judged by
+    /// the committed seq `after` found once the store was reopened (`None`:
+    /// it could not be). `Ok` means applied, with `self.outcomes`.
+    fn verdict(&self, batch: usize, after: Option<u64>) -> Result<(), StoreError> {
+        let seqs = || {
+            self.outcomes.iter().filter_map(|o| match o {
+                Outcome::Committed(seq) => Some(*seq),
+                Outcome::ConditionFailed { .. } => None,
+            })
+        };
+        let not_applied = || {
+            let health = if self.stats.health() == StorageHealth::NoSpace {
+                StorageHealth::NoSpace
+            } else {
+                StorageHealth::Failed
+            };
+            Err(StoreError::Unavailable {
+                health,
+                cause: self.stats.storage_error(),
+            })
+        };
+        if self.outcomes.len() != batch {
+            // The transaction failed before its commit: it was dropped.
+            return not_applied();
+        }
+        let (Some(first), Some(last)) = (seqs().next(), seqs().next_back()) else {
+            // Every condition failed: the batch changed nothing, whatever
+            // happened to its commit, and the outcomes hold.
+            return Ok(());
+        };
+        match after {
+            Some(seq) if seq >= last => {
+                log_at!(
+                    Level::Warn,
+                    self.name,
+                    "the failed commit of seqs {first}..={last} is in the store after the reopen: answered as applied"
+                );
+                Ok(())
+            }
+            Some(seq) if seq < first => not_applied(),
+            _ => Err(StoreError::OutcomeUnknown {
+                cause: self.stats.storage_error(),
+            }),
+        }
+    }
+
+    /// Records an I/O failure and reopens the store at once; returns the
+    /// committed seq found after the reopen (`None` when it failed).
+    fn fail(&mut self, e: &StorageError) -> Option<u64> {
+        self.stats.storage_failures.fetch_add(1, Ordering::Relaxed);
+        let (no_space, cause) = (e.no_space(), e.to_string());
+        log_at!(
+            Level::Error,
+            self.name,
+            "storage failed: {cause}; reopening the store (writes are refused until it recovers)"
+        );
+        self.stats.set_health(StorageHealth::Reopening, &cause);
+        let retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(RETRY_MAX);
+        self.failure = Some(Failure {
+            no_space,
+            reopened: false,
+            cause,
+            retry_at,
+        });
+        self.reopen()
+    }
+
+    /// Reopens the store after a failure; returns the committed seq then.
+    fn reopen(&mut self) -> Option<u64> {
+        let f = self.failure.as_mut()?;
+        match self.store.reopen() {
+            Ok(()) => {
+                self.stats.reopens.fetch_add(1, Ordering::Relaxed);
+                f.reopened = true;
+                let health = if f.no_space {
+                    StorageHealth::NoSpace
+                } else {
+                    StorageHealth::Failed
+                };
+                self.stats.set_health(health, &f.cause);
+                let seq = self.store.seq().ok();
+                if let Some(seq) = seq {
+                    publish(self.store, self.stats, seq);
+                }
+                log_at!(
+                    Level::Info,
+                    self.name,
+                    "store reopened at seq {}; reads work, writes wait for the store to recover",
+                    seq.map_or_else(|| "?".to_string(), |s| s.to_string())
+                );
+                seq
+            }
+            Err(e) => {
+                log_at!(
+                    Level::Error,
+                    self.name,
+                    "cannot reopen the store: {e}; retrying"
+                );
+                None
+            }
+        }
+    }
+
+    /// Tries to bring a failed store back: reopens it if it is still
+    /// closed, probes for space after a full disk, and takes jobs again
+    /// once both work; otherwise waits longer.
+    fn recover(&mut self) {
+        let Some(f) = &self.failure else {
+            return;
+        };
+        let (reopened, no_space) = (f.reopened, f.no_space);
+        let ready = (reopened || self.reopen().is_some())
+            && (!no_space || self.store.probe_space(PROBE_BYTES).is_ok());
+        let Some(f) = &mut self.failure else {
+            return;
+        };
+        if ready {
+            log_at!(
+                Level::Info,
+                self.name,
+                "storage recovered (after: {}); taking writes again",
+                f.cause
+            );
+            self.failure = None;
+            self.stats.set_health(StorageHealth::Ok, "");
+        } else {
+            f.retry_at = Instant::now() + self.backoff;
+            self.backoff = (self.backoff * 2).min(RETRY_MAX);
+        }
+    }
+
+    /// The result of a job that is not a client write; an I/O failure
+    /// reopens the store (the job's caller retries it: applies, trims and
+    /// re-seed steps are idempotent).
+    fn check<T>(&mut self, r: Result<T, StorageError>) -> Result<T, StoreError> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) if e.needs_reopen() => {
+                self.fail(&e);
+                Err(storage_err(e))
+            }
+            Err(e) => Err(storage_err(e)),
+        }
+    }
+
+    fn run_other(&mut self, job: Job) {
+        let (store, stats) = (self.store, self.stats);
+        match job {
+            Job::Write(..) => {}
+            Job::Apply(entries, reply) => {
+                let r = self.check(store.apply_entries(&entries));
+                if let Ok(seq) = r {
+                    publish(store, stats, seq);
+                    stats.commits.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = reply.send(r);
+            }
+            Job::Trim(upto, reply) => {
+                let _ = reply.send(self.check(store.trim_log(upto, 100_000)));
+            }
+            Job::ReseedBegin(reply) => {
+                let r = self.check(store.reseed_begin());
+                if r.is_ok() {
+                    stats.keys.store(0, Ordering::Relaxed);
+                }
+                let _ = reply.send(r);
+            }
+            Job::ReseedChunk(pairs, reply) => {
+                let r = self.check(store.reseed_chunk(&pairs));
+                if let Ok(k) = store.key_count() {
+                    stats.keys.store(k, Ordering::Relaxed);
+                }
+                let _ = reply.send(r);
+            }
+            Job::ReseedFinish(seq, reply) => {
+                let r = self.check(store.reseed_finish(seq));
+                if r.is_ok() {
+                    publish(store, stats, seq);
+                }
+                let _ = reply.send(r);
+            }
+        }
     }
 }
 
-fn flush(store: &Store, stats: &NodeStats, pending: &mut Pending) {
-    // The last moment before the transaction that applies these writes.
-    pending.drop_expired(SystemTime::now());
-    let Pending {
-        ops,
-        apply_by,
-        replies,
-    } = pending;
-    apply_by.clear();
-    if ops.is_empty() {
-        return;
-    }
-    match store.commit_writes(ops) {
-        Ok(outcomes) => {
-            let mut committed = 0;
-            let mut last = None;
-            for o in &outcomes {
-                if let Outcome::Committed(seq) = o {
-                    committed += 1;
-                    last = Some(*seq);
-                }
-            }
-            if let Some(seq) = last {
-                publish(store, stats, seq);
-            }
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-            stats
-                .committed_writes
-                .fetch_add(committed, Ordering::Relaxed);
-            stats.record_batch(ops.len());
-            for (o, reply) in outcomes.into_iter().zip(replies.drain(..)) {
-                let _ = reply.send(Ok(o));
-            }
+/// Answers `job` with `e` without running it.
+fn refuse(job: Job, e: &StoreError) {
+    match job {
+        Job::Write(_, _, reply) => {
+            let _ = reply.send(Err(e.clone()));
         }
-        Err(e) => {
-            let e = storage_err(e);
-            for reply in replies.drain(..) {
-                let _ = reply.send(Err(e.clone()));
-            }
+        Job::Apply(_, reply) => {
+            let _ = reply.send(Err(e.clone()));
+        }
+        Job::Trim(_, reply) => {
+            let _ = reply.send(Err(e.clone()));
+        }
+        Job::ReseedBegin(reply) | Job::ReseedChunk(_, reply) | Job::ReseedFinish(_, reply) => {
+            let _ = reply.send(Err(e.clone()));
         }
     }
-    ops.clear();
 }
 
 fn publish(store: &Store, stats: &NodeStats, seq: u64) {
     stats.seq.store(seq, Ordering::Release);
     if let Ok(k) = store.key_count() {
         stats.keys.store(k, Ordering::Relaxed);
-    }
-}
-
-fn run_other(store: &Store, stats: &NodeStats, job: Job) {
-    match job {
-        Job::Write(..) => {}
-        Job::Apply(entries, reply) => {
-            let r = store.apply_entries(&entries).map_err(storage_err);
-            if let Ok(seq) = r {
-                publish(store, stats, seq);
-                stats.commits.fetch_add(1, Ordering::Relaxed);
-            }
-            let _ = reply.send(r);
-        }
-        Job::Trim(upto, reply) => {
-            let _ = reply.send(store.trim_log(upto, 100_000).map_err(storage_err));
-        }
-        Job::ReseedBegin(reply) => {
-            let r = store.reseed_begin().map_err(storage_err);
-            if r.is_ok() {
-                stats.keys.store(0, Ordering::Relaxed);
-            }
-            let _ = reply.send(r);
-        }
-        Job::ReseedChunk(pairs, reply) => {
-            let r = store.reseed_chunk(&pairs).map_err(storage_err);
-            if let Ok(k) = store.key_count() {
-                stats.keys.store(k, Ordering::Relaxed);
-            }
-            let _ = reply.send(r);
-        }
-        Job::ReseedFinish(seq, reply) => {
-            let r = store.reseed_finish(seq).map_err(storage_err);
-            if r.is_ok() {
-                publish(store, stats, seq);
-            }
-            let _ = reply.send(r);
-        }
     }
 }

@@ -2,7 +2,7 @@
 //! commit, `committer.rs`), its reader thread and the executor-side
 //! [`Reader`] (`reader.rs`), its counters and its error enum.
 //!
-//! Depends on `storage` and flume. The executor reads single keys directly
+//! Depends on `storage`, `log` and flume. The executor reads single keys directly
 //! ([`Reader`]: microseconds, redb reads run beside a commit) but never
 //! writes the store: every write goes to the node's committer thread as a
 //! [`Job`]. The committer takes every job waiting in its queue, commits all
@@ -34,6 +34,30 @@
 //! stops waiting then): the committer checks it just before the
 //! transaction that would apply the write, and answers
 //! [`StoreError::DeadlinePassed`] instead of applying it when it is past.
+//!
+//! Storage failures (a full disk). After an I/O error redb refuses every
+//! later call until the file is closed and opened again. The committer
+//! thread owns that: it is the only writer, so no write transaction can be
+//! live while it reopens ([`Store::reopen`] swaps the `Database` inside the
+//! one `Arc<Store>` everybody shares; executors' cached snapshots notice
+//! the store's generation change and take a new one, see [`Reader`]). On an
+//! I/O error the committer reopens at once (redb's repair keeps the last
+//! intact commit and needs no free space, so reads work again while the
+//! disk is still full), then decides the failed batch by the committed seq
+//! it finds: below the batch's first seq, not applied
+//! ([`StoreError::Unavailable`]); at or past its last seq, applied (the
+//! writers get their outcomes); if the reopen itself failed,
+//! [`StoreError::OutcomeUnknown`]. It then publishes the node's
+//! [`StorageHealth`] (`no-space`, `failed`, `reopening`) and cause in
+//! [`NodeStats`], and until it is healthy again every write is refused
+//! before it is queued ([`NodeStore::write`] checks the published health:
+//! fail fast, not applied) and every other job (replica applies, trims,
+//! re-seed steps) is answered with the same error. It retries with
+//! back-off ([`RETRY_FIRST`] doubling to [`RETRY_MAX`]): reopen if the
+//! store is still closed, then, after a full disk, write and sync a probe
+//! file of [`PROBE_BYTES`] next to the store; once that works the node is
+//! healthy and takes writes again (a commit that still fails starts the
+//! cycle again, with a longer back-off).
 
 mod committer;
 mod reader;
@@ -46,9 +70,19 @@ use crate::storage::{
 use committer::Job;
 use reader::ReadJob;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
+
+/// First pause before the committer retries a failed store (see the
+/// module header); doubled after each failed attempt up to [`RETRY_MAX`],
+/// and reset by a successful commit.
+pub const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Longest pause between two attempts to bring a failed store back.
+pub const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Bytes the committer writes (and syncs, then removes) next to a store
+/// whose disk was full, before it lets writes try again.
+pub const PROBE_BYTES: usize = 1024 * 1024;
 
 /// Most writes committed in one transaction, by default.
 pub const DEFAULT_MAX_BATCH: usize = 4096;
@@ -91,6 +125,51 @@ pub struct NodeStats {
     pub overloaded_reads: AtomicU64,
     /// Commit batch sizes: counts of batches with size <= 1, 2, 4, ... 4096, more.
     pub batch_sizes: [AtomicU64; BATCH_BUCKETS],
+    /// The store's [`StorageHealth`], as a code.
+    pub storage: AtomicU64,
+    /// Why the store is not healthy (empty while it is).
+    pub storage_error: Mutex<String>,
+    /// I/O failures of the store (each one reopened it).
+    pub storage_failures: AtomicU64,
+    /// Successful reopens of the store.
+    pub reopens: AtomicU64,
+}
+
+/// Whether a node's store takes writes (published in `/status` and
+/// `/ready`; see the module header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageHealth {
+    Ok = 0,
+    /// The disk was full at the last failure; writes are refused until a
+    /// probe finds space again.
+    NoSpace = 1,
+    /// Another I/O error; writes are refused until the next retry.
+    Failed = 2,
+    /// The store is closed while it is reopened (or its reopen failed):
+    /// reads are refused too.
+    Reopening = 3,
+}
+
+impl StorageHealth {
+    #[must_use]
+    pub fn from_code(code: u64) -> Self {
+        match code {
+            1 => Self::NoSpace,
+            2 => Self::Failed,
+            3 => Self::Reopening,
+            _ => Self::Ok,
+        }
+    }
+
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::NoSpace => "no-space",
+            Self::Failed => "failed",
+            Self::Reopening => "reopening",
+        }
+    }
 }
 
 /// Where a replica is in following its primary (published in `/status`).
@@ -136,6 +215,44 @@ impl NodeStats {
         self.state.load(Ordering::Relaxed) == ReplicaState::Reseeding as u64
     }
 
+    /// The store's health.
+    #[must_use]
+    pub fn health(&self) -> StorageHealth {
+        StorageHealth::from_code(self.storage.load(Ordering::Acquire))
+    }
+
+    /// Why the store is not healthy (empty while it is).
+    #[must_use]
+    pub fn storage_error(&self) -> String {
+        self.storage_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_health(&self, health: StorageHealth, cause: &str) {
+        {
+            let mut e = self
+                .storage_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            e.clear();
+            e.push_str(cause);
+        }
+        self.storage.store(health as u64, Ordering::Release);
+    }
+
+    /// The error a job gets while the store is not healthy.
+    fn unavailable(&self) -> Option<StoreError> {
+        match self.health() {
+            StorageHealth::Ok => None,
+            health => Some(StoreError::Unavailable {
+                health,
+                cause: self.storage_error(),
+            }),
+        }
+    }
+
     fn record_batch(&self, size: usize) {
         let bucket = (usize::BITS - size.saturating_sub(1).leading_zeros()) as usize;
         self.batch_sizes[bucket.min(BATCH_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
@@ -161,6 +278,20 @@ pub enum StoreError {
     ReadsOverloaded {
         capacity: usize,
     },
+    /// The store is not healthy (`health`, because of `cause`): the job
+    /// was refused, or its commit failed and the committed seq found after
+    /// the reopen shows it was not applied. Either way nothing of it is in
+    /// the store.
+    Unavailable {
+        health: StorageHealth,
+        cause: String,
+    },
+    /// The commit of this write failed with an I/O error and the store
+    /// could not be reopened to find out whether it reached the disk: it
+    /// may have been applied.
+    OutcomeUnknown {
+        cause: String,
+    },
 }
 
 impl fmt::Display for StoreError {
@@ -180,6 +311,17 @@ impl fmt::Display for StoreError {
                     "read queue full ({capacity} large reads waiting for disk)"
                 )
             }
+            Self::Unavailable { health, cause } => match health {
+                StorageHealth::NoSpace => write!(f, "insufficient storage: {cause}"),
+                StorageHealth::Reopening => write!(f, "storage is being reopened after: {cause}"),
+                StorageHealth::Failed | StorageHealth::Ok => {
+                    write!(f, "storage failed: {cause}")
+                }
+            },
+            Self::OutcomeUnknown { cause } => write!(
+                f,
+                "the commit failed ({cause}) and the store could not be reopened to check it"
+            ),
         }
     }
 }
@@ -220,10 +362,10 @@ impl NodeStore {
         let store = Arc::new(store);
         let queue = queue.max(1);
         let (tx, rx) = flume::bounded(queue);
-        let (s, st) = (store.clone(), stats.clone());
+        let (s, st, n) = (store.clone(), stats.clone(), name.to_string());
         std::thread::Builder::new()
             .name(format!("commit {name}"))
-            .spawn(move || committer::committer(&s, &rx, &st, max_batch.max(1)))
+            .spawn(move || committer::committer(&s, &rx, &st, max_batch.max(1), &n))
             .map_err(StartError::Thread)?;
         let (reads, read_rx) = flume::bounded::<ReadJob>(READ_QUEUE);
         let s = store.clone();
@@ -367,12 +509,17 @@ impl NodeStore {
     /// # Errors
     /// Storage failure of the batch this write was part of;
     /// [`StoreError::DeadlinePassed`] when `apply_by` had passed;
-    /// [`StoreError::Overloaded`] when the commit queue is full.
+    /// [`StoreError::Overloaded`] when the commit queue is full;
+    /// [`StoreError::Unavailable`] at once, without queueing, while the
+    /// store is not healthy (not applied); [`StoreError::OutcomeUnknown`].
     pub async fn write(
         &self,
         write: Write,
         apply_by: Option<SystemTime>,
     ) -> Result<Outcome, StoreError> {
+        if let Some(e) = self.stats.unavailable() {
+            return Err(e);
+        }
         self.call(true, |r| Job::Write(write, apply_by, r)).await
     }
 

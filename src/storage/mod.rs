@@ -4,7 +4,8 @@
 //! Synchronous; no async, no executor types. A primary's write stores the
 //! data change and its log entry in one transaction; a replica's apply
 //! stores the data change and its applied sequence in one transaction.
-//! Transactions never outlive a call. Layout of the file:
+//! Transactions never outlive a call (read snapshots handed out by
+//! [`Store::snapshot`] do, see below). Layout of the file:
 //!
 //! ```text
 //! data: key bytes -> [seq: u64 LE][value bytes]   seq = the write that set it
@@ -12,6 +13,29 @@
 //! meta: "seq"     -> last committed (primary) / last applied (replica)
 //!       "reseed"  -> 1 while a replica re-seed is incomplete
 //! ```
+//!
+//! Reopening. After one I/O error (a full disk: `ENOSPC`) redb latches the
+//! database: every later operation fails with "Previous I/O error
+//! occurred" until it is closed and opened again. [`Store::reopen`] does
+//! that behind `&self`, so the `Arc<Store>` that executors, the reader
+//! thread and the committer share stays the same object for the life of
+//! the process: the `Database` lives in an `RwLock<Option<Database>>` that
+//! every call holds only to begin a transaction (a read transaction does
+//! not borrow the `Database`). `reopen` takes the `Database` out (calls
+//! meanwhile get [`StorageError::Reopening`]), closes it (redb 4 closes the
+//! file and releases its locks even while read transactions of it are
+//! alive; those then fail with "database closed"), opens the file again
+//! (redb repairs it: it keeps the last commit whose pages are all intact,
+//! which needs no free space) and puts it back. Each reopen bumps
+//! [`Store::generation`], so a caller that caches a snapshot knows it must
+//! take a new one. Only one thread may call `reopen` (the node's
+//! committer, which is also the only writer).
+//!
+//! A commit that failed with an I/O error may or may not be in the file
+//! after the reopen: redb writes the new header before the final flush, so
+//! the outcome is decided by which pages reached the disk. Callers find out
+//! by reading the committed seq after the reopen ([`Store::seq`]); see
+//! [`Store::commit_writes`].
 
 mod types;
 
@@ -23,7 +47,10 @@ use types::{decode_value, encode_value};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
-use std::path::Path;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock};
 
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -54,7 +81,13 @@ impl ReadView {
 
 /// One node's redb file.
 pub struct Store {
-    db: Database,
+    /// `None` only while [`Store::reopen`] runs, or after a reopen failed.
+    db: RwLock<Option<Database>>,
+    /// Bumped by every [`Store::reopen`] (when the old `Database` is taken
+    /// out and again when the new one is in place).
+    generation: AtomicU64,
+    path: PathBuf,
+    cache_bytes: usize,
     durability: Durability,
 }
 
@@ -87,7 +120,10 @@ impl Store {
         txn.open_table(META)?;
         txn.commit()?;
         Ok(Self {
-            db,
+            db: RwLock::new(Some(db)),
+            generation: AtomicU64::new(0),
+            path: path.to_path_buf(),
+            cache_bytes,
             durability: if durable {
                 Durability::Immediate
             } else {
@@ -96,10 +132,94 @@ impl Store {
         })
     }
 
+    /// The file this store keeps its data in.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Changes with every [`Store::reopen`]: a snapshot taken under another
+    /// generation belongs to a closed `Database` and must be dropped.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` on the open `Database`; the lock is held only for `f`,
+    /// which begins a transaction (it does not borrow the `Database`).
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        f(db.as_ref().ok_or(StorageError::Reopening)?)
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StorageError> {
+        self.with_db(|db| Ok(db.begin_read()?))
+    }
+
     fn begin_write(&self) -> Result<redb::WriteTransaction, StorageError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(self.durability)?;
-        Ok(txn)
+        self.with_db(|db| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(self.durability)?;
+            Ok(txn)
+        })
+    }
+
+    /// Closes the file and opens it again (see the module header). Calls on
+    /// other threads meanwhile get [`StorageError::Reopening`]; snapshots
+    /// of the old `Database` fail from now on. On failure the store stays
+    /// closed and `reopen` may be called again.
+    ///
+    /// Only one thread may call this (the node's committer).
+    ///
+    /// # Errors
+    /// The file cannot be opened (or repaired).
+    pub fn reopen(&self) -> Result<(), StorageError> {
+        let old = self
+            .db
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        // Outside the lock: a close of a healthy database writes (allocator
+        // state, header) and readers must not wait for it. A latched one
+        // only releases the file. Its error (the latched one) is known.
+        if let Some(db) = old {
+            let _ = db.close();
+        }
+        let db = Database::builder()
+            .set_cache_size(self.cache_bytes)
+            .create(&self.path)?;
+        *self.db.write().unwrap_or_else(PoisonError::into_inner) = Some(db);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Whether `bytes` can be written next to the store's file right now:
+    /// writes a probe file of that size, syncs it and removes it. A full
+    /// disk answers `Err` (`ENOSPC`) without touching the store.
+    ///
+    /// # Errors
+    /// The probe could not be written.
+    pub fn probe_space(&self, bytes: usize) -> std::io::Result<()> {
+        let mut probe = self.path.clone().into_os_string();
+        probe.push(".space-probe");
+        let probe = PathBuf::from(probe);
+        let written = (|| {
+            let mut f = std::fs::File::create(&probe)?;
+            let chunk = vec![0u8; 64 * 1024];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                f.write_all(&chunk[..n])?;
+                left -= n;
+            }
+            f.sync_all()
+        })();
+        let _ = std::fs::remove_file(&probe);
+        written
     }
 
     /// The current value of `key`.
@@ -107,7 +227,7 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(DATA)?;
         let found = table.get(key)?;
         found.map(|v| decode_value(v.value())).transpose()
@@ -119,7 +239,7 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn snapshot(&self) -> Result<ReadView, StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         Ok(ReadView {
             table: txn.open_table(DATA)?,
         })
@@ -130,7 +250,7 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn seq(&self) -> Result<u64, StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let meta = txn.open_table(META)?;
         Ok(meta.get(META_SEQ)?.map_or(0, |v| v.value()))
     }
@@ -140,7 +260,7 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn key_count(&self) -> Result<u64, StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         Ok(txn.open_table(DATA)?.len()?)
     }
 
@@ -150,16 +270,39 @@ impl Store {
     /// change nothing. Returns one outcome per write, in order.
     ///
     /// # Errors
-    /// Storage failures; nothing of the batch is committed then.
+    /// Storage failures; see [`Store::commit_writes_into`] for what is
+    /// committed then.
     pub fn commit_writes(&self, writes: &[Write]) -> Result<Vec<Outcome>, StorageError> {
+        let mut outcomes = Vec::with_capacity(writes.len());
+        self.commit_writes_into(writes, &mut outcomes)?;
+        Ok(outcomes)
+    }
+
+    /// As [`Store::commit_writes`], filling `outcomes` (cleared first)
+    /// before the commit, so that they are known when the commit itself
+    /// fails.
+    ///
+    /// # Errors
+    /// Storage failures. If `outcomes` then holds one outcome per write,
+    /// the failure came from the commit itself: with an I/O error
+    /// ([`StorageError::needs_reopen`]) the batch may or may not be in the
+    /// file once it is reopened, and it is there exactly when the committed
+    /// seq ([`Store::seq`]) has reached the last `Committed` seq. Otherwise
+    /// the transaction was dropped before its commit and nothing of it is
+    /// in the file.
+    pub fn commit_writes_into(
+        &self,
+        writes: &[Write],
+        outcomes: &mut Vec<Outcome>,
+    ) -> Result<(), StorageError> {
+        outcomes.clear();
         let txn = self.begin_write()?;
-        let outcomes = {
+        {
             let mut meta = txn.open_table(META)?;
             let mut data = txn.open_table(DATA)?;
             let mut log = txn.open_table(LOG)?;
             let mut seq = meta.get(META_SEQ)?.map_or(0, |v| v.value());
             let mut record = Vec::new();
-            let mut outcomes = Vec::with_capacity(writes.len());
             for w in writes {
                 if w.cond != Cond::Always {
                     let current = match data.get(w.op.key())? {
@@ -186,10 +329,9 @@ impl Store {
                 outcomes.push(Outcome::Committed(seq));
             }
             meta.insert(META_SEQ, seq)?;
-            outcomes
-        };
+        }
         txn.commit()?;
-        Ok(outcomes)
+        Ok(())
     }
 
     /// Up to `limit` pairs whose keys start with `prefix` and sort after
@@ -204,7 +346,7 @@ impl Store {
         limit: usize,
     ) -> Result<SnapshotPage, StorageError> {
         use std::ops::Bound;
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let data = txn.open_table(DATA)?;
         let lower = match after {
             Some(a) if a >= prefix => Bound::Excluded(a),
@@ -233,7 +375,7 @@ impl Store {
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<LogRead, StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let meta = txn.open_table(META)?;
         let last = meta.get(META_SEQ)?.map_or(0, |v| v.value());
         if after >= last {
@@ -340,7 +482,7 @@ impl Store {
         after: Option<&[u8]>,
         max: usize,
     ) -> Result<(u64, SnapshotPage), StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let seq = txn
             .open_table(META)?
             .get(META_SEQ)?
@@ -368,7 +510,7 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn reseed_pending(&self) -> Result<bool, StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let meta = txn.open_table(META)?;
         Ok(meta.get(META_RESEED)?.is_some_and(|v| v.value() == 1))
     }
@@ -600,6 +742,36 @@ mod tests {
             p.read_log(3, 100, 1 << 20).expect("log"),
             LogRead::Entries(vec![])
         );
+    }
+
+    #[test]
+    fn reopen_swaps_the_database_under_live_snapshots() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Store::open(&dir.path().join("p.redb"), true).expect("open");
+        p.commit_writes(&[w(set("a", "1"))]).expect("c");
+        let old = p.snapshot().expect("snapshot");
+        let generation = p.generation();
+        p.reopen().expect("reopen");
+        assert_ne!(p.generation(), generation);
+        // The old snapshot did not keep the reopen from happening; it
+        // answers from pages it had cached or fails ("database closed").
+        let _ = old.get(b"a");
+        drop(old);
+        assert_eq!(
+            p.snapshot()
+                .expect("snapshot")
+                .get(b"a")
+                .expect("get")
+                .map(|v| v.value),
+            Some(b"1".to_vec())
+        );
+        assert_eq!(
+            p.commit_writes(&[w(set("b", "2"))]).expect("c"),
+            vec![Outcome::Committed(2)]
+        );
+        assert_eq!(p.seq().expect("seq"), 2);
+        p.probe_space(4096).expect("probe");
+        assert!(!dir.path().join("p.redb.space-probe").exists());
     }
 
     #[test]

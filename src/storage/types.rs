@@ -19,6 +19,37 @@ pub enum StorageError {
     },
     /// A stored value or log entry does not decode.
     Corrupt(&'static str),
+    /// The store is closed while it is being reopened (`Store::reopen`),
+    /// or its last reopen failed.
+    Reopening,
+}
+
+impl StorageError {
+    /// True for the failures after which redb must be closed and opened
+    /// again before it works (an I/O error, which redb latches: every
+    /// later call fails with "Previous I/O error occurred"), and for a
+    /// store that is closed.
+    #[must_use]
+    pub fn needs_reopen(&self) -> bool {
+        matches!(
+            self,
+            Self::Db(redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed)
+                | Self::Reopening
+        )
+    }
+
+    /// True when the disk (or the user's quota) is full: `ENOSPC`, `EDQUOT`.
+    #[must_use]
+    pub fn no_space(&self) -> bool {
+        match self {
+            Self::Db(redb::Error::Io(e)) => {
+                e.kind() == std::io::ErrorKind::StorageFull
+                    || e.kind() == std::io::ErrorKind::QuotaExceeded
+                    || matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+            }
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Display for StorageError {
@@ -29,6 +60,7 @@ impl fmt::Display for StorageError {
                 write!(f, "replication gap: applied {applied}, next entry is {got}")
             }
             Self::Corrupt(what) => write!(f, "corrupt {what}"),
+            Self::Reopening => write!(f, "storage is being reopened"),
         }
     }
 }
