@@ -27,7 +27,7 @@ use crate::nodestore::{NodeStats, NodeStore, StoreError};
 use crate::protocol::{
     Mail, MailError, Pull, PullKind, PullReply, ask, decode_reply, encode_pull, node_request,
 };
-use crate::storage::LogRead;
+use crate::storage::{EpochStart, LogRead, end_of};
 use futures_lite::future;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -186,9 +186,15 @@ pub struct PrimaryLog {
 impl PrimaryLog {
     /// `replicas` are the names of the shard's configured replicas; the log
     /// keeps at most `retain` entries beyond what all of them applied.
+    /// `committed` is the node's one [`SeqWatch`] (the API notifies it
+    /// after each acknowledged write, which wakes the long polls).
     #[must_use]
-    pub fn new(shard: Rc<NodeStore>, replicas: Vec<String>, retain: u64) -> Self {
-        let committed = Rc::new(SeqWatch::new(shard.stats.clone()));
+    pub fn new(
+        shard: Rc<NodeStore>,
+        committed: Rc<SeqWatch>,
+        replicas: Vec<String>,
+        retain: u64,
+    ) -> Self {
         Self {
             shard,
             committed,
@@ -213,6 +219,17 @@ impl PrimaryLog {
     /// (the caller answers 503); other failures are a
     /// [`PullReply::Failed`].
     pub async fn serve(&self, pull: Pull) -> Result<PullReply, StoreError> {
+        if !self.shard.fence().is_primary() {
+            return Ok(PullReply::NotPrimary);
+        }
+        // One record per failover: a small table, read here (on demand: a
+        // long poll must send the history as of its entries, not as of its
+        // start).
+        let epochs = || self.shard.store().epochs();
+        let history = match epochs() {
+            Ok(h) => h,
+            Err(e) => return Ok(PullReply::Failed(e.to_string())),
+        };
         match pull.kind {
             PullKind::Log { after } => {
                 let Some(next) = after.checked_add(1) else {
@@ -220,6 +237,20 @@ impl PrimaryLog {
                         "no entry can follow seq {after}"
                     )));
                 };
+                // Entries of the replica's newest epoch past the point where
+                // this primary's history moved to a newer epoch were never
+                // replicated here: the replica must discard them.
+                // (Only for the shard's nodes: anyone else is an observer
+                // reading the log, with no entries of its own.)
+                if let Some(end) = end_of(&history, pull.epoch)
+                    && after > end
+                    && self.is_replica(&pull.replica)
+                {
+                    return Ok(PullReply::Diverged {
+                        common: end,
+                        primary_seq: self.committed.get(),
+                    });
+                }
                 // Only configured replicas are tracked (they decide the
                 // trim point); anyone else is answered and forgotten, so
                 // the map cannot grow past the configured replicas.
@@ -243,10 +274,16 @@ impl PrimaryLog {
                     self.committed.wait_for(after, BEHIND_WAIT).await;
                 }
                 let primary_seq = self.committed.get();
+                // Read after the entries: it covers every epoch they are in.
+                let epochs = match epochs() {
+                    Ok(h) => h,
+                    Err(e) => return Ok(PullReply::Failed(e.to_string())),
+                };
                 match read {
                     Ok(LogRead::Entries(entries)) => Ok(PullReply::Entries {
                         primary_seq: primary_seq.max(entries.last().map_or(0, |e| e.seq)),
                         entries,
+                        epochs,
                     }),
                     Ok(LogRead::Trimmed) => Ok(PullReply::Trimmed { primary_seq }),
                     Err(e) => failed(e),
@@ -257,7 +294,12 @@ impl PrimaryLog {
                 match self.shard.snapshot_chunk(after_key, SNAPSHOT_PAGE).await {
                     Ok((seq, pairs)) => {
                         let done = pairs.len() < SNAPSHOT_PAGE;
-                        Ok(PullReply::Snapshot { seq, pairs, done })
+                        Ok(PullReply::Snapshot {
+                            seq,
+                            pairs,
+                            done,
+                            epochs: history,
+                        })
                     }
                     Err(e) => failed(e),
                 }
@@ -410,21 +452,43 @@ async fn pull_once(shard: &NodeStore, upstream: &Upstream, name: &str) -> Result
         replica: name.to_string(),
         kind: PullKind::Log { after: applied },
         wait: if settled { LONG_POLL } else { Duration::ZERO },
+        epoch: shard.stats.epoch.load(Ordering::Acquire),
     };
     match upstream.pull(pull).await? {
         PullReply::Entries { primary_seq, .. } if primary_seq < applied => {
             // The primary is behind this replica: its data was lost or
             // replaced. Follow the primary as it is now.
-            log_at!(
-                Level::Warn,
+            discard(
+                shard,
                 name,
-                "primary is at seq {primary_seq}, behind this replica's {applied}; re-seeding"
+                applied,
+                primary_seq,
+                "the primary is behind this replica",
             );
             reseed(shard, upstream, name).await
         }
+        PullReply::Diverged {
+            common,
+            primary_seq,
+        } => {
+            shard
+                .stats
+                .primary_seq
+                .store(primary_seq, Ordering::Relaxed);
+            discard(
+                shard,
+                name,
+                applied,
+                common,
+                "written by an earlier primary, never replicated to the current one",
+            );
+            reseed(shard, upstream, name).await
+        }
+        PullReply::NotPrimary => Err("the node asked is not the primary any more".into()),
         PullReply::Entries {
             primary_seq,
             entries,
+            epochs,
         } => {
             let last = entries.last().map_or(applied, |e| e.seq);
             let primary_seq = primary_seq.max(last);
@@ -438,7 +502,10 @@ async fn pull_once(shard: &NodeStore, upstream: &Upstream, name: &str) -> Result
                 ReplicaState::CatchingUp
             };
             if !entries.is_empty() {
-                shard.apply(entries).await.map_err(|e| e.to_string())?;
+                shard
+                    .apply(entries, epochs)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             set_state(shard, state);
             Ok(())
@@ -460,6 +527,24 @@ async fn pull_once(shard: &NodeStore, upstream: &Upstream, name: &str) -> Result
     }
 }
 
+/// Counts and logs the entries after `common` that this node is about to
+/// drop by re-seeding from its primary: writes an earlier primary
+/// acknowledged (possible only without `--sync-replicas`) that the
+/// current primary never received. Never merged silently.
+fn discard(shard: &NodeStore, name: &str, applied: u64, common: u64, why: &str) {
+    let lost = applied.saturating_sub(common);
+    shard
+        .stats
+        .discarded_writes
+        .fetch_add(lost, Ordering::Relaxed);
+    log_at!(
+        Level::Warn,
+        name,
+        "discarding {lost} entries (seqs {}..={applied}): {why}; re-seeding",
+        common + 1
+    );
+}
+
 /// Copies the primary's data page by page (the store is already marked as
 /// re-seeding and emptied), then follows the log from the first page's seq.
 async fn reseed(shard: &NodeStore, upstream: &Upstream, name: &str) -> Result<(), String> {
@@ -468,6 +553,7 @@ async fn reseed(shard: &NodeStore, upstream: &Upstream, name: &str) -> Result<()
     shard.reseed_begin().await.map_err(|e| e.to_string())?;
     let mut cursor: Option<Vec<u8>> = None;
     let mut start_seq: Option<u64> = None;
+    let mut history: Vec<EpochStart>;
     loop {
         let pull = Pull {
             replica: name.to_string(),
@@ -475,9 +561,16 @@ async fn reseed(shard: &NodeStore, upstream: &Upstream, name: &str) -> Result<()
                 after_key: cursor.clone(),
             },
             wait: Duration::ZERO,
+            epoch: 0,
         };
         match upstream.pull(pull).await? {
-            PullReply::Snapshot { seq, pairs, done } => {
+            PullReply::Snapshot {
+                seq,
+                pairs,
+                done,
+                epochs,
+            } => {
+                history = epochs;
                 start_seq.get_or_insert(seq);
                 shard.stats.primary_seq.store(seq, Ordering::Relaxed);
                 if let Some((k, _)) = pairs.last() {
@@ -489,11 +582,17 @@ async fn reseed(shard: &NodeStore, upstream: &Upstream, name: &str) -> Result<()
                 }
             }
             PullReply::Failed(msg) => return Err(format!("primary failed: {msg}")),
+            PullReply::NotPrimary => {
+                return Err("the node asked is not the primary any more".into());
+            }
             _ => return Err("primary answered a snapshot pull with log entries".into()),
         }
     }
     let seq = start_seq.unwrap_or(0);
-    shard.reseed_finish(seq).await.map_err(|e| e.to_string())?;
+    shard
+        .reseed_finish(seq, history)
+        .await
+        .map_err(|e| e.to_string())?;
     log_at!(Level::Info, name, "re-seeded at seq {seq}");
     Ok(())
 }

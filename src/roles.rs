@@ -64,6 +64,19 @@ impl Roles {
         roles
     }
 
+    /// One shard whose only node (id 0) is primary in epoch 1 for ever: a
+    /// store used on its own (unit tests, tools).
+    #[must_use]
+    pub fn standalone() -> Self {
+        Self {
+            shards: vec![AtomicU64::new(pack(0, 1))],
+            writable_until: vec![AtomicU64::new(FOREVER)],
+            generation: AtomicU64::new(1),
+            base: Instant::now(),
+            controlled: false,
+        }
+    }
+
     /// A cluster whose roles a control plane sets: no primary known, no
     /// node writable, until the control plane says otherwise.
     #[must_use]

@@ -1042,6 +1042,7 @@ fn log_trimmed_past(addr: SocketAddr, after: u64) -> bool {
         replica: "durability-probe".into(),
         kind: PullKind::Log { after },
         wait: Duration::ZERO,
+        epoch: 0,
     });
     let r = Conn::connect(addr).and_then(|mut c| {
         c.request(

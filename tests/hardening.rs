@@ -1679,6 +1679,7 @@ fn token_protects_writes_and_internal_endpoints() {
         replica: "auth-probe".into(),
         kind: PullKind::Log { after: 0 },
         wait: Duration::ZERO,
+        epoch: 0,
     });
     let scan = encode_scan(&Scan {
         prefix: b"auth-".to_vec(),

@@ -71,6 +71,9 @@ fn pull_body(replica: &str, kind: PullKind, wait: Duration) -> Vec<u8> {
         replica: replica.to_string(),
         kind,
         wait,
+        // A static cluster runs in epoch 1: a pull under a replica's name
+        // with an older epoch would be told to discard its entries.
+        epoch: 1,
     })
 }
 

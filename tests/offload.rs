@@ -69,6 +69,7 @@ fn page_request(round: usize) -> (&'static str, Vec<u8>) {
                 after_key: Some(b"off/005000".to_vec()),
             },
             wait: Duration::ZERO,
+            epoch: 0,
         };
         ("/internal/pull", encode_pull(&pull))
     }

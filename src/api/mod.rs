@@ -49,7 +49,8 @@ use crate::protocol::{KvOp, KvRequest, Scan, Style, encode_kv_with_deadline, enc
 use crate::replication::{PrimaryLog, SeqWatch};
 use crate::router::{ForwardError, Route, Router};
 use crate::storage::{Cond, Outcome, SnapshotPage, StorageError, Write, WriteOp};
-use crate::topology::{NodeInfo, Role};
+use crate::topology::NodeInfo;
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -120,7 +121,21 @@ pub enum ApiError {
     ReadOnlyReplica {
         node: String,
         shard: usize,
-        primary: String,
+        /// The current primary's address; `None` during an election.
+        primary: Option<String>,
+    },
+    /// No primary is known for `shard` (an election is under way), or a
+    /// write forwarded here found that this node is no longer the primary,
+    /// or the committer refused it for that reason: not applied, 503 +
+    /// `Retry-After`.
+    NoPrimary {
+        node: String,
+        shard: usize,
+        why: &'static str,
+    },
+    /// Committed on a primary whose lease ran out during the commit.
+    LeaseLost {
+        node: String,
     },
     Misdirected {
         node: String,
@@ -232,6 +247,7 @@ impl ApiError {
                 shard,
                 primary,
             } => {
+                let primary = primary.as_deref().unwrap_or("(none known: an election is under way)");
                 return Response::text(
                     403,
                     &format!(
@@ -316,6 +332,18 @@ impl ApiError {
                     "{node}'s storage is being reopened after a failure, retry later"
                 ));
             }
+            Self::NoPrimary { node, shard, why } => {
+                return overloaded(&format!(
+                    "{node}: no primary for shard {shard} now ({why}); the write was not applied, retry shortly"
+                ))
+                .with_header("X-Shard", shard.to_string());
+            }
+            Self::LeaseLost { node } => (
+                504,
+                format!(
+                    "{node} committed the write but its lease ran out during the commit (a new primary may be taking over without it); outcome unknown: the write may have been applied"
+                ),
+            ),
             Self::OutcomeUnknown { node, why } => (
                 500,
                 format!(
@@ -356,7 +384,9 @@ enum Executed {
 pub struct Api {
     router: Router,
     shard: Rc<NodeStore>,
-    primary: Option<Rc<PrimaryLog>>,
+    /// This node's log while it is its shard's primary (set and cleared by
+    /// the executor's role task as the role moves).
+    primary: RefCell<Option<Rc<PrimaryLog>>>,
     /// Committed (primary) or applied (replica) seq of this node.
     seq: Rc<SeqWatch>,
     locals: LocalNodes,
@@ -370,7 +400,6 @@ impl Api {
     pub fn new(
         router: Router,
         shard: Rc<NodeStore>,
-        primary: Option<Rc<PrimaryLog>>,
         seq: Rc<SeqWatch>,
         locals: LocalNodes,
         token: Option<Arc<str>>,
@@ -384,13 +413,24 @@ impl Api {
         Self {
             router,
             shard,
-            primary,
+            primary: RefCell::new(None),
             seq,
             locals,
             metrics,
             token,
             cfg,
         }
+    }
+
+    /// This node's primary log, while it is the primary.
+    #[must_use]
+    pub fn primary_log(&self) -> Option<Rc<PrimaryLog>> {
+        self.primary.borrow().clone()
+    }
+
+    /// Sets (promotion) or clears (the role moved away) the primary log.
+    pub fn set_primary_log(&self, log: Option<Rc<PrimaryLog>>) {
+        *self.primary.borrow_mut() = log;
     }
 
     fn me(&self) -> &NodeInfo {
@@ -487,11 +527,20 @@ impl Api {
         let shard = topo.shard_for(&kv.key);
         let me = self.me();
         let write = kv.op != KvOp::Get;
-        if write && matches!(me.role, Role::Replica(_)) {
+        if write && !self.router.is_primary() {
+            if forwarded {
+                // The sender thought this node was the primary: the role
+                // moved (or is moving); it retries with the new one.
+                return Err(ApiError::NoPrimary {
+                    node: me.name.clone(),
+                    shard,
+                    why: "this node is not the primary any more",
+                });
+            }
             return Err(ApiError::ReadOnlyReplica {
                 node: me.name.clone(),
                 shard: me.shard,
-                primary: topo.primary_of(shard).address.clone(),
+                primary: self.router.primary_of(shard).map(|p| p.address.clone()),
             });
         }
         if shard == me.shard {
@@ -503,7 +552,11 @@ impl Api {
                 shard,
             });
         }
-        let owner = topo.primary_of(shard);
+        let owner = self.router.primary_of(shard).ok_or(ApiError::NoPrimary {
+            node: me.name.clone(),
+            shard,
+            why: "an election is under way",
+        })?;
         let owner_err = |error| ApiError::Owner {
             owner: format!("{} ({})", owner.name, owner.address),
             error,
@@ -584,7 +637,7 @@ impl Api {
 
     /// A read of this node's own store (never waits).
     fn read_local(&self, kv: &KvRequest) -> Result<Response, ApiError> {
-        let applied = matches!(self.me().role, Role::Replica(_)).then(|| self.seq.get());
+        let applied = (!self.router.is_primary()).then(|| self.seq.get());
         read(self.shard.reader(), kv, self.me(), applied)
     }
 
@@ -612,6 +665,14 @@ impl Api {
                     why: e.to_string(),
                     no_space: health == StorageHealth::NoSpace,
                 },
+                StoreError::NotPrimary => ApiError::NoPrimary {
+                    node: self.me().name.clone(),
+                    shard: self.me().shard,
+                    why: "this node is not the primary with a valid lease",
+                },
+                StoreError::LeaseLost => ApiError::LeaseLost {
+                    node: self.me().name.clone(),
+                },
                 StoreError::OutcomeUnknown { .. } => ApiError::OutcomeUnknown {
                     node: self.me().name.clone(),
                     why: e.to_string(),
@@ -628,14 +689,17 @@ impl Api {
     }
 
     fn tag(&self, resp: Response) -> Response {
-        let applied = matches!(self.me().role, Role::Replica(_)).then(|| self.seq.get());
+        let applied = (!self.router.is_primary()).then(|| self.seq.get());
         tag(resp, self.me(), applied)
     }
 
     /// One page of keys with `prefix` after `after` from `shard`'s primary.
     async fn scan_shard(&self, shard: usize, scan: Scan) -> Result<SnapshotPage, ApiError> {
-        let topo = self.router.topology();
-        let owner = topo.primary_of(shard);
+        let owner = self.router.primary_of(shard).ok_or(ApiError::NoPrimary {
+            node: self.me().name.clone(),
+            shard,
+            why: "an election is under way",
+        })?;
         let owner_err = |error| ApiError::Owner {
             owner: format!("{} ({})", owner.name, owner.address),
             error,

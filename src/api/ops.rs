@@ -19,7 +19,8 @@ use crate::protocol::{
     MAX_NODE_NAME, Pull, PullKind, PullReply, decode_kv, decode_pull, decode_scan, encode_reply,
 };
 use crate::replication::ReplicaState;
-use crate::topology::Role;
+use crate::roles::Roles;
+use crate::topology::NodeInfo;
 use serde::Serialize;
 use std::sync::atomic::Ordering;
 
@@ -56,6 +57,16 @@ struct NodeJson<'a> {
     storage_failures: u64,
     reopens: u64,
     role: &'static str,
+    /// The shard's epoch as this process knows it (1 in a static cluster).
+    epoch: u64,
+    /// The epoch of the newest entry this node holds.
+    data_epoch: u64,
+    /// Client writes refused because this node was not the primary with a
+    /// valid lease; writes whose lease ran out during their commit;
+    /// entries discarded when the node rejoined a new primary.
+    fenced_writes: u64,
+    lease_lost_writes: u64,
+    discarded_writes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     committed_seq: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -81,6 +92,7 @@ struct PeerJson {
 
 impl Api {
     pub(super) fn status(&self) -> Response {
+        let roles = self.router.roles();
         let nodes = self
             .locals
             .iter()
@@ -102,15 +114,21 @@ impl Api {
                     storage_failures: stats.storage_failures.load(Ordering::Relaxed),
                     reopens: stats.reopens.load(Ordering::Relaxed),
                     role: "primary",
+                    epoch: roles.epoch(node.shard),
+                    data_epoch: stats.epoch.load(Ordering::Relaxed),
+                    fenced_writes: stats.fenced_writes.load(Ordering::Relaxed),
+                    lease_lost_writes: stats.lease_lost_writes.load(Ordering::Relaxed),
+                    discarded_writes: stats.discarded_writes.load(Ordering::Relaxed),
                     committed_seq: None,
                     applied_seq: None,
                     primary_seq: None,
                     lag: None,
                     state: None,
                 };
-                match node.role {
-                    Role::Primary => n.committed_seq = Some(seq),
-                    Role::Replica(_) => {
+                if is_primary(roles, node) {
+                    n.committed_seq = Some(seq);
+                } else {
+                    {
                         let primary = stats.primary_seq.load(Ordering::Relaxed);
                         let state = ReplicaState::from_code(stats.state.load(Ordering::Relaxed));
                         n.role = "replica";
@@ -148,6 +166,7 @@ impl Api {
     /// replica follows its primary within [`READY_MAX_LAG`] entries; 503
     /// naming the ones that do not (with the storage error).
     pub(super) fn ready(&self) -> Response {
+        let roles = self.router.roles();
         let mut behind = Vec::new();
         for (node, stats, _) in self.locals.iter() {
             let health = stats.health();
@@ -160,7 +179,14 @@ impl Api {
                 ));
                 continue;
             }
-            if let Role::Replica(_) = node.role {
+            if is_primary(roles, node) {
+                if !roles.lease_valid(node.id) {
+                    behind.push(format!(
+                        "{} (primary without a valid lease: writes refused until it is renewed)",
+                        node.name
+                    ));
+                }
+            } else {
                 let state = ReplicaState::from_code(stats.state.load(Ordering::Relaxed));
                 let lag = stats
                     .primary_seq
@@ -179,7 +205,7 @@ impl Api {
     }
 
     pub(super) fn metrics_text(&self) -> Response {
-        let body = metrics::render(&self.locals).into_bytes();
+        let body = metrics::render(&self.locals, self.router.roles()).into_bytes();
         Response::new(200, "text/plain; version=0.0.4; charset=utf-8", body)
     }
 
@@ -203,7 +229,8 @@ impl Api {
         if req.path() != b"/internal/pull" && req.path() != b"/internal/scan" {
             return Err(ApiError::UnknownPath);
         }
-        if self.me().role != Role::Primary {
+        let primary = self.primary_log();
+        if req.path() == b"/internal/scan" && primary.is_none() {
             return Err(ApiError::Misdirected {
                 node: self.me().name.clone(),
                 shard: self.me().shard,
@@ -220,12 +247,18 @@ impl Api {
                 seq: 0,
                 pairs: self.scan_local(scan).await?,
                 done: true,
+                epochs: Vec::new(),
             }
         } else {
-            let Some(primary) = &self.primary else {
-                return Err(ApiError::UnknownPath);
-            };
             let pull = decode_pull(req.body()).map_err(bad)?;
+            let Some(primary) = primary else {
+                // The role moved: the replica asks the new primary.
+                return Ok(Response::new(
+                    200,
+                    BYTES,
+                    encode_reply(&PullReply::NotPrimary),
+                ));
+            };
             self.check_pull(primary.is_replica(&pull.replica), &pull)?;
             primary
                 .serve(pull)
@@ -285,4 +318,9 @@ impl Api {
             _ => Ok(()),
         }
     }
+}
+
+/// True when `node` is its shard's primary now.
+fn is_primary(roles: &Roles, node: &NodeInfo) -> bool {
+    matches!(roles.primary(node.shard), Some((n, _)) if n == node.id)
 }

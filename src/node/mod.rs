@@ -27,8 +27,9 @@ use crate::http::conn::ConnConfig;
 use crate::log::Level;
 use crate::log_at;
 use crate::metrics::Metrics;
-use crate::nodestore::{NodeStore, StartError};
+use crate::nodestore::{Fence, NodeStore, StartError};
 use crate::protocol::MAILBOX_CAPACITY;
+use crate::roles::Roles;
 use crate::router::{Mailboxes, Peer};
 use crate::storage::Store;
 use crate::topology::{NodeInfo, Topology, TopologyError};
@@ -229,6 +230,9 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         path: opts.data_dir.clone(),
         error,
     })?;
+    // Who is primary of each shard: the configuration's primaries for ever
+    // in a static cluster.
+    let roles = Arc::new(Roles::fixed(&topo));
     let mut shards = Vec::new();
     for n in &locals {
         let path = opts.data_dir.join(format!("{}.redb", n.file_stem()));
@@ -240,8 +244,14 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         let store = Store::open_with_cache(&path, opts.durable, opts.cache_bytes)
             .map_err(|e| storage(StartError::Storage(e)))?;
         shards.push(
-            NodeStore::start(store, &n.name, opts.commit_batch, opts.commit_queue)
-                .map_err(storage)?,
+            NodeStore::start(
+                store,
+                &n.name,
+                opts.commit_batch,
+                opts.commit_queue,
+                Fence::new(roles.clone(), n.id, n.shard),
+            )
+            .map_err(storage)?,
         );
     }
     // Listeners are bound here, after every check, with std (SO_REUSEADDR,
@@ -290,6 +300,7 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         let ctx = NodeContext {
             node,
             topo: topo.clone(),
+            roles: roles.clone(),
             shard,
             mailbox,
             mailboxes: mailboxes.clone(),

@@ -12,11 +12,12 @@
 //! only sender.
 
 use super::{
-    NodeStats, PROBE_BYTES, RETRY_FIRST, RETRY_MAX, Reply, StorageHealth, StoreError, storage_err,
+    Fence, NodeStats, PROBE_BYTES, RETRY_FIRST, RETRY_MAX, Reply, StorageHealth, StoreError,
+    storage_err,
 };
 use crate::log::Level;
 use crate::log_at;
-use crate::storage::{LogEntry, Outcome, StorageError, Store, Versioned, Write};
+use crate::storage::{EpochStart, LogEntry, Outcome, StorageError, Store, Versioned, Write};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,11 +25,12 @@ use std::time::{Duration, Instant, SystemTime};
 pub(super) enum Job {
     /// A write, its apply-by time (if any) and where to answer.
     Write(Write, Option<SystemTime>, Reply<Outcome>),
-    Apply(Vec<LogEntry>, Reply<u64>),
+    /// Replicated entries and the epoch history that covers them.
+    Apply(Vec<LogEntry>, Vec<EpochStart>, Reply<u64>),
     Trim(u64, Reply<usize>),
     ReseedBegin(Reply<()>),
     ReseedChunk(Vec<(Vec<u8>, Versioned)>, Reply<()>),
-    ReseedFinish(u64, Reply<()>),
+    ReseedFinish(u64, Vec<EpochStart>, Reply<()>),
 }
 
 /// Writes waiting for the next commit, with their apply-by times and
@@ -89,6 +91,9 @@ struct Committer<'a> {
     failure: Option<Failure>,
     /// The pause before the next retry after a failure.
     backoff: Duration,
+    fence: &'a Fence,
+    /// The newest epoch begun in the store (`Store::begin_epoch`).
+    begun: u64,
 }
 
 pub(super) fn committer(
@@ -97,8 +102,12 @@ pub(super) fn committer(
     stats: &NodeStats,
     max_batch: usize,
     name: &str,
+    fence: &Fence,
 ) {
+    let begun = store.epochs().ok().and_then(|h| h.last().map(|&(e, _)| e));
     let mut c = Committer {
+        fence,
+        begun: begun.unwrap_or(0),
         store,
         stats,
         name,
@@ -191,6 +200,10 @@ impl Committer<'_> {
         if self.pending.ops.is_empty() {
             return;
         }
+        let Some(epoch) = self.writable_epoch() else {
+            self.refuse_batch(&StoreError::NotPrimary);
+            return;
+        };
         let result = self
             .store
             .commit_writes_into(&self.pending.ops, &mut self.outcomes);
@@ -206,6 +219,16 @@ impl Committer<'_> {
             }
             Err(e) => Err(storage_err(e)),
         };
+        // The lease must still hold now that the commit is over: otherwise a
+        // new primary may have started without these writes.
+        let answer = answer.and_then(|()| {
+            if self.fence.writable_epoch() == Some(epoch) {
+                Ok(())
+            } else {
+                self.lease_lost();
+                Err(StoreError::LeaseLost)
+            }
+        });
         let replies = self.pending.replies.drain(..);
         match answer {
             Ok(()) => {
@@ -236,6 +259,69 @@ impl Committer<'_> {
             }
         }
         self.pending.ops.clear();
+    }
+
+    /// The epoch the next batch may commit in, after starting it in the
+    /// store if it is new; `None` when this node may not write now.
+    fn writable_epoch(&mut self) -> Option<u64> {
+        let epoch = self.fence.writable_epoch()?;
+        if epoch > self.begun {
+            match self.store.begin_epoch(epoch) {
+                Ok(start) => {
+                    log_at!(
+                        Level::Info,
+                        self.name,
+                        "primary in epoch {epoch}, from seq {start}"
+                    );
+                    self.begun = epoch;
+                    self.stats.epoch.store(epoch, Ordering::Release);
+                }
+                Err(e) => {
+                    let e = self.check::<()>(Err(e));
+                    if let Err(e) = e {
+                        self.refuse_batch(&e);
+                    }
+                    return None;
+                }
+            }
+        }
+        Some(epoch)
+    }
+
+    /// Answers every gathered write with `e` (nothing was applied).
+    fn refuse_batch(&mut self, e: &StoreError) {
+        if matches!(e, StoreError::NotPrimary) {
+            self.stats
+                .fenced_writes
+                .fetch_add(self.pending.ops.len() as u64, Ordering::Relaxed);
+        }
+        for reply in self.pending.replies.drain(..) {
+            let _ = reply.send(Err(e.clone()));
+        }
+        self.pending.ops.clear();
+        self.pending.apply_by.clear();
+    }
+
+    /// The batch just committed outlived the lease: publish what is in the
+    /// store (it is there) and count the writes; their writers hear
+    /// [`StoreError::LeaseLost`].
+    fn lease_lost(&self) {
+        let last = self.outcomes.iter().rev().find_map(|o| match o {
+            Outcome::Committed(seq) => Some(*seq),
+            Outcome::ConditionFailed { .. } => None,
+        });
+        if let Some(seq) = last {
+            publish(self.store, self.stats, seq);
+        }
+        self.stats
+            .lease_lost_writes
+            .fetch_add(self.outcomes.len() as u64, Ordering::Relaxed);
+        log_at!(
+            Level::Warn,
+            self.name,
+            "the lease ran out during a commit of {} writes: answered as outcome unknown",
+            self.outcomes.len()
+        );
     }
 
     /// What a batch whose commit failed with an I/O error became, judged by
@@ -388,11 +474,18 @@ impl Committer<'_> {
         let (store, stats) = (self.store, self.stats);
         match job {
             Job::Write(..) => {}
-            Job::Apply(entries, reply) => {
-                let r = self.check(store.apply_entries(&entries));
+            Job::Apply(entries, history, reply) => {
+                if self.fence.is_primary() {
+                    let _ = reply.send(Err(StoreError::IsPrimary));
+                    return;
+                }
+                let r = self.check(store.apply_entries(&entries, &history));
                 if let Ok(seq) = r {
                     publish(store, stats, seq);
                     stats.commits.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(e) = store.last_epoch() {
+                        stats.epoch.store(e, Ordering::Release);
+                    }
                 }
                 let _ = reply.send(r);
             }
@@ -413,10 +506,13 @@ impl Committer<'_> {
                 }
                 let _ = reply.send(r);
             }
-            Job::ReseedFinish(seq, reply) => {
-                let r = self.check(store.reseed_finish(seq));
+            Job::ReseedFinish(seq, history, reply) => {
+                let r = self.check(store.reseed_finish(seq, &history));
                 if r.is_ok() {
                     publish(store, stats, seq);
+                    if let Ok(e) = store.last_epoch() {
+                        stats.epoch.store(e, Ordering::Release);
+                    }
                 }
                 let _ = reply.send(r);
             }
@@ -430,13 +526,13 @@ fn refuse(job: Job, e: &StoreError) {
         Job::Write(_, _, reply) => {
             let _ = reply.send(Err(e.clone()));
         }
-        Job::Apply(_, reply) => {
+        Job::Apply(_, _, reply) => {
             let _ = reply.send(Err(e.clone()));
         }
         Job::Trim(_, reply) => {
             let _ = reply.send(Err(e.clone()));
         }
-        Job::ReseedBegin(reply) | Job::ReseedChunk(_, reply) | Job::ReseedFinish(_, reply) => {
+        Job::ReseedBegin(reply) | Job::ReseedChunk(_, reply) | Job::ReseedFinish(_, _, reply) => {
             let _ = reply.send(Err(e.clone()));
         }
     }

@@ -64,8 +64,9 @@ mod reader;
 
 pub use reader::Reader;
 
+use crate::roles::Roles;
 use crate::storage::{
-    LogEntry, LogRead, Outcome, SnapshotPage, StorageError, Store, Versioned, Write,
+    EpochStart, LogEntry, LogRead, Outcome, SnapshotPage, StorageError, Store, Versioned, Write,
 };
 use committer::Job;
 use reader::ReadJob;
@@ -133,6 +134,17 @@ pub struct NodeStats {
     pub storage_failures: AtomicU64,
     /// Successful reopens of the store.
     pub reopens: AtomicU64,
+    /// The epoch of the newest entry this node holds (see `storage::epochs`).
+    pub epoch: AtomicU64,
+    /// Client writes refused because this node was not the primary with a
+    /// valid lease when their batch was about to commit.
+    pub fenced_writes: AtomicU64,
+    /// Writes committed here whose lease ran out during the commit
+    /// (answered "outcome unknown").
+    pub lease_lost_writes: AtomicU64,
+    /// Entries this node held that its shard's new primary never had,
+    /// discarded when it rejoined as a replica (see `replication`).
+    pub discarded_writes: AtomicU64,
 }
 
 /// Whether a node's store takes writes (published in `/status` and
@@ -292,6 +304,17 @@ pub enum StoreError {
     OutcomeUnknown {
         cause: String,
     },
+    /// This node is not the primary of its shard with a valid lease (the
+    /// role moved, or the lease could not be renewed): the write was
+    /// refused before its transaction, nothing of it is in the store.
+    NotPrimary,
+    /// The write was committed here, but the node's lease ran out before
+    /// the commit ended: a new primary may not have it, and this node will
+    /// discard it if so when it rejoins. It may or may not survive.
+    LeaseLost,
+    /// This node is the primary of its shard: it applies no replicated
+    /// entries (a pull answer that arrived after a promotion).
+    IsPrimary,
 }
 
 impl fmt::Display for StoreError {
@@ -318,6 +341,18 @@ impl fmt::Display for StoreError {
                     write!(f, "storage failed: {cause}")
                 }
             },
+            Self::NotPrimary => write!(
+                f,
+                "this node is not the primary of its shard (the role moved or its lease lapsed)"
+            ),
+            Self::LeaseLost => write!(
+                f,
+                "committed, but this node's lease ran out before the commit ended: a new primary may not have the write"
+            ),
+            Self::IsPrimary => write!(
+                f,
+                "this node is the primary now; it applies no replicated entries"
+            ),
             Self::OutcomeUnknown { cause } => write!(
                 f,
                 "the commit failed ({cause}) and the store could not be reopened to check it"
@@ -330,6 +365,40 @@ impl std::error::Error for StoreError {}
 
 type Reply<T> = flume::Sender<Result<T, StoreError>>;
 
+/// What decides whether this node may commit client writes: the shared
+/// [`Roles`] (primary and epoch of each shard, lease deadlines) and who
+/// this node is. The committer checks it right before each batch's
+/// transaction and again after it (see the module header).
+#[derive(Clone, Debug)]
+pub struct Fence {
+    roles: Arc<Roles>,
+    node: usize,
+    shard: usize,
+}
+
+impl Fence {
+    #[must_use]
+    pub fn new(roles: Arc<Roles>, node: usize, shard: usize) -> Self {
+        Self { roles, node, shard }
+    }
+
+    /// The epoch this node may write in now: it is its shard's primary and
+    /// its lease is valid.
+    #[must_use]
+    pub fn writable_epoch(&self) -> Option<u64> {
+        match self.roles.primary(self.shard) {
+            Some((n, e)) if n == self.node && self.roles.lease_valid(self.node) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// True when this node is its shard's primary (lease or not).
+    #[must_use]
+    pub fn is_primary(&self) -> bool {
+        matches!(self.roles.primary(self.shard), Some((n, _)) if n == self.node)
+    }
+}
+
 /// Handle to a node's storage; `Send`, created before the executor starts.
 pub struct NodeStore {
     store: Arc<Store>,
@@ -341,6 +410,8 @@ pub struct NodeStore {
     pub stats: Arc<NodeStats>,
     /// This executor's reads of its own store.
     reader: Reader,
+    /// Whether this node may write (the committer holds a clone).
+    fence: Fence,
 }
 
 impl NodeStore {
@@ -355,17 +426,20 @@ impl NodeStore {
         name: &str,
         max_batch: usize,
         queue: usize,
+        fence: Fence,
     ) -> Result<Self, StartError> {
         let stats = Arc::new(NodeStats::default());
         stats.seq.store(store.seq()?, Ordering::Relaxed);
+        stats.epoch.store(store.last_epoch()?, Ordering::Relaxed);
         stats.keys.store(store.key_count()?, Ordering::Relaxed);
         let store = Arc::new(store);
         let queue = queue.max(1);
         let (tx, rx) = flume::bounded(queue);
         let (s, st, n) = (store.clone(), stats.clone(), name.to_string());
+        let own_fence = fence.clone();
         std::thread::Builder::new()
             .name(format!("commit {name}"))
-            .spawn(move || committer::committer(&s, &rx, &st, max_batch.max(1), &n))
+            .spawn(move || committer::committer(&s, &rx, &st, max_batch.max(1), &n, &fence))
             .map_err(StartError::Thread)?;
         let (reads, read_rx) = flume::bounded::<ReadJob>(READ_QUEUE);
         let s = store.clone();
@@ -374,6 +448,7 @@ impl NodeStore {
             .spawn(move || reader::serve(&s, &read_rx))
             .map_err(StartError::Thread)?;
         Ok(Self {
+            fence: own_fence,
             reader: Reader::new(store.clone(), stats.clone()),
             store,
             jobs: tx,
@@ -386,6 +461,12 @@ impl NodeStore {
     #[must_use]
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Whether this node may write now (see [`Fence`]).
+    #[must_use]
+    pub fn fence(&self) -> &Fence {
+        &self.fence
     }
 
     /// What another executor needs to build a [`Reader`] of this node.
@@ -527,8 +608,12 @@ impl NodeStore {
     ///
     /// # Errors
     /// Storage failure or a gap in the entries.
-    pub async fn apply(&self, entries: Vec<LogEntry>) -> Result<u64, StoreError> {
-        self.call(false, |r| Job::Apply(entries, r)).await
+    pub async fn apply(
+        &self,
+        entries: Vec<LogEntry>,
+        history: Vec<EpochStart>,
+    ) -> Result<u64, StoreError> {
+        self.call(false, |r| Job::Apply(entries, history, r)).await
     }
 
     /// Primary: removes log entries up to `upto` (a bounded amount per call).
@@ -555,8 +640,13 @@ impl NodeStore {
 
     /// # Errors
     /// Storage failures.
-    pub async fn reseed_finish(&self, seq: u64) -> Result<(), StoreError> {
-        self.call(false, |r| Job::ReseedFinish(seq, r)).await
+    pub async fn reseed_finish(
+        &self,
+        seq: u64,
+        history: Vec<EpochStart>,
+    ) -> Result<(), StoreError> {
+        self.call(false, |r| Job::ReseedFinish(seq, history, r))
+            .await
     }
 }
 
@@ -594,11 +684,16 @@ mod tests {
     use crate::storage::{Cond, WriteOp};
     use futures_lite::future::block_on;
 
+    fn standalone() -> Fence {
+        Fence::new(Arc::new(Roles::standalone()), 0, 0)
+    }
+
     #[test]
     fn a_full_read_queue_refuses_at_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("s.redb"), false).expect("open");
-        let shard = NodeStore::start(store, "test", 16, DEFAULT_COMMIT_QUEUE).expect("start");
+        let shard =
+            NodeStore::start(store, "test", 16, DEFAULT_COMMIT_QUEUE, standalone()).expect("start");
         // Hold the reader thread in one job, then fill its queue.
         let (release, held) = flume::bounded::<()>(0);
         let (started_tx, started) = flume::bounded::<()>(1);
@@ -636,7 +731,8 @@ mod tests {
     fn writes_past_their_apply_by_time_are_not_applied() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("s.redb"), false).expect("open");
-        let shard = NodeStore::start(store, "test", 16, DEFAULT_COMMIT_QUEUE).expect("start");
+        let shard =
+            NodeStore::start(store, "test", 16, DEFAULT_COMMIT_QUEUE, standalone()).expect("start");
         let set = |v: &str| Write {
             op: WriteOp::Set {
                 key: b"k".to_vec(),

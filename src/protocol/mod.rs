@@ -34,7 +34,7 @@ pub use codec::{
 pub use mailbox::{MAILBOX_CAPACITY, Mail, MailError, ask};
 
 use crate::http::client::request_bytes;
-use crate::storage::{Cond, LogEntry, Versioned};
+use crate::storage::{Cond, EpochStart, LogEntry, Versioned};
 use std::time::Duration;
 
 /// The header field that marks a request one corekv node sends another
@@ -132,6 +132,9 @@ pub struct Pull {
     pub kind: PullKind,
     /// How long the primary may hold a log pull open waiting for writes.
     pub wait: Duration,
+    /// The epoch of the replica's newest entry (see `storage::epochs`):
+    /// the primary checks the replica's entries against its own history.
+    pub epoch: u64,
 }
 
 /// The primary's answer to a [`Pull`].
@@ -141,6 +144,8 @@ pub enum PullReply {
     Entries {
         primary_seq: u64,
         entries: Vec<LogEntry>,
+        /// The primary's epoch history (one record per failover).
+        epochs: Vec<EpochStart>,
     },
     /// The log was trimmed past the replica's position: re-seed.
     Trimmed { primary_seq: u64 },
@@ -149,7 +154,15 @@ pub enum PullReply {
         seq: u64,
         pairs: Vec<(Vec<u8>, Versioned)>,
         done: bool,
+        /// The primary's epoch history.
+        epochs: Vec<EpochStart>,
     },
+    /// The replica holds entries after seq `common` that this primary's
+    /// history does not have (written by an earlier primary that lost its
+    /// role before they were replicated): it must discard them (re-seed).
+    Diverged { common: u64, primary_seq: u64 },
+    /// The node asked is not its shard's primary (any more).
+    NotPrimary,
     /// The primary could not answer (storage failure), with its message.
     Failed(String),
 }

@@ -14,7 +14,7 @@
 //! written before epochs existed, or before any primary began one).
 
 use super::{META, META_SEQ, StorageError, Store};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
 
 pub(super) const EPOCHS: TableDefinition<u64, u64> = TableDefinition::new("epochs");
 
@@ -27,7 +27,7 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn epochs(&self) -> Result<Vec<EpochStart>, StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(EPOCHS)?;
         let mut out = Vec::new();
         for item in table.iter()? {
@@ -55,7 +55,10 @@ impl Store {
     pub fn begin_epoch(&self, epoch: u64) -> Result<u64, StorageError> {
         let txn = self.begin_write()?;
         let start = {
-            let seq = txn.open_table(META)?.get(META_SEQ)?.map_or(0, |v| v.value());
+            let seq = txn
+                .open_table(META)?
+                .get(META_SEQ)?
+                .map_or(0, |v| v.value());
             let mut table = txn.open_table(EPOCHS)?;
             let newest = table.last()?.map(|(e, s)| (e.value(), s.value()));
             match newest {

@@ -37,7 +37,10 @@
 //! by reading the committed seq after the reopen ([`Store::seq`]); see
 //! [`Store::commit_writes`].
 
+mod epochs;
 mod types;
+
+pub use epochs::{EpochStart, end_of, epoch_of};
 
 pub use types::{
     Cond, LogEntry, LogRead, Outcome, SnapshotPage, StorageError, Tags, Versioned, Write, WriteOp,
@@ -118,6 +121,7 @@ impl Store {
         txn.open_table(DATA)?;
         txn.open_table(LOG)?;
         txn.open_table(META)?;
+        txn.open_table(epochs::EPOCHS)?;
         txn.commit()?;
         Ok(Self {
             db: RwLock::new(Some(db)),
@@ -438,8 +442,13 @@ impl Store {
     ///
     /// # Errors
     /// [`StorageError::Gap`] or storage failures; nothing is applied then.
-    pub fn apply_entries(&self, entries: &[LogEntry]) -> Result<u64, StorageError> {
+    pub fn apply_entries(
+        &self,
+        entries: &[LogEntry],
+        history: &[EpochStart],
+    ) -> Result<u64, StorageError> {
         let txn = self.begin_write()?;
+        epochs::record(&txn, history, false)?;
         let applied = {
             let mut meta = txn.open_table(META)?;
             let mut data = txn.open_table(DATA)?;
@@ -550,8 +559,9 @@ impl Store {
     ///
     /// # Errors
     /// Storage failures.
-    pub fn reseed_finish(&self, seq: u64) -> Result<(), StorageError> {
+    pub fn reseed_finish(&self, seq: u64, history: &[EpochStart]) -> Result<(), StorageError> {
         let txn = self.begin_write()?;
+        epochs::record(&txn, history, true)?;
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(META_SEQ, seq)?;
@@ -718,9 +728,9 @@ mod tests {
         };
         assert_eq!(entries.len(), 3);
         let r = Store::open(&dir.path().join("r.redb"), true).expect("open");
-        assert_eq!(r.apply_entries(&entries[..2]).expect("apply"), 2);
+        assert_eq!(r.apply_entries(&entries[..2], &[]).expect("apply"), 2);
         // Re-delivery is skipped; the rest applies.
-        assert_eq!(r.apply_entries(&entries).expect("apply"), 3);
+        assert_eq!(r.apply_entries(&entries, &[]).expect("apply"), 3);
         assert_eq!(r.get(b"a").expect("get"), None);
         assert_eq!(r.seq().expect("seq"), 3);
         // A gap is refused.
@@ -729,7 +739,7 @@ mod tests {
             op: set("z", "z"),
         };
         assert!(matches!(
-            r.apply_entries(&[gap]),
+            r.apply_entries(&[gap], &[]),
             Err(StorageError::Gap { applied: 3, got: 5 })
         ));
 
@@ -781,10 +791,13 @@ mod tests {
         p.commit_writes(&[w(set("a", "1")), w(set("b", "2")), w(set("c", "3"))])
             .expect("c");
         let r = Store::open(&dir.path().join("r.redb"), true).expect("open");
-        r.apply_entries(&[LogEntry {
-            seq: 1,
-            op: set("stale", "x"),
-        }])
+        r.apply_entries(
+            &[LogEntry {
+                seq: 1,
+                op: set("stale", "x"),
+            }],
+            &[],
+        )
         .expect("apply");
         r.reseed_begin().expect("begin");
         assert!(r.reseed_pending().expect("pending"));
@@ -794,7 +807,7 @@ mod tests {
         let (_, rest) = p.snapshot_chunk(Some(&first[1].0), 2).expect("chunk");
         assert_eq!(rest.len(), 1);
         r.reseed_chunk(&rest).expect("chunk");
-        r.reseed_finish(seq).expect("finish");
+        r.reseed_finish(seq, &[]).expect("finish");
         assert!(!r.reseed_pending().expect("pending"));
         assert_eq!(r.get(b"stale").expect("get"), None);
         assert_eq!(r.key_count().expect("count"), 3);
