@@ -55,6 +55,13 @@ struct NodeJson<'a> {
     storage_error: String,
     storage_failures: u64,
     reopens: u64,
+    /// Keys and values stored; log records kept; the file's length and the
+    /// disk space it takes (refreshed about once a second).
+    data_bytes: u64,
+    log_bytes: u64,
+    log_entries: u64,
+    file_bytes: u64,
+    disk_bytes: u64,
     role: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     committed_seq: Option<u64>,
@@ -101,6 +108,11 @@ impl Api {
                     storage_error: stats.storage_error(),
                     storage_failures: stats.storage_failures.load(Ordering::Relaxed),
                     reopens: stats.reopens.load(Ordering::Relaxed),
+                    data_bytes: stats.data_bytes.load(Ordering::Relaxed),
+                    log_bytes: stats.log_bytes.load(Ordering::Relaxed),
+                    log_entries: stats.log_entries.load(Ordering::Relaxed),
+                    file_bytes: stats.file_bytes.load(Ordering::Relaxed),
+                    disk_bytes: stats.disk_bytes.load(Ordering::Relaxed),
                     role: "primary",
                     committed_seq: None,
                     applied_seq: None,

@@ -35,7 +35,7 @@ pub(super) struct NodeContext {
     /// Reachability of the nodes on other hosts (shared, for `/status`).
     pub(super) reach: Arc<Reachability>,
     pub(super) nodes: LocalNodes,
-    pub(super) retain: u64,
+    pub(super) retain: crate::replication::Retention,
     pub(super) token: Option<Arc<str>>,
     pub(super) conn: ConnConfig,
     pub(super) api: ApiConfig,

@@ -20,12 +20,16 @@ use crate::storage::{LogEntry, Outcome, StorageError, Store, Versioned, Write};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
+/// How often the committer publishes the store's space figures (after a
+/// job; an idle store does not change).
+const SPACE_EVERY: Duration = Duration::from_secs(1);
+
 /// Work for the committer thread.
 pub(super) enum Job {
     /// A write, its apply-by time (if any) and where to answer.
     Write(Write, Option<SystemTime>, Reply<Outcome>),
     Apply(Vec<LogEntry>, Reply<u64>),
-    Trim(u64, Reply<usize>),
+    Trim(u64, u64, Reply<usize>),
     ReseedBegin(Reply<()>),
     ReseedChunk(Vec<(Vec<u8>, Versioned)>, Reply<()>),
     ReseedFinish(u64, Reply<()>),
@@ -89,6 +93,10 @@ struct Committer<'a> {
     failure: Option<Failure>,
     /// The pause before the next retry after a failure.
     backoff: Duration,
+    /// When the store's space figures were last published.
+    space_at: Instant,
+    /// A job ran since then.
+    space_dirty: bool,
 }
 
 pub(super) fn committer(
@@ -107,10 +115,23 @@ pub(super) fn committer(
         outcomes: Vec::new(),
         failure: None,
         backoff: RETRY_FIRST,
+        space_at: Instant::now(),
+        space_dirty: false,
     };
     loop {
         let job = match c.failure.as_ref().map(|f| f.retry_at) {
-            // Healthy with nothing gathered: sleep until a job comes.
+            // Healthy with nothing gathered: sleep until a job comes (or
+            // until the space figures of the last jobs are due).
+            None if c.pending.ops.is_empty() && c.space_dirty => {
+                match rx.recv_deadline(c.space_at + SPACE_EVERY) {
+                    Ok(job) => job,
+                    Err(flume::RecvTimeoutError::Timeout) => {
+                        c.refresh_space();
+                        continue;
+                    }
+                    Err(flume::RecvTimeoutError::Disconnected) => break,
+                }
+            }
             None if c.pending.ops.is_empty() => match rx.recv() {
                 Ok(job) => job,
                 Err(_) => break,
@@ -138,11 +159,25 @@ pub(super) fn committer(
             }
         };
         c.take(job);
+        c.space_dirty = true;
+        c.refresh_space();
     }
     c.flush();
 }
 
 impl Committer<'_> {
+    /// Publishes the store's space figures, at most once a second.
+    fn refresh_space(&mut self) {
+        if self.failure.is_some() || self.space_at.elapsed() < SPACE_EVERY {
+            return;
+        }
+        self.space_at = Instant::now();
+        self.space_dirty = false;
+        if let Ok(space) = self.store.space() {
+            self.stats.publish_space(&space);
+        }
+    }
+
     fn take(&mut self, job: Job) {
         if let Some(f) = &self.failure {
             let health = if f.reopened {
@@ -396,8 +431,8 @@ impl Committer<'_> {
                 }
                 let _ = reply.send(r);
             }
-            Job::Trim(upto, reply) => {
-                let _ = reply.send(self.check(store.trim_log(upto, 100_000)));
+            Job::Trim(upto, keep_bytes, reply) => {
+                let _ = reply.send(self.check(store.trim_log(upto, 100_000, keep_bytes)));
             }
             Job::ReseedBegin(reply) => {
                 let r = self.check(store.reseed_begin());
@@ -433,7 +468,7 @@ fn refuse(job: Job, e: &StoreError) {
         Job::Apply(_, reply) => {
             let _ = reply.send(Err(e.clone()));
         }
-        Job::Trim(_, reply) => {
+        Job::Trim(_, _, reply) => {
             let _ = reply.send(Err(e.clone()));
         }
         Job::ReseedBegin(reply) | Job::ReseedChunk(_, reply) | Job::ReseedFinish(_, reply) => {

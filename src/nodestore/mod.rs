@@ -133,6 +133,13 @@ pub struct NodeStats {
     pub storage_failures: AtomicU64,
     /// Successful reopens of the store.
     pub reopens: AtomicU64,
+    /// Where the store's bytes are (`storage::Space`), refreshed by the
+    /// committer at most once a second after a job.
+    pub data_bytes: AtomicU64,
+    pub log_bytes: AtomicU64,
+    pub log_entries: AtomicU64,
+    pub file_bytes: AtomicU64,
+    pub disk_bytes: AtomicU64,
 }
 
 /// Whether a node's store takes writes (published in `/status` and
@@ -213,6 +220,14 @@ impl NodeStats {
     /// True while a replica re-seed replaces the data under the same seq.
     fn reseeding(&self) -> bool {
         self.state.load(Ordering::Relaxed) == ReplicaState::Reseeding as u64
+    }
+
+    fn publish_space(&self, space: &crate::storage::Space) {
+        self.data_bytes.store(space.data_bytes, Ordering::Relaxed);
+        self.log_bytes.store(space.log_bytes, Ordering::Relaxed);
+        self.log_entries.store(space.log_entries, Ordering::Relaxed);
+        self.file_bytes.store(space.file_bytes, Ordering::Relaxed);
+        self.disk_bytes.store(space.disk_bytes, Ordering::Relaxed);
     }
 
     /// The store's health.
@@ -359,6 +374,7 @@ impl NodeStore {
         let stats = Arc::new(NodeStats::default());
         stats.seq.store(store.seq()?, Ordering::Relaxed);
         stats.keys.store(store.key_count()?, Ordering::Relaxed);
+        stats.publish_space(&store.space()?);
         let store = Arc::new(store);
         let queue = queue.max(1);
         let (tx, rx) = flume::bounded(queue);
@@ -481,8 +497,9 @@ impl NodeStore {
         &self,
         after: Option<Vec<u8>>,
         max: usize,
-    ) -> Result<(u64, SnapshotPage), StoreError> {
-        self.offload(move |s| s.snapshot_chunk(after.as_deref(), max))
+        max_bytes: usize,
+    ) -> Result<(u64, SnapshotPage, bool), StoreError> {
+        self.offload(move |s| s.snapshot_chunk(after.as_deref(), max, max_bytes))
             .await
     }
 
@@ -531,12 +548,14 @@ impl NodeStore {
         self.call(false, |r| Job::Apply(entries, r)).await
     }
 
-    /// Primary: removes log entries up to `upto` (a bounded amount per call).
+    /// Primary: removes log entries up to `upto`, and the oldest beyond
+    /// `keep_bytes` of log or the data's size, whichever is larger (a
+    /// bounded amount per call; see `Store::trim_log`).
     ///
     /// # Errors
     /// Storage failures.
-    pub async fn trim(&self, upto: u64) -> Result<usize, StoreError> {
-        self.call(false, |r| Job::Trim(upto, r)).await
+    pub async fn trim(&self, upto: u64, keep_bytes: u64) -> Result<usize, StoreError> {
+        self.call(false, |r| Job::Trim(upto, keep_bytes, r)).await
     }
 
     /// Replica re-seed steps; see `Store::reseed_*`.
