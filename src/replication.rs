@@ -232,6 +232,11 @@ impl PrimaryLog {
                 // the map cannot grow past the configured replicas.
                 if self.is_replica(&pull.replica) {
                     self.progress.borrow_mut().insert(pull.replica, after);
+                    // The next group commit removes what every replica has.
+                    self.shard
+                        .stats
+                        .trim_upto
+                        .store(self.trim_point(), Ordering::Release);
                 }
                 let wait = pull.wait.min(MAX_PULL_WAIT);
                 self.committed.wait_for(next, wait).await;

@@ -62,6 +62,8 @@ struct NodeJson<'a> {
     log_entries: u64,
     file_bytes: u64,
     disk_bytes: u64,
+    /// The seq `data_bytes` .. `disk_bytes` were read at.
+    space_seq: u64,
     role: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     committed_seq: Option<u64>,
@@ -113,6 +115,7 @@ impl Api {
                     log_entries: stats.log_entries.load(Ordering::Relaxed),
                     file_bytes: stats.file_bytes.load(Ordering::Relaxed),
                     disk_bytes: stats.disk_bytes.load(Ordering::Relaxed),
+                    space_seq: stats.space_seq.load(Ordering::Relaxed),
                     role: "primary",
                     committed_seq: None,
                     applied_seq: None,

@@ -226,9 +226,10 @@ impl Committer<'_> {
         if self.pending.ops.is_empty() {
             return;
         }
-        let result = self
-            .store
-            .commit_writes_into(&self.pending.ops, &mut self.outcomes);
+        let trim_upto = self.stats.trim_upto.load(Ordering::Acquire);
+        let result =
+            self.store
+                .commit_writes_into(&self.pending.ops, trim_upto, &mut self.outcomes);
         let batch = self.pending.ops.len();
         let answer: Result<(), StoreError> = match result {
             Ok(()) => {

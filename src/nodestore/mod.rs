@@ -140,6 +140,12 @@ pub struct NodeStats {
     pub log_entries: AtomicU64,
     pub file_bytes: AtomicU64,
     pub disk_bytes: AtomicU64,
+    /// The seq the space figures were read at.
+    pub space_seq: AtomicU64,
+    /// Primary: log entries up to this seq may go (every replica applied
+    /// them; published by `replication::PrimaryLog`); each group commit
+    /// removes some in its own transaction.
+    pub trim_upto: AtomicU64,
 }
 
 /// Whether a node's store takes writes (published in `/status` and
@@ -228,6 +234,7 @@ impl NodeStats {
         self.log_entries.store(space.log_entries, Ordering::Relaxed);
         self.file_bytes.store(space.file_bytes, Ordering::Relaxed);
         self.disk_bytes.store(space.disk_bytes, Ordering::Relaxed);
+        self.space_seq.store(space.seq, Ordering::Relaxed);
     }
 
     /// The store's health.

@@ -89,6 +89,9 @@ pub struct Space {
     /// Log records kept for replicas.
     pub log_bytes: u64,
     pub log_entries: u64,
+    /// The committed (primary) or applied (replica) seq these figures
+    /// were read at.
+    pub seq: u64,
     /// The file's length.
     pub file_bytes: u64,
     /// Disk space the file takes (allocated blocks; less than its length
@@ -506,6 +509,7 @@ impl Store {
             data_bytes: meta.get(META_DATA_BYTES)?.map_or(0, |v| v.value()),
             log_bytes: meta.get(META_LOG_BYTES)?.map_or(0, |v| v.value()),
             log_entries: txn.open_table(LOG)?.len()?,
+            seq: meta.get(META_SEQ)?.map_or(0, |v| v.value()),
             file_bytes: file.len(),
             disk_bytes: file.blocks() * 512,
         })
@@ -530,13 +534,17 @@ impl Store {
     /// committed then.
     pub fn commit_writes(&self, writes: &[Write]) -> Result<Vec<Outcome>, StorageError> {
         let mut outcomes = Vec::with_capacity(writes.len());
-        self.commit_writes_into(writes, &mut outcomes)?;
+        self.commit_writes_into(writes, 0, &mut outcomes)?;
         Ok(outcomes)
     }
 
     /// As [`Store::commit_writes`], filling `outcomes` (cleared first)
     /// before the commit, so that they are known when the commit itself
-    /// fails.
+    /// fails. The same transaction also removes log entries with seq
+    /// `<= trim_upto` (what every replica has applied), a bounded number
+    /// (twice the batch, plus 64): the log then holds only what replicas
+    /// lack, without a commit of its own, and the pages it frees are
+    /// reused by the next commits.
     ///
     /// # Errors
     /// Storage failures. If `outcomes` then holds one outcome per write,
@@ -549,6 +557,7 @@ impl Store {
     pub fn commit_writes_into(
         &self,
         writes: &[Write],
+        trim_upto: u64,
         outcomes: &mut Vec<Outcome>,
     ) -> Result<(), StorageError> {
         outcomes.clear();
@@ -578,6 +587,15 @@ impl Store {
                 w.op.encode_into(&mut record);
                 put_record(&mut log, &mut log_pieces, &mut usage, seq, &record)?;
                 outcomes.push(Outcome::Committed(seq));
+            }
+            for _ in 0..2 * writes.len() + 64 {
+                let first = log.first()?.map(|(k, _)| k.value());
+                match first {
+                    Some(first) if first <= trim_upto => {
+                        remove_record(&mut log, &mut log_pieces, &mut usage, first)?;
+                    }
+                    _ => break,
+                }
             }
             meta.insert(META_SEQ, seq)?;
             usage.save(&mut meta)?;
