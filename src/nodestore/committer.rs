@@ -1,7 +1,9 @@
 //! A node's committer thread: takes every job waiting in the commit queue,
 //! commits all queued writes in one transaction (one fsync), answers each
 //! writer, and runs the node's own jobs (replica applies, log trims,
-//! re-seed steps) in queue order.
+//! re-seed steps) in queue order. Each group commit also trims the log up
+//! to [`NodeStats::trim_upto`]; after jobs it publishes the store's space
+//! figures, at most once a second.
 //!
 //! It also owns the store's recovery from I/O errors (a full disk): it
 //! reopens the store, decides what a failed batch became, publishes the

@@ -58,6 +58,12 @@
 //! file of [`PROBE_BYTES`] next to the store; once that works the node is
 //! healthy and takes writes again (a commit that still fails starts the
 //! cycle again, with a longer back-off).
+//!
+//! Space: each group commit also removes the log entries every replica has
+//! applied ([`NodeStats::trim_upto`], published by the primary's
+//! replication side), so the log costs no extra fsync and its pages are
+//! reused at once; the committer publishes the store's space figures
+//! (`storage::Space`) in [`NodeStats`] about once a second after a job.
 
 mod committer;
 mod reader;
