@@ -54,6 +54,13 @@ struct Args {
           default_value_t = Options::default().log_retention)]
     log_retention: u64,
 
+    /// Replication log kept for lagging replicas, in MiB, at least: the log
+    /// is kept to the larger of this and the node's data size; a replica
+    /// further behind is re-seeded from a snapshot.
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = whole,
+          default_value_t = Options::default().log_retention_bytes >> 20)]
+    log_retention_mb: u64,
+
     /// Most writes per group commit (1 = one fsync per write, a benchmark
     /// baseline).
     #[arg(long, value_name = "N", allow_hyphen_values = true,
@@ -297,6 +304,7 @@ where
         serve: args.serve.map(|a| a.0),
         durable: !args.no_fsync,
         log_retention: args.log_retention,
+        log_retention_bytes: args.log_retention_mb.saturating_mul(1 << 20),
         commit_batch: args.commit_batch,
         commit_queue: args.commit_queue,
         token,

@@ -10,7 +10,9 @@
 //! Invariants: a replica applies entries strictly in seq order and stores
 //! its applied seq in the same transaction as the data; the primary trims
 //! only entries every configured replica has applied, or beyond the
-//! retention bound. Nothing a puller sends can grow the primary's state:
+//! retention bounds (entries, and bytes: the larger of `--log-retention-mb`
+//! and the data's size; a replica behind a trimmed log re-seeds, with
+//! snapshot pages bounded by pairs and by bytes). Nothing a puller sends can grow the primary's state:
 //! progress is kept only for configured replicas, and a [`SeqWatch`] holds
 //! only the waits that are still live (timed-out or dropped waits are
 //! removed at once). The primary reads log and snapshot pages on its
@@ -41,8 +43,10 @@ use std::time::{Duration, Instant};
 const PULL_MAX_ENTRIES: usize = 10_000;
 /// Payload bytes per pull reply, about.
 const PULL_MAX_BYTES: usize = 4 * 1024 * 1024;
-/// Pairs per snapshot page.
+/// Pairs per snapshot page, at most.
 const SNAPSHOT_PAGE: usize = 10_000;
+/// Bytes of keys and values per snapshot page, about (at least one pair).
+const SNAPSHOT_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// How long a primary holds a log pull open when there is nothing new.
 pub const LONG_POLL: Duration = Duration::from_secs(2);
 /// Longest hold a pull may ask for.
@@ -172,6 +176,17 @@ impl SeqWatch {
     }
 }
 
+/// How much log a primary keeps for replicas that have not applied it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Entries beyond what every replica applied (`--log-retention`).
+    pub entries: u64,
+    /// Bytes of log records, at least (`--log-retention-mb`): the log is
+    /// kept to the larger of this and the data's size; a replica further
+    /// behind is re-seeded (see `storage::Store::trim_log`).
+    pub bytes: u64,
+}
+
 /// The primary side: knows the committed seq, holds long polls, serves
 /// log pages and snapshot pages, and trims the log.
 pub struct PrimaryLog {
@@ -180,12 +195,13 @@ pub struct PrimaryLog {
     /// Applied seq last reported by each replica (by node name).
     progress: RefCell<HashMap<String, u64>>,
     replicas: Vec<String>,
-    retain: u64,
+    retain: Retention,
 }
 
 impl PrimaryLog {
     /// `replicas` are the names of the shard's configured replicas; the log
-    /// keeps at most `retain` entries beyond what all of them applied.
+    /// keeps at most `retain.entries` entries beyond what all of them
+    /// applied, and about the larger of `retain.bytes` and the data's size.
     /// `committed` is the node's one [`SeqWatch`] (the API notifies it
     /// after each acknowledged write, which wakes the long polls).
     #[must_use]
@@ -193,7 +209,7 @@ impl PrimaryLog {
         shard: Rc<NodeStore>,
         committed: Rc<SeqWatch>,
         replicas: Vec<String>,
-        retain: u64,
+        retain: Retention,
     ) -> Self {
         Self {
             shard,
@@ -256,6 +272,11 @@ impl PrimaryLog {
                 // the map cannot grow past the configured replicas.
                 if self.is_replica(&pull.replica) {
                     self.progress.borrow_mut().insert(pull.replica, after);
+                    // The next group commit removes what every replica has.
+                    self.shard
+                        .stats
+                        .trim_upto
+                        .store(self.trim_point(), Ordering::Release);
                 }
                 let wait = pull.wait.min(MAX_PULL_WAIT);
                 self.committed.wait_for(next, wait).await;
@@ -291,16 +312,17 @@ impl PrimaryLog {
             }
             // Read on the node's reader thread: a page is 10,000 pairs.
             PullKind::Snapshot { after_key } => {
-                match self.shard.snapshot_chunk(after_key, SNAPSHOT_PAGE).await {
-                    Ok((seq, pairs)) => {
-                        let done = pairs.len() < SNAPSHOT_PAGE;
-                        Ok(PullReply::Snapshot {
-                            seq,
-                            pairs,
-                            done,
-                            epochs: history,
-                        })
-                    }
+                match self
+                    .shard
+                    .snapshot_chunk(after_key, SNAPSHOT_PAGE, SNAPSHOT_PAGE_BYTES)
+                    .await
+                {
+                    Ok((seq, pairs, done)) => Ok(PullReply::Snapshot {
+                        seq,
+                        pairs,
+                        done,
+                        epochs: history,
+                    }),
                     Err(e) => failed(e),
                 }
             }
@@ -325,18 +347,25 @@ impl PrimaryLog {
             .min()
             .unwrap_or(committed);
         slowest
-            .max(committed.saturating_sub(self.retain))
+            .max(committed.saturating_sub(self.retain.entries))
             .min(committed)
     }
 
-    /// Trims the log once a second, forever.
+    /// Trims the log once a second, forever: what every replica applied,
+    /// and the oldest entries while the log is over its byte bound.
     pub async fn trim_forever(self: Rc<Self>) {
         let mut trimmed = 0;
         loop {
             glommio::timer::sleep(Duration::from_secs(1)).await;
             let upto = self.trim_point();
-            if upto > trimmed {
-                match self.shard.trim(upto).await {
+            let stats = &self.shard.stats;
+            let bound = self
+                .retain
+                .bytes
+                .max(stats.data_bytes.load(Ordering::Relaxed));
+            let over = stats.log_bytes.load(Ordering::Relaxed) > bound;
+            if upto > trimmed || over {
+                match self.shard.trim(upto, self.retain.bytes).await {
                     Ok(_) => trimmed = upto,
                     Err(e) => log_at!(Level::Error, "primary", "log trim failed: {e}"),
                 }

@@ -56,6 +56,15 @@ struct NodeJson<'a> {
     storage_error: String,
     storage_failures: u64,
     reopens: u64,
+    /// Keys and values stored; log records kept; the file's length and the
+    /// disk space it takes (refreshed about once a second).
+    data_bytes: u64,
+    log_bytes: u64,
+    log_entries: u64,
+    file_bytes: u64,
+    disk_bytes: u64,
+    /// The seq `data_bytes` .. `disk_bytes` were read at.
+    space_seq: u64,
     role: &'static str,
     /// The shard's epoch as this process knows it (1 in a static cluster).
     epoch: u64,
@@ -113,6 +122,12 @@ impl Api {
                     storage_error: stats.storage_error(),
                     storage_failures: stats.storage_failures.load(Ordering::Relaxed),
                     reopens: stats.reopens.load(Ordering::Relaxed),
+                    data_bytes: stats.data_bytes.load(Ordering::Relaxed),
+                    log_bytes: stats.log_bytes.load(Ordering::Relaxed),
+                    log_entries: stats.log_entries.load(Ordering::Relaxed),
+                    file_bytes: stats.file_bytes.load(Ordering::Relaxed),
+                    disk_bytes: stats.disk_bytes.load(Ordering::Relaxed),
+                    space_seq: stats.space_seq.load(Ordering::Relaxed),
                     role: "primary",
                     epoch: roles.epoch(node.shard),
                     data_epoch: stats.epoch.load(Ordering::Relaxed),

@@ -12,7 +12,7 @@ use crate::log::Level;
 use crate::log_at;
 use crate::nodestore::NodeStore;
 use crate::protocol::Mail;
-use crate::replication::{self, PrimaryLog, SeqWatch, Upstream};
+use crate::replication::{self, PrimaryLog, Retention, SeqWatch, Upstream};
 use crate::roles::Roles;
 use crate::router::{Mailboxes, Router};
 use crate::sched::NextPoll;
@@ -37,7 +37,7 @@ pub(super) struct NodeContext {
     /// Reachability of the nodes on other hosts (shared, for `/status`).
     pub(super) reach: Arc<Reachability>,
     pub(super) nodes: LocalNodes,
-    pub(super) retain: u64,
+    pub(super) retain: crate::replication::Retention,
     pub(super) token: Option<Arc<str>>,
     pub(super) conn: ConnConfig,
     pub(super) api: ApiConfig,
@@ -196,7 +196,7 @@ struct Duty {
     mailboxes: Mailboxes,
     client: Rc<Client>,
     token: Option<Arc<str>>,
-    retain: u64,
+    retain: Retention,
 }
 
 impl Duty {

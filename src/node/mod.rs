@@ -74,6 +74,9 @@ pub struct Options {
     pub durable: bool,
     /// Replication log entries kept beyond what every replica applied.
     pub log_retention: u64,
+    /// Replication log bytes kept at least (the bound is the larger of
+    /// this and the data's size; see `replication::Retention`).
+    pub log_retention_bytes: u64,
     /// Most writes per commit (1 disables group commit; for benchmarks).
     pub commit_batch: usize,
     /// Most jobs waiting in a node's commit queue; client writes beyond
@@ -109,6 +112,7 @@ impl Default for Options {
             serve: None,
             durable: true,
             log_retention: 1_000_000,
+            log_retention_bytes: 64 << 20,
             commit_batch: crate::nodestore::DEFAULT_MAX_BATCH,
             commit_queue: crate::nodestore::DEFAULT_COMMIT_QUEUE,
             token: None,
@@ -306,7 +310,10 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
             mailboxes: mailboxes.clone(),
             reach: reach.clone(),
             nodes: nodes.clone(),
-            retain: opts.log_retention,
+            retain: crate::replication::Retention {
+                entries: opts.log_retention,
+                bytes: opts.log_retention_bytes,
+            },
             token: token.clone(),
             conn: opts.conn,
             api: ApiConfig {

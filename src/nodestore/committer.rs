@@ -1,7 +1,9 @@
 //! A node's committer thread: takes every job waiting in the commit queue,
 //! commits all queued writes in one transaction (one fsync), answers each
 //! writer, and runs the node's own jobs (replica applies, log trims,
-//! re-seed steps) in queue order.
+//! re-seed steps) in queue order. Each group commit also trims the log up
+//! to [`NodeStats::trim_upto`]; after jobs it publishes the store's space
+//! figures, at most once a second.
 //!
 //! It also owns the store's recovery from I/O errors (a full disk): it
 //! reopens the store, decides what a failed batch became, publishes the
@@ -21,13 +23,17 @@ use crate::storage::{EpochStart, LogEntry, Outcome, StorageError, Store, Version
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
+/// How often the committer publishes the store's space figures (after a
+/// job; an idle store does not change).
+const SPACE_EVERY: Duration = Duration::from_secs(1);
+
 /// Work for the committer thread.
 pub(super) enum Job {
     /// A write, its apply-by time (if any) and where to answer.
     Write(Write, Option<SystemTime>, Reply<Outcome>),
     /// Replicated entries and the epoch history that covers them.
     Apply(Vec<LogEntry>, Vec<EpochStart>, Reply<u64>),
-    Trim(u64, Reply<usize>),
+    Trim(u64, u64, Reply<usize>),
     ReseedBegin(Reply<()>),
     ReseedChunk(Vec<(Vec<u8>, Versioned)>, Reply<()>),
     ReseedFinish(u64, Vec<EpochStart>, Reply<()>),
@@ -94,6 +100,10 @@ struct Committer<'a> {
     fence: &'a Fence,
     /// The newest epoch begun in the store (`Store::begin_epoch`).
     begun: u64,
+    /// When the store's space figures were last published.
+    space_at: Instant,
+    /// A job ran since then.
+    space_dirty: bool,
 }
 
 pub(super) fn committer(
@@ -116,10 +126,23 @@ pub(super) fn committer(
         outcomes: Vec::new(),
         failure: None,
         backoff: RETRY_FIRST,
+        space_at: Instant::now(),
+        space_dirty: false,
     };
     loop {
         let job = match c.failure.as_ref().map(|f| f.retry_at) {
-            // Healthy with nothing gathered: sleep until a job comes.
+            // Healthy with nothing gathered: sleep until a job comes (or
+            // until the space figures of the last jobs are due).
+            None if c.pending.ops.is_empty() && c.space_dirty => {
+                match rx.recv_deadline(c.space_at + SPACE_EVERY) {
+                    Ok(job) => job,
+                    Err(flume::RecvTimeoutError::Timeout) => {
+                        c.refresh_space();
+                        continue;
+                    }
+                    Err(flume::RecvTimeoutError::Disconnected) => break,
+                }
+            }
             None if c.pending.ops.is_empty() => match rx.recv() {
                 Ok(job) => job,
                 Err(_) => break,
@@ -147,11 +170,25 @@ pub(super) fn committer(
             }
         };
         c.take(job);
+        c.space_dirty = true;
+        c.refresh_space();
     }
     c.flush();
 }
 
 impl Committer<'_> {
+    /// Publishes the store's space figures, at most once a second.
+    fn refresh_space(&mut self) {
+        if self.failure.is_some() || self.space_at.elapsed() < SPACE_EVERY {
+            return;
+        }
+        self.space_at = Instant::now();
+        self.space_dirty = false;
+        if let Ok(space) = self.store.space() {
+            self.stats.publish_space(&space);
+        }
+    }
+
     fn take(&mut self, job: Job) {
         if let Some(f) = &self.failure {
             let health = if f.reopened {
@@ -204,9 +241,10 @@ impl Committer<'_> {
             self.refuse_batch(&StoreError::NotPrimary);
             return;
         };
-        let result = self
-            .store
-            .commit_writes_into(&self.pending.ops, &mut self.outcomes);
+        let trim_upto = self.stats.trim_upto.load(Ordering::Acquire);
+        let result =
+            self.store
+                .commit_writes_into(&self.pending.ops, trim_upto, &mut self.outcomes);
         let batch = self.pending.ops.len();
         let answer: Result<(), StoreError> = match result {
             Ok(()) => {
@@ -489,8 +527,8 @@ impl Committer<'_> {
                 }
                 let _ = reply.send(r);
             }
-            Job::Trim(upto, reply) => {
-                let _ = reply.send(self.check(store.trim_log(upto, 100_000)));
+            Job::Trim(upto, keep_bytes, reply) => {
+                let _ = reply.send(self.check(store.trim_log(upto, 100_000, keep_bytes)));
             }
             Job::ReseedBegin(reply) => {
                 let r = self.check(store.reseed_begin());
@@ -529,7 +567,7 @@ fn refuse(job: Job, e: &StoreError) {
         Job::Apply(_, _, reply) => {
             let _ = reply.send(Err(e.clone()));
         }
-        Job::Trim(_, reply) => {
+        Job::Trim(_, _, reply) => {
             let _ = reply.send(Err(e.clone()));
         }
         Job::ReseedBegin(reply) | Job::ReseedChunk(_, reply) | Job::ReseedFinish(_, _, reply) => {

@@ -58,6 +58,12 @@
 //! file of [`PROBE_BYTES`] next to the store; once that works the node is
 //! healthy and takes writes again (a commit that still fails starts the
 //! cycle again, with a longer back-off).
+//!
+//! Space: each group commit also removes the log entries every replica has
+//! applied ([`NodeStats::trim_upto`], published by the primary's
+//! replication side), so the log costs no extra fsync and its pages are
+//! reused at once; the committer publishes the store's space figures
+//! (`storage::Space`) in [`NodeStats`] about once a second after a job.
 
 mod committer;
 mod reader;
@@ -145,6 +151,19 @@ pub struct NodeStats {
     /// Entries this node held that its shard's new primary never had,
     /// discarded when it rejoined as a replica (see `replication`).
     pub discarded_writes: AtomicU64,
+    /// Where the store's bytes are (`storage::Space`), refreshed by the
+    /// committer at most once a second after a job.
+    pub data_bytes: AtomicU64,
+    pub log_bytes: AtomicU64,
+    pub log_entries: AtomicU64,
+    pub file_bytes: AtomicU64,
+    pub disk_bytes: AtomicU64,
+    /// The seq the space figures were read at.
+    pub space_seq: AtomicU64,
+    /// Primary: log entries up to this seq may go (every replica applied
+    /// them; published by `replication::PrimaryLog`); each group commit
+    /// removes some in its own transaction.
+    pub trim_upto: AtomicU64,
 }
 
 /// Whether a node's store takes writes (published in `/status` and
@@ -225,6 +244,15 @@ impl NodeStats {
     /// True while a replica re-seed replaces the data under the same seq.
     fn reseeding(&self) -> bool {
         self.state.load(Ordering::Relaxed) == ReplicaState::Reseeding as u64
+    }
+
+    fn publish_space(&self, space: &crate::storage::Space) {
+        self.data_bytes.store(space.data_bytes, Ordering::Relaxed);
+        self.log_bytes.store(space.log_bytes, Ordering::Relaxed);
+        self.log_entries.store(space.log_entries, Ordering::Relaxed);
+        self.file_bytes.store(space.file_bytes, Ordering::Relaxed);
+        self.disk_bytes.store(space.disk_bytes, Ordering::Relaxed);
+        self.space_seq.store(space.seq, Ordering::Relaxed);
     }
 
     /// The store's health.
@@ -432,6 +460,7 @@ impl NodeStore {
         stats.seq.store(store.seq()?, Ordering::Relaxed);
         stats.epoch.store(store.last_epoch()?, Ordering::Relaxed);
         stats.keys.store(store.key_count()?, Ordering::Relaxed);
+        stats.publish_space(&store.space()?);
         let store = Arc::new(store);
         let queue = queue.max(1);
         let (tx, rx) = flume::bounded(queue);
@@ -562,8 +591,9 @@ impl NodeStore {
         &self,
         after: Option<Vec<u8>>,
         max: usize,
-    ) -> Result<(u64, SnapshotPage), StoreError> {
-        self.offload(move |s| s.snapshot_chunk(after.as_deref(), max))
+        max_bytes: usize,
+    ) -> Result<(u64, SnapshotPage, bool), StoreError> {
+        self.offload(move |s| s.snapshot_chunk(after.as_deref(), max, max_bytes))
             .await
     }
 
@@ -616,12 +646,14 @@ impl NodeStore {
         self.call(false, |r| Job::Apply(entries, history, r)).await
     }
 
-    /// Primary: removes log entries up to `upto` (a bounded amount per call).
+    /// Primary: removes log entries up to `upto`, and the oldest beyond
+    /// `keep_bytes` of log or the data's size, whichever is larger (a
+    /// bounded amount per call; see `Store::trim_log`).
     ///
     /// # Errors
     /// Storage failures.
-    pub async fn trim(&self, upto: u64) -> Result<usize, StoreError> {
-        self.call(false, |r| Job::Trim(upto, r)).await
+    pub async fn trim(&self, upto: u64, keep_bytes: u64) -> Result<usize, StoreError> {
+        self.call(false, |r| Job::Trim(upto, keep_bytes, r)).await
     }
 
     /// Replica re-seed steps; see `Store::reseed_*`.
