@@ -54,6 +54,13 @@ struct Args {
           default_value_t = Options::default().log_retention)]
     log_retention: u64,
 
+    /// Replication log kept for lagging replicas, in MiB, at least: the log
+    /// is kept to the larger of this and the node's data size; a replica
+    /// further behind is re-seeded from a snapshot.
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = whole,
+          default_value_t = Options::default().log_retention_bytes >> 20)]
+    log_retention_mb: u64,
+
     /// Most writes per group commit (1 = one fsync per write, a benchmark
     /// baseline).
     #[arg(long, value_name = "N", allow_hyphen_values = true,
@@ -147,7 +154,7 @@ struct Args {
           default_value_t = micros(Options::default().preempt_timer))]
     preempt_us: u64,
 
-    /// Arm an io_uring poll as soon as a connection has no request waiting,
+    /// Arm an `io_uring` poll as soon as a connection has no request waiting,
     /// instead of first letting the executor poll once (benchmark
     /// comparison).
     #[arg(long)]
@@ -264,7 +271,7 @@ fn describe(e: &clap::Error) -> String {
     let first = rendered.lines().next().unwrap_or_default();
     let mut problem = first.strip_prefix("error: ").unwrap_or(first).to_string();
     if let Some(ContextValue::String(s)) = e.get(ContextKind::SuggestedArg) {
-        problem.push_str(&format!(" (did you mean {s}?)"));
+        problem = format!("{problem} (did you mean {s}?)");
     }
     problem
 }
@@ -318,6 +325,7 @@ where
         serve: args.serve.map(|a| a.0),
         durable: !args.no_fsync,
         log_retention: args.log_retention,
+        log_retention_bytes: args.log_retention_mb.saturating_mul(1 << 20),
         commit_batch: args.commit_batch,
         commit_queue: args.commit_queue,
         token,
@@ -449,7 +457,7 @@ mod tests {
         assert_eq!(o.conn.idle_timeout, Duration::from_secs(3));
         assert_eq!(o.conn.request_timeout, Duration::from_secs(4));
         assert_eq!(o.spin_before_park, Duration::from_micros(50));
-        assert_eq!(o.preempt_timer, Duration::from_micros(2000));
+        assert_eq!(o.preempt_timer, Duration::from_millis(2));
         assert!(!o.conn.yield_before_read);
         assert_eq!(o.cache_bytes, 2 << 20);
         assert_eq!(o.token.as_deref(), Some("-secret"));

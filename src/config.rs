@@ -196,10 +196,8 @@ fn check_address(addr: &str) -> Result<(), String> {
 
 fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
+        .split(|&b| b == b'\n')
         .count()
-        + 1
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@
 //! `topology::NodeInfo` only.
 
 use crate::nodestore::{BATCH_BUCKETS, NodeStats};
-use crate::topology::{NodeInfo, Role};
+use crate::roles::Roles;
+use crate::topology::NodeInfo;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet, prometheus_text,
@@ -146,10 +147,15 @@ pub type LocalNode = (NodeInfo, Arc<NodeStats>, Arc<Metrics>);
 
 /// Renders every local node's metrics in the Prometheus text format 0.0.4.
 #[must_use]
-pub fn render(nodes: &[LocalNode]) -> String {
+pub fn render(nodes: &[LocalNode], roles: &Roles) -> String {
     let mut registry = Registry::default();
+    let primary = nodes
+        .iter()
+        .map(|(n, _, _)| matches!(roles.primary(n.shard), Some((p, _)) if p == n.id))
+        .collect();
     registry.register_collector(Box::new(Scrape {
         nodes: nodes.to_vec(),
+        primary,
     }));
     let mut out = String::with_capacity(16 * 1024);
     if let Err(e) = prometheus_text::encode(&mut out, &registry) {
@@ -164,6 +170,8 @@ pub fn render(nodes: &[LocalNode]) -> String {
 /// scrape; the clones are of a few `Arc`s and names).
 struct Scrape {
     nodes: Vec<LocalNode>,
+    /// Per node (same order): its shard's primary at render time.
+    primary: Vec<bool>,
 }
 
 impl std::fmt::Debug for Scrape {
@@ -198,7 +206,31 @@ struct NodeValue {
 const R: Ordering = Ordering::Relaxed;
 
 /// The per-node counters and gauges, in exposition order.
-const NODE_VALUES: [NodeValue; 10] = [
+const NODE_VALUES: [NodeValue; 16] = [
+    NodeValue {
+        name: "corekv_epoch",
+        help: "The epoch of the newest entry the node holds (failovers start new epochs).",
+        kind: MetricType::Gauge,
+        read: |s, _| s.epoch.load(R),
+    },
+    NodeValue {
+        name: "corekv_fenced_writes",
+        help: "Client writes refused because the node was not the primary with a valid lease.",
+        kind: MetricType::Counter,
+        read: |s, _| s.fenced_writes.load(R),
+    },
+    NodeValue {
+        name: "corekv_lease_lost_writes",
+        help: "Writes committed while the node's lease ran out (answered outcome unknown).",
+        kind: MetricType::Counter,
+        read: |s, _| s.lease_lost_writes.load(R),
+    },
+    NodeValue {
+        name: "corekv_discarded_writes",
+        help: "Entries discarded when the node rejoined a new primary that never had them.",
+        kind: MetricType::Counter,
+        read: |s, _| s.discarded_writes.load(R),
+    },
     NodeValue {
         name: "corekv_forwarded",
         help: "Requests forwarded to the owner (in-process or remote).",
@@ -246,6 +278,18 @@ const NODE_VALUES: [NodeValue; 10] = [
         help: "Writes answered 503 because the node's commit queue was full.",
         kind: MetricType::Counter,
         read: |s, _| s.overloaded_writes.load(R),
+    },
+    NodeValue {
+        name: "corekv_storage_healthy",
+        help: "1 while the node's store takes writes, 0 after a storage failure (full disk) until it recovers.",
+        kind: MetricType::Gauge,
+        read: |s, _| u64::from(s.storage.load(R) == 0),
+    },
+    NodeValue {
+        name: "corekv_storage_failures",
+        help: "I/O failures of the node's store (each one reopened it).",
+        kind: MetricType::Counter,
+        read: |s, _| s.storage_failures.load(R),
     },
     NodeValue {
         name: "corekv_keys",
@@ -365,8 +409,8 @@ impl Scrape {
             None,
             MetricType::Gauge,
         )?;
-        for (n, s, _) in &self.nodes {
-            if matches!(n.role, Role::Replica(_)) {
+        for ((n, s, _), &primary) in self.nodes.iter().zip(&self.primary) {
+            if !primary {
                 let lag = s.primary_seq.load(R).saturating_sub(s.seq.load(R));
                 encode_value(&mut family, MetricType::Gauge, &[("node", &n.name)], lag)?;
             }
@@ -383,8 +427,8 @@ impl Scrape {
             None,
             MetricType::Histogram,
         )?;
-        for (n, s, _) in &self.nodes {
-            if n.role != Role::Primary {
+        for ((n, s, _), &primary) in self.nodes.iter().zip(&self.primary) {
+            if !primary {
                 continue;
             }
             let buckets: Vec<(f64, u64)> = (0..BATCH_BUCKETS)
@@ -407,13 +451,14 @@ impl Scrape {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topology::Role;
 
     /// A node name holding every character the exposition must escape.
     const NASTY: &str = "shard\"1\\pri\nmary";
 
     fn node(name: &str, role: Role) -> LocalNode {
         let info = NodeInfo {
-            id: 0,
+            id: usize::from(role != Role::Primary),
             shard: 0,
             role,
             name: name.to_string(),
@@ -523,12 +568,16 @@ mod tests {
         stats.committed_writes.fetch_add(3, R);
         nodes[1].1.primary_seq.fetch_add(5, R);
 
-        let text = render(&nodes);
+        let text = render(&nodes, &Roles::standalone());
         let (types, samples) = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
 
         let expected = [
             ("corekv_requests_total", "counter"),
             ("corekv_request_duration_seconds", "histogram"),
+            ("corekv_epoch", "gauge"),
+            ("corekv_fenced_writes_total", "counter"),
+            ("corekv_lease_lost_writes_total", "counter"),
+            ("corekv_discarded_writes_total", "counter"),
             ("corekv_forwarded_total", "counter"),
             ("corekv_forwarded_remote_total", "counter"),
             ("corekv_open_connections", "gauge"),
@@ -537,6 +586,8 @@ mod tests {
             ("corekv_committed_writes_total", "counter"),
             ("corekv_seq_waiters", "gauge"),
             ("corekv_overloaded_writes_total", "counter"),
+            ("corekv_storage_healthy", "gauge"),
+            ("corekv_storage_failures_total", "counter"),
             ("corekv_keys", "gauge"),
             ("corekv_seq", "gauge"),
             ("corekv_replication_lag", "gauge"),

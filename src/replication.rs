@@ -10,21 +10,26 @@
 //! Invariants: a replica applies entries strictly in seq order and stores
 //! its applied seq in the same transaction as the data; the primary trims
 //! only entries every configured replica has applied, or beyond the
-//! retention bound. Nothing a puller sends can grow the primary's state:
+//! retention bounds (entries, and bytes: the larger of `--log-retention-mb`
+//! and the data's size; a replica behind a trimmed log re-seeds, with
+//! snapshot pages bounded by pairs and by bytes). Nothing a puller sends can grow the primary's state:
 //! progress is kept only for configured replicas, and a [`SeqWatch`] holds
 //! only the waits that are still live (timed-out or dropped waits are
 //! removed at once). The primary reads log and snapshot pages on its
 //! node's reader thread (see `nodestore`), so serving a pull or a re-seed
 //! never blocks the executor; a full read queue refuses the pull (503 over
 //! HTTP, a `Failed` reply over the mailbox) and the replica retries after
-//! its back-off.
+//! its back-off. The seq has one source, `NodeStats::seq`, published by
+//! the committer before it acknowledges a commit; [`SeqWatch`] waits on it.
 
-use crate::http::client::{Client, Resend, node_request};
+use crate::http::client::{Client, Resend};
 use crate::log::Level;
 use crate::log_at;
 use crate::nodestore::{NodeStats, NodeStore, StoreError};
-use crate::protocol::{Mail, MailError, Pull, PullKind, PullReply, ask, decode_reply, encode_pull};
-use crate::storage::LogRead;
+use crate::protocol::{
+    Mail, MailError, Pull, PullKind, PullReply, ask, decode_reply, encode_pull, node_request,
+};
+use crate::storage::{EpochStart, LogRead, end_of};
 use futures_lite::future;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -38,8 +43,10 @@ use std::time::{Duration, Instant};
 const PULL_MAX_ENTRIES: usize = 10_000;
 /// Payload bytes per pull reply, about.
 const PULL_MAX_BYTES: usize = 4 * 1024 * 1024;
-/// Pairs per snapshot page.
+/// Pairs per snapshot page, at most.
 const SNAPSHOT_PAGE: usize = 10_000;
+/// Bytes of keys and values per snapshot page, about (at least one pair).
+const SNAPSHOT_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// How long a primary holds a log pull open when there is nothing new.
 pub const LONG_POLL: Duration = Duration::from_secs(2);
 /// Longest hold a pull may ask for.
@@ -47,12 +54,20 @@ pub const MAX_PULL_WAIT: Duration = Duration::from_secs(30);
 
 pub use crate::nodestore::ReplicaState;
 
+/// How long a log pull from a replica that is ahead of the published seq
+/// waits for the publication (see [`PrimaryLog::serve`]).
+const BEHIND_WAIT: Duration = Duration::from_millis(200);
+
 /// Longest wait [`SeqWatch::wait_for`] accepts; longer timeouts are cut
 /// to it (an `Instant` plus a huge `Duration` would overflow).
-const MAX_SEQ_WAIT: Duration = Duration::from_secs(3600);
+const MAX_SEQ_WAIT: Duration = Duration::from_hours(1);
 
-/// A node's durable seq (committed on a primary, applied on a replica)
-/// as seen by its own executor, with waiters for it to reach a target.
+/// Waiters for a node's durable seq (committed on a primary, applied on a
+/// replica) to reach a target. The seq itself lives in one place,
+/// `NodeStats::seq`, which the committer publishes after a commit and
+/// before acknowledging it; this watch only reads it. Whoever receives an
+/// acknowledgement on the node's executor calls [`SeqWatch::notify`],
+/// which wakes the waiters the published seq now reaches.
 ///
 /// Every waiter is an entry of `waiters` only while its `wait_for` future
 /// is alive: it is removed when the target is reached, when the wait
@@ -61,7 +76,6 @@ const MAX_SEQ_WAIT: Duration = Duration::from_secs(3600);
 /// however many long polls and `min_seq` reads time out on an idle node.
 /// Their number is published as `NodeStats::seq_waiters`.
 pub struct SeqWatch {
-    seq: Cell<u64>,
     next_id: Cell<u64>,
     /// Live waits: id → (target seq, waker).
     waiters: RefCell<HashMap<u64, (u64, Waker)>>,
@@ -83,12 +97,11 @@ impl Drop for Deregister<'_> {
 }
 
 impl SeqWatch {
-    /// A watch starting at `seq` that publishes its number of waiters in
+    /// A watch on `stats.seq` that publishes its number of waiters in
     /// `stats.seq_waiters`.
     #[must_use]
-    pub fn new(seq: u64, stats: Arc<NodeStats>) -> Self {
+    pub fn new(stats: Arc<NodeStats>) -> Self {
         Self {
-            seq: Cell::new(seq),
             next_id: Cell::new(0),
             waiters: RefCell::new(HashMap::new()),
             stats,
@@ -97,7 +110,7 @@ impl SeqWatch {
 
     #[must_use]
     pub fn get(&self) -> u64 {
-        self.seq.get()
+        self.stats.seq.load(Ordering::Acquire)
     }
 
     /// Live waits right now.
@@ -112,11 +125,12 @@ impl SeqWatch {
             .store(waiters as u64, Ordering::Relaxed);
     }
 
-    /// Records that everything up to `seq` is durable and wakes the
-    /// waiters whose target it reaches (and forgets them).
-    pub fn advance(&self, seq: u64) {
-        if seq > self.seq.get() {
-            self.seq.set(seq);
+    /// Wakes the waiters whose target the published seq reaches (and
+    /// forgets them): called after an acknowledged commit, which the
+    /// committer publishes before acknowledging.
+    pub fn notify(&self) {
+        let seq = self.get();
+        if !self.waiters.borrow().is_empty() {
             let mut woken = Vec::new();
             {
                 let mut waiters = self.waiters.borrow_mut();
@@ -139,14 +153,14 @@ impl SeqWatch {
     /// Waits until the seq is at least `target` or `timeout` passes;
     /// returns whether the target was reached.
     pub async fn wait_for(&self, target: u64, timeout: Duration) -> bool {
-        if self.seq.get() >= target {
+        if self.get() >= target {
             return true;
         }
         let id = self.next_id.get();
         self.next_id.set(id.wrapping_add(1));
         let _entry = Deregister { watch: self, id };
         let reached = std::future::poll_fn(|cx| {
-            if self.seq.get() >= target {
+            if self.get() >= target {
                 return Poll::Ready(true);
             }
             let mut waiters = self.waiters.borrow_mut();
@@ -156,10 +170,21 @@ impl SeqWatch {
         });
         future::or(reached, async {
             glommio::timer::sleep(timeout.min(MAX_SEQ_WAIT)).await;
-            self.seq.get() >= target
+            self.get() >= target
         })
         .await
     }
+}
+
+/// How much log a primary keeps for replicas that have not applied it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// Entries beyond what every replica applied (`--log-retention`).
+    pub entries: u64,
+    /// Bytes of log records, at least (`--log-retention-mb`): the log is
+    /// kept to the larger of this and the data's size; a replica further
+    /// behind is re-seeded (see `storage::Store::trim_log`).
+    pub bytes: u64,
 }
 
 /// The primary side: knows the committed seq, holds long polls, serves
@@ -170,16 +195,22 @@ pub struct PrimaryLog {
     /// Applied seq last reported by each replica (by node name).
     progress: RefCell<HashMap<String, u64>>,
     replicas: Vec<String>,
-    retain: u64,
+    retain: Retention,
 }
 
 impl PrimaryLog {
     /// `replicas` are the names of the shard's configured replicas; the log
-    /// keeps at most `retain` entries beyond what all of them applied.
+    /// keeps at most `retain.entries` entries beyond what all of them
+    /// applied, and about the larger of `retain.bytes` and the data's size.
+    /// `committed` is the node's one [`SeqWatch`] (the API notifies it
+    /// after each acknowledged write, which wakes the long polls).
     #[must_use]
-    pub fn new(shard: Rc<NodeStore>, replicas: Vec<String>, retain: u64) -> Self {
-        let committed = shard.stats.seq.load(Ordering::Acquire);
-        let committed = Rc::new(SeqWatch::new(committed, shard.stats.clone()));
+    pub fn new(
+        shard: Rc<NodeStore>,
+        committed: Rc<SeqWatch>,
+        replicas: Vec<String>,
+        retain: Retention,
+    ) -> Self {
         Self {
             shard,
             committed,
@@ -189,7 +220,7 @@ impl PrimaryLog {
         }
     }
 
-    /// The committed seq; advanced by the API after each durable write.
+    /// The committed seq; the API notifies it after each durable write.
     #[must_use]
     pub fn committed(&self) -> &Rc<SeqWatch> {
         &self.committed
@@ -204,6 +235,17 @@ impl PrimaryLog {
     /// (the caller answers 503); other failures are a
     /// [`PullReply::Failed`].
     pub async fn serve(&self, pull: Pull) -> Result<PullReply, StoreError> {
+        if !self.shard.fence().is_primary() {
+            return Ok(PullReply::NotPrimary);
+        }
+        // One record per failover: a small table, read here (on demand: a
+        // long poll must send the history as of its entries, not as of its
+        // start).
+        let epochs = || self.shard.store().epochs();
+        let history = match epochs() {
+            Ok(h) => h,
+            Err(e) => return Ok(PullReply::Failed(e.to_string())),
+        };
         match pull.kind {
             PullKind::Log { after } => {
                 let Some(next) = after.checked_add(1) else {
@@ -211,11 +253,30 @@ impl PrimaryLog {
                         "no entry can follow seq {after}"
                     )));
                 };
+                // Entries of the replica's newest epoch past the point where
+                // this primary's history moved to a newer epoch were never
+                // replicated here: the replica must discard them.
+                // (Only for the shard's nodes: anyone else is an observer
+                // reading the log, with no entries of its own.)
+                if let Some(end) = end_of(&history, pull.epoch)
+                    && after > end
+                    && self.is_replica(&pull.replica)
+                {
+                    return Ok(PullReply::Diverged {
+                        common: end,
+                        primary_seq: self.committed.get(),
+                    });
+                }
                 // Only configured replicas are tracked (they decide the
                 // trim point); anyone else is answered and forgotten, so
                 // the map cannot grow past the configured replicas.
                 if self.is_replica(&pull.replica) {
                     self.progress.borrow_mut().insert(pull.replica, after);
+                    // The next group commit removes what every replica has.
+                    self.shard
+                        .stats
+                        .trim_upto
+                        .store(self.trim_point(), Ordering::Release);
                 }
                 let wait = pull.wait.min(MAX_PULL_WAIT);
                 self.committed.wait_for(next, wait).await;
@@ -224,16 +285,26 @@ impl PrimaryLog {
                     .shard
                     .read_log(after, PULL_MAX_ENTRIES, PULL_MAX_BYTES)
                     .await;
-                // Commits are published after they are durable, so the log
-                // can be a little ahead of both counters.
-                let primary_seq = self
-                    .committed
-                    .get()
-                    .max(self.shard.stats.seq.load(Ordering::Acquire));
+                // A commit is in the log a moment before the committer
+                // publishes it. A replica that already holds `after` saw
+                // it there: wait for its publication rather than report
+                // a seq below it (the replica would take it for a lost
+                // primary and re-seed). A primary really behind the
+                // replica answers with its seq once the wait ends.
+                if self.committed.get() < after {
+                    self.committed.wait_for(after, BEHIND_WAIT).await;
+                }
+                let primary_seq = self.committed.get();
+                // Read after the entries: it covers every epoch they are in.
+                let epochs = match epochs() {
+                    Ok(h) => h,
+                    Err(e) => return Ok(PullReply::Failed(e.to_string())),
+                };
                 match read {
                     Ok(LogRead::Entries(entries)) => Ok(PullReply::Entries {
                         primary_seq: primary_seq.max(entries.last().map_or(0, |e| e.seq)),
                         entries,
+                        epochs,
                     }),
                     Ok(LogRead::Trimmed) => Ok(PullReply::Trimmed { primary_seq }),
                     Err(e) => failed(e),
@@ -241,11 +312,17 @@ impl PrimaryLog {
             }
             // Read on the node's reader thread: a page is 10,000 pairs.
             PullKind::Snapshot { after_key } => {
-                match self.shard.snapshot_chunk(after_key, SNAPSHOT_PAGE).await {
-                    Ok((seq, pairs)) => {
-                        let done = pairs.len() < SNAPSHOT_PAGE;
-                        Ok(PullReply::Snapshot { seq, pairs, done })
-                    }
+                match self
+                    .shard
+                    .snapshot_chunk(after_key, SNAPSHOT_PAGE, SNAPSHOT_PAGE_BYTES)
+                    .await
+                {
+                    Ok((seq, pairs, done)) => Ok(PullReply::Snapshot {
+                        seq,
+                        pairs,
+                        done,
+                        epochs: history,
+                    }),
                     Err(e) => failed(e),
                 }
             }
@@ -270,18 +347,25 @@ impl PrimaryLog {
             .min()
             .unwrap_or(committed);
         slowest
-            .max(committed.saturating_sub(self.retain))
+            .max(committed.saturating_sub(self.retain.entries))
             .min(committed)
     }
 
-    /// Trims the log once a second, forever.
+    /// Trims the log once a second, forever: what every replica applied,
+    /// and the oldest entries while the log is over its byte bound.
     pub async fn trim_forever(self: Rc<Self>) {
         let mut trimmed = 0;
         loop {
             glommio::timer::sleep(Duration::from_secs(1)).await;
             let upto = self.trim_point();
-            if upto > trimmed {
-                match self.shard.trim(upto).await {
+            let stats = &self.shard.stats;
+            let bound = self
+                .retain
+                .bytes
+                .max(stats.data_bytes.load(Ordering::Relaxed));
+            let over = stats.log_bytes.load(Ordering::Relaxed) > bound;
+            if upto > trimmed || over {
+                match self.shard.trim(upto, self.retain.bytes).await {
                     Ok(_) => trimmed = upto,
                     Err(e) => log_at!(Level::Error, "primary", "log trim failed: {e}"),
                 }
@@ -368,7 +452,7 @@ pub async fn follow(shard: Rc<NodeStore>, applied: Rc<SeqWatch>, upstream: Upstr
             Ok(false) => pull_once(&shard, &upstream, &name).await,
             Err(e) => Err(e.to_string()),
         };
-        applied.advance(shard.stats.seq.load(Ordering::Acquire));
+        applied.notify();
         match step {
             Ok(()) => {
                 backoff = Duration::from_millis(50);
@@ -397,23 +481,43 @@ async fn pull_once(shard: &NodeStore, upstream: &Upstream, name: &str) -> Result
         replica: name.to_string(),
         kind: PullKind::Log { after: applied },
         wait: if settled { LONG_POLL } else { Duration::ZERO },
+        epoch: shard.stats.epoch.load(Ordering::Acquire),
     };
     match upstream.pull(pull).await? {
-        PullReply::Entries { primary_seq, .. }
-            if primary_seq < applied && primary_still_behind(upstream, name, applied).await =>
-        {
+        PullReply::Entries { primary_seq, .. } if primary_seq < applied => {
             // The primary is behind this replica: its data was lost or
             // replaced. Follow the primary as it is now.
-            log_at!(
-                Level::Warn,
+            discard(
+                shard,
                 name,
-                "primary is at seq {primary_seq}, behind this replica's {applied}; re-seeding"
+                applied,
+                primary_seq,
+                "the primary is behind this replica",
             );
             reseed(shard, upstream, name).await
         }
+        PullReply::Diverged {
+            common,
+            primary_seq,
+        } => {
+            shard
+                .stats
+                .primary_seq
+                .store(primary_seq, Ordering::Relaxed);
+            discard(
+                shard,
+                name,
+                applied,
+                common,
+                "written by an earlier primary, never replicated to the current one",
+            );
+            reseed(shard, upstream, name).await
+        }
+        PullReply::NotPrimary => Err("the node asked is not the primary any more".into()),
         PullReply::Entries {
             primary_seq,
             entries,
+            epochs,
         } => {
             let last = entries.last().map_or(applied, |e| e.seq);
             let primary_seq = primary_seq.max(last);
@@ -427,7 +531,10 @@ async fn pull_once(shard: &NodeStore, upstream: &Upstream, name: &str) -> Result
                 ReplicaState::CatchingUp
             };
             if !entries.is_empty() {
-                shard.apply(entries).await.map_err(|e| e.to_string())?;
+                shard
+                    .apply(entries, epochs)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             set_state(shard, state);
             Ok(())
@@ -449,19 +556,22 @@ async fn pull_once(shard: &NodeStore, upstream: &Upstream, name: &str) -> Result
     }
 }
 
-/// Asks again after a pause: true when the primary still reports a seq
-/// below `applied` (a one-off low answer can be a commit not yet published).
-async fn primary_still_behind(upstream: &Upstream, name: &str, applied: u64) -> bool {
-    glommio::timer::sleep(Duration::from_millis(200)).await;
-    let pull = Pull {
-        replica: name.to_string(),
-        kind: PullKind::Log { after: applied },
-        wait: Duration::ZERO,
-    };
-    matches!(
-        upstream.pull(pull).await,
-        Ok(PullReply::Entries { primary_seq, .. }) if primary_seq < applied
-    )
+/// Counts and logs the entries after `common` that this node is about to
+/// drop by re-seeding from its primary: writes an earlier primary
+/// acknowledged (possible only without `--sync-replicas`) that the
+/// current primary never received. Never merged silently.
+fn discard(shard: &NodeStore, name: &str, applied: u64, common: u64, why: &str) {
+    let lost = applied.saturating_sub(common);
+    shard
+        .stats
+        .discarded_writes
+        .fetch_add(lost, Ordering::Relaxed);
+    log_at!(
+        Level::Warn,
+        name,
+        "discarding {lost} entries (seqs {}..={applied}): {why}; re-seeding",
+        common + 1
+    );
 }
 
 /// Copies the primary's data page by page (the store is already marked as
@@ -472,6 +582,7 @@ async fn reseed(shard: &NodeStore, upstream: &Upstream, name: &str) -> Result<()
     shard.reseed_begin().await.map_err(|e| e.to_string())?;
     let mut cursor: Option<Vec<u8>> = None;
     let mut start_seq: Option<u64> = None;
+    let mut history: Vec<EpochStart>;
     loop {
         let pull = Pull {
             replica: name.to_string(),
@@ -479,9 +590,16 @@ async fn reseed(shard: &NodeStore, upstream: &Upstream, name: &str) -> Result<()
                 after_key: cursor.clone(),
             },
             wait: Duration::ZERO,
+            epoch: 0,
         };
         match upstream.pull(pull).await? {
-            PullReply::Snapshot { seq, pairs, done } => {
+            PullReply::Snapshot {
+                seq,
+                pairs,
+                done,
+                epochs,
+            } => {
+                history = epochs;
                 start_seq.get_or_insert(seq);
                 shard.stats.primary_seq.store(seq, Ordering::Relaxed);
                 if let Some((k, _)) = pairs.last() {
@@ -493,11 +611,17 @@ async fn reseed(shard: &NodeStore, upstream: &Upstream, name: &str) -> Result<()
                 }
             }
             PullReply::Failed(msg) => return Err(format!("primary failed: {msg}")),
+            PullReply::NotPrimary => {
+                return Err("the node asked is not the primary any more".into());
+            }
             _ => return Err("primary answered a snapshot pull with log entries".into()),
         }
     }
     let seq = start_seq.unwrap_or(0);
-    shard.reseed_finish(seq).await.map_err(|e| e.to_string())?;
+    shard
+        .reseed_finish(seq, history)
+        .await
+        .map_err(|e| e.to_string())?;
     log_at!(Level::Info, name, "re-seeded at seq {seq}");
     Ok(())
 }

@@ -64,6 +64,19 @@ impl Roles {
         roles
     }
 
+    /// One shard whose only node (id 0) is primary in epoch 1 for ever: a
+    /// store used on its own (unit tests, tools).
+    #[must_use]
+    pub fn standalone() -> Self {
+        Self {
+            shards: vec![AtomicU64::new(pack(0, 1))],
+            writable_until: vec![AtomicU64::new(FOREVER)],
+            generation: AtomicU64::new(1),
+            base: Instant::now(),
+            controlled: false,
+        }
+    }
+
     /// A cluster whose roles a control plane sets: no primary known, no
     /// node writable, until the control plane says otherwise.
     #[must_use]
@@ -105,13 +118,12 @@ impl Roles {
         let Some(slot) = self.shards.get(shard) else {
             return false;
         };
-        let new = match primary {
-            Some((node, epoch)) => pack(node, epoch),
-            None => {
-                // Keep the epoch, forget the node.
-                let old = slot.load(Ordering::Acquire);
-                (old & !NODE_MASK) | NO_NODE
-            }
+        let new = if let Some((node, epoch)) = primary {
+            pack(node, epoch)
+        } else {
+            // Keep the epoch, forget the node.
+            let old = slot.load(Ordering::Acquire);
+            (old & !NODE_MASK) | NO_NODE
         };
         let mut changed = false;
         let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {

@@ -19,10 +19,11 @@
 //! it ([`ForwardError::is_unsent`]); `api` turns that into a status that
 //! tells a client whether its write may have been applied.
 
-use crate::http::client::{Client, ClientError, ClientResponse, PeerState, Resend, node_request};
+use crate::http::client::{Client, ClientError, ClientResponse, PeerState, Resend};
 use crate::http::encode::Response;
 use crate::nodestore::{NodeStats, Reader, StoreError};
-use crate::protocol::{KvRequest, MAILBOX_CAPACITY, Mail, MailError, Scan, ask};
+use crate::protocol::{KvRequest, MAILBOX_CAPACITY, Mail, MailError, Scan, ask, node_request};
+use crate::roles::Roles;
 use crate::storage::{SnapshotPage, Store};
 use crate::topology::{NodeInfo, Topology};
 use std::cell::Cell;
@@ -128,6 +129,9 @@ impl std::error::Error for ForwardError {}
 /// Routing table and transports of one executor.
 pub struct Router {
     topo: Arc<Topology>,
+    /// Who is primary of each shard now (fixed, or moved by the control
+    /// plane).
+    roles: Arc<Roles>,
     me: usize,
     mailboxes: Mailboxes,
     client: Rc<Client>,
@@ -140,6 +144,7 @@ impl Router {
     #[must_use]
     pub fn new(
         topo: Arc<Topology>,
+        roles: Arc<Roles>,
         me: usize,
         mailboxes: Mailboxes,
         client: Rc<Client>,
@@ -155,6 +160,7 @@ impl Router {
             .collect();
         Self {
             topo,
+            roles,
             me,
             mailboxes,
             client,
@@ -174,6 +180,25 @@ impl Router {
     #[must_use]
     pub fn topology(&self) -> &Topology {
         &self.topo
+    }
+
+    #[must_use]
+    pub fn roles(&self) -> &Roles {
+        &self.roles
+    }
+
+    /// The current primary of `shard`; `None` while none is known (an
+    /// election is under way).
+    #[must_use]
+    pub fn primary_of(&self, shard: usize) -> Option<&NodeInfo> {
+        let (node, _) = self.roles.primary(shard)?;
+        self.topo.nodes.get(node)
+    }
+
+    /// True when this node is its shard's primary now.
+    #[must_use]
+    pub fn is_primary(&self) -> bool {
+        matches!(self.roles.primary(self.me().shard), Some((n, _)) if n == self.me)
     }
 
     /// Every node on another host, with what this process last learned

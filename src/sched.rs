@@ -6,7 +6,7 @@
 //!
 //! A glommio 0.9 executor runs runnable tasks until its run queue is empty,
 //! or until its preempt timer (or another latency-ring completion) fires;
-//! only then does it look at io_uring again: submit the reads it queued,
+//! only then does it look at `io_uring` again: submit the reads it queued,
 //! reap completions, wake the tasks they belong to. A task that calls
 //! `yield_now` goes to the back of the run queue, so tasks that keep
 //! yielding keep the queue non-empty and a connection that is waiting for
@@ -22,7 +22,7 @@
 //! start-up hang, reproduced under CPU load with short timers). corekv
 //! therefore keeps the preempt timer long (see `node::DEFAULT_PREEMPT`)
 //! and, instead of yielding, lets a task wait for the *next I/O poll* with
-//! [`NextPoll::wait`]: the run queue drains, the executor polls io_uring,
+//! [`NextPoll::wait`]: the run queue drains, the executor polls `io_uring`,
 //! and every waiter runs again right after. One glommio timer per round
 //! does it; nothing here is copied from glommio.
 

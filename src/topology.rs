@@ -24,8 +24,12 @@ pub fn fnv1_64(bytes: &[u8]) -> u64 {
 
 /// The shard index that owns `key` in a cluster of `shard_count` shards.
 #[must_use]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the remainder is below shard_count, a usize"
+)]
 pub fn shard_for(key: &[u8], shard_count: usize) -> usize {
-    // shard_count is at least 1 (validated config); the remainder fits usize.
+    // shard_count is at least 1 (validated config).
     (fnv1_64(key) % shard_count.max(1) as u64) as usize
 }
 

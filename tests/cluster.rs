@@ -7,6 +7,10 @@
 //! Every test owns its ports, temp dir and processes (tests run in
 //! parallel); every wait is on a deadline.
 
+#![allow(
+    clippy::too_many_lines, // a scenario reads top to bottom
+)]
+
 mod common;
 
 use common::{
@@ -956,15 +960,17 @@ fn second_instance_on_the_same_ports_fails_to_start() {
 /// idx 6k+3, address 6k+4, replica 6k+5.
 fn three_shard_config() -> (String, Vec<u16>) {
     let ports = free_ports(6);
-    let mut text = String::new();
-    for i in 0..3 {
-        text.push_str(&format!(
+    let text = (0..3)
+        .map(|i| {
+            format!(
             "[[shards]]\nname = \"shard{}\"\nidx = {i}\naddress = \"127.0.0.1:{}\"\nreplica = \"127.0.0.1:{}\"\n\n",
             i + 1,
             ports[i],
             ports[3 + i]
-        ));
-    }
+            )
+        })
+        .collect::<Vec<_>>()
+        .concat();
     (text, ports)
 }
 

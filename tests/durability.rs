@@ -7,7 +7,7 @@
 //! replica killed in the middle of a re-seed.
 //!
 //! A killed process must listen again on its ports at once, even while
-//! its old connections sit in TIME_WAIT (the writers and the remote
+//! its old connections sit in `TIME_WAIT` (the writers and the remote
 //! replicas close their connections normally).
 //!
 //! Ignored: the crash routine with `--no-fsync` (shows the crash test does
@@ -16,6 +16,11 @@
 //! Every wait is on a deadline; the only fixed sleeps are the randomized
 //! "run for a while" before a kill and the back-off of a writer whose
 //! server is down. Random choices print their seed.
+
+#![allow(
+    clippy::cast_possible_truncation, // random indices below len and a clock seed, on purpose
+    clippy::too_many_lines, // a scenario reads top to bottom
+)]
 
 mod common;
 
@@ -427,13 +432,12 @@ fn crash_writer(
             owner
         };
         if conns[via].is_none() {
-            match Conn::connect_timeout(primaries[via], CLIENT_TIMEOUT) {
-                Ok(c) => conns[via] = Some(c),
-                Err(_) => {
-                    // The process is down (being restarted): back off.
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                }
+            if let Ok(c) = Conn::connect_timeout(primaries[via], CLIENT_TIMEOUT) {
+                conns[via] = Some(c);
+            } else {
+                // The process is down (being restarted): back off.
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
             }
         }
         let conn = conns[via].as_mut().expect("connected");
@@ -457,7 +461,7 @@ fn crash_writer(
                 // Drop every connection of this writer (an ordinary close:
                 // the restart must listen again despite TIME_WAIT).
                 log.unknown += 1;
-                conns.iter_mut().for_each(|c| *c = None);
+                conns.fill_with(|| None);
             }
         }
         i += 1;
@@ -758,7 +762,7 @@ fn crash_kill9_without_fsync_detects_loss() {
 
 /// kill -9 while a client holds an ordinary keep-alive connection: the
 /// client sees EOF and closes its end normally, which leaves the killed
-/// server's end of the connection in TIME_WAIT on the listening port for
+/// server's end of the connection in `TIME_WAIT` on the listening port for
 /// a minute. A restart must still be able to listen there at once (the
 /// listener is bound with `SO_REUSEADDR`).
 #[test]
@@ -794,7 +798,7 @@ fn restart_after_kill9_with_client_connections_open() {
     assert_eq!((r.status, r.text()), (200, "tw-value".to_string()), "{r}");
 }
 
-/// Sockets in TIME_WAIT whose local port is `port` (`/proc/net/tcp`; 0
+/// Sockets in `TIME_WAIT` whose local port is `port` (`/proc/net/tcp`; 0
 /// when it cannot be read).
 fn time_wait_on_port(port: u16) -> usize {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
@@ -1038,6 +1042,7 @@ fn log_trimmed_past(addr: SocketAddr, after: u64) -> bool {
         replica: "durability-probe".into(),
         kind: PullKind::Log { after },
         wait: Duration::ZERO,
+        epoch: 0,
     });
     let r = Conn::connect(addr).and_then(|mut c| {
         c.request(

@@ -9,6 +9,11 @@
 //! deadline. Local helpers only: `tests/common` is shared and not edited
 //! here.
 
+#![allow(
+    clippy::cast_possible_truncation, // random numbers cut to bytes and indices, on purpose
+    clippy::too_many_lines, // a scenario reads top to bottom
+)]
+
 mod common;
 
 use common::{
@@ -80,7 +85,7 @@ fn show(bytes: &[u8], max: usize) -> String {
     let cut = &bytes[..bytes.len().min(max)];
     let mut s: String = cut.escape_ascii().to_string();
     if bytes.len() > max {
-        s.push_str(&format!("... ({} bytes)", bytes.len()));
+        s.push_str(&["... (", &bytes.len().to_string(), " bytes)"].concat());
     }
     s
 }
@@ -352,7 +357,8 @@ impl Solo {
                     read(e)
                 )
             })
-            .collect()
+            .collect::<Vec<_>>()
+            .concat()
     }
 }
 
@@ -424,7 +430,7 @@ fn request_size_limits_answer_431_and_413() {
     let with_headers = |n: usize| {
         let mut s = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n".to_string();
         for i in 1..n {
-            s.push_str(&format!("X-H{i}: {i}\r\n"));
+            s.push_str(&["X-H", &i.to_string(), ": ", &i.to_string(), "\r\n"].concat());
         }
         s.push_str("\r\n");
         s.into_bytes()
@@ -527,7 +533,7 @@ fn default_limits() {
     let with_headers = |n: usize| {
         let mut s = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n".to_string();
         for i in 1..n {
-            s.push_str(&format!("X-H{i}: {i}\r\n"));
+            s.push_str(&["X-H", &i.to_string(), ": ", &i.to_string(), "\r\n"].concat());
         }
         s.push_str("\r\n");
         s.into_bytes()
@@ -1015,9 +1021,9 @@ fn refused_connections_are_counted_in_metrics() {
 
 #[test]
 fn slowloris_does_not_starve_normal_clients() {
+    const SLOW: usize = 200;
     let c = Cluster::start_with_args(1, &[None], &["--request-timeout", "2"]);
     let addr = c.shards[0].primary;
-    const SLOW: usize = 200;
     let start = Instant::now();
     let mut slow: Vec<(TcpStream, Vec<u8>, bool)> = (0..SLOW)
         .map(|i| {
@@ -1404,7 +1410,7 @@ fn every_split_point_and_random_bytes() {
             );
         }
     }
-    let random_time = started.elapsed() - split_time;
+    let random_time = started.elapsed().saturating_sub(split_time);
     eprintln!(
         "{len} split points in {split_time:?}, {cases} random cases in {random_time:?} \
          (statuses {seen:?}, {closed_silently} closed without an answer)"
@@ -1673,6 +1679,7 @@ fn token_protects_writes_and_internal_endpoints() {
         replica: "auth-probe".into(),
         kind: PullKind::Log { after: 0 },
         wait: Duration::ZERO,
+        epoch: 0,
     });
     let scan = encode_scan(&Scan {
         prefix: b"auth-".to_vec(),
@@ -1816,6 +1823,7 @@ fn bearer_scheme_is_case_insensitive() {
 
 #[test]
 fn metrics_health_and_ready() {
+    const GETS: usize = 25;
     let c = Cluster::start(2);
     let p0 = c.shards[0].primary;
     for n in c.nodes() {
@@ -1844,7 +1852,6 @@ fn metrics_health_and_ready() {
             200
         );
     }
-    const GETS: usize = 25;
     for i in 0..GETS {
         let k = if i % 2 == 0 {
             &own[i % 3]

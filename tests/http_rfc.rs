@@ -12,6 +12,11 @@
 //! Every test owns its ports, temp dir and processes; every wait has a
 //! deadline. Local helpers only: `tests/common` is shared.
 
+#![allow(
+    clippy::cast_possible_truncation, // calendar arithmetic on small values
+    clippy::cast_possible_wrap, // calendar arithmetic on small values
+)]
+
 mod common;
 
 use common::{Cluster, Conn, IO_TIMEOUT, enc, keys_for_shard, request_bytes, wait_until};

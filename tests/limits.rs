@@ -10,6 +10,12 @@
 //! `Drop`); every wait has a deadline. Local helpers only: `tests/common`
 //! is shared and not edited here.
 
+#![allow(
+    clippy::cast_possible_truncation, // Prometheus samples (f64) read back as counts
+    clippy::cast_sign_loss, // Prometheus samples (f64) read back as counts
+    clippy::too_many_lines, // a scenario reads top to bottom
+)]
+
 mod common;
 
 use common::{
@@ -65,6 +71,9 @@ fn pull_body(replica: &str, kind: PullKind, wait: Duration) -> Vec<u8> {
         replica: replica.to_string(),
         kind,
         wait,
+        // A static cluster runs in epoch 1: a pull under a replica's name
+        // with an older epoch would be told to discard its entries.
+        epoch: 1,
     })
 }
 
@@ -525,9 +534,7 @@ fn unresolvable_remote_is_a_warning_and_listed_in_status() {
         "[[shards]]\nname = \"shard2\"\nidx = 1\naddress = \"nohost.invalid:9000\"\nreplica = \"nohost.invalid:9001\"\n",
     );
     let silent = SocketAddr::from(([127, 0, 0, 1], ports[2]));
-    text.push_str(&format!(
-        "\n[[shards]]\nname = \"shard3\"\nidx = 2\naddress = \"{silent}\"\n"
-    ));
+    text = format!("{text}\n[[shards]]\nname = \"shard3\"\nidx = 2\naddress = \"{silent}\"\n");
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("sharding.toml");
     std::fs::write(&config, text).expect("write config");

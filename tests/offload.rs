@@ -11,6 +11,11 @@
 //! load, not the maximum, so a loaded CI machine's scheduling hiccups do
 //! not decide the result.
 
+#![allow(
+    clippy::cast_possible_truncation, // a percentile position within the sample
+    clippy::cast_sign_loss, // a percentile position within the sample
+)]
+
 mod common;
 
 use common::{Cluster, Conn, enc, request_bytes};
@@ -64,6 +69,7 @@ fn page_request(round: usize) -> (&'static str, Vec<u8>) {
                 after_key: Some(b"off/005000".to_vec()),
             },
             wait: Duration::ZERO,
+            epoch: 0,
         };
         ("/internal/pull", encode_pull(&pull))
     }

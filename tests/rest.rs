@@ -9,6 +9,10 @@
 //! deadline. Local helpers only: `tests/common` is shared and not edited
 //! here.
 
+#![allow(
+    clippy::too_many_lines, // a scenario reads top to bottom
+)]
+
 mod common;
 
 use common::{
@@ -709,10 +713,10 @@ fn list_all(
     loop {
         let mut target = format!("/v1/kv?prefix={}", enc(prefix));
         if let Some(l) = limit {
-            target.push_str(&format!("&limit={l}"));
+            target = format!("{target}&limit={l}");
         }
         if let Some(c) = &cursor {
-            target.push_str(&format!("&cursor={}", enc(c.as_bytes())));
+            target = format!("{target}&cursor={}", enc(c.as_bytes()));
         }
         let r = get(via, &target);
         assert_eq!(
@@ -1069,7 +1073,10 @@ fn listing_across_two_processes() {
                     Ok(s) => s.to_string(),
                     Err(_) => format!(
                         "hex:{}",
-                        k.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                        k.iter()
+                            .map(|b| format!("{b:02x}"))
+                            .collect::<Vec<_>>()
+                            .concat()
                     ),
                 })
                 .collect();
@@ -1162,7 +1169,7 @@ fn listing_across_processes_with_long_binary_keys() {
     for page in 0..4 {
         let mut target = "/v1/kv?prefix=lb%2F&limit=1".to_string();
         if let Some(c) = &cursor {
-            target.push_str(&format!("&cursor={c}"));
+            target = format!("{target}&cursor={c}");
         }
         let r = get(c.shards[0].primary, &target);
         assert_eq!(r.status, 200, "page {page} from the other process: {r}");

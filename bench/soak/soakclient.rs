@@ -39,18 +39,24 @@
 //!   known), `X-Shard` the key's shard (FNV-1 64 % shards), `X-Served-By` a
 //!   replica exactly when a replica port was asked for a key of its shard.
 //! - errors: connect/read/write failures, timeouts, closed connections and
-//!   any status other than the expected 200/404 (403, 5xx, 504 "min_seq not
+//!   any status other than the expected 200/404 (403, 5xx, 504 "`min_seq` not
 //!   reached", ...).
 //!
-//! Phases: preload (every written key gets v1), replicas catch up (min_seq),
+//! Phases: preload (every written key gets v1), replicas catch up (`min_seq`),
 //! LOAD for `--seconds`, then a final check: every key read from its primary
-//! and its replica (min_seq) must hold exactly the last acknowledged value.
+//! and its replica (`min_seq`) must hold exactly the last acknowledged value.
 //!
 //! Output (stdout): `START`, one `INTERVAL k=v ...` line per `--interval`
 //! (requests, latency, errors, server RSS / CPU / data dir / replica lag),
 //! `CLASS ...` lines (per request kind), `EXAMPLE ...` lines (first
 //! problems, verbatim) and a final `SUMMARY k=v ...` line. Exit status 0
 //! only when there was no error and no mismatch.
+
+#![allow(
+    clippy::cast_possible_truncation, // random numbers cut to indices, elapsed times to u64 (centuries fit), on purpose
+    clippy::cast_sign_loss, // percentiles and rounded timings are non-negative f64
+    clippy::too_many_lines, // a scenario reads top to bottom
+)]
 
 use corekv::http::form::encode_into;
 use corekv::topology::{fnv1_64, shard_for};
@@ -354,7 +360,7 @@ struct Shared {
 }
 
 /// What a connection has in flight: start (ms since the client began) << 16
-/// | is_set << 12 | key shard << 4 | port index, plus 1 << 63 so it is not 0.
+/// | `is_set` << 12 | key shard << 4 | port index, plus 1 << 63 so it is not 0.
 fn inflight_word(sh: &Shared, is_set: bool, key_shard: usize, port: usize) -> u64 {
     let ms = sh.t_begin.elapsed().as_millis() as u64;
     (1 << 63)
@@ -372,7 +378,7 @@ fn unpack(x: u64) -> (u64, u64) {
 }
 
 impl Shared {
-    fn problem(&self, tid: usize, is_error: bool, kind: &str, detail: String) {
+    fn problem(&self, tid: usize, is_error: bool, kind: &str, detail: impl std::fmt::Display) {
         {
             let mut st = self.stats[tid].lock().unwrap();
             if is_error {
@@ -529,7 +535,7 @@ impl Conn {
                         value
                             .parse()
                             .map_err(|_| format!("bad content-length {value:?}"))?,
-                    )
+                    );
                 }
                 "x-seq" => resp.x_seq = value.parse().ok(),
                 "x-version" => resp.x_version = value.parse().ok(),
@@ -1100,15 +1106,16 @@ fn status_nodes(addr: &str) -> String {
     };
     let body = String::from_utf8_lossy(&r.body);
     let num = |obj: &str, field: &str| -> String {
-        obj.find(field)
-            .map(|i| {
+        obj.find(field).map_or_else(
+            || "?".into(),
+            |i| {
                 let rest = &obj[i + field.len()..];
                 rest[..rest
                     .find(|c: char| !c.is_ascii_digit())
                     .unwrap_or(rest.len())]
                     .to_string()
-            })
-            .unwrap_or_else(|| "?".into())
+            },
+        )
     };
     body.split("{\"name\":\"")
         .skip(1)
@@ -1357,7 +1364,7 @@ fn main() {
     let iv = Duration::from_secs(sh.cfg.interval.max(1));
     let end = start + Duration::from_secs(sh.cfg.seconds);
     let mut next = start + iv;
-    let mut last_stall_print = start - Duration::from_secs(10);
+    let mut last_stall_print = start.checked_sub(Duration::from_secs(10)).unwrap_or(start);
     let mut stall_reports = 0u64;
     let nports_ = 2 * nshards;
     let port_name = |p: usize| {
@@ -1491,7 +1498,7 @@ fn main() {
         }
     }
     sh.stop.store(true, Ordering::Relaxed);
-    let load_s = (Instant::now() - start).as_secs_f64();
+    let load_s = start.elapsed().as_secs_f64();
     let mut workers: Vec<Worker> = handles
         .into_iter()
         .map(|h| h.join().expect("worker panicked"))
@@ -1549,7 +1556,7 @@ fn main() {
                     );
                     match w.conn.call(&build(&host, "/get", &params, false)) {
                         Err(e) => {
-                            sh.problem(w.tid, true, "final GET failed", format!("{what}: {e}"))
+                            sh.problem(w.tid, true, "final GET failed", format!("{what}: {e}"));
                         }
                         Ok(r) if r.status != 200 => {
                             if r.status == 404 {
@@ -1673,5 +1680,5 @@ disk_boot_bytes={} disk_start_bytes={} disk_warm_bytes={wd} disk_end_bytes={} pr
         sh.cfg.never,
     );
     let _ = sh.nshards;
-    std::process::exit(if errors == 0 && mismatches == 0 { 0 } else { 1 });
+    std::process::exit(i32::from(!(errors == 0 && mismatches == 0)));
 }

@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         match parse(rest, &limits) {
             Ok(Parsed::Complete(req, used)) => {
                 assert!(used > 0 && used <= rest.len());
-                assert!(req.body.len() <= limits.max_body);
+                assert!(req.body().len() <= limits.max_body);
                 // Any strict prefix of a complete request is not complete.
                 if used > 1 {
                     if let Ok(Parsed::Complete(_, n)) = parse(&rest[..used - 1], &limits) {

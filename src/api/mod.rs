@@ -4,8 +4,10 @@
 //! the node's store when it is the owner, and maps every outcome and error
 //! to a [`Response`] in one place each.
 //!
-//! Layout: `query` parses `/get`, `/set`, `/delete`; `rest` parses
-//! `/v1/kv/{key}`, `/v1/batch` and listings; `ops` answers `/status`,
+//! Layout: `headers` says what the request header fields the API reads
+//! mean (the http layer only finds them by name); `query` parses `/get`,
+//! `/set`, `/delete`; `rest` parses `/v1/kv/{key}`, `/v1/batch` and
+//! listings; `ops` answers `/status`,
 //! `/health`, `/ready` and `/metrics`; this file holds routing, execution,
 //! authorisation and the error-to-status mapping.
 //!
@@ -28,7 +30,12 @@
 //! by its clock); the owner applies it only if its own clock plus
 //! `--clock-skew-ms` is not past that deadline when the write's commit
 //! starts, and answers 503 ("deadline passed, not applied") otherwise.
+//! A write refused by a node whose store is not healthy is 507 (disk full)
+//! or 503 ("not applied", both with `Retry-After`); one whose commit failed
+//! and could not be checked after the store's reopen is 500 ("outcome
+//! unknown"); a read while the store is being reopened is 503.
 
+mod headers;
 mod ops;
 mod query;
 mod rest;
@@ -37,12 +44,13 @@ use crate::http::client::{ClientError, ClientResponse, Resend};
 use crate::http::encode::{BYTES, JSON, Response, TEXT};
 use crate::http::parse::Request;
 use crate::metrics::{Endpoint, Metrics};
-use crate::nodestore::{NodeStats, NodeStore, Reader, StoreError};
+use crate::nodestore::{NodeStats, NodeStore, Reader, StorageHealth, StoreError};
 use crate::protocol::{KvOp, KvRequest, Scan, Style, encode_kv_with_deadline, encode_scan};
 use crate::replication::{PrimaryLog, SeqWatch};
 use crate::router::{ForwardError, Route, Router};
-use crate::storage::{Cond, Outcome, SnapshotPage, Write, WriteOp};
-use crate::topology::{NodeInfo, Role};
+use crate::storage::{Cond, Outcome, SnapshotPage, StorageError, Write, WriteOp};
+use crate::topology::NodeInfo;
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -113,7 +121,21 @@ pub enum ApiError {
     ReadOnlyReplica {
         node: String,
         shard: usize,
-        primary: String,
+        /// The current primary's address; `None` during an election.
+        primary: Option<String>,
+    },
+    /// No primary is known for `shard` (an election is under way), or a
+    /// write forwarded here found that this node is no longer the primary,
+    /// or the committer refused it for that reason: not applied, 503 +
+    /// `Retry-After`.
+    NoPrimary {
+        node: String,
+        shard: usize,
+        why: &'static str,
+    },
+    /// Committed on a primary whose lease ran out during the commit.
+    LeaseLost {
+        node: String,
     },
     Misdirected {
         node: String,
@@ -157,6 +179,25 @@ pub enum ApiError {
         node: String,
         name: String,
     },
+    /// The node's store is not healthy and the write was not applied:
+    /// 507 when its disk is full (`no_space`), else 503; both with
+    /// `Retry-After`.
+    StorageRefused {
+        node: String,
+        why: String,
+        no_space: bool,
+    },
+    /// A read found the node's store closed while it is reopened: 503 +
+    /// `Retry-After`.
+    StorageReopening {
+        node: String,
+    },
+    /// A write's commit failed and the store could not be reopened to
+    /// check whether it reached the disk: 500, outcome unknown.
+    OutcomeUnknown {
+        node: String,
+        why: String,
+    },
 }
 
 /// Seconds a client is asked to wait (`Retry-After`) when a node is
@@ -169,6 +210,10 @@ fn overloaded(msg: &str) -> Response {
 
 impl ApiError {
     #[must_use]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one arm per error: the single place errors become statuses"
+    )]
     pub fn response(&self) -> Response {
         let (status, msg) = match self {
             Self::UnknownPath => (
@@ -202,6 +247,7 @@ impl ApiError {
                 shard,
                 primary,
             } => {
+                let primary = primary.as_deref().unwrap_or("(none known: an election is under way)");
                 return Response::text(
                     403,
                     &format!(
@@ -269,6 +315,41 @@ impl ApiError {
             Self::ReadsOverloaded { node, why } => {
                 return overloaded(&format!("node {node} is overloaded, retry later: {why}"));
             }
+            Self::StorageRefused {
+                node,
+                why,
+                no_space,
+            } => {
+                let status = if *no_space { 507 } else { 503 };
+                return Response::text(
+                    status,
+                    &format!("{node} cannot write now: {why}; the write was not applied"),
+                )
+                .with_header("Retry-After", RETRY_AFTER_SECS.to_string());
+            }
+            Self::StorageReopening { node } => {
+                return overloaded(&format!(
+                    "{node}'s storage is being reopened after a failure, retry later"
+                ));
+            }
+            Self::NoPrimary { node, shard, why } => {
+                return overloaded(&format!(
+                    "{node}: no primary for shard {shard} now ({why}); the write was not applied, retry shortly"
+                ))
+                .with_header("X-Shard", shard.to_string());
+            }
+            Self::LeaseLost { node } => (
+                504,
+                format!(
+                    "{node} committed the write but its lease ran out during the commit (a new primary may be taking over without it); outcome unknown: the write may have been applied"
+                ),
+            ),
+            Self::OutcomeUnknown { node, why } => (
+                500,
+                format!(
+                    "storage failure on {node}: {why}; outcome unknown: the write may have been applied (read the key back, or retry with If-Match / If-None-Match)"
+                ),
+            ),
             Self::NotAReplica { node, name } => (
                 403,
                 format!(
@@ -303,7 +384,9 @@ enum Executed {
 pub struct Api {
     router: Router,
     shard: Rc<NodeStore>,
-    primary: Option<Rc<PrimaryLog>>,
+    /// This node's log while it is its shard's primary (set and cleared by
+    /// the executor's role task as the role moves).
+    primary: RefCell<Option<Rc<PrimaryLog>>>,
     /// Committed (primary) or applied (replica) seq of this node.
     seq: Rc<SeqWatch>,
     locals: LocalNodes,
@@ -317,7 +400,6 @@ impl Api {
     pub fn new(
         router: Router,
         shard: Rc<NodeStore>,
-        primary: Option<Rc<PrimaryLog>>,
         seq: Rc<SeqWatch>,
         locals: LocalNodes,
         token: Option<Arc<str>>,
@@ -331,13 +413,24 @@ impl Api {
         Self {
             router,
             shard,
-            primary,
+            primary: RefCell::new(None),
             seq,
             locals,
             metrics,
             token,
             cfg,
         }
+    }
+
+    /// This node's primary log, while it is the primary.
+    #[must_use]
+    pub fn primary_log(&self) -> Option<Rc<PrimaryLog>> {
+        self.primary.borrow().clone()
+    }
+
+    /// Sets (promotion) or clears (the role moved away) the primary log.
+    pub fn set_primary_log(&self, log: Option<Rc<PrimaryLog>>) {
+        *self.primary.borrow_mut() = log;
     }
 
     fn me(&self) -> &NodeInfo {
@@ -360,9 +453,9 @@ impl Api {
     }
 
     async fn route_path(self: &Rc<Self>, req: Request) -> (Endpoint, Result<Response, ApiError>) {
-        match req.path.as_slice() {
+        match req.path() {
             b"/get" | b"/set" | b"/delete" => {
-                let endpoint = match req.path.as_slice() {
+                let endpoint = match req.path() {
                     b"/get" => Endpoint::Get,
                     b"/set" => Endpoint::Set,
                     _ => Endpoint::Delete,
@@ -397,13 +490,8 @@ impl Api {
         let Some(token) = &self.token else {
             return Ok(());
         };
-        let Some(given) = req.authorization.as_deref() else {
+        let Some(given) = headers::credentials(req) else {
             return Err(ApiError::Unauthorized);
-        };
-        let given = given.trim_ascii();
-        let given = match given.get(..7) {
-            Some(scheme) if scheme.eq_ignore_ascii_case(b"bearer ") => given[7..].trim_ascii(),
-            _ => given,
         };
         if constant_time_eq(given, token.as_bytes()) {
             Ok(())
@@ -416,7 +504,7 @@ impl Api {
         if kv.op != KvOp::Get {
             self.authorize(req)?;
         }
-        self.dispatch(kv, req.forwarded, None).await
+        self.dispatch(kv, headers::forwarded(req), None).await
     }
 
     /// Answers a request another executor of this process forwarded here.
@@ -439,11 +527,20 @@ impl Api {
         let shard = topo.shard_for(&kv.key);
         let me = self.me();
         let write = kv.op != KvOp::Get;
-        if write && matches!(me.role, Role::Replica(_)) {
+        if write && !self.router.is_primary() {
+            if forwarded {
+                // The sender thought this node was the primary: the role
+                // moved (or is moving); it retries with the new one.
+                return Err(ApiError::NoPrimary {
+                    node: me.name.clone(),
+                    shard,
+                    why: "this node is not the primary any more",
+                });
+            }
             return Err(ApiError::ReadOnlyReplica {
                 node: me.name.clone(),
                 shard: me.shard,
-                primary: topo.primary_of(shard).address.clone(),
+                primary: self.router.primary_of(shard).map(|p| p.address.clone()),
             });
         }
         if shard == me.shard {
@@ -455,7 +552,11 @@ impl Api {
                 shard,
             });
         }
-        let owner = topo.primary_of(shard);
+        let owner = self.router.primary_of(shard).ok_or(ApiError::NoPrimary {
+            node: me.name.clone(),
+            shard,
+            why: "an election is under way",
+        })?;
         let owner_err = |error| ApiError::Owner {
             owner: format!("{} ({})", owner.name, owner.address),
             error,
@@ -536,7 +637,7 @@ impl Api {
 
     /// A read of this node's own store (never waits).
     fn read_local(&self, kv: &KvRequest) -> Result<Response, ApiError> {
-        let applied = matches!(self.me().role, Role::Replica(_)).then(|| self.seq.get());
+        let applied = (!self.router.is_primary()).then(|| self.seq.get());
         read(self.shard.reader(), kv, self.me(), applied)
     }
 
@@ -559,11 +660,28 @@ impl Api {
                     node: self.me().name.clone(),
                     why: e.to_string(),
                 },
+                StoreError::Unavailable { health, .. } => ApiError::StorageRefused {
+                    node: self.me().name.clone(),
+                    why: e.to_string(),
+                    no_space: health == StorageHealth::NoSpace,
+                },
+                StoreError::NotPrimary => ApiError::NoPrimary {
+                    node: self.me().name.clone(),
+                    shard: self.me().shard,
+                    why: "this node is not the primary with a valid lease",
+                },
+                StoreError::LeaseLost => ApiError::LeaseLost {
+                    node: self.me().name.clone(),
+                },
+                StoreError::OutcomeUnknown { .. } => ApiError::OutcomeUnknown {
+                    node: self.me().name.clone(),
+                    why: e.to_string(),
+                },
                 other => ApiError::Storage(other.to_string()),
             })?;
         Ok(match outcome {
             Outcome::Committed(seq) => {
-                self.seq.advance(seq);
+                self.seq.notify();
                 Executed::Written { seq }
             }
             Outcome::ConditionFailed { current } => Executed::ConditionFailed { current },
@@ -571,14 +689,17 @@ impl Api {
     }
 
     fn tag(&self, resp: Response) -> Response {
-        let applied = matches!(self.me().role, Role::Replica(_)).then(|| self.seq.get());
+        let applied = (!self.router.is_primary()).then(|| self.seq.get());
         tag(resp, self.me(), applied)
     }
 
     /// One page of keys with `prefix` after `after` from `shard`'s primary.
     async fn scan_shard(&self, shard: usize, scan: Scan) -> Result<SnapshotPage, ApiError> {
-        let topo = self.router.topology();
-        let owner = topo.primary_of(shard);
+        let owner = self.router.primary_of(shard).ok_or(ApiError::NoPrimary {
+            node: self.me().name.clone(),
+            shard,
+            why: "an election is under way",
+        })?;
         let owner_err = |error| ApiError::Owner {
             owner: format!("{} ({})", owner.name, owner.address),
             error,
@@ -640,6 +761,18 @@ fn scan_error(node: &str, e: StoreError) -> ApiError {
             node: node.to_string(),
             why: e.to_string(),
         },
+        StoreError::Storage(e) => read_error(node, &e),
+        other => ApiError::Storage(other.to_string()),
+    }
+}
+
+/// A failed read of `node`'s store as a request error: 503 while the
+/// store is closed for a reopen, 500 otherwise.
+fn read_error(node: &str, e: &StorageError) -> ApiError {
+    match e {
+        StorageError::Reopening => ApiError::StorageReopening {
+            node: node.to_string(),
+        },
         other => ApiError::Storage(other.to_string()),
     }
 }
@@ -654,7 +787,7 @@ fn read(
 ) -> Result<Response, ApiError> {
     let executed = match reader
         .get(&kv.key)
-        .map_err(|e| ApiError::Storage(e.to_string()))?
+        .map_err(|e| read_error(&node.name, &e))?
     {
         // Preconditions are ignored when the answer would be a 404 (RFC
         // 9110 §13.2.1); otherwise If-Match first (412), then If-None-Match

@@ -14,11 +14,13 @@ use super::{Api, ApiError};
 use crate::http::encode::{BYTES, JSON, Response};
 use crate::http::parse::{Method, Request};
 use crate::metrics;
+use crate::nodestore::StorageHealth;
 use crate::protocol::{
     MAX_NODE_NAME, Pull, PullKind, PullReply, decode_kv, decode_pull, decode_scan, encode_reply,
 };
 use crate::replication::ReplicaState;
-use crate::topology::Role;
+use crate::roles::Roles;
+use crate::topology::NodeInfo;
 use serde::Serialize;
 use std::sync::atomic::Ordering;
 
@@ -47,7 +49,33 @@ struct NodeJson<'a> {
     seq_waiters: u64,
     overloaded_writes: u64,
     overloaded_reads: u64,
+    /// `ok`, `no-space`, `failed` or `reopening` (see `nodestore`).
+    storage: &'static str,
+    /// Why the store is not `ok`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    storage_error: String,
+    storage_failures: u64,
+    reopens: u64,
+    /// Keys and values stored; log records kept; the file's length and the
+    /// disk space it takes (refreshed about once a second).
+    data_bytes: u64,
+    log_bytes: u64,
+    log_entries: u64,
+    file_bytes: u64,
+    disk_bytes: u64,
+    /// The seq `data_bytes` .. `disk_bytes` were read at.
+    space_seq: u64,
     role: &'static str,
+    /// The shard's epoch as this process knows it (1 in a static cluster).
+    epoch: u64,
+    /// The epoch of the newest entry this node holds.
+    data_epoch: u64,
+    /// Client writes refused because this node was not the primary with a
+    /// valid lease; writes whose lease ran out during their commit;
+    /// entries discarded when the node rejoined a new primary.
+    fenced_writes: u64,
+    lease_lost_writes: u64,
+    discarded_writes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     committed_seq: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -73,6 +101,7 @@ struct PeerJson {
 
 impl Api {
     pub(super) fn status(&self) -> Response {
+        let roles = self.router.roles();
         let nodes = self
             .locals
             .iter()
@@ -89,16 +118,32 @@ impl Api {
                     seq_waiters: stats.seq_waiters.load(Ordering::Relaxed),
                     overloaded_writes: stats.overloaded_writes.load(Ordering::Relaxed),
                     overloaded_reads: stats.overloaded_reads.load(Ordering::Relaxed),
+                    storage: stats.health().name(),
+                    storage_error: stats.storage_error(),
+                    storage_failures: stats.storage_failures.load(Ordering::Relaxed),
+                    reopens: stats.reopens.load(Ordering::Relaxed),
+                    data_bytes: stats.data_bytes.load(Ordering::Relaxed),
+                    log_bytes: stats.log_bytes.load(Ordering::Relaxed),
+                    log_entries: stats.log_entries.load(Ordering::Relaxed),
+                    file_bytes: stats.file_bytes.load(Ordering::Relaxed),
+                    disk_bytes: stats.disk_bytes.load(Ordering::Relaxed),
+                    space_seq: stats.space_seq.load(Ordering::Relaxed),
                     role: "primary",
+                    epoch: roles.epoch(node.shard),
+                    data_epoch: stats.epoch.load(Ordering::Relaxed),
+                    fenced_writes: stats.fenced_writes.load(Ordering::Relaxed),
+                    lease_lost_writes: stats.lease_lost_writes.load(Ordering::Relaxed),
+                    discarded_writes: stats.discarded_writes.load(Ordering::Relaxed),
                     committed_seq: None,
                     applied_seq: None,
                     primary_seq: None,
                     lag: None,
                     state: None,
                 };
-                match node.role {
-                    Role::Primary => n.committed_seq = Some(seq),
-                    Role::Replica(_) => {
+                if is_primary(roles, node) {
+                    n.committed_seq = Some(seq);
+                } else {
+                    {
                         let primary = stats.primary_seq.load(Ordering::Relaxed);
                         let state = ReplicaState::from_code(stats.state.load(Ordering::Relaxed));
                         n.role = "replica";
@@ -132,12 +177,31 @@ impl Api {
         Response::new(200, JSON, body)
     }
 
-    /// 200 when every local replica follows its primary within
-    /// [`READY_MAX_LAG`] entries; 503 naming the ones that do not.
+    /// 200 when every local node's store is healthy and every local
+    /// replica follows its primary within [`READY_MAX_LAG`] entries; 503
+    /// naming the ones that do not (with the storage error).
     pub(super) fn ready(&self) -> Response {
+        let roles = self.router.roles();
         let mut behind = Vec::new();
         for (node, stats, _) in self.locals.iter() {
-            if let Role::Replica(_) = node.role {
+            let health = stats.health();
+            if health != StorageHealth::Ok {
+                behind.push(format!(
+                    "{} (storage {}: {})",
+                    node.name,
+                    health.name(),
+                    stats.storage_error()
+                ));
+                continue;
+            }
+            if is_primary(roles, node) {
+                if !roles.lease_valid(node.id) {
+                    behind.push(format!(
+                        "{} (primary without a valid lease: writes refused until it is renewed)",
+                        node.name
+                    ));
+                }
+            } else {
                 let state = ReplicaState::from_code(stats.state.load(Ordering::Relaxed));
                 let lag = stats
                     .primary_seq
@@ -156,7 +220,7 @@ impl Api {
     }
 
     pub(super) fn metrics_text(&self) -> Response {
-        let body = metrics::render(&self.locals).into_bytes();
+        let body = metrics::render(&self.locals, self.router.roles()).into_bytes();
         Response::new(200, "text/plain; version=0.0.4; charset=utf-8", body)
     }
 
@@ -170,24 +234,25 @@ impl Api {
             return Err(ApiError::MethodNotAllowed("POST"));
         }
         let bad = |e: crate::storage::StorageError| ApiError::BadBody(e.to_string());
-        if req.path == b"/internal/kv" {
-            let mut forwarded = decode_kv(&req.body).map_err(bad)?;
+        if req.path() == b"/internal/kv" {
+            let mut forwarded = decode_kv(req.body()).map_err(bad)?;
             forwarded.kv.key = super::query::check_key(forwarded.kv.key, self.cfg.max_key)?;
             return self
                 .dispatch(forwarded.kv, true, forwarded.deadline_ms)
                 .await;
         }
-        if req.path != b"/internal/pull" && req.path != b"/internal/scan" {
+        if req.path() != b"/internal/pull" && req.path() != b"/internal/scan" {
             return Err(ApiError::UnknownPath);
         }
-        if self.me().role != Role::Primary {
+        let primary = self.primary_log();
+        if req.path() == b"/internal/scan" && primary.is_none() {
             return Err(ApiError::Misdirected {
                 node: self.me().name.clone(),
                 shard: self.me().shard,
             });
         }
-        let reply = if req.path == b"/internal/scan" {
-            let mut scan = decode_scan(&req.body).map_err(bad)?;
+        let reply = if req.path() == b"/internal/scan" {
+            let mut scan = decode_scan(req.body()).map_err(bad)?;
             self.check_len("prefix", scan.prefix.len())?;
             if let Some(after) = &scan.after {
                 self.check_len("after", after.len())?;
@@ -197,12 +262,18 @@ impl Api {
                 seq: 0,
                 pairs: self.scan_local(scan).await?,
                 done: true,
+                epochs: Vec::new(),
             }
         } else {
-            let Some(primary) = &self.primary else {
-                return Err(ApiError::UnknownPath);
+            let pull = decode_pull(req.body()).map_err(bad)?;
+            let Some(primary) = primary else {
+                // The role moved: the replica asks the new primary.
+                return Ok(Response::new(
+                    200,
+                    BYTES,
+                    encode_reply(&PullReply::NotPrimary),
+                ));
             };
-            let pull = decode_pull(&req.body).map_err(bad)?;
             self.check_pull(primary.is_replica(&pull.replica), &pull)?;
             primary
                 .serve(pull)
@@ -262,4 +333,9 @@ impl Api {
             _ => Ok(()),
         }
     }
+}
+
+/// True when `node` is its shard's primary now.
+fn is_primary(roles: &Roles, node: &NodeInfo) -> bool {
+    matches!(roles.primary(node.shard), Some((n, _)) if n == node.id)
 }

@@ -3,7 +3,7 @@
 //!
 //! Pure: a parsed request in, a [`KvRequest`] or an [`ApiError`] out.
 
-use super::{ApiError, MAX_MIN_SEQ_WAIT_MS, MIN_SEQ_WAIT_MS};
+use super::{ApiError, MAX_MIN_SEQ_WAIT_MS, MIN_SEQ_WAIT_MS, headers};
 use crate::http::form;
 use crate::http::parse::{Method, Request};
 use crate::protocol::{KvOp, KvRequest, Style};
@@ -11,7 +11,7 @@ use crate::storage::Cond;
 
 /// Parameters of a query-string endpoint: the query, plus a form body on POST/PUT.
 pub(super) fn parse(req: &Request, max_key: usize) -> Result<KvRequest, ApiError> {
-    let (allow, ok) = match req.path.as_slice() {
+    let (allow, ok) = match req.path() {
         b"/get" => (
             "GET, HEAD, POST",
             matches!(req.method, Method::Get | Method::Head | Method::Post),
@@ -28,14 +28,16 @@ pub(super) fn parse(req: &Request, max_key: usize) -> Result<KvRequest, ApiError
     if !ok {
         return Err(ApiError::MethodNotAllowed(allow));
     }
-    let mut params = form::parse_pairs(&req.query).map_err(|_| ApiError::BadEncoding("query"))?;
-    if matches!(req.method, Method::Post | Method::Put) && (req.form_body || !req.body.is_empty()) {
+    let mut params = form::parse_pairs(req.query()).map_err(|_| ApiError::BadEncoding("query"))?;
+    if matches!(req.method, Method::Post | Method::Put)
+        && (headers::form_body(req) || !req.body().is_empty())
+    {
         params
-            .extend(form::parse_pairs(&req.body).map_err(|_| ApiError::BadEncoding("form body"))?);
+            .extend(form::parse_pairs(req.body()).map_err(|_| ApiError::BadEncoding("form body"))?);
     }
     let mut take = |name: &str| take_param(&mut params, name);
     let key = check_key(take("key").ok_or(ApiError::MissingParam("key"))?, max_key)?;
-    let op = match req.path.as_slice() {
+    let op = match req.path() {
         b"/get" => KvOp::Get,
         b"/set" => KvOp::Set(take("value").ok_or(ApiError::MissingParam("value"))?),
         _ => KvOp::Delete,

@@ -2,7 +2,7 @@
 //! (forwarded requests, replication pulls, listings).
 //!
 //! Per executor (`!Send`); depends on glommio's `TcpStream`, httparse and
-//! libc (socket options). Invariants:
+//! libc (a non-blocking peek) and socket2 (`SO_LINGER`). Invariants:
 //! - connections are pooled per address and reused only after a complete
 //!   response without `Connection: close`; a pooled connection the peer
 //!   has closed (or sent stray bytes on) is discarded before any byte is
@@ -133,14 +133,14 @@ impl Reachability {
     }
 }
 
-/// The bytes of a request from one corekv node to another: marked with
-/// `X-Corekv-Forwarded`, with the cluster token when one is set.
+/// The bytes of a request with a `Content-Length` body: `method target`,
+/// `Host`, then each of `fields` (name, value) in order.
 #[must_use]
-pub fn node_request(
+pub fn request_bytes(
     method: &str,
     target: &[u8],
     host: &str,
-    token: Option<&str>,
+    fields: &[(&str, &[u8])],
     body: &[u8],
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(160 + target.len() + body.len());
@@ -149,10 +149,11 @@ pub fn node_request(
     out.extend_from_slice(target);
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(host.as_bytes());
-    out.extend_from_slice(b"\r\nX-Corekv-Forwarded: 1\r\n");
-    if let Some(t) = token {
-        out.extend_from_slice(b"Authorization: Bearer ");
-        out.extend_from_slice(t.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in fields {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
@@ -274,21 +275,7 @@ fn left(deadline: Instant) -> Option<Duration> {
 /// bytes still queued for the peer and send RST, so nothing of an
 /// abandoned request is delivered later.
 fn reset(stream: TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: the fd is open for the lifetime of `stream`; `linger` is a
-    // valid `struct linger` of the size passed.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            std::ptr::from_ref(&linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
     drop(stream);
 }
 

@@ -5,9 +5,16 @@
 //! (Content-Length vs Transfer-Encoding, duplicates, limits) and every
 //! [`ParseError`] maps to one status in [`ParseError::status`]. After any
 //! parse error the connection must be closed: the stream position is lost.
+//!
+//! Knows no header or URL of the API: besides the framing fields, a
+//! [`Request`] only finds header fields by name ([`Request::header`],
+//! [`Request::header_list`]). A request is one allocation (its bytes copied
+//! out of the connection's buffer); its parts are slices of it.
 
 use super::framing::{FramingError, framing};
+use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 /// Size limits applied while parsing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,27 +48,100 @@ pub enum Method {
     Other,
 }
 
-/// One complete request, owning its parts.
+/// One complete request. Its bytes (request line, header fields and body)
+/// are copied once out of the connection's buffer into one allocation; the
+/// path, query, body and header fields are slices of it. The http layer
+/// interprets only what framing needs (`Content-Length`,
+/// `Transfer-Encoding`, `Connection`); every other field is found by name
+/// with [`Request::header`] and means what the layer above decides.
 #[derive(Clone, Debug)]
 pub struct Request {
     pub method: Method,
-    /// Path without the query, still percent-encoded.
-    pub path: Vec<u8>,
-    /// The raw query string after `?` (empty when absent).
-    pub query: Vec<u8>,
-    pub body: Vec<u8>,
     /// Whether the connection stays open after the response.
     pub keep_alive: bool,
-    /// `Content-Type: application/x-www-form-urlencoded`.
-    pub form_body: bool,
-    /// Carries `X-Corekv-Forwarded`: another node already routed it.
-    pub forwarded: bool,
-    /// `Authorization` header value.
-    pub authorization: Option<Vec<u8>>,
-    /// `If-Match` field value (several field lines joined with `, `).
-    pub if_match: Option<Vec<u8>>,
-    /// `If-None-Match` field value (several field lines joined with `, `).
-    pub if_none_match: Option<Vec<u8>>,
+    raw: Vec<u8>,
+    path: Range<usize>,
+    query: Range<usize>,
+    /// The header field lines, between the request line and the empty line.
+    fields: Range<usize>,
+    body_start: usize,
+}
+
+impl Request {
+    /// Path without the query, still percent-encoded.
+    #[must_use]
+    pub fn path(&self) -> &[u8] {
+        &self.raw[self.path.clone()]
+    }
+
+    /// The raw query string after `?` (empty when absent).
+    #[must_use]
+    pub fn query(&self) -> &[u8] {
+        &self.raw[self.query.clone()]
+    }
+
+    #[must_use]
+    pub fn body(&self) -> &[u8] {
+        &self.raw[self.body_start..]
+    }
+
+    /// The value of the first field line named `name` (ASCII
+    /// case-insensitive), without surrounding whitespace.
+    #[must_use]
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers(name).next()
+    }
+
+    /// The values of every field line named `name`, in order.
+    pub fn headers<'a, 'n>(
+        &'a self,
+        name: &'n str,
+    ) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
+        field_lines(&self.raw[self.fields.clone()])
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
+    /// A list-based field (RFC 9110 §5.3): its field lines as one
+    /// comma-separated value; borrowed when there is one line.
+    #[must_use]
+    pub fn header_list(&self, name: &str) -> Option<Cow<'_, [u8]>> {
+        let mut lines = self.headers(name);
+        let first = lines.next()?;
+        let Some(second) = lines.next() else {
+            return Some(Cow::Borrowed(first));
+        };
+        let mut joined = first.to_vec();
+        for line in std::iter::once(second).chain(lines) {
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(line);
+        }
+        Some(Cow::Owned(joined))
+    }
+}
+
+/// The `(name, value)` of each field line of a header block httparse has
+/// accepted (so: `name:value`, a token name without whitespace before the
+/// colon, optional whitespace around the value, lines ending in CRLF or a
+/// bare LF, no folding).
+fn field_lines(block: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    block.split(|&b| b == b'\n').filter_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        let value = &line[colon + 1..];
+        let start = value.iter().position(|&b| b != b' ' && b != b'\t');
+        let value = match start {
+            Some(s) => {
+                let end = value
+                    .iter()
+                    .rposition(|&b| b != b' ' && b != b'\t')
+                    .map_or(s, |e| e + 1);
+                &value[s..end]
+            }
+            None => &[][..],
+        };
+        Some((&line[..colon], value))
+    })
 }
 
 /// Result of parsing the start of a buffer.
@@ -136,18 +216,6 @@ impl fmt::Display for ParseError {
     }
 }
 
-/// Adds a field line of a list-based field: lines of the same field are one
-/// comma-separated list (RFC 9110 §5.3).
-fn append_list(field: &mut Option<Vec<u8>>, value: &[u8]) {
-    match field {
-        Some(v) => {
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(value);
-        }
-        None => *field = Some(value.to_vec()),
-    }
-}
-
 fn method_of(m: &str) -> Method {
     match m {
         "GET" => Method::Get,
@@ -199,26 +267,6 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
         other => ParseError::BadFraming(other.message()),
     })?;
     let keep_alive = !framed.close && (version >= 1 || framed.keep_alive);
-    let mut form_body = false;
-    let mut forwarded = false;
-    let mut authorization = None;
-    let mut if_match = None;
-    let mut if_none_match = None;
-    for h in req.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("content-type") {
-            form_body = h.value.len() >= 33
-                && h.value[..33].eq_ignore_ascii_case(b"application/x-www-form-urlencoded");
-        } else if name.eq_ignore_ascii_case("x-corekv-forwarded") {
-            forwarded = true;
-        } else if name.eq_ignore_ascii_case("authorization") {
-            authorization = Some(h.value.to_vec());
-        } else if name.eq_ignore_ascii_case("if-match") {
-            append_list(&mut if_match, h.value);
-        } else if name.eq_ignore_ascii_case("if-none-match") {
-            append_list(&mut if_none_match, h.value);
-        }
-    }
     let body_len = framed.content_length.unwrap_or(0);
     if body_len > limits.max_body {
         return Err(ParseError::BodyTooLarge);
@@ -227,23 +275,31 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Result<Parsed, ParseError> {
     if buf.len() < total {
         return Ok(Parsed::Partial);
     }
-    let target = req.path.unwrap_or("/").as_bytes();
-    let (path, query) = match target.iter().position(|&b| b == b'?') {
-        Some(p) => (&target[..p], &target[p + 1..]),
-        None => (target, &[][..]),
+    let Some(target) = req.path else {
+        return Err(ParseError::Malformed("no request target"));
     };
+    // Offsets into `buf` of the parts httparse found (slices of it).
+    let offset = |part: &[u8]| part.as_ptr().addr() - buf.as_ptr().addr();
+    let target_start = offset(target.as_bytes());
+    let target_end = target_start + target.len();
+    let path = match target.bytes().position(|b| b == b'?') {
+        Some(q) => target_start..target_start + q,
+        None => target_start..target_end,
+    };
+    let query = (path.end + 1).min(target_end)..target_end;
+    let fields_start = buf[target_end..head_len]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(head_len, |nl| target_end + nl + 1);
     Ok(Parsed::Complete(
         Request {
             method: method_of(req.method.unwrap_or("")),
-            path: path.to_vec(),
-            query: query.to_vec(),
-            body: buf[head_len..total].to_vec(),
             keep_alive,
-            form_body,
-            forwarded,
-            authorization,
-            if_match,
-            if_none_match,
+            raw: buf[..total].to_vec(),
+            path,
+            query,
+            fields: fields_start..head_len,
+            body_start: head_len,
         },
         total,
     ))
@@ -282,10 +338,38 @@ mod tests {
         let (r, n) = complete(raw);
         assert_eq!(n, raw.len());
         assert_eq!(r.method, Method::Get);
-        assert_eq!(r.path, b"/get");
-        assert_eq!(r.query, b"key=a%20b");
+        assert_eq!(r.path(), b"/get");
+        assert_eq!(r.query(), b"key=a%20b");
         assert!(r.keep_alive);
-        assert!(!r.forwarded);
+        assert_eq!(r.header("host"), Some(&b"x"[..]));
+        assert_eq!(r.header("x-absent"), None);
+    }
+
+    #[test]
+    fn header_fields_by_name() {
+        let raw = b"\r\nPUT /v1/kv/a?x=1&y HTTP/1.1\nIf-Match: \t\"1\" \r\nA:\r\nif-match:W/\"2\"\r\nB:  two words \r\nContent-Length: 2\r\n\r\nhi";
+        let (r, n) = complete(raw);
+        assert_eq!(n, raw.len());
+        assert_eq!(
+            (r.path(), r.query(), r.body()),
+            (&b"/v1/kv/a"[..], &b"x=1&y"[..], &b"hi"[..])
+        );
+        assert_eq!(r.header("IF-MATCH"), Some(&b"\"1\""[..]));
+        assert_eq!(r.header("a"), Some(&b""[..]));
+        assert_eq!(r.header("b"), Some(&b"two words"[..]));
+        assert_eq!(r.header("content-length"), Some(&b"2"[..]));
+        assert_eq!(r.headers("if-match").count(), 2);
+        assert_eq!(
+            r.header_list("if-match").as_deref(),
+            Some(&b"\"1\", W/\"2\""[..])
+        );
+        assert_eq!(r.header_list("b").as_deref(), Some(&b"two words"[..]));
+        assert_eq!(r.header_list("nope"), None);
+        let (r, _) = complete(b"GET /x? HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            (r.path(), r.query(), r.header("x")),
+            (&b"/x"[..], &b""[..], None)
+        );
     }
 
     #[test]
@@ -307,10 +391,13 @@ mod tests {
     fn body_by_content_length_and_pipelining() {
         let raw = b"POST /set HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 11\r\n\r\nkey=a&valueGET / HTTP/1.1\r\n\r\n";
         let (r, n) = complete(raw);
-        assert_eq!(r.body, b"key=a&value");
-        assert!(r.form_body);
+        assert_eq!(r.body(), b"key=a&value");
+        assert_eq!(
+            r.header("CONTENT-TYPE"),
+            Some(&b"application/x-www-form-urlencoded"[..])
+        );
         let (second, m) = complete(&raw[n..]);
-        assert_eq!(second.path, b"/");
+        assert_eq!(second.path(), b"/");
         assert_eq!(n + m, raw.len());
     }
 
@@ -323,7 +410,7 @@ mod tests {
                 "cut at {cut}"
             );
         }
-        assert_eq!(complete(raw).0.body, b"hello");
+        assert_eq!(complete(raw).0.body(), b"hello");
     }
 
     #[test]

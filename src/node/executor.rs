@@ -12,13 +12,14 @@ use crate::log::Level;
 use crate::log_at;
 use crate::nodestore::NodeStore;
 use crate::protocol::Mail;
-use crate::replication::{self, PrimaryLog, SeqWatch, Upstream};
+use crate::replication::{self, PrimaryLog, Retention, SeqWatch, Upstream};
+use crate::roles::Roles;
 use crate::router::{Mailboxes, Router};
 use crate::sched::NextPoll;
-use crate::topology::{NodeInfo, Role, Topology};
+use crate::topology::{NodeInfo, Topology};
 use futures_lite::future;
 use glommio::net::TcpListener;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{LocalExecutorBuilder, Placement, Task};
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -29,13 +30,14 @@ use std::time::{Duration, Instant};
 pub(super) struct NodeContext {
     pub(super) node: NodeInfo,
     pub(super) topo: Arc<Topology>,
+    pub(super) roles: Arc<Roles>,
     pub(super) shard: NodeStore,
     pub(super) mailbox: flume::Receiver<Mail>,
     pub(super) mailboxes: Mailboxes,
     /// Reachability of the nodes on other hosts (shared, for `/status`).
     pub(super) reach: Arc<Reachability>,
     pub(super) nodes: LocalNodes,
-    pub(super) retain: u64,
+    pub(super) retain: crate::replication::Retention,
     pub(super) token: Option<Arc<str>>,
     pub(super) conn: ConnConfig,
     pub(super) api: ApiConfig,
@@ -87,10 +89,14 @@ pub(super) fn run_executor(
     let _ = events.send(Event::Stopped(id));
 }
 
+/// The node's life on its executor: start its replication role, build its
+/// API, serve connections until asked to stop, drain, then keep serving
+/// mails and replication until the process exits.
 async fn serve_node(ctx: NodeContext, listener: TcpListener) {
     let NodeContext {
         node,
         topo,
+        roles,
         shard,
         mailbox,
         mailboxes,
@@ -108,99 +114,47 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
     let shard = Rc::new(shard);
     let client =
         Rc::new(Client::new(Duration::from_secs(1), forward_timeout).with_reachability(reach));
-    let (primary, seq) = match node.role {
-        Role::Primary => {
-            let replicas = topo
-                .replicas_of(node.shard)
-                .map(|r| r.name.clone())
-                .collect();
-            let log = Rc::new(PrimaryLog::new(shard.clone(), replicas, retain));
-            glommio::spawn_local(log.clone().trim_forever()).detach();
-            let seq = log.committed().clone();
-            (Some(log), seq)
-        }
-        Role::Replica(_) => {
-            let owner = topo.primary_of(node.shard);
-            let upstream = match mailboxes.get(owner.id) {
-                Some(Some(peer)) => Upstream::Local(peer.mail.clone()),
-                _ => Upstream::Remote {
-                    client: client.clone(),
-                    addr: owner.address.clone(),
-                    token: token.clone(),
-                },
-            };
-            let applied = Rc::new(SeqWatch::new(
-                shard.stats.seq.load(Ordering::Acquire),
-                shard.stats.clone(),
-            ));
-            glommio::spawn_local(replication::follow(
-                shard.clone(),
-                applied.clone(),
-                upstream,
-                node.name.clone(),
-            ))
-            .detach();
-            (None, applied)
-        }
-    };
-    let router = Router::new(topo, node.id, mailboxes, client, token.clone());
+    let seq = Rc::new(SeqWatch::new(shard.stats.clone()));
+    let router = Router::new(
+        topo.clone(),
+        roles.clone(),
+        node.id,
+        mailboxes.clone(),
+        client.clone(),
+        token.clone(),
+    );
     let api = Rc::new(Api::new(
         router,
-        shard,
-        primary.clone(),
-        seq,
+        shard.clone(),
+        seq.clone(),
         nodes,
-        token,
+        token.clone(),
         api_config,
     ));
+    let duty = Duty {
+        api: api.clone(),
+        shard,
+        seq,
+        node: node.clone(),
+        topo,
+        roles,
+        mailboxes,
+        client,
+        token,
+        retain,
+    };
+    glommio::spawn_local(duty.follow_roles()).detach();
     let tracker = Rc::new(Tracker::default());
     glommio::spawn_local(drain_mailbox(
         api.clone(),
-        primary,
         mailbox,
         tracker.next_poll().clone(),
     ))
     .detach();
-    let done = loop {
-        let next = future::or(async { Ok(listener.accept().await) }, async {
-            Err(stop.recv_async().await)
-        })
-        .await;
-        match next {
-            Ok(Ok(stream)) => {
-                let api = api.clone();
-                let tracker = tracker.clone();
-                glommio::spawn_local(async move {
-                    let metrics = api.metrics().clone();
-                    if !conn::has_room(&cfg, &tracker) {
-                        metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
-                        conn::refuse(stream).await;
-                        return;
-                    }
-                    metrics.open_connections.fetch_add(1, Ordering::Relaxed);
-                    conn::serve(stream, cfg, &tracker, |req| {
-                        let api = api.clone();
-                        async move { api.handle(req).await }
-                    })
-                    .await;
-                    metrics.open_connections.fetch_sub(1, Ordering::Relaxed);
-                })
-                .detach();
-            }
-            Ok(Err(e)) => {
-                log_at!(Level::Warn, &node.name, "accept failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(50)).await;
-            }
-            Err(done) => break done.ok(),
-        }
-    };
+    let done = accept_until_stopped(&listener, &stop, &api, &tracker, cfg, &node.name).await;
     // Shutdown: stop accepting, let connections finish what they started.
     drop(listener);
-    tracker.drain();
-    let deadline = Instant::now() + SHUTDOWN_GRACE;
-    while tracker.in_flight() > 0 && Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(5)).await;
-    }
+    drain_connections(&tracker).await;
     if let Some(done) = done {
         let _ = done.send(());
     }
@@ -208,17 +162,226 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
     future::pending::<()>().await;
 }
 
+/// How often a node checks whether its role moved (only with a control
+/// plane; a static cluster sets its roles once).
+const ROLE_CHECK: Duration = Duration::from_millis(10);
+
+/// What a node does for its shard right now, with the tasks doing it.
+enum Mode {
+    Idle,
+    /// Primary in `epoch`: its log serves pulls and is trimmed by `trim`.
+    Primary {
+        epoch: u64,
+        trim: Task<()>,
+    },
+    /// Replica following node `of`.
+    Replica {
+        of: usize,
+        follow: Task<()>,
+    },
+}
+
+/// A node's replication role, kept in line with [`Roles`]: becomes the
+/// primary (stops following, opens its log to pulls, takes writes) or a
+/// replica of the current primary (stops serving its log, follows) as the
+/// control plane moves the role; in a static cluster it takes the
+/// configured role once.
+struct Duty {
+    api: Rc<Api>,
+    shard: Rc<NodeStore>,
+    seq: Rc<SeqWatch>,
+    node: NodeInfo,
+    topo: Arc<Topology>,
+    roles: Arc<Roles>,
+    mailboxes: Mailboxes,
+    client: Rc<Client>,
+    token: Option<Arc<str>>,
+    retain: Retention,
+}
+
+impl Duty {
+    async fn follow_roles(self) {
+        let mut mode = Mode::Idle;
+        let mut seen = 0;
+        loop {
+            let generation = self.roles.generation();
+            if generation != seen {
+                seen = generation;
+                mode = self.switch(mode).await;
+            }
+            if !self.roles.is_controlled() {
+                // Static roles never change: keep the tasks running.
+                if let Mode::Primary { trim, .. } = mode {
+                    trim.detach();
+                } else if let Mode::Replica { follow, .. } = mode {
+                    follow.detach();
+                }
+                return;
+            }
+            glommio::timer::sleep(ROLE_CHECK).await;
+        }
+    }
+
+    /// Moves from `mode` to what [`Roles`] says now.
+    async fn switch(&self, mode: Mode) -> Mode {
+        let want = self.roles.primary(self.node.shard);
+        match (mode, want) {
+            (Mode::Primary { epoch, trim }, Some((p, e))) if p == self.node.id => {
+                if e != epoch {
+                    log_at!(Level::Info, &self.node.name, "primary, now in epoch {e}");
+                }
+                Mode::Primary { epoch: e, trim }
+            }
+            (Mode::Replica { of, follow }, Some((p, _))) if p == of && p != self.node.id => {
+                Mode::Replica { of, follow }
+            }
+            (Mode::Replica { of, follow }, None) => Mode::Replica { of, follow },
+            (mode, want) => {
+                self.stop(mode).await;
+                match want {
+                    Some((p, e)) if p == self.node.id => self.start_primary(e),
+                    Some((p, _)) => self.start_replica(p),
+                    None => Mode::Idle,
+                }
+            }
+        }
+    }
+
+    async fn stop(&self, mode: Mode) {
+        match mode {
+            Mode::Idle => {}
+            Mode::Primary { trim, .. } => {
+                self.api.set_primary_log(None);
+                trim.cancel().await;
+                log_at!(Level::Info, &self.node.name, "no longer the primary");
+            }
+            Mode::Replica { follow, .. } => {
+                follow.cancel().await;
+            }
+        }
+    }
+
+    /// Opens the node's log to pulls (every other node of the shard is a
+    /// replica of it now) and trims it in the background.
+    fn start_primary(&self, epoch: u64) -> Mode {
+        let replicas = self
+            .topo
+            .nodes
+            .iter()
+            .filter(|n| n.shard == self.node.shard && n.id != self.node.id)
+            .map(|n| n.name.clone())
+            .collect();
+        let log = Rc::new(PrimaryLog::new(
+            self.shard.clone(),
+            self.seq.clone(),
+            replicas,
+            self.retain,
+        ));
+        self.api.set_primary_log(Some(log.clone()));
+        if self.roles.is_controlled() {
+            log_at!(Level::Info, &self.node.name, "primary in epoch {epoch}");
+        }
+        Mode::Primary {
+            epoch,
+            trim: glommio::spawn_local(log.trim_forever()),
+        }
+    }
+
+    /// Follows node `of`: its mailbox when it runs in this process, else
+    /// HTTP.
+    fn start_replica(&self, of: usize) -> Mode {
+        let Some(owner) = self.topo.nodes.get(of) else {
+            return Mode::Idle;
+        };
+        let upstream = match self.mailboxes.get(of) {
+            Some(Some(peer)) => Upstream::Local(peer.mail.clone()),
+            _ => Upstream::Remote {
+                client: self.client.clone(),
+                addr: owner.address.clone(),
+                token: self.token.clone(),
+            },
+        };
+        if self.roles.is_controlled() {
+            log_at!(Level::Info, &self.node.name, "replica of {}", owner.name);
+        }
+        let follow = glommio::spawn_local(replication::follow(
+            self.shard.clone(),
+            self.seq.clone(),
+            upstream,
+            self.node.name.clone(),
+        ));
+        Mode::Replica { of, follow }
+    }
+}
+
+/// Accepts connections, each served on its own task, until a stop request
+/// arrives; returns the channel to answer it on.
+async fn accept_until_stopped(
+    listener: &TcpListener,
+    stop: &flume::Receiver<flume::Sender<()>>,
+    api: &Rc<Api>,
+    tracker: &Rc<Tracker>,
+    cfg: ConnConfig,
+    name: &str,
+) -> Option<flume::Sender<()>> {
+    loop {
+        let next = future::or(async { Ok(listener.accept().await) }, async {
+            Err(stop.recv_async().await)
+        })
+        .await;
+        match next {
+            Ok(Ok(stream)) => {
+                glommio::spawn_local(serve_connection(stream, api.clone(), tracker.clone(), cfg))
+                    .detach();
+            }
+            Ok(Err(e)) => {
+                log_at!(Level::Warn, name, "accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+            Err(done) => break done.ok(),
+        }
+    }
+}
+
+/// One client connection: refused with 503 when the executor has no room,
+/// else served until it closes; counted in the metrics either way.
+async fn serve_connection(
+    stream: glommio::net::TcpStream,
+    api: Rc<Api>,
+    tracker: Rc<Tracker>,
+    cfg: ConnConfig,
+) {
+    let metrics = api.metrics().clone();
+    if !conn::has_room(&cfg, &tracker) {
+        metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
+        conn::refuse(stream).await;
+        return;
+    }
+    metrics.open_connections.fetch_add(1, Ordering::Relaxed);
+    conn::serve(stream, cfg, &tracker, |req| {
+        let api = api.clone();
+        async move { api.handle(req).await }
+    })
+    .await;
+    metrics.open_connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Tells connections to close after their current request and waits for
+/// them, up to [`SHUTDOWN_GRACE`].
+async fn drain_connections(tracker: &Tracker) {
+    tracker.drain();
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while tracker.in_flight() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Mails served in a row before the mailbox lets the executor poll for I/O
 /// (a mailbox that never runs dry must not starve the connections).
 const MAILS_PER_ROUND: u32 = 64;
 
 /// Serves requests other executors of this process send here.
-async fn drain_mailbox(
-    api: Rc<Api>,
-    primary: Option<Rc<PrimaryLog>>,
-    rx: flume::Receiver<Mail>,
-    next_poll: Rc<NextPoll>,
-) {
+async fn drain_mailbox(api: Rc<Api>, rx: flume::Receiver<Mail>, next_poll: Rc<NextPoll>) {
     let mut served = 0u32;
     while let Ok(mail) = rx.recv_async().await {
         served += 1;
@@ -235,15 +398,13 @@ async fn drain_mailbox(
                 .detach();
             }
             Mail::Pull(pull, reply) => {
-                let primary = primary.clone();
+                let primary = api.primary_log();
                 glommio::spawn_local(async move {
                     let answer = match primary {
                         Some(p) => p.serve(pull).await.unwrap_or_else(|e| {
                             crate::protocol::PullReply::Failed(format!("primary overloaded: {e}"))
                         }),
-                        None => crate::protocol::PullReply::Failed(
-                            "pull sent to a node that is not a primary".into(),
-                        ),
+                        None => crate::protocol::PullReply::NotPrimary,
                     };
                     let _ = reply.send(answer);
                 })

@@ -5,7 +5,7 @@
 //! Depends on every layer below. Start-up order is fixed so that nothing
 //! binds a port before the whole configuration, the system limits and
 //! every redb file have been checked: config → topology → preflight
-//! (io_uring, `RLIMIT_MEMLOCK`) → address resolution → stores → listeners
+//! (`io_uring`, `RLIMIT_MEMLOCK`) → address resolution → stores → listeners
 //! (all bound here, so a port in use fails before any executor runs) →
 //! executors (each reports) → ready. Any failure returns an error and the
 //! process exits non-zero, except a remote node's address that does not
@@ -28,7 +28,7 @@ use crate::http::conn::ConnConfig;
 use crate::log::Level;
 use crate::log_at;
 use crate::metrics::Metrics;
-use crate::nodestore::{NodeStore, StartError};
+use crate::nodestore::{Fence, NodeStore, StartError};
 use crate::protocol::MAILBOX_CAPACITY;
 use crate::roles::Roles;
 use crate::router::{Mailboxes, Peer};
@@ -75,6 +75,9 @@ pub struct Options {
     pub durable: bool,
     /// Replication log entries kept beyond what every replica applied.
     pub log_retention: u64,
+    /// Replication log bytes kept at least (the bound is the larger of
+    /// this and the data's size; see `replication::Retention`).
+    pub log_retention_bytes: u64,
     /// Most writes per commit (1 disables group commit; for benchmarks).
     pub commit_batch: usize,
     /// Most jobs waiting in a node's commit queue; client writes beyond
@@ -137,6 +140,7 @@ impl Default for Options {
             serve: None,
             durable: true,
             log_retention: 1_000_000,
+            log_retention_bytes: 64 << 20,
             commit_batch: crate::nodestore::DEFAULT_MAX_BATCH,
             commit_queue: crate::nodestore::DEFAULT_COMMIT_QUEUE,
             token: None,
@@ -241,6 +245,10 @@ impl std::error::Error for NodeError {}
 ///
 /// # Errors
 /// Any start-up failure (see the module doc for the order of checks).
+#[expect(
+    clippy::too_many_lines,
+    reason = "not split yet (issue 10, \"long functions split by what they do\")"
+)]
 pub fn run(opts: &Options) -> Result<(), NodeError> {
     crate::log::install(opts.log_level);
     // Before any thread exists, so that every thread inherits the mask and
@@ -260,6 +268,9 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         path: opts.data_dir.clone(),
         error,
     })?;
+    // Who is primary of each shard: the configuration's primaries for ever
+    // in a static cluster.
+    let roles = Arc::new(Roles::fixed(&topo));
     let mut shards = Vec::new();
     for n in &locals {
         let path = opts.data_dir.join(format!("{}.redb", n.file_stem()));
@@ -271,8 +282,14 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         let store = Store::open_with_cache(&path, opts.durable, opts.cache_bytes)
             .map_err(|e| storage(StartError::Storage(e)))?;
         shards.push(
-            NodeStore::start(store, &n.name, opts.commit_batch, opts.commit_queue)
-                .map_err(storage)?,
+            NodeStore::start(
+                store,
+                &n.name,
+                opts.commit_batch,
+                opts.commit_queue,
+                Fence::new(roles.clone(), n.id, n.shard),
+            )
+            .map_err(storage)?,
         );
     }
     // Listeners are bound here, after every check, with std (SO_REUSEADDR,
@@ -322,12 +339,16 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         let ctx = NodeContext {
             node,
             topo: topo.clone(),
+            roles: roles.clone(),
             shard,
             mailbox,
             mailboxes: mailboxes.clone(),
             reach: reach.clone(),
             nodes: nodes.clone(),
-            retain: opts.log_retention,
+            retain: crate::replication::Retention {
+                entries: opts.log_retention,
+                bytes: opts.log_retention_bytes,
+            },
             token: token.clone(),
             conn: opts.conn,
             api: ApiConfig {

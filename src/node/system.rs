@@ -1,5 +1,5 @@
 //! What the process needs from the operating system: listening sockets,
-//! address resolution, the io_uring and `RLIMIT_MEMLOCK` checks, CPU
+//! address resolution, the `io_uring` and `RLIMIT_MEMLOCK` checks, CPU
 //! affinity and placement, signal masks, and the kick that wakes a parked
 //! executor thread. No glommio, no async. System calls go through
 //! `socket2`, `rlimit` and `nix` (all already used by glommio); the only
@@ -23,7 +23,7 @@ const MEMLOCK_PER_EXECUTOR: u64 = 512 * 1024;
 ///
 /// An address in use is retried for up to 2 s: a predecessor killed with
 /// SIGKILL releases its listening socket only once the kernel has torn down
-/// its io_uring (asynchronously, after the process is gone).
+/// its `io_uring` (asynchronously, after the process is gone).
 pub(super) fn listen(addr: &SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
@@ -54,7 +54,7 @@ pub(super) fn resolve(addr: &str) -> Result<SocketAddr, NodeError> {
         .ok_or_else(|| err("no addresses".into()))
 }
 
-/// Checks io_uring availability and raises `RLIMIT_MEMLOCK` if needed.
+/// Checks `io_uring` availability and raises `RLIMIT_MEMLOCK` if needed.
 pub(super) fn preflight(executors: usize) -> Result<(), NodeError> {
     if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
         && v.trim() == "2"

@@ -2,7 +2,7 @@
 //! commit, `committer.rs`), its reader thread and the executor-side
 //! [`Reader`] (`reader.rs`), its counters and its error enum.
 //!
-//! Depends on `storage` and flume. The executor reads single keys directly
+//! Depends on `storage`, `log` and flume. The executor reads single keys directly
 //! ([`Reader`]: microseconds, redb reads run beside a commit) but never
 //! writes the store: every write goes to the node's committer thread as a
 //! [`Job`]. The committer takes every job waiting in its queue, commits all
@@ -34,21 +34,62 @@
 //! stops waiting then): the committer checks it just before the
 //! transaction that would apply the write, and answers
 //! [`StoreError::DeadlinePassed`] instead of applying it when it is past.
+//!
+//! Storage failures (a full disk). After an I/O error redb refuses every
+//! later call until the file is closed and opened again. The committer
+//! thread owns that: it is the only writer, so no write transaction can be
+//! live while it reopens ([`Store::reopen`] swaps the `Database` inside the
+//! one `Arc<Store>` everybody shares; executors' cached snapshots notice
+//! the store's generation change and take a new one, see [`Reader`]). On an
+//! I/O error the committer reopens at once (redb's repair keeps the last
+//! intact commit and needs no free space, so reads work again while the
+//! disk is still full), then decides the failed batch by the committed seq
+//! it finds: below the batch's first seq, not applied
+//! ([`StoreError::Unavailable`]); at or past its last seq, applied (the
+//! writers get their outcomes); if the reopen itself failed,
+//! [`StoreError::OutcomeUnknown`]. It then publishes the node's
+//! [`StorageHealth`] (`no-space`, `failed`, `reopening`) and cause in
+//! [`NodeStats`], and until it is healthy again every write is refused
+//! before it is queued ([`NodeStore::write`] checks the published health:
+//! fail fast, not applied) and every other job (replica applies, trims,
+//! re-seed steps) is answered with the same error. It retries with
+//! back-off ([`RETRY_FIRST`] doubling to [`RETRY_MAX`]): reopen if the
+//! store is still closed, then, after a full disk, write and sync a probe
+//! file of [`PROBE_BYTES`] next to the store; once that works the node is
+//! healthy and takes writes again (a commit that still fails starts the
+//! cycle again, with a longer back-off).
+//!
+//! Space: each group commit also removes the log entries every replica has
+//! applied ([`NodeStats::trim_upto`], published by the primary's
+//! replication side), so the log costs no extra fsync and its pages are
+//! reused at once; the committer publishes the store's space figures
+//! (`storage::Space`) in [`NodeStats`] about once a second after a job.
 
 mod committer;
 mod reader;
 
 pub use reader::Reader;
 
+use crate::roles::Roles;
 use crate::storage::{
-    LogEntry, LogRead, Outcome, SnapshotPage, StorageError, Store, Versioned, Write,
+    EpochStart, LogEntry, LogRead, Outcome, SnapshotPage, StorageError, Store, Versioned, Write,
 };
 use committer::Job;
 use reader::ReadJob;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
+
+/// First pause before the committer retries a failed store (see the
+/// module header); doubled after each failed attempt up to [`RETRY_MAX`],
+/// and reset by a successful commit.
+pub const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Longest pause between two attempts to bring a failed store back.
+pub const RETRY_MAX: Duration = Duration::from_secs(2);
+/// Bytes the committer writes (and syncs, then removes) next to a store
+/// whose disk was full, before it lets writes try again.
+pub const PROBE_BYTES: usize = 1024 * 1024;
 
 /// Most writes committed in one transaction, by default.
 pub const DEFAULT_MAX_BATCH: usize = 4096;
@@ -91,6 +132,75 @@ pub struct NodeStats {
     pub overloaded_reads: AtomicU64,
     /// Commit batch sizes: counts of batches with size <= 1, 2, 4, ... 4096, more.
     pub batch_sizes: [AtomicU64; BATCH_BUCKETS],
+    /// The store's [`StorageHealth`], as a code.
+    pub storage: AtomicU64,
+    /// Why the store is not healthy (empty while it is).
+    pub storage_error: Mutex<String>,
+    /// I/O failures of the store (each one reopened it).
+    pub storage_failures: AtomicU64,
+    /// Successful reopens of the store.
+    pub reopens: AtomicU64,
+    /// The epoch of the newest entry this node holds (see `storage::epochs`).
+    pub epoch: AtomicU64,
+    /// Client writes refused because this node was not the primary with a
+    /// valid lease when their batch was about to commit.
+    pub fenced_writes: AtomicU64,
+    /// Writes committed here whose lease ran out during the commit
+    /// (answered "outcome unknown").
+    pub lease_lost_writes: AtomicU64,
+    /// Entries this node held that its shard's new primary never had,
+    /// discarded when it rejoined as a replica (see `replication`).
+    pub discarded_writes: AtomicU64,
+    /// Where the store's bytes are (`storage::Space`), refreshed by the
+    /// committer at most once a second after a job.
+    pub data_bytes: AtomicU64,
+    pub log_bytes: AtomicU64,
+    pub log_entries: AtomicU64,
+    pub file_bytes: AtomicU64,
+    pub disk_bytes: AtomicU64,
+    /// The seq the space figures were read at.
+    pub space_seq: AtomicU64,
+    /// Primary: log entries up to this seq may go (every replica applied
+    /// them; published by `replication::PrimaryLog`); each group commit
+    /// removes some in its own transaction.
+    pub trim_upto: AtomicU64,
+}
+
+/// Whether a node's store takes writes (published in `/status` and
+/// `/ready`; see the module header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageHealth {
+    Ok = 0,
+    /// The disk was full at the last failure; writes are refused until a
+    /// probe finds space again.
+    NoSpace = 1,
+    /// Another I/O error; writes are refused until the next retry.
+    Failed = 2,
+    /// The store is closed while it is reopened (or its reopen failed):
+    /// reads are refused too.
+    Reopening = 3,
+}
+
+impl StorageHealth {
+    #[must_use]
+    pub fn from_code(code: u64) -> Self {
+        match code {
+            1 => Self::NoSpace,
+            2 => Self::Failed,
+            3 => Self::Reopening,
+            _ => Self::Ok,
+        }
+    }
+
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::NoSpace => "no-space",
+            Self::Failed => "failed",
+            Self::Reopening => "reopening",
+        }
+    }
 }
 
 /// Where a replica is in following its primary (published in `/status`).
@@ -136,6 +246,53 @@ impl NodeStats {
         self.state.load(Ordering::Relaxed) == ReplicaState::Reseeding as u64
     }
 
+    fn publish_space(&self, space: &crate::storage::Space) {
+        self.data_bytes.store(space.data_bytes, Ordering::Relaxed);
+        self.log_bytes.store(space.log_bytes, Ordering::Relaxed);
+        self.log_entries.store(space.log_entries, Ordering::Relaxed);
+        self.file_bytes.store(space.file_bytes, Ordering::Relaxed);
+        self.disk_bytes.store(space.disk_bytes, Ordering::Relaxed);
+        self.space_seq.store(space.seq, Ordering::Relaxed);
+    }
+
+    /// The store's health.
+    #[must_use]
+    pub fn health(&self) -> StorageHealth {
+        StorageHealth::from_code(self.storage.load(Ordering::Acquire))
+    }
+
+    /// Why the store is not healthy (empty while it is).
+    #[must_use]
+    pub fn storage_error(&self) -> String {
+        self.storage_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_health(&self, health: StorageHealth, cause: &str) {
+        {
+            let mut e = self
+                .storage_error
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            e.clear();
+            e.push_str(cause);
+        }
+        self.storage.store(health as u64, Ordering::Release);
+    }
+
+    /// The error a job gets while the store is not healthy.
+    fn unavailable(&self) -> Option<StoreError> {
+        match self.health() {
+            StorageHealth::Ok => None,
+            health => Some(StoreError::Unavailable {
+                health,
+                cause: self.storage_error(),
+            }),
+        }
+    }
+
     fn record_batch(&self, size: usize) {
         let bucket = (usize::BITS - size.saturating_sub(1).leading_zeros()) as usize;
         self.batch_sizes[bucket.min(BATCH_BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
@@ -161,6 +318,31 @@ pub enum StoreError {
     ReadsOverloaded {
         capacity: usize,
     },
+    /// The store is not healthy (`health`, because of `cause`): the job
+    /// was refused, or its commit failed and the committed seq found after
+    /// the reopen shows it was not applied. Either way nothing of it is in
+    /// the store.
+    Unavailable {
+        health: StorageHealth,
+        cause: String,
+    },
+    /// The commit of this write failed with an I/O error and the store
+    /// could not be reopened to find out whether it reached the disk: it
+    /// may have been applied.
+    OutcomeUnknown {
+        cause: String,
+    },
+    /// This node is not the primary of its shard with a valid lease (the
+    /// role moved, or the lease could not be renewed): the write was
+    /// refused before its transaction, nothing of it is in the store.
+    NotPrimary,
+    /// The write was committed here, but the node's lease ran out before
+    /// the commit ended: a new primary may not have it, and this node will
+    /// discard it if so when it rejoins. It may or may not survive.
+    LeaseLost,
+    /// This node is the primary of its shard: it applies no replicated
+    /// entries (a pull answer that arrived after a promotion).
+    IsPrimary,
 }
 
 impl fmt::Display for StoreError {
@@ -180,6 +362,29 @@ impl fmt::Display for StoreError {
                     "read queue full ({capacity} large reads waiting for disk)"
                 )
             }
+            Self::Unavailable { health, cause } => match health {
+                StorageHealth::NoSpace => write!(f, "insufficient storage: {cause}"),
+                StorageHealth::Reopening => write!(f, "storage is being reopened after: {cause}"),
+                StorageHealth::Failed | StorageHealth::Ok => {
+                    write!(f, "storage failed: {cause}")
+                }
+            },
+            Self::NotPrimary => write!(
+                f,
+                "this node is not the primary of its shard (the role moved or its lease lapsed)"
+            ),
+            Self::LeaseLost => write!(
+                f,
+                "committed, but this node's lease ran out before the commit ended: a new primary may not have the write"
+            ),
+            Self::IsPrimary => write!(
+                f,
+                "this node is the primary now; it applies no replicated entries"
+            ),
+            Self::OutcomeUnknown { cause } => write!(
+                f,
+                "the commit failed ({cause}) and the store could not be reopened to check it"
+            ),
         }
     }
 }
@@ -187,6 +392,40 @@ impl fmt::Display for StoreError {
 impl std::error::Error for StoreError {}
 
 type Reply<T> = flume::Sender<Result<T, StoreError>>;
+
+/// What decides whether this node may commit client writes: the shared
+/// [`Roles`] (primary and epoch of each shard, lease deadlines) and who
+/// this node is. The committer checks it right before each batch's
+/// transaction and again after it (see the module header).
+#[derive(Clone, Debug)]
+pub struct Fence {
+    roles: Arc<Roles>,
+    node: usize,
+    shard: usize,
+}
+
+impl Fence {
+    #[must_use]
+    pub fn new(roles: Arc<Roles>, node: usize, shard: usize) -> Self {
+        Self { roles, node, shard }
+    }
+
+    /// The epoch this node may write in now: it is its shard's primary and
+    /// its lease is valid.
+    #[must_use]
+    pub fn writable_epoch(&self) -> Option<u64> {
+        match self.roles.primary(self.shard) {
+            Some((n, e)) if n == self.node && self.roles.lease_valid(self.node) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// True when this node is its shard's primary (lease or not).
+    #[must_use]
+    pub fn is_primary(&self) -> bool {
+        matches!(self.roles.primary(self.shard), Some((n, _)) if n == self.node)
+    }
+}
 
 /// Handle to a node's storage; `Send`, created before the executor starts.
 pub struct NodeStore {
@@ -199,6 +438,8 @@ pub struct NodeStore {
     pub stats: Arc<NodeStats>,
     /// This executor's reads of its own store.
     reader: Reader,
+    /// Whether this node may write (the committer holds a clone).
+    fence: Fence,
 }
 
 impl NodeStore {
@@ -213,17 +454,21 @@ impl NodeStore {
         name: &str,
         max_batch: usize,
         queue: usize,
+        fence: Fence,
     ) -> Result<Self, StartError> {
         let stats = Arc::new(NodeStats::default());
         stats.seq.store(store.seq()?, Ordering::Relaxed);
+        stats.epoch.store(store.last_epoch()?, Ordering::Relaxed);
         stats.keys.store(store.key_count()?, Ordering::Relaxed);
+        stats.publish_space(&store.space()?);
         let store = Arc::new(store);
         let queue = queue.max(1);
         let (tx, rx) = flume::bounded(queue);
-        let (s, st) = (store.clone(), stats.clone());
+        let (s, st, n) = (store.clone(), stats.clone(), name.to_string());
+        let own_fence = fence.clone();
         std::thread::Builder::new()
             .name(format!("commit {name}"))
-            .spawn(move || committer::committer(&s, &rx, &st, max_batch.max(1)))
+            .spawn(move || committer::committer(&s, &rx, &st, max_batch.max(1), &n, &fence))
             .map_err(StartError::Thread)?;
         let (reads, read_rx) = flume::bounded::<ReadJob>(READ_QUEUE);
         let s = store.clone();
@@ -232,6 +477,7 @@ impl NodeStore {
             .spawn(move || reader::serve(&s, &read_rx))
             .map_err(StartError::Thread)?;
         Ok(Self {
+            fence: own_fence,
             reader: Reader::new(store.clone(), stats.clone()),
             store,
             jobs: tx,
@@ -244,6 +490,12 @@ impl NodeStore {
     #[must_use]
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Whether this node may write now (see [`Fence`]).
+    #[must_use]
+    pub fn fence(&self) -> &Fence {
+        &self.fence
     }
 
     /// What another executor needs to build a [`Reader`] of this node.
@@ -339,8 +591,9 @@ impl NodeStore {
         &self,
         after: Option<Vec<u8>>,
         max: usize,
-    ) -> Result<(u64, SnapshotPage), StoreError> {
-        self.offload(move |s| s.snapshot_chunk(after.as_deref(), max))
+        max_bytes: usize,
+    ) -> Result<(u64, SnapshotPage, bool), StoreError> {
+        self.offload(move |s| s.snapshot_chunk(after.as_deref(), max, max_bytes))
             .await
     }
 
@@ -367,12 +620,17 @@ impl NodeStore {
     /// # Errors
     /// Storage failure of the batch this write was part of;
     /// [`StoreError::DeadlinePassed`] when `apply_by` had passed;
-    /// [`StoreError::Overloaded`] when the commit queue is full.
+    /// [`StoreError::Overloaded`] when the commit queue is full;
+    /// [`StoreError::Unavailable`] at once, without queueing, while the
+    /// store is not healthy (not applied); [`StoreError::OutcomeUnknown`].
     pub async fn write(
         &self,
         write: Write,
         apply_by: Option<SystemTime>,
     ) -> Result<Outcome, StoreError> {
+        if let Some(e) = self.stats.unavailable() {
+            return Err(e);
+        }
         self.call(true, |r| Job::Write(write, apply_by, r)).await
     }
 
@@ -380,16 +638,22 @@ impl NodeStore {
     ///
     /// # Errors
     /// Storage failure or a gap in the entries.
-    pub async fn apply(&self, entries: Vec<LogEntry>) -> Result<u64, StoreError> {
-        self.call(false, |r| Job::Apply(entries, r)).await
+    pub async fn apply(
+        &self,
+        entries: Vec<LogEntry>,
+        history: Vec<EpochStart>,
+    ) -> Result<u64, StoreError> {
+        self.call(false, |r| Job::Apply(entries, history, r)).await
     }
 
-    /// Primary: removes log entries up to `upto` (a bounded amount per call).
+    /// Primary: removes log entries up to `upto`, and the oldest beyond
+    /// `keep_bytes` of log or the data's size, whichever is larger (a
+    /// bounded amount per call; see `Store::trim_log`).
     ///
     /// # Errors
     /// Storage failures.
-    pub async fn trim(&self, upto: u64) -> Result<usize, StoreError> {
-        self.call(false, |r| Job::Trim(upto, r)).await
+    pub async fn trim(&self, upto: u64, keep_bytes: u64) -> Result<usize, StoreError> {
+        self.call(false, |r| Job::Trim(upto, keep_bytes, r)).await
     }
 
     /// Replica re-seed steps; see `Store::reseed_*`.
@@ -408,8 +672,13 @@ impl NodeStore {
 
     /// # Errors
     /// Storage failures.
-    pub async fn reseed_finish(&self, seq: u64) -> Result<(), StoreError> {
-        self.call(false, |r| Job::ReseedFinish(seq, r)).await
+    pub async fn reseed_finish(
+        &self,
+        seq: u64,
+        history: Vec<EpochStart>,
+    ) -> Result<(), StoreError> {
+        self.call(false, |r| Job::ReseedFinish(seq, history, r))
+            .await
     }
 }
 
@@ -447,11 +716,16 @@ mod tests {
     use crate::storage::{Cond, WriteOp};
     use futures_lite::future::block_on;
 
+    fn standalone() -> Fence {
+        Fence::new(Arc::new(Roles::standalone()), 0, 0)
+    }
+
     #[test]
     fn a_full_read_queue_refuses_at_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("s.redb"), false).expect("open");
-        let shard = NodeStore::start(store, "test", 16, DEFAULT_COMMIT_QUEUE).expect("start");
+        let shard =
+            NodeStore::start(store, "test", 16, DEFAULT_COMMIT_QUEUE, standalone()).expect("start");
         // Hold the reader thread in one job, then fill its queue.
         let (release, held) = flume::bounded::<()>(0);
         let (started_tx, started) = flume::bounded::<()>(1);
@@ -489,7 +763,8 @@ mod tests {
     fn writes_past_their_apply_by_time_are_not_applied() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("s.redb"), false).expect("open");
-        let shard = NodeStore::start(store, "test", 16, DEFAULT_COMMIT_QUEUE).expect("start");
+        let shard =
+            NodeStore::start(store, "test", 16, DEFAULT_COMMIT_QUEUE, standalone()).expect("start");
         let set = |v: &str| Write {
             op: WriteOp::Set {
                 key: b"k".to_vec(),
@@ -504,7 +779,7 @@ mod tests {
             "{late:?}"
         );
         assert_eq!(shard.store().get(b"k").expect("get"), None);
-        let ok = block_on(shard.write(set("in time"), Some(now + Duration::from_secs(60))));
+        let ok = block_on(shard.write(set("in time"), Some(now + Duration::from_mins(1))));
         assert!(matches!(ok, Ok(Outcome::Committed(1))), "{ok:?}");
         let ok = block_on(shard.write(set("no deadline"), None));
         assert!(matches!(ok, Ok(Outcome::Committed(2))), "{ok:?}");

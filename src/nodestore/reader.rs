@@ -17,7 +17,9 @@ pub(super) type ReadJob = Box<dyn FnOnce(&Store) + Send>;
 ///
 /// Not `Send`: each executor makes its own from [`NodeStore::reader_parts`].
 /// Reads share one read transaction until the node's committer publishes a
-/// new seq. The committer publishes after a commit and before it
+/// new seq or reopens the store (a new [`Store::generation`]: the cached
+/// snapshot belongs to the closed `Database` and is dropped; a read that
+/// raced with the reopen is retried once on a new snapshot). The committer publishes after a commit and before it
 /// acknowledges any write of it, and the seq is loaded before the snapshot
 /// is taken, so a reused snapshot holds every acknowledged write. redb read
 /// transactions are MVCC snapshots, safe from any thread, and never wait
@@ -25,7 +27,9 @@ pub(super) type ReadJob = Box<dyn FnOnce(&Store) + Send>;
 pub struct Reader {
     store: Arc<Store>,
     stats: Arc<NodeStats>,
-    view: RefCell<Option<(u64, ReadView)>>,
+    /// The cached snapshot, with the store generation and the seq it was
+    /// taken at.
+    view: RefCell<Option<(u64, u64, ReadView)>>,
     /// A read happened since the last [`Reader::sweep`].
     used: Cell<bool>,
 }
@@ -46,18 +50,27 @@ impl Reader {
     /// # Errors
     /// Storage failures.
     pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
+        let generation = self.store.generation();
         let seq = self.stats.seq.load(Ordering::Acquire);
         self.used.set(true);
         let mut cached = self.view.borrow_mut();
-        match &*cached {
-            Some((at, view)) if *at == seq && !self.stats.reseeding() => view.get(key),
-            _ => {
-                let view = self.store.snapshot()?;
-                let found = view.get(key);
-                *cached = Some((seq, view));
-                found
+        if let Some((g, at, view)) = &*cached
+            && *g == generation
+            && *at == seq
+            && !self.stats.reseeding()
+        {
+            match view.get(key) {
+                // Reopened meanwhile: the snapshot's file is closed.
+                Err(_) if self.store.generation() != generation => {}
+                found => return found,
             }
         }
+        cached.take();
+        let generation = self.store.generation();
+        let view = self.store.snapshot()?;
+        let found = view.get(key);
+        *cached = Some((generation, seq, view));
+        found
     }
 
     /// Closes the cached snapshot. An old snapshot kept open stops redb
@@ -72,8 +85,11 @@ impl Reader {
     /// whose commits do not pass through this executor.
     pub fn sweep(&self) -> bool {
         let seq = self.stats.seq.load(Ordering::Acquire);
+        let generation = self.store.generation();
         let mut cached = self.view.borrow_mut();
-        if !self.used.replace(false) || matches!(&*cached, Some((at, _)) if *at != seq) {
+        if !self.used.replace(false)
+            || matches!(&*cached, Some((g, at, _)) if *at != seq || *g != generation)
+        {
             cached.take();
         }
         cached.is_some()

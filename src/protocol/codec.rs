@@ -5,7 +5,7 @@
 //! Depends on the message types (`super`) and `storage` (entry types).
 
 use super::{ForwardedKv, KvOp, KvRequest, Pull, PullKind, PullReply, Scan, Style};
-use crate::storage::{Cond, LogEntry, StorageError, Tags, Versioned, WriteOp};
+use crate::storage::{Cond, EpochStart, LogEntry, StorageError, Tags, Versioned, WriteOp};
 use std::time::Duration;
 
 /// Encodes a forwarded request for the HTTP transport (`/internal/kv`),
@@ -186,6 +186,7 @@ pub fn encode_pull(pull: &Pull) -> Vec<u8> {
             put_bytes(&mut out, k);
         }
     }
+    out.extend_from_slice(&pull.epoch.to_le_bytes());
     out
 }
 
@@ -205,10 +206,12 @@ pub fn decode_pull(bytes: &[u8]) -> Result<Pull, StorageError> {
         },
         _ => return Err(StorageError::Corrupt("pull request")),
     };
+    let epoch = r.u64()?;
     Ok(Pull {
         replica,
         kind,
         wait,
+        epoch,
     })
 }
 
@@ -251,6 +254,8 @@ const TAG_ENTRIES: u8 = 1;
 const TAG_TRIMMED: u8 = 2;
 const TAG_SNAPSHOT: u8 = 3;
 const TAG_FAILED: u8 = 4;
+const TAG_DIVERGED: u8 = 5;
+const TAG_NOT_PRIMARY: u8 = 6;
 
 fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_le_bytes());
@@ -265,8 +270,10 @@ pub fn encode_reply(reply: &PullReply) -> Vec<u8> {
         PullReply::Entries {
             primary_seq,
             entries,
+            epochs,
         } => {
             out.push(TAG_ENTRIES);
+            put_epochs(&mut out, epochs);
             out.extend_from_slice(&primary_seq.to_le_bytes());
             out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
             let mut rec = Vec::new();
@@ -281,8 +288,14 @@ pub fn encode_reply(reply: &PullReply) -> Vec<u8> {
             out.push(TAG_TRIMMED);
             out.extend_from_slice(&primary_seq.to_le_bytes());
         }
-        PullReply::Snapshot { seq, pairs, done } => {
+        PullReply::Snapshot {
+            seq,
+            pairs,
+            done,
+            epochs,
+        } => {
             out.push(TAG_SNAPSHOT);
+            put_epochs(&mut out, epochs);
             out.extend_from_slice(&seq.to_le_bytes());
             out.push(u8::from(*done));
             out.extend_from_slice(&(pairs.len() as u64).to_le_bytes());
@@ -296,8 +309,36 @@ pub fn encode_reply(reply: &PullReply) -> Vec<u8> {
             out.push(TAG_FAILED);
             out.extend_from_slice(msg.as_bytes());
         }
+        PullReply::Diverged {
+            common,
+            primary_seq,
+        } => {
+            out.push(TAG_DIVERGED);
+            out.extend_from_slice(&common.to_le_bytes());
+            out.extend_from_slice(&primary_seq.to_le_bytes());
+        }
+        PullReply::NotPrimary => out.push(TAG_NOT_PRIMARY),
     }
     out
+}
+
+fn put_epochs(out: &mut Vec<u8>, epochs: &[EpochStart]) {
+    out.extend_from_slice(&(epochs.len() as u64).to_le_bytes());
+    for &(e, s) in epochs {
+        out.extend_from_slice(&e.to_le_bytes());
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+}
+
+/// Most epoch records a reply may carry (one per failover of a shard).
+const MAX_EPOCHS: u64 = 1 << 16;
+
+fn take_epochs(r: &mut Reader<'_>) -> Result<Vec<EpochStart>, StorageError> {
+    let n = r.u64()?;
+    if n > MAX_EPOCHS {
+        return Err(StorageError::Corrupt("epoch history"));
+    }
+    (0..n).map(|_| Ok((r.u64()?, r.u64()?))).collect()
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -336,6 +377,7 @@ pub fn decode_reply(bytes: &[u8]) -> Result<PullReply, StorageError> {
     let tag = r.take(1)?[0];
     match tag {
         TAG_ENTRIES => {
+            let epochs = take_epochs(&mut r)?;
             let primary_seq = r.u64()?;
             let n = r.u64()?;
             let mut entries = Vec::new();
@@ -347,12 +389,14 @@ pub fn decode_reply(bytes: &[u8]) -> Result<PullReply, StorageError> {
             Ok(PullReply::Entries {
                 primary_seq,
                 entries,
+                epochs,
             })
         }
         TAG_TRIMMED => Ok(PullReply::Trimmed {
             primary_seq: r.u64()?,
         }),
         TAG_SNAPSHOT => {
+            let epochs = take_epochs(&mut r)?;
             let seq = r.u64()?;
             let done = r.take(1)?[0] == 1;
             let n = r.u64()?;
@@ -363,8 +407,18 @@ pub fn decode_reply(bytes: &[u8]) -> Result<PullReply, StorageError> {
                 let value = r.bytes()?.to_vec();
                 pairs.push((k, Versioned { seq: vseq, value }));
             }
-            Ok(PullReply::Snapshot { seq, pairs, done })
+            Ok(PullReply::Snapshot {
+                seq,
+                pairs,
+                done,
+                epochs,
+            })
         }
+        TAG_DIVERGED => Ok(PullReply::Diverged {
+            common: r.u64()?,
+            primary_seq: r.u64()?,
+        }),
+        TAG_NOT_PRIMARY => Ok(PullReply::NotPrimary),
         TAG_FAILED => Ok(PullReply::Failed(String::from_utf8_lossy(r.0).into_owned())),
         _ => Err(StorageError::Corrupt("replication message")),
     }
@@ -375,6 +429,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::too_many_lines)] // one case per request kind, a table
     fn requests_roundtrip() {
         let kvs = [
             KvRequest {
@@ -504,12 +559,14 @@ mod tests {
             Pull {
                 replica: "s/replica".into(),
                 kind: PullKind::Log { after: 5 },
-                wait: Duration::from_millis(2000),
+                wait: Duration::from_secs(2),
+                epoch: 3,
             },
             Pull {
                 replica: "r".into(),
                 kind: PullKind::Snapshot { after_key: None },
                 wait: Duration::ZERO,
+                epoch: 0,
             },
             Pull {
                 replica: "r".into(),
@@ -517,6 +574,7 @@ mod tests {
                     after_key: Some(vec![0; 9000]),
                 },
                 wait: Duration::ZERO,
+                epoch: u64::MAX,
             },
         ] {
             assert_eq!(decode_pull(&encode_pull(&pull)).expect("decode"), pull);
@@ -557,10 +615,12 @@ mod tests {
                         },
                     },
                 ],
+                epochs: vec![(1, 1), (2, 9)],
             },
             PullReply::Entries {
                 primary_seq: 0,
                 entries: vec![],
+                epochs: vec![],
             },
             PullReply::Trimmed { primary_seq: 77 },
             PullReply::Snapshot {
@@ -573,13 +633,20 @@ mod tests {
                     },
                 )],
                 done: true,
+                epochs: vec![(4, 2)],
             },
+            PullReply::Diverged {
+                common: 7,
+                primary_seq: 12,
+            },
+            PullReply::NotPrimary,
             PullReply::Failed("disk on fire".into()),
         ];
         for r in replies {
             let bytes = encode_reply(&r);
             assert_eq!(decode_reply(&bytes).expect("decode"), r);
             if bytes.len() > 1 && !matches!(r, PullReply::Failed(_)) {
+                // Every other reply has a fixed-size tail: cutting it fails.
                 assert!(decode_reply(&bytes[..bytes.len() - 1]).is_err());
             }
         }

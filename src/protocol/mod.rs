@@ -3,11 +3,14 @@
 //! (`/internal/kv`), replication pulls and scans when they travel over HTTP
 //! instead.
 //!
-//! Here: the message types. `mailbox.rs`: [`Mail`] and [`ask`], the one way
+//! Here: the message types and [`node_request`], the HTTP request one node
+//! sends another (marked with [`FORWARDED_HEADER`], with the cluster
+//! token). `mailbox.rs`: [`Mail`] and [`ask`], the one way
 //! to send a mail (it never waits for room in a full mailbox:
 //! [`MailError::Full`]). `codec.rs`: the binary encoders and decoders.
 //! Depends on `storage` (entry types), `nodestore::StoreError` (why a scan
-//! was not served) and `http::encode::Response`. Every type that crosses
+//! was not served), `http::encode::Response` and
+//! `http::client::request_bytes`. Every type that crosses
 //! executors is `Send`. Decoders only check framing; the limits on what a
 //! decoded message may carry are checked by `api` at the boundary.
 //!
@@ -30,8 +33,34 @@ pub use codec::{
 };
 pub use mailbox::{MAILBOX_CAPACITY, Mail, MailError, ask};
 
-use crate::storage::{Cond, LogEntry, Versioned};
+use crate::http::client::request_bytes;
+use crate::storage::{Cond, EpochStart, LogEntry, Versioned};
 use std::time::Duration;
+
+/// The header field that marks a request one corekv node sends another
+/// (the receiver never forwards it again).
+pub const FORWARDED_HEADER: &str = "X-Corekv-Forwarded";
+
+/// The bytes of a request from one corekv node to another: marked with
+/// [`FORWARDED_HEADER`], with the cluster token when one is set.
+#[must_use]
+pub fn node_request(
+    method: &str,
+    target: &[u8],
+    host: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> Vec<u8> {
+    let forwarded = (FORWARDED_HEADER, &b"1"[..]);
+    match token {
+        Some(t) => {
+            let bearer = format!("Bearer {t}");
+            let fields = [forwarded, ("Authorization", bearer.as_bytes())];
+            request_bytes(method, target, host, &fields, body)
+        }
+        None => request_bytes(method, target, host, &[forwarded], body),
+    }
+}
 
 /// A key-value operation addressed to the node that owns the key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +132,9 @@ pub struct Pull {
     pub kind: PullKind,
     /// How long the primary may hold a log pull open waiting for writes.
     pub wait: Duration,
+    /// The epoch of the replica's newest entry (see `storage::epochs`):
+    /// the primary checks the replica's entries against its own history.
+    pub epoch: u64,
 }
 
 /// The primary's answer to a [`Pull`].
@@ -112,6 +144,8 @@ pub enum PullReply {
     Entries {
         primary_seq: u64,
         entries: Vec<LogEntry>,
+        /// The primary's epoch history (one record per failover).
+        epochs: Vec<EpochStart>,
     },
     /// The log was trimmed past the replica's position: re-seed.
     Trimmed { primary_seq: u64 },
@@ -120,7 +154,15 @@ pub enum PullReply {
         seq: u64,
         pairs: Vec<(Vec<u8>, Versioned)>,
         done: bool,
+        /// The primary's epoch history.
+        epochs: Vec<EpochStart>,
     },
+    /// The replica holds entries after seq `common` that this primary's
+    /// history does not have (written by an earlier primary that lost its
+    /// role before they were replicated): it must discard them (re-seed).
+    Diverged { common: u64, primary_seq: u64 },
+    /// The node asked is not its shard's primary (any more).
+    NotPrimary,
     /// The primary could not answer (storage failure), with its message.
     Failed(String),
 }

@@ -4,32 +4,286 @@
 //! Synchronous; no async, no executor types. A primary's write stores the
 //! data change and its log entry in one transaction; a replica's apply
 //! stores the data change and its applied sequence in one transaction.
-//! Transactions never outlive a call. Layout of the file:
+//! Transactions never outlive a call (read snapshots handed out by
+//! [`Store::snapshot`] do, see below). Layout of the file:
 //!
 //! ```text
 //! data: key bytes -> [seq: u64 LE][value bytes]   seq = the write that set it
+//!                  | [seq | 2^63][len: u64 LE][first piece]   (a large value)
+//! data_pieces: key ++ i (u32 BE) -> piece i >= 1 of a large value
 //! log : seq u64   -> [op: u8][key len: u32 LE][key][value]   (primary only)
+//!                  | [0x80][len: u64 LE][first piece]   (a large record)
+//! log_pieces: seq (u64 BE) ++ i (u32 BE) -> piece i >= 1 of a large record
 //! meta: "seq"     -> last committed (primary) / last applied (replica)
 //!       "reseed"  -> 1 while a replica re-seed is incomplete
+//!       "data_bytes", "log_bytes" -> keys + values in `data`, records in
+//!                  `log` (kept in the same transactions; counted at open
+//!                  when missing)
 //! ```
+//!
+//! Space: an entry that does not fit a 4 KiB page is kept in page-sized
+//! pieces (`pieces.rs`: redb rounds a large entry's page up to a power of
+//! two, which doubled the space of 64 KiB values). Files written before
+//! pieces existed read as they are (their entries are whole). The log is
+//! bounded by bytes as well as by entries ([`Store::trim_log`]).
+//!
+//! Reopening. After one I/O error (a full disk: `ENOSPC`) redb latches the
+//! database: every later operation fails with "Previous I/O error
+//! occurred" until it is closed and opened again. [`Store::reopen`] does
+//! that behind `&self`, so the `Arc<Store>` that executors, the reader
+//! thread and the committer share stays the same object for the life of
+//! the process: the `Database` lives in an `RwLock<Option<Database>>` that
+//! every call holds only to begin a transaction (a read transaction does
+//! not borrow the `Database`). `reopen` takes the `Database` out (calls
+//! meanwhile get [`StorageError::Reopening`]), closes it (redb 4 closes the
+//! file and releases its locks even while read transactions of it are
+//! alive; those then fail with "database closed"), opens the file again
+//! (redb repairs it: it keeps the last commit whose pages are all intact,
+//! which needs no free space) and puts it back. Each reopen bumps
+//! [`Store::generation`], so a caller that caches a snapshot knows it must
+//! take a new one. Only one thread may call `reopen` (the node's
+//! committer, which is also the only writer).
+//!
+//! A commit that failed with an I/O error may or may not be in the file
+//! after the reopen: redb writes the new header before the final flush, so
+//! the outcome is decided by which pages reached the disk. Callers find out
+//! by reading the committed seq after the reopen ([`Store::seq`]); see
+//! [`Store::commit_writes`].
 
+mod epochs;
+mod pieces;
 mod types;
+
+pub use epochs::{EpochStart, end_of, epoch_of};
 
 pub use types::{
     Cond, LogEntry, LogRead, Outcome, SnapshotPage, StorageError, Tags, Versioned, Write, WriteOp,
 };
-use types::{decode_value, encode_value};
+use types::{
+    RECORD_HEAD, Stored, VALUE_HEAD, encode_record_head, encode_value, encode_value_head,
+    parse_record, parse_value,
+};
 
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+    TableDefinition,
 };
-use std::path::Path;
+use std::io::Write as _;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock};
 
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const DATA_PIECES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data_pieces");
+const LOG_PIECES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("log_pieces");
 const META_SEQ: &str = "seq";
 const META_RESEED: &str = "reseed";
+const META_DATA_BYTES: &str = "data_bytes";
+const META_LOG_BYTES: &str = "log_bytes";
+
+/// Where a node's bytes are (see [`Store::space`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Space {
+    /// Keys and values stored (the logical bytes).
+    pub data_bytes: u64,
+    /// Log records kept for replicas.
+    pub log_bytes: u64,
+    pub log_entries: u64,
+    /// The committed (primary) or applied (replica) seq these figures
+    /// were read at.
+    pub seq: u64,
+    /// The file's length.
+    pub file_bytes: u64,
+    /// Disk space the file takes (allocated blocks; less than its length
+    /// where redb has grown it without writing yet).
+    pub disk_bytes: u64,
+}
+
+/// Running byte counts of a write transaction (META `data_bytes`,
+/// `log_bytes`).
+struct Usage {
+    data: u64,
+    log: u64,
+}
+
+impl Usage {
+    fn load(meta: &Table<&str, u64>) -> Result<Self, StorageError> {
+        Ok(Self {
+            data: meta.get(META_DATA_BYTES)?.map_or(0, |v| v.value()),
+            log: meta.get(META_LOG_BYTES)?.map_or(0, |v| v.value()),
+        })
+    }
+
+    fn save(&self, meta: &mut Table<&str, u64>) -> Result<(), StorageError> {
+        meta.insert(META_DATA_BYTES, self.data)?;
+        meta.insert(META_LOG_BYTES, self.log)?;
+        Ok(())
+    }
+}
+
+/// The data tables of a write transaction.
+struct DataTables<'t> {
+    data: Table<'t, &'static [u8], &'static [u8]>,
+    pieces: Table<'t, &'static [u8], &'static [u8]>,
+}
+
+impl<'t> DataTables<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Self, StorageError> {
+        Ok(Self {
+            data: txn.open_table(DATA)?,
+            pieces: txn.open_table(DATA_PIECES)?,
+        })
+    }
+
+    /// The version of `key`, without reading a large value's pieces.
+    fn version(&self, key: &[u8]) -> Result<Option<u64>, StorageError> {
+        match self.data.get(key)? {
+            Some(v) => Ok(Some(parse_value(v.value())?.0)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores `value` as `key`'s value at `seq` (in pieces when large),
+    /// replacing and accounting for the old one.
+    fn put(
+        &mut self,
+        usage: &mut Usage,
+        key: &[u8],
+        seq: u64,
+        value: &[u8],
+    ) -> Result<(), StorageError> {
+        let sizes = pieces::split(value.len(), key.len() + VALUE_HEAD, key.len() + 4);
+        let main = if sizes.len() == 1 {
+            encode_value(seq, value)
+        } else {
+            encode_value_head(seq, value.len(), &value[..sizes[0]])
+        };
+        let old = self
+            .data
+            .insert(key, main.as_slice())?
+            .map(|g| old_value(g.value()))
+            .transpose()?;
+        self.forget(usage, key, old)?;
+        if sizes.len() > 1 {
+            pieces::put(&mut self.pieces, key, &sizes, value)?;
+        }
+        usage.data += (key.len() + value.len()) as u64;
+        Ok(())
+    }
+
+    /// Removes `key` and its value's pieces.
+    fn remove(&mut self, usage: &mut Usage, key: &[u8]) -> Result<(), StorageError> {
+        let old = self
+            .data
+            .remove(key)?
+            .map(|g| old_value(g.value()))
+            .transpose()?;
+        self.forget(usage, key, old)
+    }
+
+    fn forget(
+        &mut self,
+        usage: &mut Usage,
+        key: &[u8],
+        old: Option<(usize, Option<usize>)>,
+    ) -> Result<(), StorageError> {
+        if let Some((len, first)) = old {
+            if let Some(first) = first {
+                pieces::remove(&mut self.pieces, key, len, first)?;
+            }
+            usage.data = usage.data.saturating_sub((key.len() + len) as u64);
+        }
+        Ok(())
+    }
+}
+
+/// A replaced value's length and, when it was in pieces, its first piece's.
+fn old_value(raw: &[u8]) -> Result<(usize, Option<usize>), StorageError> {
+    Ok(match parse_value(raw)?.1 {
+        Stored::Whole(v) => (v.len(), None),
+        Stored::Pieces { len, first } => (len, Some(first.len())),
+    })
+}
+
+/// `key`'s value from its main entry `raw` (reading its pieces if any).
+fn value_of(
+    pieces: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    key: &[u8],
+    raw: &[u8],
+) -> Result<Versioned, StorageError> {
+    let (seq, stored) = parse_value(raw)?;
+    let value = match stored {
+        Stored::Whole(v) => v.to_vec(),
+        Stored::Pieces { len, first } => pieces::read(pieces, key, len, first)?,
+    };
+    Ok(Versioned { seq, value })
+}
+
+/// Appends log record `record` as `seq` (in pieces when large).
+fn put_record(
+    log: &mut Table<u64, &'static [u8]>,
+    pieces: &mut Table<&'static [u8], &'static [u8]>,
+    usage: &mut Usage,
+    seq: u64,
+    record: &[u8],
+) -> Result<(), StorageError> {
+    let base = seq.to_be_bytes();
+    let sizes = pieces::split(record.len(), 8 + RECORD_HEAD, base.len() + 4);
+    if sizes.len() == 1 {
+        log.insert(seq, record)?;
+    } else {
+        log.insert(
+            seq,
+            encode_record_head(record.len(), &record[..sizes[0]]).as_slice(),
+        )?;
+        pieces::put(pieces, &base, &sizes, record)?;
+    }
+    usage.log += record.len() as u64;
+    Ok(())
+}
+
+/// Removes log record `seq` and its pieces; false when there was none.
+fn remove_record(
+    log: &mut Table<u64, &'static [u8]>,
+    pieces: &mut Table<&'static [u8], &'static [u8]>,
+    usage: &mut Usage,
+    seq: u64,
+) -> Result<bool, StorageError> {
+    let old = log
+        .remove(seq)?
+        .map(|g| {
+            parse_record(g.value()).map(|stored| match stored {
+                Stored::Whole(r) => (r.len(), None),
+                Stored::Pieces { len, first } => (len, Some(first.len())),
+            })
+        })
+        .transpose()?;
+    let Some((len, first)) = old else {
+        return Ok(false);
+    };
+    if let Some(first) = first {
+        pieces::remove(pieces, &seq.to_be_bytes(), len, first)?;
+    }
+    usage.log = usage.log.saturating_sub(len as u64);
+    Ok(true)
+}
+
+/// The write of log record `seq` from its main entry `raw`.
+fn record_of(
+    pieces: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    seq: u64,
+    raw: &[u8],
+) -> Result<WriteOp, StorageError> {
+    match parse_record(raw)? {
+        Stored::Whole(r) => WriteOp::decode(r),
+        Stored::Pieces { len, first } => {
+            WriteOp::decode(&pieces::read(pieces, &seq.to_be_bytes(), len, first)?)
+        }
+    }
+}
 
 /// Page cache per node file by default (`--cache-mb`).
 pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
@@ -37,6 +291,7 @@ pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// A read-only snapshot of a node's data (see [`Store::snapshot`]).
 pub struct ReadView {
     table: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    pieces: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
 }
 
 impl ReadView {
@@ -47,14 +302,20 @@ impl ReadView {
     pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
         self.table
             .get(key)?
-            .map(|v| decode_value(v.value()))
+            .map(|v| value_of(&self.pieces, key, v.value()))
             .transpose()
     }
 }
 
 /// One node's redb file.
 pub struct Store {
-    db: Database,
+    /// `None` only while [`Store::reopen`] runs, or after a reopen failed.
+    db: RwLock<Option<Database>>,
+    /// Bumped by every [`Store::reopen`] (when the old `Database` is taken
+    /// out and again when the new one is in place).
+    generation: AtomicU64,
+    path: PathBuf,
+    cache_bytes: usize,
     durability: Durability,
 }
 
@@ -82,12 +343,34 @@ impl Store {
             .set_cache_size(cache_bytes)
             .create(path)?;
         let txn = db.begin_write()?;
-        txn.open_table(DATA)?;
-        txn.open_table(LOG)?;
-        txn.open_table(META)?;
+        {
+            let data = txn.open_table(DATA)?;
+            let log = txn.open_table(LOG)?;
+            txn.open_table(DATA_PIECES)?;
+            txn.open_table(LOG_PIECES)?;
+            txn.open_table(epochs::EPOCHS)?;
+            let mut meta = txn.open_table(META)?;
+            if meta.get(META_DATA_BYTES)?.is_none() {
+                // A file from before the counters: count once.
+                let mut data_bytes = 0u64;
+                for item in data.iter()? {
+                    let (k, v) = item?;
+                    data_bytes += (k.value().len() + parse_value(v.value())?.1.len()) as u64;
+                }
+                let mut log_bytes = 0u64;
+                for item in log.iter()? {
+                    log_bytes += parse_record(item?.1.value())?.len() as u64;
+                }
+                meta.insert(META_DATA_BYTES, data_bytes)?;
+                meta.insert(META_LOG_BYTES, log_bytes)?;
+            }
+        }
         txn.commit()?;
         Ok(Self {
-            db,
+            db: RwLock::new(Some(db)),
+            generation: AtomicU64::new(0),
+            path: path.to_path_buf(),
+            cache_bytes,
             durability: if durable {
                 Durability::Immediate
             } else {
@@ -96,10 +379,94 @@ impl Store {
         })
     }
 
+    /// The file this store keeps its data in.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Changes with every [`Store::reopen`]: a snapshot taken under another
+    /// generation belongs to a closed `Database` and must be dropped.
+    #[must_use]
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` on the open `Database`; the lock is held only for `f`,
+    /// which begins a transaction (it does not borrow the `Database`).
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        f(db.as_ref().ok_or(StorageError::Reopening)?)
+    }
+
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StorageError> {
+        self.with_db(|db| Ok(db.begin_read()?))
+    }
+
     fn begin_write(&self) -> Result<redb::WriteTransaction, StorageError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(self.durability)?;
-        Ok(txn)
+        self.with_db(|db| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(self.durability)?;
+            Ok(txn)
+        })
+    }
+
+    /// Closes the file and opens it again (see the module header). Calls on
+    /// other threads meanwhile get [`StorageError::Reopening`]; snapshots
+    /// of the old `Database` fail from now on. On failure the store stays
+    /// closed and `reopen` may be called again.
+    ///
+    /// Only one thread may call this (the node's committer).
+    ///
+    /// # Errors
+    /// The file cannot be opened (or repaired).
+    pub fn reopen(&self) -> Result<(), StorageError> {
+        let old = self
+            .db
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        // Outside the lock: a close of a healthy database writes (allocator
+        // state, header) and readers must not wait for it. A latched one
+        // only releases the file. Its error (the latched one) is known.
+        if let Some(db) = old {
+            let _ = db.close();
+        }
+        let db = Database::builder()
+            .set_cache_size(self.cache_bytes)
+            .create(&self.path)?;
+        *self.db.write().unwrap_or_else(PoisonError::into_inner) = Some(db);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Whether `bytes` can be written next to the store's file right now:
+    /// writes a probe file of that size, syncs it and removes it. A full
+    /// disk answers `Err` (`ENOSPC`) without touching the store.
+    ///
+    /// # Errors
+    /// The probe could not be written.
+    pub fn probe_space(&self, bytes: usize) -> std::io::Result<()> {
+        let mut probe = self.path.clone().into_os_string();
+        probe.push(".space-probe");
+        let probe = PathBuf::from(probe);
+        let written = (|| {
+            let mut f = std::fs::File::create(&probe)?;
+            let chunk = vec![0u8; 64 * 1024];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                f.write_all(&chunk[..n])?;
+                left -= n;
+            }
+            f.sync_all()
+        })();
+        let _ = std::fs::remove_file(&probe);
+        written
     }
 
     /// The current value of `key`.
@@ -107,10 +474,7 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StorageError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(DATA)?;
-        let found = table.get(key)?;
-        found.map(|v| decode_value(v.value())).transpose()
+        self.snapshot()?.get(key)
     }
 
     /// A snapshot of the data table for any number of reads (one read
@@ -119,9 +483,10 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn snapshot(&self) -> Result<ReadView, StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         Ok(ReadView {
             table: txn.open_table(DATA)?,
+            pieces: txn.open_table(DATA_PIECES)?,
         })
     }
 
@@ -130,9 +495,28 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn seq(&self) -> Result<u64, StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let meta = txn.open_table(META)?;
         Ok(meta.get(META_SEQ)?.map_or(0, |v| v.value()))
+    }
+
+    /// Where the node's bytes are: data and log (counted in every
+    /// transaction), the file's length and the disk space it takes.
+    ///
+    /// # Errors
+    /// Storage failures; the file's metadata cannot be read.
+    pub fn space(&self) -> Result<Space, StorageError> {
+        let txn = self.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let file = std::fs::metadata(&self.path).map_err(|e| StorageError::Db(e.into()))?;
+        Ok(Space {
+            data_bytes: meta.get(META_DATA_BYTES)?.map_or(0, |v| v.value()),
+            log_bytes: meta.get(META_LOG_BYTES)?.map_or(0, |v| v.value()),
+            log_entries: txn.open_table(LOG)?.len()?,
+            seq: meta.get(META_SEQ)?.map_or(0, |v| v.value()),
+            file_bytes: file.len(),
+            disk_bytes: file.blocks() * 512,
+        })
     }
 
     /// Number of keys stored.
@@ -140,7 +524,7 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn key_count(&self) -> Result<u64, StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         Ok(txn.open_table(DATA)?.len()?)
     }
 
@@ -150,22 +534,49 @@ impl Store {
     /// change nothing. Returns one outcome per write, in order.
     ///
     /// # Errors
-    /// Storage failures; nothing of the batch is committed then.
+    /// Storage failures; see [`Store::commit_writes_into`] for what is
+    /// committed then.
     pub fn commit_writes(&self, writes: &[Write]) -> Result<Vec<Outcome>, StorageError> {
+        let mut outcomes = Vec::with_capacity(writes.len());
+        self.commit_writes_into(writes, 0, &mut outcomes)?;
+        Ok(outcomes)
+    }
+
+    /// As [`Store::commit_writes`], filling `outcomes` (cleared first)
+    /// before the commit, so that they are known when the commit itself
+    /// fails. The same transaction also removes log entries with seq
+    /// `<= trim_upto` (what every replica has applied), a bounded number
+    /// (twice the batch, plus 64): the log then holds only what replicas
+    /// lack, without a commit of its own, and the pages it frees are
+    /// reused by the next commits.
+    ///
+    /// # Errors
+    /// Storage failures. If `outcomes` then holds one outcome per write,
+    /// the failure came from the commit itself: with an I/O error
+    /// ([`StorageError::needs_reopen`]) the batch may or may not be in the
+    /// file once it is reopened, and it is there exactly when the committed
+    /// seq ([`Store::seq`]) has reached the last `Committed` seq. Otherwise
+    /// the transaction was dropped before its commit and nothing of it is
+    /// in the file.
+    pub fn commit_writes_into(
+        &self,
+        writes: &[Write],
+        trim_upto: u64,
+        outcomes: &mut Vec<Outcome>,
+    ) -> Result<(), StorageError> {
+        outcomes.clear();
         let txn = self.begin_write()?;
-        let outcomes = {
+        {
             let mut meta = txn.open_table(META)?;
-            let mut data = txn.open_table(DATA)?;
+            let mut data = DataTables::open(&txn)?;
             let mut log = txn.open_table(LOG)?;
+            let mut log_pieces = txn.open_table(LOG_PIECES)?;
+            let mut usage = Usage::load(&meta)?;
             let mut seq = meta.get(META_SEQ)?.map_or(0, |v| v.value());
             let mut record = Vec::new();
-            let mut outcomes = Vec::with_capacity(writes.len());
             for w in writes {
                 if w.cond != Cond::Always {
-                    let current = match data.get(w.op.key())? {
-                        Some(v) => Some(decode_value(v.value())?.seq),
-                        None => None,
-                    };
+                    let current = data.version(w.op.key())?;
                     if !w.cond.holds(current) {
                         outcomes.push(Outcome::ConditionFailed { current });
                         continue;
@@ -173,23 +584,28 @@ impl Store {
                 }
                 seq += 1;
                 match &w.op {
-                    WriteOp::Set { key, value } => {
-                        data.insert(key.as_slice(), encode_value(seq, value).as_slice())?;
-                    }
-                    WriteOp::Delete { key } => {
-                        data.remove(key.as_slice())?;
-                    }
+                    WriteOp::Set { key, value } => data.put(&mut usage, key, seq, value)?,
+                    WriteOp::Delete { key } => data.remove(&mut usage, key)?,
                 }
                 record.clear();
                 w.op.encode_into(&mut record);
-                log.insert(seq, record.as_slice())?;
+                put_record(&mut log, &mut log_pieces, &mut usage, seq, &record)?;
                 outcomes.push(Outcome::Committed(seq));
             }
+            for _ in 0..2 * writes.len() + 64 {
+                let first = log.first()?.map(|(k, _)| k.value());
+                match first {
+                    Some(first) if first <= trim_upto => {
+                        remove_record(&mut log, &mut log_pieces, &mut usage, first)?;
+                    }
+                    _ => break,
+                }
+            }
             meta.insert(META_SEQ, seq)?;
-            outcomes
-        };
+            usage.save(&mut meta)?;
+        }
         txn.commit()?;
-        Ok(outcomes)
+        Ok(())
     }
 
     /// Up to `limit` pairs whose keys start with `prefix` and sort after
@@ -204,8 +620,9 @@ impl Store {
         limit: usize,
     ) -> Result<SnapshotPage, StorageError> {
         use std::ops::Bound;
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let data = txn.open_table(DATA)?;
+        let pieces = txn.open_table(DATA_PIECES)?;
         let lower = match after {
             Some(a) if a >= prefix => Bound::Excluded(a),
             _ => Bound::Included(prefix),
@@ -217,7 +634,7 @@ impl Store {
             if !k.starts_with(prefix) || out.len() >= limit {
                 break;
             }
-            out.push((k.to_vec(), decode_value(v.value())?));
+            out.push((k.to_vec(), value_of(&pieces, k, v.value())?));
         }
         Ok(out)
     }
@@ -233,13 +650,14 @@ impl Store {
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<LogRead, StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let meta = txn.open_table(META)?;
         let last = meta.get(META_SEQ)?.map_or(0, |v| v.value());
         if after >= last {
             return Ok(LogRead::Entries(Vec::new()));
         }
         let log = txn.open_table(LOG)?;
+        let pieces = txn.open_table(LOG_PIECES)?;
         let mut entries = Vec::new();
         let mut bytes = 0;
         for item in log.range(after + 1..)? {
@@ -248,12 +666,12 @@ impl Store {
             if entries.is_empty() && seq != after + 1 {
                 return Ok(LogRead::Trimmed);
             }
-            let raw = raw.value();
-            bytes += raw.len();
-            entries.push(LogEntry {
-                seq,
-                op: WriteOp::decode(raw)?,
-            });
+            let op = record_of(&pieces, seq, raw.value())?;
+            bytes += match &op {
+                WriteOp::Set { key, value } => key.len() + value.len(),
+                WriteOp::Delete { key } => key.len(),
+            };
+            entries.push(LogEntry { seq, op });
             if entries.len() >= max_entries || bytes >= max_bytes {
                 break;
             }
@@ -270,33 +688,49 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn first_logged(&self) -> Result<Option<u64>, StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let log = txn.open_table(LOG)?;
         Ok(log.first()?.map(|(k, _)| k.value()))
     }
 
-    /// Primary: removes log entries with seq `<= upto`, at most `max` of them
-    /// (so one call stays short). Returns how many were removed.
+    /// Primary: removes log entries with seq `<= upto`, then the oldest
+    /// entries while the log holds more bytes than the larger of
+    /// `keep_bytes` and the data's own size (a replica further behind than
+    /// that is re-seeded: copying the data costs less than replaying more
+    /// log than data); at most `max` entries per call (so one call stays
+    /// short). Returns how many were removed.
     ///
     /// # Errors
     /// Storage failures.
-    pub fn trim_log(&self, upto: u64, max: usize) -> Result<usize, StorageError> {
+    pub fn trim_log(&self, upto: u64, max: usize, keep_bytes: u64) -> Result<usize, StorageError> {
         let txn = self.begin_write()?;
         let removed = {
+            let mut meta = txn.open_table(META)?;
             let mut log = txn.open_table(LOG)?;
-            let mut keys = Vec::new();
-            for item in log.range(..=upto)? {
-                keys.push(item?.0.value());
-                if keys.len() >= max {
+            let mut pieces = txn.open_table(LOG_PIECES)?;
+            let mut usage = Usage::load(&meta)?;
+            let bound = keep_bytes.max(usage.data);
+            let mut removed = 0;
+            while removed < max {
+                let Some(first) = log.first()?.map(|(k, _)| k.value()) else {
+                    break;
+                };
+                if first > upto && usage.log <= bound {
                     break;
                 }
+                remove_record(&mut log, &mut pieces, &mut usage, first)?;
+                removed += 1;
             }
-            for k in &keys {
-                log.remove(*k)?;
+            if removed > 0 {
+                usage.save(&mut meta)?;
             }
-            keys.len()
+            removed
         };
-        txn.commit()?;
+        if removed == 0 {
+            txn.abort()?;
+        } else {
+            txn.commit()?;
+        }
         Ok(removed)
     }
 
@@ -306,11 +740,17 @@ impl Store {
     ///
     /// # Errors
     /// [`StorageError::Gap`] or storage failures; nothing is applied then.
-    pub fn apply_entries(&self, entries: &[LogEntry]) -> Result<u64, StorageError> {
+    pub fn apply_entries(
+        &self,
+        entries: &[LogEntry],
+        history: &[EpochStart],
+    ) -> Result<u64, StorageError> {
         let txn = self.begin_write()?;
+        epochs::record(&txn, history, false)?;
         let applied = {
             let mut meta = txn.open_table(META)?;
-            let mut data = txn.open_table(DATA)?;
+            let mut data = DataTables::open(&txn)?;
+            let mut usage = Usage::load(&meta)?;
             let mut applied = meta.get(META_SEQ)?.map_or(0, |v| v.value());
             for e in entries {
                 if e.seq <= applied {
@@ -323,25 +763,24 @@ impl Store {
                     });
                 }
                 match &e.op {
-                    WriteOp::Set { key, value } => {
-                        data.insert(key.as_slice(), encode_value(e.seq, value).as_slice())?;
-                    }
-                    WriteOp::Delete { key } => {
-                        data.remove(key.as_slice())?;
-                    }
+                    WriteOp::Set { key, value } => data.put(&mut usage, key, e.seq, value)?,
+                    WriteOp::Delete { key } => data.remove(&mut usage, key)?,
                 }
                 applied = e.seq;
             }
             meta.insert(META_SEQ, applied)?;
+            usage.save(&mut meta)?;
             applied
         };
         txn.commit()?;
         Ok(applied)
     }
 
-    /// Primary: up to `max` stored pairs with keys strictly after `after`
-    /// (from the start when `None`), as `(key, seq, value)`, plus the
-    /// committed seq of the snapshot they were read from.
+    /// Primary: up to `max` stored pairs and about `max_bytes` of keys
+    /// and values (always at least one pair when any is left) with keys
+    /// strictly after `after` (from the start when `None`), plus the
+    /// committed seq of the snapshot they were read from and whether the
+    /// page reaches the end of the data.
     ///
     /// # Errors
     /// Storage failures.
@@ -349,28 +788,35 @@ impl Store {
         &self,
         after: Option<&[u8]>,
         max: usize,
-    ) -> Result<(u64, SnapshotPage), StorageError> {
-        let txn = self.db.begin_read()?;
+        max_bytes: usize,
+    ) -> Result<(u64, SnapshotPage, bool), StorageError> {
+        let txn = self.begin_read()?;
         let seq = txn
             .open_table(META)?
             .get(META_SEQ)?
             .map_or(0, |v| v.value());
         let data = txn.open_table(DATA)?;
+        let pieces = txn.open_table(DATA_PIECES)?;
         let mut out = Vec::new();
-        let iter = match after {
+        let mut bytes = 0;
+        let mut iter = match after {
             Some(k) => {
                 data.range::<&[u8]>((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded))?
             }
             None => data.range::<&[u8]>(..)?,
         };
-        for item in iter {
+        for item in iter.by_ref() {
             let (k, v) = item?;
-            out.push((k.value().to_vec(), decode_value(v.value())?));
-            if out.len() >= max {
+            let k = k.value();
+            let value = value_of(&pieces, k, v.value())?;
+            bytes += k.len() + value.value.len();
+            out.push((k.to_vec(), value));
+            if out.len() >= max || bytes >= max_bytes {
                 break;
             }
         }
-        Ok((seq, out))
+        let done = iter.next().is_none();
+        Ok((seq, out, done))
     }
 
     /// Replica: true while a re-seed was started and not finished.
@@ -378,7 +824,7 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn reseed_pending(&self) -> Result<bool, StorageError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.begin_read()?;
         let meta = txn.open_table(META)?;
         Ok(meta.get(META_RESEED)?.is_some_and(|v| v.value() == 1))
     }
@@ -391,8 +837,14 @@ impl Store {
     pub fn reseed_begin(&self) -> Result<(), StorageError> {
         let txn = self.begin_write()?;
         txn.delete_table(DATA)?;
+        txn.delete_table(DATA_PIECES)?;
         txn.open_table(DATA)?;
-        txn.open_table(META)?.insert(META_RESEED, 1)?;
+        txn.open_table(DATA_PIECES)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert(META_RESEED, 1)?;
+            meta.insert(META_DATA_BYTES, 0)?;
+        }
         txn.commit()?;
         Ok(())
     }
@@ -404,10 +856,13 @@ impl Store {
     pub fn reseed_chunk(&self, pairs: &[(Vec<u8>, Versioned)]) -> Result<(), StorageError> {
         let txn = self.begin_write()?;
         {
-            let mut data = txn.open_table(DATA)?;
+            let mut meta = txn.open_table(META)?;
+            let mut data = DataTables::open(&txn)?;
+            let mut usage = Usage::load(&meta)?;
             for (k, v) in pairs {
-                data.insert(k.as_slice(), encode_value(v.seq, &v.value).as_slice())?;
+                data.put(&mut usage, k, v.seq, &v.value)?;
             }
+            usage.save(&mut meta)?;
         }
         txn.commit()?;
         Ok(())
@@ -418,8 +873,9 @@ impl Store {
     ///
     /// # Errors
     /// Storage failures.
-    pub fn reseed_finish(&self, seq: u64) -> Result<(), StorageError> {
+    pub fn reseed_finish(&self, seq: u64, history: &[EpochStart]) -> Result<(), StorageError> {
         let txn = self.begin_write()?;
+        epochs::record(&txn, history, true)?;
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(META_SEQ, seq)?;
@@ -586,9 +1042,9 @@ mod tests {
         };
         assert_eq!(entries.len(), 3);
         let r = Store::open(&dir.path().join("r.redb"), true).expect("open");
-        assert_eq!(r.apply_entries(&entries[..2]).expect("apply"), 2);
+        assert_eq!(r.apply_entries(&entries[..2], &[]).expect("apply"), 2);
         // Re-delivery is skipped; the rest applies.
-        assert_eq!(r.apply_entries(&entries).expect("apply"), 3);
+        assert_eq!(r.apply_entries(&entries, &[]).expect("apply"), 3);
         assert_eq!(r.get(b"a").expect("get"), None);
         assert_eq!(r.seq().expect("seq"), 3);
         // A gap is refused.
@@ -597,11 +1053,11 @@ mod tests {
             op: set("z", "z"),
         };
         assert!(matches!(
-            r.apply_entries(&[gap]),
+            r.apply_entries(&[gap], &[]),
             Err(StorageError::Gap { applied: 3, got: 5 })
         ));
 
-        assert_eq!(p.trim_log(2, 100).expect("trim"), 2);
+        assert_eq!(p.trim_log(2, 100, u64::MAX).expect("trim"), 2);
         assert_eq!(p.read_log(0, 100, 1 << 20).expect("log"), LogRead::Trimmed);
         assert!(
             matches!(p.read_log(2, 100, 1 << 20).expect("log"), LogRead::Entries(e) if e.len() == 1)
@@ -613,26 +1069,161 @@ mod tests {
     }
 
     #[test]
+    fn reopen_swaps_the_database_under_live_snapshots() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Store::open(&dir.path().join("p.redb"), true).expect("open");
+        p.commit_writes(&[w(set("a", "1"))]).expect("c");
+        let old = p.snapshot().expect("snapshot");
+        let generation = p.generation();
+        p.reopen().expect("reopen");
+        assert_ne!(p.generation(), generation);
+        // The old snapshot did not keep the reopen from happening; it
+        // answers from pages it had cached or fails ("database closed").
+        let _ = old.get(b"a");
+        drop(old);
+        assert_eq!(
+            p.snapshot()
+                .expect("snapshot")
+                .get(b"a")
+                .expect("get")
+                .map(|v| v.value),
+            Some(b"1".to_vec())
+        );
+        assert_eq!(
+            p.commit_writes(&[w(set("b", "2"))]).expect("c"),
+            vec![Outcome::Committed(2)]
+        );
+        assert_eq!(p.seq().expect("seq"), 2);
+        p.probe_space(4096).expect("probe");
+        assert!(!dir.path().join("p.redb.space-probe").exists());
+    }
+
+    fn big(k: &str, len: usize, fill: u8) -> WriteOp {
+        WriteOp::Set {
+            key: k.as_bytes().to_vec(),
+            value: (0..len)
+                .map(|i| fill ^ u8::try_from(i % 251).unwrap_or(0))
+                .collect(),
+        }
+    }
+
+    fn pieces_left(s: &Store) -> (u64, u64) {
+        let txn = s.begin_read().expect("read");
+        (
+            txn.open_table(DATA_PIECES).expect("t").len().expect("len"),
+            txn.open_table(LOG_PIECES).expect("t").len().expect("len"),
+        )
+    }
+
+    #[test]
+    fn large_values_and_records_are_kept_in_pieces() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Store::open(&dir.path().join("p.redb"), false).expect("open");
+        let r = Store::open(&dir.path().join("r.redb"), false).expect("open");
+        let sizes = [0, 100, 4000, 4096, 65536, 200_000, (1 << 20) + 3];
+        for (i, &len) in sizes.iter().enumerate() {
+            let op = big("k", len, u8::try_from(i).unwrap_or(u8::MAX));
+            p.commit_writes(&[w(op.clone())]).expect("commit");
+            let WriteOp::Set { value, .. } = op else {
+                unreachable!()
+            };
+            let got = p.get(b"k").expect("get").expect("present");
+            assert_eq!((got.seq, got.value == value), (i as u64 + 1, true), "{len}");
+            let space = p.space().expect("space");
+            assert_eq!(space.data_bytes, 1 + len as u64, "{len}");
+        }
+        // The log replays to an identical replica, records in pieces too.
+        let LogRead::Entries(entries) = p.read_log(0, 100, usize::MAX).expect("log") else {
+            panic!("trimmed");
+        };
+        assert_eq!(entries.len(), sizes.len());
+        r.apply_entries(&entries, &[]).expect("apply");
+        assert_eq!(r.get(b"k").expect("get"), p.get(b"k").expect("get"));
+        assert_eq!(
+            r.space().expect("space").data_bytes,
+            p.space().expect("space").data_bytes
+        );
+        assert!(pieces_left(&p).0 > 0 && pieces_left(&p).1 > 0);
+        // Overwritten and deleted values and trimmed records leave no pieces.
+        p.commit_writes(&[w(set("k", "small"))]).expect("commit");
+        assert_eq!(pieces_left(&p).0, 0);
+        p.commit_writes(&[
+            w(big("k", 70_000, 9)),
+            w(WriteOp::Delete { key: b"k".to_vec() }),
+        ])
+        .expect("commit");
+        assert_eq!(pieces_left(&p).0, 0);
+        assert_eq!(p.space().expect("space").data_bytes, 0);
+        let n = p.trim_log(u64::MAX, 1000, u64::MAX).expect("trim");
+        assert_eq!(n, sizes.len() + 3);
+        assert_eq!(pieces_left(&p), (0, 0));
+        assert_eq!(p.space().expect("space").log_bytes, 0);
+        // Snapshot pages are bounded by bytes too (at least one pair).
+        p.commit_writes(&[
+            w(big("a", 65536, 1)),
+            w(big("b", 65536, 2)),
+            w(big("c", 65536, 3)),
+        ])
+        .expect("commit");
+        let (_, page, done) = p.snapshot_chunk(None, 100, 100_000).expect("chunk");
+        assert_eq!((page.len(), done), (2, false));
+        let (_, page, done) = p.snapshot_chunk(Some(b"b"), 100, 1).expect("chunk");
+        assert_eq!((page.len(), done), (1, true));
+    }
+
+    #[test]
+    fn the_log_is_bounded_by_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Store::open(&dir.path().join("p.redb"), false).expect("open");
+        for i in 0..20 {
+            p.commit_writes(&[w(big("k", 10_000, i))]).expect("commit");
+        }
+        let space = p.space().expect("space");
+        assert_eq!((space.log_entries, space.data_bytes), (20, 10_001));
+        // Nothing applied by a replica (upto 0): the byte bound still trims,
+        // down to the larger of 50,000 bytes and the data's 10,001.
+        let removed = p.trim_log(0, 1000, 50_000).expect("trim");
+        let space = p.space().expect("space");
+        assert!(space.log_bytes <= 50_000, "{space:?}");
+        assert_eq!(removed as u64, 20 - space.log_entries);
+        assert_eq!(
+            p.first_logged().expect("first"),
+            Some(21 - space.log_entries)
+        );
+        assert_eq!(
+            p.read_log(0, 10, usize::MAX).expect("log"),
+            LogRead::Trimmed
+        );
+        // Within the bound: nothing more goes.
+        assert_eq!(p.trim_log(0, 1000, 50_000).expect("trim"), 0);
+    }
+
+    #[test]
     fn reseed_replaces_contents() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = Store::open(&dir.path().join("p.redb"), true).expect("open");
         p.commit_writes(&[w(set("a", "1")), w(set("b", "2")), w(set("c", "3"))])
             .expect("c");
         let r = Store::open(&dir.path().join("r.redb"), true).expect("open");
-        r.apply_entries(&[LogEntry {
-            seq: 1,
-            op: set("stale", "x"),
-        }])
+        r.apply_entries(
+            &[LogEntry {
+                seq: 1,
+                op: set("stale", "x"),
+            }],
+            &[],
+        )
         .expect("apply");
         r.reseed_begin().expect("begin");
         assert!(r.reseed_pending().expect("pending"));
-        let (seq, first) = p.snapshot_chunk(None, 2).expect("chunk");
-        assert_eq!((seq, first.len()), (3, 2));
+        let (seq, first, done) = p.snapshot_chunk(None, 2, 1 << 20).expect("chunk");
+        assert_eq!((seq, first.len(), done), (3, 2, false));
         r.reseed_chunk(&first).expect("chunk");
-        let (_, rest) = p.snapshot_chunk(Some(&first[1].0), 2).expect("chunk");
-        assert_eq!(rest.len(), 1);
+        let (_, rest, done) = p
+            .snapshot_chunk(Some(&first[1].0), 2, 1 << 20)
+            .expect("chunk");
+        assert_eq!((rest.len(), done), (1, true));
         r.reseed_chunk(&rest).expect("chunk");
-        r.reseed_finish(seq).expect("finish");
+        r.reseed_finish(seq, &[]).expect("finish");
         assert!(!r.reseed_pending().expect("pending"));
         assert_eq!(r.get(b"stale").expect("get"), None);
         assert_eq!(r.key_count().expect("count"), 3);

@@ -19,6 +19,37 @@ pub enum StorageError {
     },
     /// A stored value or log entry does not decode.
     Corrupt(&'static str),
+    /// The store is closed while it is being reopened (`Store::reopen`),
+    /// or its last reopen failed.
+    Reopening,
+}
+
+impl StorageError {
+    /// True for the failures after which redb must be closed and opened
+    /// again before it works (an I/O error, which redb latches: every
+    /// later call fails with "Previous I/O error occurred"), and for a
+    /// store that is closed.
+    #[must_use]
+    pub fn needs_reopen(&self) -> bool {
+        matches!(
+            self,
+            Self::Db(redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed)
+                | Self::Reopening
+        )
+    }
+
+    /// True when the disk (or the user's quota) is full: `ENOSPC`, `EDQUOT`.
+    #[must_use]
+    pub fn no_space(&self) -> bool {
+        match self {
+            Self::Db(redb::Error::Io(e)) => {
+                e.kind() == std::io::ErrorKind::StorageFull
+                    || e.kind() == std::io::ErrorKind::QuotaExceeded
+                    || matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+            }
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Display for StorageError {
@@ -29,6 +60,7 @@ impl fmt::Display for StorageError {
                 write!(f, "replication gap: applied {applied}, next entry is {got}")
             }
             Self::Corrupt(what) => write!(f, "corrupt {what}"),
+            Self::Reopening => write!(f, "storage is being reopened"),
         }
     }
 }
@@ -200,6 +232,41 @@ pub struct Versioned {
     pub value: Vec<u8>,
 }
 
+/// Set in the stored seq of a value kept in pieces (seqs stay below 2^63).
+const VALUE_IN_PIECES: u64 = 1 << 63;
+/// First byte of a log record kept in pieces (a whole one starts with an op).
+const RECORD_IN_PIECES: u8 = 0x80;
+
+/// A stored entry as its main table holds it: whole, or the header and
+/// first piece of an entry kept in pieces (see `pieces`).
+pub(super) enum Stored<'a> {
+    Whole(&'a [u8]),
+    Pieces { len: usize, first: &'a [u8] },
+}
+
+impl Stored<'_> {
+    /// Length of the whole entry.
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Self::Whole(b) => b.len(),
+            Self::Pieces { len, .. } => *len,
+        }
+    }
+}
+
+fn u64_at(raw: &[u8], at: usize, what: &'static str) -> Result<u64, StorageError> {
+    let b: [u8; 8] = raw
+        .get(at..at + 8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(StorageError::Corrupt(what))?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn usize_at(raw: &[u8], at: usize, what: &'static str) -> Result<usize, StorageError> {
+    usize::try_from(u64_at(raw, at, what)?).map_err(|_| StorageError::Corrupt(what))
+}
+
+/// A whole stored value: `[seq u64 LE][value]`.
 pub(super) fn encode_value(seq: u64, value: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(8 + value.len());
     v.extend_from_slice(&seq.to_le_bytes());
@@ -207,15 +274,57 @@ pub(super) fn encode_value(seq: u64, value: &[u8]) -> Vec<u8> {
     v
 }
 
-pub(super) fn decode_value(raw: &[u8]) -> Result<Versioned, StorageError> {
-    let seq_bytes: [u8; 8] = raw
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .ok_or(StorageError::Corrupt("stored value"))?;
-    Ok(Versioned {
-        seq: u64::from_le_bytes(seq_bytes),
-        value: raw[8..].to_vec(),
-    })
+/// The main entry of a value kept in pieces: `[seq | 2^63][len u64 LE][first piece]`.
+pub(super) fn encode_value_head(seq: u64, len: usize, first: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 + first.len());
+    v.extend_from_slice(&(seq | VALUE_IN_PIECES).to_le_bytes());
+    v.extend_from_slice(&(len as u64).to_le_bytes());
+    v.extend_from_slice(first);
+    v
+}
+
+/// Header bytes of a value's main entry kept in pieces.
+pub(super) const VALUE_HEAD: usize = 16;
+
+/// The seq of a stored value and what its main entry holds.
+pub(super) fn parse_value(raw: &[u8]) -> Result<(u64, Stored<'_>), StorageError> {
+    let what = "stored value";
+    let seq = u64_at(raw, 0, what)?;
+    if seq & VALUE_IN_PIECES == 0 {
+        return Ok((seq, Stored::Whole(&raw[8..])));
+    }
+    let len = usize_at(raw, 8, what)?;
+    let first = &raw[VALUE_HEAD..];
+    if first.len() > len {
+        return Err(StorageError::Corrupt(what));
+    }
+    Ok((seq & !VALUE_IN_PIECES, Stored::Pieces { len, first }))
+}
+
+/// The main entry of a log record kept in pieces: `[0x80][len u64 LE][first piece]`.
+pub(super) fn encode_record_head(len: usize, first: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(RECORD_HEAD + first.len());
+    v.push(RECORD_IN_PIECES);
+    v.extend_from_slice(&(len as u64).to_le_bytes());
+    v.extend_from_slice(first);
+    v
+}
+
+/// Header bytes of a log record's main entry kept in pieces.
+pub(super) const RECORD_HEAD: usize = 9;
+
+/// What a log table entry holds.
+pub(super) fn parse_record(raw: &[u8]) -> Result<Stored<'_>, StorageError> {
+    if raw.first() != Some(&RECORD_IN_PIECES) {
+        return Ok(Stored::Whole(raw));
+    }
+    let what = "log entry";
+    let len = usize_at(raw, 1, what)?;
+    let first = &raw[RECORD_HEAD..];
+    if first.len() > len {
+        return Err(StorageError::Corrupt(what));
+    }
+    Ok(Stored::Pieces { len, first })
 }
 
 /// A page of `(key, value)` pairs copied for a re-seed.

@@ -12,6 +12,9 @@
 //! a port handed out once is never handed out again by this test binary.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
+#![allow(
+    clippy::cast_possible_truncation, // a clock seed, random ports below 65536 and shard indices below n
+)]
 
 pub mod etcd;
 
