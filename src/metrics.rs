@@ -16,6 +16,7 @@
 //! Depends on `shard::NodeStats` (commit and replication counters) and
 //! `topology::NodeInfo` only.
 
+use crate::control::ControlStatus;
 use crate::nodestore::{BATCH_BUCKETS, NodeStats};
 use crate::roles::Roles;
 use crate::topology::NodeInfo;
@@ -44,12 +45,13 @@ pub enum Endpoint {
     Health,
     Ready,
     Internal,
+    Admin,
     Other,
 }
 
 impl Endpoint {
     /// Every endpoint, in the order of their `endpoint` label values.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Get,
         Self::Set,
         Self::Delete,
@@ -61,6 +63,7 @@ impl Endpoint {
         Self::Health,
         Self::Ready,
         Self::Internal,
+        Self::Admin,
         Self::Other,
     ];
 
@@ -79,6 +82,7 @@ impl Endpoint {
             Self::Health => "health",
             Self::Ready => "ready",
             Self::Internal => "internal",
+            Self::Admin => "admin",
             Self::Other => "other",
         }
     }
@@ -147,7 +151,7 @@ pub type LocalNode = (NodeInfo, Arc<NodeStats>, Arc<Metrics>);
 
 /// Renders every local node's metrics in the Prometheus text format 0.0.4.
 #[must_use]
-pub fn render(nodes: &[LocalNode], roles: &Roles) -> String {
+pub fn render(nodes: &[LocalNode], roles: &Roles, control: Option<&Arc<ControlStatus>>) -> String {
     let mut registry = Registry::default();
     let primary = nodes
         .iter()
@@ -156,6 +160,7 @@ pub fn render(nodes: &[LocalNode], roles: &Roles) -> String {
     registry.register_collector(Box::new(Scrape {
         nodes: nodes.to_vec(),
         primary,
+        control: control.cloned(),
     }));
     let mut out = String::with_capacity(16 * 1024);
     if let Err(e) = prometheus_text::encode(&mut out, &registry) {
@@ -172,6 +177,8 @@ struct Scrape {
     nodes: Vec<LocalNode>,
     /// Per node (same order): its shard's primary at render time.
     primary: Vec<bool>,
+    /// The etcd control plane's counters (`--etcd` only).
+    control: Option<Arc<ControlStatus>>,
 }
 
 impl std::fmt::Debug for Scrape {
@@ -190,7 +197,39 @@ impl Collector for Scrape {
             self.encode_node_value(&mut encoder, &value)?;
         }
         self.encode_replication_lag(&mut encoder)?;
-        self.encode_batch_sizes(&mut encoder)
+        self.encode_batch_sizes(&mut encoder)?;
+        self.encode_control(&mut encoder)
+    }
+}
+
+impl Scrape {
+    /// The control plane's process-wide counters (no `node` label).
+    fn encode_control(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(c) = &self.control else {
+            return Ok(());
+        };
+        let counters = [
+            (
+                "corekv_elections_won",
+                "Elections and switchovers this process won.",
+                c.elections_won.load(R),
+            ),
+            (
+                "corekv_elections_observed",
+                "New epochs this process observed (its own wins included).",
+                c.elections_observed.load(R),
+            ),
+            (
+                "corekv_primary_fenced",
+                "Times a local primary stopped taking writes (lease lost or not renewed in time, role moved, switchover).",
+                c.fenced.load(R),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            encode_value(&mut family, MetricType::Counter, &[], value)?;
+        }
+        Ok(())
     }
 }
 
@@ -568,7 +607,7 @@ mod tests {
         stats.committed_writes.fetch_add(3, R);
         nodes[1].1.primary_seq.fetch_add(5, R);
 
-        let text = render(&nodes, &Roles::standalone());
+        let text = render(&nodes, &Roles::standalone(), None);
         let (types, samples) = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
 
         let expected = [

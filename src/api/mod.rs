@@ -35,11 +35,13 @@
 //! and could not be checked after the store's reopen is 500 ("outcome
 //! unknown"); a read while the store is being reopened is 503.
 
+mod admin;
 mod headers;
 mod ops;
 mod query;
 mod rest;
 
+use crate::control::ControlClient;
 use crate::http::client::{ClientError, ClientResponse, Resend};
 use crate::http::encode::{BYTES, JSON, Response, TEXT};
 use crate::http::parse::Request;
@@ -116,6 +118,11 @@ pub enum ApiError {
     },
     TooManyOps(usize),
     BadBody(String),
+    /// A switchover (`/admin/promote`) failed or is not possible.
+    Switchover {
+        status: u16,
+        why: String,
+    },
     Unauthorized,
     Forbidden,
     ReadOnlyReplica {
@@ -237,6 +244,7 @@ impl ApiError {
                 format!("batch too large: {n} operations, the limit is {}", rest::MAX_BATCH_OPS),
             ),
             Self::BadBody(why) => (400, format!("bad request body: {why}")),
+            Self::Switchover { status, why } => (*status, format!("switchover: {why}")),
             Self::Unauthorized => {
                 return Response::text(401, "this request needs a token: send `Authorization: Bearer <token>`")
                     .with_header("WWW-Authenticate", "Bearer".to_string());
@@ -384,6 +392,9 @@ enum Executed {
 pub struct Api {
     router: Router,
     shard: Rc<NodeStore>,
+    /// The control plane's client (`--etcd`), for `/admin/promote` and its
+    /// status in `/status`, `/ready` and `/metrics`.
+    control: Option<ControlClient>,
     /// This node's log while it is its shard's primary (set and cleared by
     /// the executor's role task as the role moves).
     primary: RefCell<Option<Rc<PrimaryLog>>>,
@@ -414,12 +425,20 @@ impl Api {
             router,
             shard,
             primary: RefCell::new(None),
+            control: None,
             seq,
             locals,
             metrics,
             token,
             cfg,
         }
+    }
+
+    /// Attaches the control plane's client (`--etcd`).
+    #[must_use]
+    pub fn with_control(mut self, control: Option<ControlClient>) -> Self {
+        self.control = control;
+        self
     }
 
     /// This node's primary log, while it is the primary.
@@ -476,6 +495,7 @@ impl Api {
                 (Endpoint::Kv, result)
             }
             b"/status" => (Endpoint::Status, Ok(no_store(self.status()))),
+            b"/admin/promote" => (Endpoint::Admin, self.promote(&req).await.map(no_store)),
             b"/metrics" => (Endpoint::Metrics, Ok(no_store(self.metrics_text()))),
             b"/health" => (Endpoint::Health, Ok(no_store(Response::text(200, "ok")))),
             b"/ready" => (Endpoint::Ready, Ok(no_store(self.ready()))),

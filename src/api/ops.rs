@@ -11,6 +11,7 @@
 //! replicas, and arithmetic on numbers from the network (checked, 400).
 
 use super::{Api, ApiError};
+use crate::control::ControlClient;
 use crate::http::encode::{BYTES, JSON, Response};
 use crate::http::parse::{Method, Request};
 use crate::metrics;
@@ -33,6 +34,23 @@ struct Status<'a> {
     served_by: &'a str,
     nodes: Vec<NodeJson<'a>>,
     peers: Vec<PeerJson>,
+    /// The etcd control plane (`--etcd` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    control: Option<ControlJson>,
+}
+
+/// The control plane's state in `/status`.
+#[derive(Serialize)]
+struct ControlJson {
+    etcd_reachable: bool,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    etcd_unreachable_since: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    last_error: String,
+    lease_id: i64,
+    elections_won: u64,
+    elections_observed: u64,
+    fenced: u64,
 }
 
 /// One local node in `/status`; `name` comes first (clients and the test
@@ -167,10 +185,26 @@ impl Api {
                 error,
             })
             .collect();
+        let control = self.control.as_ref().map(|c| {
+            let st = c.status();
+            ControlJson {
+                etcd_reachable: st.reachable(),
+                etcd_unreachable_since: st
+                    .unreachable_since()
+                    .map(httpdate::fmt_http_date)
+                    .unwrap_or_default(),
+                last_error: st.last_error(),
+                lease_id: st.lease_id.load(Ordering::Relaxed),
+                elections_won: st.elections_won.load(Ordering::Relaxed),
+                elections_observed: st.elections_observed.load(Ordering::Relaxed),
+                fenced: st.fenced.load(Ordering::Relaxed),
+            }
+        });
         let status = Status {
             served_by: &self.me().name,
             nodes,
             peers,
+            control,
         };
         let mut body = serde_json::to_vec(&status).unwrap_or_default();
         body.push(b'\n');
@@ -183,6 +217,13 @@ impl Api {
     pub(super) fn ready(&self) -> Response {
         let roles = self.router.roles();
         let mut behind = Vec::new();
+        if let Some(problem) = self
+            .control
+            .as_ref()
+            .and_then(|c| c.status().ready_problem())
+        {
+            behind.push(problem);
+        }
         for (node, stats, _) in self.locals.iter() {
             let health = stats.health();
             if health != StorageHealth::Ok {
@@ -220,7 +261,12 @@ impl Api {
     }
 
     pub(super) fn metrics_text(&self) -> Response {
-        let body = metrics::render(&self.locals, self.router.roles()).into_bytes();
+        let body = metrics::render(
+            &self.locals,
+            self.router.roles(),
+            self.control.as_ref().map(ControlClient::status),
+        )
+        .into_bytes();
         Response::new(200, "text/plain; version=0.0.4; charset=utf-8", body)
     }
 

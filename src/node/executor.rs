@@ -6,6 +6,7 @@
 
 use super::{Event, NodeError, SHUTDOWN_GRACE};
 use crate::api::{Api, ApiConfig, LocalNodes};
+use crate::control::ControlClient;
 use crate::http::client::{Client, Reachability};
 use crate::http::conn::{self, ConnConfig, Tracker};
 use crate::log::Level;
@@ -31,6 +32,8 @@ pub(super) struct NodeContext {
     pub(super) node: NodeInfo,
     pub(super) topo: Arc<Topology>,
     pub(super) roles: Arc<Roles>,
+    /// The control plane's client (`--etcd`); `None` in a static cluster.
+    pub(super) control: Option<ControlClient>,
     pub(super) shard: NodeStore,
     pub(super) mailbox: flume::Receiver<Mail>,
     pub(super) mailboxes: Mailboxes,
@@ -97,6 +100,7 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
         node,
         topo,
         roles,
+        control,
         shard,
         mailbox,
         mailboxes,
@@ -123,14 +127,17 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
         client.clone(),
         token.clone(),
     );
-    let api = Rc::new(Api::new(
-        router,
-        shard.clone(),
-        seq.clone(),
-        nodes,
-        token.clone(),
-        api_config,
-    ));
+    let api = Rc::new(
+        Api::new(
+            router,
+            shard.clone(),
+            seq.clone(),
+            nodes,
+            token.clone(),
+            api_config,
+        )
+        .with_control(control),
+    );
     let duty = Duty {
         api: api.clone(),
         shard,

@@ -269,8 +269,13 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         error,
     })?;
     // Who is primary of each shard: the configuration's primaries for ever
-    // in a static cluster.
-    let roles = Arc::new(Roles::fixed(&topo));
+    // in a static cluster; with `--etcd`, nobody until the control plane
+    // (started below, once the stores are open) says so.
+    let roles = Arc::new(if opts.control().is_some() {
+        Roles::controlled(&topo)
+    } else {
+        Roles::fixed(&topo)
+    });
     let mut shards = Vec::new();
     for n in &locals {
         let path = opts.data_dir.join(format!("{}.redb", n.file_stem()));
@@ -304,7 +309,7 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
             error: e.to_string(),
         })?);
     }
-    let (_plane, control) = start_control(opts, &topo, &locals, &shards)?;
+    let (plane, control) = start_control(opts, &topo, roles.clone(), &locals, &shards)?;
     let mut txs: Vec<Option<Peer>> = vec![None; topo.nodes.len()];
     let mut rxs = Vec::new();
     for (n, shard) in locals.iter().zip(&shards) {
@@ -340,6 +345,7 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
             node,
             topo: topo.clone(),
             roles: roles.clone(),
+            control: plane.control.clone(),
             shard,
             mailbox,
             mailboxes: mailboxes.clone(),
@@ -433,29 +439,31 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
 fn start_control(
     opts: &Options,
     topo: &Arc<Topology>,
+    roles: Arc<Roles>,
     locals: &[NodeInfo],
     shards: &[NodeStore],
 ) -> Result<(ControlPlane, Option<control_plane::ControlHandle>), NodeError> {
     let Some(cfg) = opts.control() else {
         let plane = ControlPlane {
-            roles: Arc::new(Roles::fixed(topo)),
+            roles,
             control: None,
         };
         return Ok((plane, None));
     };
-    let roles = Arc::new(Roles::controlled(topo));
     let mut stats = vec![None; topo.nodes.len()];
     for (n, s) in locals.iter().zip(shards) {
         stats[n.id] = Some(s.stats.clone());
     }
     // (epoch, seq) of the last entry each local node applied.
-    // TODO: the epoch, once NodeStats records it.
     let progress: control_plane::Progress = Arc::new(move |node| {
         stats
             .get(node)
             .and_then(Option::as_ref)
             .map_or((0, 0), |s| {
-                (0, s.seq.load(std::sync::atomic::Ordering::Acquire))
+                (
+                    s.epoch.load(std::sync::atomic::Ordering::Acquire),
+                    s.seq.load(std::sync::atomic::Ordering::Acquire),
+                )
             })
     });
     let handle = control_plane::start(topo.clone(), roles.clone(), progress, cfg)
