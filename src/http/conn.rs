@@ -131,137 +131,279 @@ pub async fn refuse(mut stream: TcpStream) {
 
 /// Serves requests on `stream` until the peer closes, an error, a timeout,
 /// or a request asks to close.
-#[expect(
-    clippy::too_many_lines,
-    reason = "not split yet (issue 10, \"long functions split by what they do\")"
-)]
-pub async fn serve<F, Fut>(mut stream: TcpStream, cfg: ConnConfig, tracker: &Tracker, handler: F)
+///
+/// Each turn: answer every request already buffered, write the answers,
+/// make room for the next read, and read more.
+pub async fn serve<F, Fut>(stream: TcpStream, cfg: ConnConfig, tracker: &Tracker, handler: F)
 where
     F: Fn(Request) -> Fut,
     Fut: Future<Output = Response>,
 {
     let _open = Count::new(&tracker.open);
     let _ = stream.set_nodelay(true);
-    let max_buf = cfg.limits.max_head + cfg.limits.max_body + INITIAL_BUF;
-    let mut buf = vec![0u8; INITIAL_BUF];
-    let (mut start, mut end) = (0usize, 0usize);
-    let mut out: Vec<u8> = Vec::with_capacity(INITIAL_BUF);
-    let mut request_started: Option<Instant> = None;
-    let mut streak = 0u32;
+    let mut conn = Conn {
+        input: Input::new(cfg.limits.max_head + cfg.limits.max_body + INITIAL_BUF),
+        out: Vec::with_capacity(INITIAL_BUF),
+        request_started: None,
+        streak: 0,
+        stream,
+        cfg,
+        tracker,
+        handler,
+    };
     loop {
-        let mut close = false;
+        let batch = conn.answer_buffered().await;
+        if !conn.write_out().await || batch.close {
+            return;
+        }
+        conn.make_room(batch.answered);
+        let Some(timeout) = conn.read_timeout() else {
+            timed_out(&mut conn.stream).await;
+            return;
+        };
+        match conn.read_more(timeout).await {
+            Read::Data(n) => conn.input.filled(n),
+            Read::TimedOut => {
+                if conn.request_started.is_some() {
+                    timed_out(&mut conn.stream).await;
+                }
+                return;
+            }
+            Read::End => return,
+        }
+    }
+}
+
+/// One connection's state between turns of [`serve`].
+struct Conn<'t, F> {
+    stream: TcpStream,
+    cfg: ConnConfig,
+    tracker: &'t Tracker,
+    handler: F,
+    input: Input,
+    /// Encoded responses not written yet.
+    out: Vec<u8>,
+    /// When the request buffered in `input` started arriving (`None`: no
+    /// partial request is buffered).
+    request_started: Option<Instant>,
+    /// Reads in a row that found a request without the executor polling.
+    streak: u32,
+}
+
+/// What [`Conn::answer_buffered`] did.
+struct Batch {
+    /// At least one request was answered.
+    answered: bool,
+    /// The connection closes once the responses are written.
+    close: bool,
+}
+
+/// How [`Conn::read_more`] ended.
+enum Read {
+    /// This many bytes arrived.
+    Data(usize),
+    /// The read timed out.
+    TimedOut,
+    /// The peer closed, or the socket failed.
+    End,
+}
+
+impl<F, Fut> Conn<'_, F>
+where
+    F: Fn(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    /// Answers every complete request in `input`, in order, encoding the
+    /// responses into `out`; stops at a partial request, at a response
+    /// that closes the connection, or at a parse error (answered, then
+    /// the connection closes).
+    async fn answer_buffered(&mut self) -> Batch {
         let mut answered = false;
         loop {
-            match parse(&buf[start..end], &cfg.limits) {
+            match parse(self.input.unparsed(), &self.cfg.limits) {
                 Ok(Parsed::Complete(req, used)) => {
-                    start += used;
+                    self.input.consume(used);
                     answered = true;
                     let head_only = req.method == Method::Head;
                     let keep_alive = req.keep_alive;
                     let resp = {
-                        let _busy = Count::new(&tracker.in_flight);
-                        handler(req).await
+                        let _busy = Count::new(&self.tracker.in_flight);
+                        (self.handler)(req).await
                     };
-                    let keep_alive = keep_alive && !resp.close && !tracker.draining.get();
-                    encode(&resp, head_only, keep_alive, &date::now(), &mut out);
+                    let keep_alive = keep_alive && !resp.close && !self.tracker.draining.get();
+                    encode(&resp, head_only, keep_alive, &date::now(), &mut self.out);
                     if !keep_alive {
-                        close = true;
-                        break;
+                        return Batch {
+                            answered,
+                            close: true,
+                        };
                     }
                 }
-                Ok(Parsed::Partial) => break,
+                Ok(Parsed::Partial) => {
+                    return Batch {
+                        answered,
+                        close: false,
+                    };
+                }
                 Err(e) => {
                     encode(
-                        &Response::text(e.status(), &e.message(&cfg.limits)),
+                        &Response::text(e.status(), &e.message(&self.cfg.limits)),
                         false,
                         false,
                         &date::now(),
-                        &mut out,
+                        &mut self.out,
                     );
-                    close = true;
-                    break;
+                    return Batch {
+                        answered,
+                        close: true,
+                    };
                 }
             }
         }
-        if !out.is_empty() {
-            if stream.write_all(&out).await.is_err() {
-                return;
+    }
+
+    /// Writes the encoded responses with one write; `false` if that failed.
+    async fn write_out(&mut self) -> bool {
+        if !self.out.is_empty() {
+            if self.stream.write_all(&self.out).await.is_err() {
+                return false;
             }
-            out.clear();
+            self.out.clear();
         }
-        if close {
-            return;
-        }
-        // Make room for the next read.
-        if start == end {
-            start = 0;
-            end = 0;
-            request_started = None;
+        true
+    }
+
+    /// Makes room for the next read and keeps the clock of a buffered
+    /// partial request.
+    fn make_room(&mut self, answered: bool) {
+        if self.input.is_empty() {
+            self.input.clear();
+            self.request_started = None;
         } else {
             // A partial request is buffered: its clock starts when its first
             // bytes arrived, at the latest now if a request just completed.
-            if answered || request_started.is_none() {
-                request_started = Some(Instant::now());
+            if answered || self.request_started.is_none() {
+                self.request_started = Some(Instant::now());
             }
-            if end == buf.len() {
-                if start > 0 {
-                    buf.copy_within(start..end, 0);
-                    end -= start;
-                    start = 0;
-                } else if buf.len() < max_buf {
-                    buf.resize((buf.len() * 2).min(max_buf), 0);
-                }
-            }
+            self.input.compact_or_grow();
         }
-        let timeout = match request_started {
-            None => cfg.idle_timeout,
-            Some(t) => match cfg.request_timeout.checked_sub(t.elapsed()) {
-                Some(left) if !left.is_zero() => left,
-                _ => {
-                    timed_out(&mut stream).await;
-                    return;
-                }
+    }
+
+    /// How long the next read may wait: the idle timeout between requests,
+    /// what is left of the request timeout within one; `None` when that is
+    /// used up.
+    fn read_timeout(&self) -> Option<Duration> {
+        match self.request_started {
+            None => Some(self.cfg.idle_timeout),
+            Some(t) => match self.cfg.request_timeout.checked_sub(t.elapsed()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => None,
             },
-        };
+        }
+    }
+
+    /// Reads more of the peer's requests into `input`, fairly (see the
+    /// module doc): a non-blocking `recv` first, the executor's next I/O
+    /// poll when nothing is there or the streak is long, and only then a
+    /// read that arms an `io_uring` poll and waits up to `timeout`.
+    async fn read_more(&mut self, timeout: Duration) -> Read {
         // Fast path: read what is already there without arming an io_uring
         // poll (see `recv_now`); when nothing is there, let the executor
         // poll for I/O once (the other connections run meanwhile) so the
         // peer's next request has time to arrive.
-        let mut ready = if streak < FAIR_STREAK {
-            recv_now(&stream, &mut buf[end..])
+        let mut ready = if self.streak < FAIR_STREAK {
+            recv_now(&self.stream, self.input.spare())
         } else {
             None
         };
-        let waits = ready.is_none() && (cfg.yield_before_read || streak >= FAIR_STREAK);
+        let waits = ready.is_none() && (self.cfg.yield_before_read || self.streak >= FAIR_STREAK);
         if waits {
-            tracker.next_poll.wait().await;
-            ready = recv_now(&stream, &mut buf[end..]);
+            self.tracker.next_poll.wait().await;
+            ready = recv_now(&self.stream, self.input.spare());
         }
         // Reads in a row that found a request without the executor polling.
-        streak = if waits || ready.is_none() {
+        self.streak = if waits || ready.is_none() {
             0
         } else {
-            streak + 1
+            self.streak + 1
         };
         let read = if let Some(r) = ready {
             r
         } else {
-            if stream.set_read_timeout(Some(timeout)).is_err() {
-                return;
+            if self.stream.set_read_timeout(Some(timeout)).is_err() {
+                return Read::End;
             }
-            stream.read(&mut buf[end..]).await
+            self.stream.read(self.input.spare()).await
         };
         match read {
-            Ok(0) => return,
-            Ok(n) => end += n,
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                if request_started.is_some() {
-                    timed_out(&mut stream).await;
-                }
-                return;
-            }
-            Err(_) => return,
+            Ok(0) => Read::End,
+            Ok(n) => Read::Data(n),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Read::TimedOut,
+            Err(_) => Read::End,
         }
+    }
+}
+
+/// Bytes read from the peer and not parsed yet: `buf[start..end]`.
+struct Input {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The most `buf` grows to (the largest request plus a read's worth).
+    max: usize,
+}
+
+impl Input {
+    fn new(max: usize) -> Self {
+        Self {
+            buf: vec![0u8; INITIAL_BUF],
+            start: 0,
+            end: 0,
+            max,
+        }
+    }
+
+    fn unparsed(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// The first `n` unparsed bytes were parsed.
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Nothing is buffered: the next read starts at the front.
+    fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
+    /// When the buffer is full, moves the unparsed bytes to its front or,
+    /// if they already start there, doubles it (up to `max`).
+    fn compact_or_grow(&mut self) {
+        if self.end == self.buf.len() {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else if self.buf.len() < self.max {
+                self.buf.resize((self.buf.len() * 2).min(self.max), 0);
+            }
+        }
+    }
+
+    /// Where the next read goes.
+    fn spare(&mut self) -> &mut [u8] {
+        &mut self.buf[self.end..]
+    }
+
+    /// `n` bytes were read into [`Self::spare`].
+    fn filled(&mut self, n: usize) {
+        self.end += n;
     }
 }
 

@@ -35,7 +35,9 @@ use crate::router::{Mailboxes, Peer};
 use crate::storage::Store;
 use crate::topology::{NodeInfo, Topology, TopologyError};
 use executor::{NodeContext, run_executor};
+use nix::sys::signal::SigSet;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -263,10 +265,6 @@ impl std::error::Error for NodeError {}
 ///
 /// # Errors
 /// Any start-up failure (see the module doc for the order of checks).
-#[expect(
-    clippy::too_many_lines,
-    reason = "not split yet (issue 10, \"long functions split by what they do\")"
-)]
 pub fn run(opts: &Options) -> Result<(), NodeError> {
     crate::log::install(opts.log_level);
     // Before any thread exists, so that every thread inherits the mask and
@@ -275,15 +273,7 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
     install_kick()?;
     let cfg = config::load(&opts.config).map_err(NodeError::Config)?;
     let topo = Arc::new(Topology::new(&cfg, opts.serve.as_deref()).map_err(NodeError::Topology)?);
-    if let Some(shard) =
-        (0..topo.shard_count()).find(|&s| topo.replicas_of(s).count() < opts.sync_replicas)
-    {
-        return Err(NodeError::SyncReplicas {
-            wanted: opts.sync_replicas,
-            shard: topo.primary_of(shard).name.clone(),
-            replicas: topo.replicas_of(shard).count(),
-        });
-    }
+    check_sync_replicas(&topo, opts.sync_replicas)?;
     let locals: Vec<NodeInfo> = topo.local_nodes().cloned().collect();
     preflight(locals.len())?;
     let addrs = locals
@@ -291,10 +281,6 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         .map(|n| resolve(&n.address))
         .collect::<Result<Vec<_>, _>>()?;
     let reach = Arc::new(check_remotes(&topo));
-    std::fs::create_dir_all(&opts.data_dir).map_err(|error| NodeError::DataDir {
-        path: opts.data_dir.clone(),
-        error,
-    })?;
     // Who is primary of each shard: the configuration's primaries for ever
     // in a static cluster; with `--etcd`, nobody until the control plane
     // (started below, once the stores are open) says so.
@@ -303,8 +289,58 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
     } else {
         Roles::fixed(&topo)
     });
-    let mut shards = Vec::new();
-    for n in &locals {
+    let stores = open_stores(opts, &locals, &roles)?;
+    let listeners = bind_listeners(&locals, &addrs)?;
+    let (plane, control) = start_control(opts, &topo, roles, &locals, &stores)?;
+    let (contexts, stops) = node_contexts(opts, &topo, &plane, &reach, &locals, stores);
+    let placement = cpu_placement(&locals, &allowed_cpus());
+    // The executors and the signal watcher (started after start-up, with
+    // `events_tx`) report here, so that an executor dying and a signal
+    // arriving are waited for in one place.
+    let (events_tx, events_rx) = std::sync::mpsc::channel::<Event>();
+    let threads = spawn_executors(contexts, listeners, placement, &events_tx)?;
+    await_ready(&topo, &events_rx, &threads)?;
+    log_at!(
+        Level::Info,
+        "corekv",
+        "ready: {} node(s) of {} shard(s), data in {}",
+        locals.len(),
+        topo.shard_count(),
+        opts.data_dir.display()
+    );
+    wait_for_signal(&topo, signals, events_tx, &events_rx)?;
+    shut_down(control, &stops);
+    Ok(())
+}
+
+/// Refuses `--sync-replicas` larger than some shard's replica count: no
+/// write to that shard could ever be acknowledged.
+fn check_sync_replicas(topo: &Topology, sync_replicas: usize) -> Result<(), NodeError> {
+    if let Some(shard) =
+        (0..topo.shard_count()).find(|&s| topo.replicas_of(s).count() < sync_replicas)
+    {
+        return Err(NodeError::SyncReplicas {
+            wanted: sync_replicas,
+            shard: topo.primary_of(shard).name.clone(),
+            replicas: topo.replicas_of(shard).count(),
+        });
+    }
+    Ok(())
+}
+
+/// Creates the data directory, then opens each local node's redb file and
+/// starts its committer, fenced by `roles`; in the order of `locals`.
+fn open_stores(
+    opts: &Options,
+    locals: &[NodeInfo],
+    roles: &Arc<Roles>,
+) -> Result<Vec<NodeStore>, NodeError> {
+    std::fs::create_dir_all(&opts.data_dir).map_err(|error| NodeError::DataDir {
+        path: opts.data_dir.clone(),
+        error,
+    })?;
+    let mut stores = Vec::new();
+    for n in locals {
         let path = opts.data_dir.join(format!("{}.redb", n.file_stem()));
         let storage = |error| NodeError::Storage {
             node: n.name.clone(),
@@ -313,7 +349,7 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         };
         let store = Store::open_with_cache(&path, opts.durable, opts.cache_bytes)
             .map_err(|e| storage(StartError::Storage(e)))?;
-        shards.push(
+        stores.push(
             NodeStore::start(
                 store,
                 &n.name,
@@ -324,22 +360,48 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
             .map_err(storage)?,
         );
     }
-    // Listeners are bound here, after every check, with std (SO_REUSEADDR,
-    // no SO_REUSEPORT): a port another process listens on fails the start,
-    // while connections of an earlier run left in TIME_WAIT do not. glommio's
-    // own bind would set SO_REUSEPORT and silently share a port.
+    Ok(stores)
+}
+
+/// Binds each local node's listener.
+///
+/// Listeners are bound here, after every check, with std (`SO_REUSEADDR`,
+/// no `SO_REUSEPORT`): a port another process listens on fails the start,
+/// while connections of an earlier run left in `TIME_WAIT` do not. glommio's
+/// own bind would set `SO_REUSEPORT` and silently share a port.
+fn bind_listeners(
+    locals: &[NodeInfo],
+    addrs: &[SocketAddr],
+) -> Result<Vec<std::net::TcpListener>, NodeError> {
     let mut listeners = Vec::new();
-    for (n, addr) in locals.iter().zip(&addrs) {
+    for (n, addr) in locals.iter().zip(addrs) {
         listeners.push(listen(addr).map_err(|e| NodeError::Bind {
             node: n.name.clone(),
             addr: n.address.clone(),
             error: e.to_string(),
         })?);
     }
-    let (plane, control) = start_control(opts, &topo, roles.clone(), &locals, &shards)?;
+    Ok(listeners)
+}
+
+/// Sends a shutdown request to one executor; it answers on the enclosed
+/// channel once drained.
+type Stop = flume::Sender<flume::Sender<()>>;
+
+/// Everything each local node's executor needs, in the order of the local
+/// nodes: its store, its mailbox (and every local node's sender), the
+/// shared tables and settings, and the receiving end of its [`Stop`].
+fn node_contexts(
+    opts: &Options,
+    topo: &Arc<Topology>,
+    plane: &ControlPlane,
+    reach: &Arc<Reachability>,
+    locals: &[NodeInfo],
+    stores: Vec<NodeStore>,
+) -> (Vec<NodeContext>, Vec<Stop>) {
     let mut txs: Vec<Option<Peer>> = vec![None; topo.nodes.len()];
     let mut rxs = Vec::new();
-    for (n, shard) in locals.iter().zip(&shards) {
+    for (n, shard) in locals.iter().zip(&stores) {
         let (tx, rx) = flume::bounded(MAILBOX_CAPACITY);
         txs[n.id] = Some(Peer::new(tx, shard.reader_parts()));
         rxs.push(rx);
@@ -348,30 +410,20 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
     let nodes: LocalNodes = Arc::new(
         locals
             .iter()
-            .zip(&shards)
+            .zip(&stores)
             .map(|(n, s)| (n.clone(), s.stats.clone(), Arc::new(Metrics::default())))
             .collect(),
     );
     let token: Option<Arc<str>> = opts.token.as_deref().map(Arc::from);
-    let cpus = allowed_cpus();
-    let (events_tx, events_rx) = std::sync::mpsc::channel::<Event>();
+    let mut contexts = Vec::new();
     let mut stops = Vec::new();
-    let mut threads = Vec::new();
-    let placement = cpu_placement(&locals, &cpus);
-    for (((node, shard), (mailbox, listener)), cpu) in locals
-        .iter()
-        .cloned()
-        .zip(shards)
-        .zip(rxs.into_iter().zip(listeners))
-        .zip(placement)
-    {
+    for ((node, shard), mailbox) in locals.iter().cloned().zip(stores).zip(rxs) {
         let (stop_tx, stop_rx) = flume::bounded(1);
         stops.push(stop_tx);
-        let name = node.name.clone();
-        let ctx = NodeContext {
+        contexts.push(NodeContext {
             node,
             topo: topo.clone(),
-            roles: roles.clone(),
+            roles: plane.roles.clone(),
             control: plane.control.clone(),
             shard,
             mailbox,
@@ -394,8 +446,23 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
             stop: stop_rx,
             spin_before_park: opts.spin_before_park,
             preempt_timer: opts.preempt_timer,
-        };
-        let events = events_tx.clone();
+        });
+    }
+    (contexts, stops)
+}
+
+/// Starts one thread per local node that runs its executor on its CPU;
+/// returns each thread with its node's id.
+fn spawn_executors(
+    contexts: Vec<NodeContext>,
+    listeners: Vec<std::net::TcpListener>,
+    placement: Vec<usize>,
+    events: &std::sync::mpsc::Sender<Event>,
+) -> Result<Vec<(usize, std::thread::JoinHandle<()>)>, NodeError> {
+    let mut threads = Vec::new();
+    for ((ctx, listener), cpu) in contexts.into_iter().zip(listeners).zip(placement) {
+        let name = ctx.node.name.clone();
+        let events = events.clone();
         let id = ctx.node.id;
         let thread = std::thread::Builder::new()
             .name(format!("exec {name}"))
@@ -406,28 +473,28 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
             })?;
         threads.push((id, thread));
     }
-    // Kept for the signal watcher below; dropped here, the channel would
-    // close once every executor has.
-    let signal_tx = events_tx.clone();
-    drop(events_tx);
-    await_ready(&topo, &events_rx, &threads)?;
-    log_at!(
-        Level::Info,
-        "corekv",
-        "ready: {} node(s) of {} shard(s), data in {}",
-        locals.len(),
-        topo.shard_count(),
-        opts.data_dir.display()
-    );
-    // A watcher thread turns a signal into an event, so that an executor
-    // dying and a signal arriving are waited for in one place.
+    Ok(threads)
+}
+
+/// Waits for SIGINT, SIGTERM or SIGHUP; an executor that stops or fails
+/// first is an error.
+///
+/// A watcher thread turns a signal into an event on `events_tx` (the last
+/// sender this thread holds: without it the channel would close once every
+/// executor has).
+fn wait_for_signal(
+    topo: &Topology,
+    signals: SigSet,
+    events_tx: std::sync::mpsc::Sender<Event>,
+    events: &std::sync::mpsc::Receiver<Event>,
+) -> Result<(), NodeError> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let _ = signal_tx.send(Event::Signal(wait_signal(&signals)));
+            let _ = events_tx.send(Event::Signal(wait_signal(&signals)));
         })
         .map_err(NodeError::Signal)?;
-    match events_rx.recv() {
+    match events.recv() {
         Ok(Event::Signal(sig)) => {
             let sig = sig?;
             log_at!(
@@ -435,20 +502,25 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
                 "corekv",
                 "signal {sig}: draining and shutting down"
             );
+            Ok(())
         }
         Ok(Event::Stopped(node) | Event::Running(node) | Event::Ready { node, .. }) => {
-            return Err(NodeError::ExecutorDied(topo.nodes[node].name.clone()));
+            Err(NodeError::ExecutorDied(topo.nodes[node].name.clone()))
         }
-        Ok(Event::Failed(e)) => return Err(e),
-        Err(_) => return Err(NodeError::ExecutorDied("every executor".into())),
+        Ok(Event::Failed(e)) => Err(e),
+        Err(_) => Err(NodeError::ExecutorDied("every executor".into())),
     }
-    // A planned stop: the local primaries stop writing and the lease is
-    // revoked first, so the other hosts elect while this one drains.
+}
+
+/// A planned stop: the local primaries stop writing and the lease is
+/// revoked first, so the other hosts elect while this one drains; then
+/// every executor drains, for at most the grace period.
+fn shut_down(control: Option<control_plane::ControlHandle>, stops: &[Stop]) {
     if let Some(c) = control {
         c.stop();
     }
     let (done_tx, done_rx) = flume::unbounded::<()>();
-    for stop in &stops {
+    for stop in stops {
         let _ = stop.send(done_tx.clone());
     }
     let deadline = Instant::now() + SHUTDOWN_GRACE + Duration::from_secs(1);
@@ -460,7 +532,6 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         }
     }
     log_at!(Level::Info, "corekv", "stopped");
-    Ok(())
 }
 
 /// The roles (fixed, or moved by etcd with `--etcd`) and, with `--etcd`,
