@@ -686,41 +686,41 @@ impl Api {
         cond: Cond,
         apply_by: Option<SystemTime>,
     ) -> Result<Executed, ApiError> {
-        let outcome = self
-            .shard
-            .write(Write { op, cond }, apply_by)
-            .await
-            .map_err(|e| match e {
-                StoreError::DeadlinePassed { late } => ApiError::DeadlinePassed {
-                    node: self.me().name.clone(),
-                    late_ms: late.as_millis(),
-                },
-                StoreError::Overloaded { .. } => ApiError::Overloaded {
-                    node: self.me().name.clone(),
-                    why: e.to_string(),
-                },
-                StoreError::Unavailable { health, .. } => ApiError::StorageRefused {
-                    node: self.me().name.clone(),
-                    why: e.to_string(),
-                    no_space: health == StorageHealth::NoSpace,
-                },
-                StoreError::NotPrimary => ApiError::NoPrimary {
-                    node: self.me().name.clone(),
-                    shard: self.me().shard,
-                    why: "this node is not the primary with a valid lease",
-                },
-                StoreError::LeaseLost => ApiError::LeaseLost {
-                    node: self.me().name.clone(),
-                },
-                StoreError::OutcomeUnknown { .. } => ApiError::OutcomeUnknown {
-                    node: self.me().name.clone(),
-                    why: e.to_string(),
-                },
-                other => ApiError::Storage(other.to_string()),
-            })?;
+        let outcome = self.shard.write(Write { op, cond }, apply_by).await;
+        // Whatever the answer, the committer may have published a new seq
+        // (a batch committed as the lease ran out is in the store, and the
+        // replicas' long polls must hear of it now, not at their timeout).
+        self.seq.notify();
+        let outcome = outcome.map_err(|e| match e {
+            StoreError::DeadlinePassed { late } => ApiError::DeadlinePassed {
+                node: self.me().name.clone(),
+                late_ms: late.as_millis(),
+            },
+            StoreError::Overloaded { .. } => ApiError::Overloaded {
+                node: self.me().name.clone(),
+                why: e.to_string(),
+            },
+            StoreError::Unavailable { health, .. } => ApiError::StorageRefused {
+                node: self.me().name.clone(),
+                why: e.to_string(),
+                no_space: health == StorageHealth::NoSpace,
+            },
+            StoreError::NotPrimary => ApiError::NoPrimary {
+                node: self.me().name.clone(),
+                shard: self.me().shard,
+                why: "this node is not the primary with a valid lease",
+            },
+            StoreError::LeaseLost => ApiError::LeaseLost {
+                node: self.me().name.clone(),
+            },
+            StoreError::OutcomeUnknown { .. } => ApiError::OutcomeUnknown {
+                node: self.me().name.clone(),
+                why: e.to_string(),
+            },
+            other => ApiError::Storage(other.to_string()),
+        })?;
         Ok(match outcome {
             Outcome::Committed(seq) => {
-                self.seq.notify();
                 self.replicated(seq).await?;
                 Executed::Written { seq }
             }
