@@ -191,6 +191,14 @@ struct Args {
           value_parser = positive::<u64>,
           default_value_t = millis(Options::default().lease_ttl))]
     lease_ttl_ms: u64,
+
+    /// Answer a write 200 only once N replicas have applied it (504,
+    /// outcome unknown, when they cannot within --forward-timeout-ms); 0:
+    /// asynchronous replication. At most the smallest number of replicas
+    /// of a shard.
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = whole,
+          default_value_t = Options::default().sync_replicas as u64)]
+    sync_replicas: u64,
 }
 
 /// The `--serve` list (a newtype so clap takes it as one value).
@@ -340,6 +348,7 @@ where
         etcd: args.etcd.map(|a| a.0),
         etcd_prefix: args.etcd_prefix,
         lease_ttl: Duration::from_millis(args.lease_ttl_ms),
+        sync_replicas: usize::try_from(args.sync_replicas).unwrap_or(usize::MAX),
     };
     if let Some(Err(e)) = opts.control().map(|c| c.validate()) {
         return Err(usage_error(&e.to_string()));

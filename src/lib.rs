@@ -6,7 +6,10 @@
 //! Nothing imports a module from a layer above it.
 //!
 //! - pure, no I/O: [`config`] (sharding.toml → `ClusterConfig`), [`topology`]
-//!   (FNV-1 placement, who owns what), [`http::parse`] and [`http::encode`].
+//!   (FNV-1 placement, who owns what), [`roles`] (who is primary of each
+//!   shard now, in which epoch, and until when a node may write: atomics
+//!   shared by the control plane and the data plane), [`http::parse`] and
+//!   [`http::encode`].
 //! - storage: [`storage`], the only module that imports redb (synchronous).
 //! - per executor: [`nodestore`] (a node's store handle, its group-commit and reader threads),
 //!   [`replication`] (primary and replica sides), [`http::conn`] (the
@@ -15,6 +18,9 @@
 //!   executor's next I/O poll).
 //! - request path: [`router`] (local / in-process peer / remote host) and
 //!   [`api`] (the only place that knows URLs and status codes).
+//! - control plane (`--etcd` only, on its own threads, never an executor):
+//!   [`control`] (etcd client, leases, elections, switchovers); it only
+//!   writes [`roles`], which the data plane reads.
 //! - wiring: [`node`] (executors, mailboxes, listeners, start-up checks);
 //!   `main.rs` only parses the command line.
 

@@ -79,7 +79,15 @@ pub struct SeqWatch {
     next_id: Cell<u64>,
     /// Live waits: id → (target seq, waker).
     waiters: RefCell<HashMap<u64, (u64, Waker)>>,
-    stats: Arc<NodeStats>,
+    source: Source,
+}
+
+/// Where a [`SeqWatch`] reads its value.
+enum Source {
+    /// The node's published seq; the waiter count goes to `seq_waiters`.
+    Node(Arc<NodeStats>),
+    /// A value kept on this executor (a primary's replicated watermark).
+    Local(Rc<Cell<u64>>),
 }
 
 /// Removes a wait's entry when its `wait_for` future ends or is dropped.
@@ -104,13 +112,27 @@ impl SeqWatch {
         Self {
             next_id: Cell::new(0),
             waiters: RefCell::new(HashMap::new()),
-            stats,
+            source: Source::Node(stats),
+        }
+    }
+
+    /// A watch on a value this executor keeps in `value` (whoever changes
+    /// it calls [`SeqWatch::notify`]).
+    #[must_use]
+    pub fn local(value: Rc<Cell<u64>>) -> Self {
+        Self {
+            next_id: Cell::new(0),
+            waiters: RefCell::new(HashMap::new()),
+            source: Source::Local(value),
         }
     }
 
     #[must_use]
     pub fn get(&self) -> u64 {
-        self.stats.seq.load(Ordering::Acquire)
+        match &self.source {
+            Source::Node(stats) => stats.seq.load(Ordering::Acquire),
+            Source::Local(value) => value.get(),
+        }
     }
 
     /// Live waits right now.
@@ -120,9 +142,9 @@ impl SeqWatch {
     }
 
     fn publish(&self, waiters: usize) {
-        self.stats
-            .seq_waiters
-            .store(waiters as u64, Ordering::Relaxed);
+        if let Source::Node(stats) = &self.source {
+            stats.seq_waiters.store(waiters as u64, Ordering::Relaxed);
+        }
     }
 
     /// Wakes the waiters whose target the published seq reaches (and
@@ -196,6 +218,12 @@ pub struct PrimaryLog {
     progress: RefCell<HashMap<String, u64>>,
     replicas: Vec<String>,
     retain: Retention,
+    /// `--sync-replicas`: how many replicas must have applied a write
+    /// before it is acknowledged.
+    sync: usize,
+    /// The highest seq at least `sync` replicas have applied.
+    replicated_at: Rc<Cell<u64>>,
+    replicated: SeqWatch,
 }
 
 impl PrimaryLog {
@@ -210,13 +238,18 @@ impl PrimaryLog {
         committed: Rc<SeqWatch>,
         replicas: Vec<String>,
         retain: Retention,
+        sync: usize,
     ) -> Self {
+        let replicated_at = Rc::new(Cell::new(0));
         Self {
             shard,
             committed,
             progress: RefCell::new(HashMap::new()),
             replicas,
             retain,
+            sync,
+            replicated: SeqWatch::local(replicated_at.clone()),
+            replicated_at,
         }
     }
 
@@ -224,6 +257,32 @@ impl PrimaryLog {
     #[must_use]
     pub fn committed(&self) -> &Rc<SeqWatch> {
         &self.committed
+    }
+
+    /// Waits until `--sync-replicas` replicas have applied `seq` (at once
+    /// when that is 0); false when `timeout` passed first.
+    pub async fn replicated(&self, seq: u64, timeout: Duration) -> bool {
+        self.sync == 0 || self.replicated.wait_for(seq, timeout).await
+    }
+
+    /// Recomputes the seq at least `sync` replicas have applied after a
+    /// replica reported its progress, and wakes the writes it reaches.
+    fn replica_progressed(&self) {
+        if self.sync == 0 {
+            return;
+        }
+        let progress = self.progress.borrow();
+        let mut applied: Vec<u64> = self
+            .replicas
+            .iter()
+            .map(|r| progress.get(r).copied().unwrap_or(0))
+            .collect();
+        applied.sort_unstable_by(|a, b| b.cmp(a));
+        let at = applied.get(self.sync - 1).copied().unwrap_or(0);
+        if at > self.replicated_at.get() {
+            self.replicated_at.set(at);
+            self.replicated.notify();
+        }
     }
 
     /// Answers one pull. Log and snapshot pages are read on the node's
@@ -272,6 +331,7 @@ impl PrimaryLog {
                 // the map cannot grow past the configured replicas.
                 if self.is_replica(&pull.replica) {
                     self.progress.borrow_mut().insert(pull.replica, after);
+                    self.replica_progressed();
                     // The next group commit removes what every replica has.
                     self.shard
                         .stats

@@ -82,6 +82,10 @@ pub struct ApiConfig {
     /// sender's deadline, so it is never applied after the sender stopped
     /// waiting as long as the clocks differ by less than this.
     pub clock_skew: Duration,
+    /// Replicas that must have applied a write before it is acknowledged
+    /// (`--sync-replicas`), and how long a write waits for them.
+    pub sync_replicas: usize,
+    pub sync_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -89,6 +93,8 @@ impl Default for ApiConfig {
         Self {
             max_key: DEFAULT_MAX_KEY,
             clock_skew: DEFAULT_CLOCK_SKEW,
+            sync_replicas: 0,
+            sync_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -143,6 +149,13 @@ pub enum ApiError {
     /// Committed on a primary whose lease ran out during the commit.
     LeaseLost {
         node: String,
+    },
+    /// Committed on the primary as `seq`, but fewer than `wanted`
+    /// replicas applied it in time (`--sync-replicas`): 504, unknown.
+    NotReplicated {
+        node: String,
+        seq: u64,
+        wanted: usize,
     },
     Misdirected {
         node: String,
@@ -346,6 +359,12 @@ impl ApiError {
                 ))
                 .with_header("X-Shard", shard.to_string());
             }
+            Self::NotReplicated { node, seq, wanted } => (
+                504,
+                format!(
+                    "{node} committed the write as seq {seq} but {wanted} replica(s) did not apply it in time (--sync-replicas); outcome unknown: the write may have been applied, and may be lost if the primary fails now"
+                ),
+            ),
             Self::LeaseLost { node } => (
                 504,
                 format!(
@@ -702,10 +721,32 @@ impl Api {
         Ok(match outcome {
             Outcome::Committed(seq) => {
                 self.seq.notify();
+                self.replicated(seq).await?;
                 Executed::Written { seq }
             }
             Outcome::ConditionFailed { current } => Executed::ConditionFailed { current },
         })
+    }
+
+    /// With `--sync-replicas N`: waits until N replicas have applied `seq`.
+    async fn replicated(&self, seq: u64) -> Result<(), ApiError> {
+        if self.cfg.sync_replicas == 0 {
+            return Ok(());
+        }
+        let log = self.primary_log();
+        let done = match log {
+            Some(log) => log.replicated(seq, self.cfg.sync_timeout).await,
+            None => false,
+        };
+        if done {
+            Ok(())
+        } else {
+            Err(ApiError::NotReplicated {
+                node: self.me().name.clone(),
+                seq,
+                wanted: self.cfg.sync_replicas,
+            })
+        }
     }
 
     fn tag(&self, resp: Response) -> Response {

@@ -149,6 +149,7 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
         client,
         token,
         retain,
+        sync_replicas: api_config.sync_replicas,
     };
     glommio::spawn_local(duty.follow_roles()).detach();
     let tracker = Rc::new(Tracker::default());
@@ -204,6 +205,8 @@ struct Duty {
     client: Rc<Client>,
     token: Option<Arc<str>>,
     retain: Retention,
+    /// `--sync-replicas`.
+    sync_replicas: usize,
 }
 
 impl Duty {
@@ -283,6 +286,7 @@ impl Duty {
             self.seq.clone(),
             replicas,
             self.retain,
+            self.sync_replicas,
         ));
         self.api.set_primary_log(Some(log.clone()));
         if self.roles.is_controlled() {

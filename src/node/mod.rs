@@ -109,6 +109,9 @@ pub struct Options {
     pub etcd_prefix: String,
     /// The control plane's lease TTL.
     pub lease_ttl: Duration,
+    /// Replicas that must have applied a write before it is acknowledged
+    /// (`--sync-replicas`; 0: asynchronous replication).
+    pub sync_replicas: usize,
 }
 
 impl Options {
@@ -155,6 +158,7 @@ impl Default for Options {
             etcd: None,
             etcd_prefix: crate::control::DEFAULT_PREFIX.to_string(),
             lease_ttl: crate::control::DEFAULT_LEASE_TTL,
+            sync_replicas: 0,
         }
     }
 }
@@ -195,6 +199,12 @@ pub enum NodeError {
     StartTimeout,
     /// The etcd control plane could not start.
     Control(ControlError),
+    /// `--sync-replicas` asks for more replicas than `shard` has.
+    SyncReplicas {
+        wanted: usize,
+        shard: String,
+        replicas: usize,
+    },
     /// An executor stopped while the process was running.
     ExecutorDied(String),
 }
@@ -233,6 +243,14 @@ impl fmt::Display for NodeError {
             Self::Signal(e) => write!(f, "cannot wait for signals: {e}"),
             Self::StartTimeout => write!(f, "executors did not come up within 30 s"),
             Self::Control(e) => e.fmt(f),
+            Self::SyncReplicas {
+                wanted,
+                shard,
+                replicas,
+            } => write!(
+                f,
+                "--sync-replicas {wanted}: {shard}'s shard has only {replicas} replica(s); no write could ever be acknowledged"
+            ),
             Self::ExecutorDied(node) => write!(f, "{node}: executor stopped unexpectedly"),
         }
     }
@@ -257,6 +275,15 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
     install_kick()?;
     let cfg = config::load(&opts.config).map_err(NodeError::Config)?;
     let topo = Arc::new(Topology::new(&cfg, opts.serve.as_deref()).map_err(NodeError::Topology)?);
+    if let Some(shard) =
+        (0..topo.shard_count()).find(|&s| topo.replicas_of(s).count() < opts.sync_replicas)
+    {
+        return Err(NodeError::SyncReplicas {
+            wanted: opts.sync_replicas,
+            shard: topo.primary_of(shard).name.clone(),
+            replicas: topo.replicas_of(shard).count(),
+        });
+    }
     let locals: Vec<NodeInfo> = topo.local_nodes().cloned().collect();
     preflight(locals.len())?;
     let addrs = locals
@@ -360,6 +387,8 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
             api: ApiConfig {
                 max_key: opts.max_key,
                 clock_skew: opts.clock_skew,
+                sync_replicas: opts.sync_replicas,
+                sync_timeout: opts.forward_timeout,
             },
             forward_timeout: opts.forward_timeout,
             stop: stop_rx,
