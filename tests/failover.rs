@@ -47,7 +47,9 @@ const SETTLE: Duration = Duration::from_secs(15);
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Waits until every shard acknowledged a write sent after now.
@@ -65,9 +67,10 @@ fn writes_flow(load: &Load, ctx: &str) {
 /// Waits until `d` has passed since `from` on the load's clock (the load
 /// runs meanwhile: this is an observation window, not a wait for a state).
 fn observe_until(load: &Load, at: Duration) {
-    wait_until(at.saturating_sub(load.now()) + Duration::from_secs(1), || {
-        load.now() >= at
-    });
+    wait_until(
+        at.saturating_sub(load.now()) + Duration::from_secs(1),
+        || load.now() >= at,
+    );
 }
 
 fn summary(v: &Verdict) -> String {
@@ -170,7 +173,10 @@ fn kill9_trials(extra: &[&str], zero_loss: bool) {
         );
         times.push(took);
         c.restart(victim);
-        c.wait_settled(SETTLE, &format!("proc{victim} rejoining after trial {trial}"));
+        c.wait_settled(
+            SETTLE,
+            &format!("proc{victim} rejoining after trial {trial}"),
+        );
         // The old primaries are replicas now.
         let views = c.views();
         for &(s, _) in &hit {
@@ -310,6 +316,7 @@ fn sigstop_past_the_lease_then_the_old_primary_takes_no_write_in_the_old_epoch()
             sent,
             done,
             target: old_addr,
+            why: String::new(),
         });
     };
     for (q, sent) in queued.iter_mut().zip(&pipelined) {
@@ -381,13 +388,19 @@ fn write_status(c: &FoCluster, k: u32, s: u32) -> u16 {
     conn.get(&target).map_or(0, |r| r.status)
 }
 
+/// The lease TTL of the etcd test: 0.5 × TTL must exceed the time etcd
+/// takes to restart (0.35–0.65 s measured on a loaded 2-CPU machine, more
+/// than 0.5 × 1 s).
+const ETCD_TEST_TTL_MS: u64 = 2000;
+
 #[test]
 fn etcd_kill9_and_restart_under_load() {
     let _serial = serial();
     let Some(mut etcd) = Etcd::start() else {
         return;
     };
-    let c = FoCluster::start(&etcd.url, &[]);
+    let ttl = Duration::from_millis(ETCD_TEST_TTL_MS);
+    let c = FoCluster::start_ttl(&etcd.url, ETCD_TEST_TTL_MS, &[]);
     let load = Load::start(
         &c.nodes,
         c.proc_addrs(),
@@ -405,29 +418,31 @@ fn etcd_kill9_and_restart_under_load() {
     etcd.kill9();
     etcd.restart();
     let t_a1 = load.now();
-    eprintln!("short outage: etcd down for {:?}", t_a1 - t_a0);
+    let short = t_a1 - t_a0;
+    eprintln!("short outage: etcd down for {short:?} (TTL {ttl:?})");
+    assert!(
+        short <= ttl / 2,
+        "etcd took {short:?} to restart, more than half the TTL"
+    );
     observe_until(&load, t_a1 + Duration::from_secs(2));
     writes_flow(&load, "after the short outage");
 
-    // A long outage: 2.5 × the TTL.
+    // A long outage: twice the TTL.
     let t_b0 = load.now();
     let down = Instant::now();
     etcd.kill9();
     // The primaries stop taking writes when their lease cannot be renewed.
     let probe = 2_000_000;
     let mut s = 0;
-    let fenced = wait_until(Duration::from_secs(5), || {
+    let fenced = wait_until(ttl * 2, || {
         s += 1;
         write_status(&c, probe, s) == 503
     });
     assert!(fenced, "writes are still taken with etcd down");
-    eprintln!(
-        "long outage: writes refused {:?} after etcd was killed",
-        down.elapsed()
-    );
-    wait_until(Duration::from_secs(5), || {
-        down.elapsed() >= Duration::from_millis(TTL_MS * 5 / 2)
-    });
+    let fenced_after = down.elapsed();
+    eprintln!("long outage: writes refused {fenced_after:?} after etcd was killed");
+    assert!(fenced_after <= ttl, "fenced after {fenced_after:?}");
+    wait_until(ttl * 3, || down.elapsed() >= ttl * 2);
     etcd.restart();
     let t_b1 = load.now();
     let back = wait_until(Duration::from_secs(5), || {
@@ -445,7 +460,14 @@ fn etcd_kill9_and_restart_under_load() {
     writes_flow(&load, "after the long outage");
 
     let rec = load.finish();
-    assert_eq!(c.primaries(), before, "no election: the same primaries and epochs");
+    assert_eq!(
+        c.primaries(),
+        before,
+        "no election: the same primaries and epochs"
+    );
+    // Phases by the time a write was sent: 0 before the first kill (the
+    // writers learning the primaries), 1 short outage and after, 2 long
+    // outage until etcd is back + 2 s, 3 after.
     let mut by_phase: [BTreeMap<u16, usize>; 4] = Default::default();
     let mut bad = Vec::new();
     for r in &rec.records {
@@ -460,7 +482,10 @@ fn etcd_kill9_and_restart_under_load() {
         };
         *by_phase[phase].entry(r.status).or_default() += 1;
         let ok = match phase {
-            2 => r.status == 200 || r.status == 503,
+            0 => true,
+            // Refused (503), or its lease ran out during its commit (504,
+            // outcome unknown): the fencing of a primary that cannot renew.
+            2 => matches!(r.status, 200 | 503 | 504),
             _ => r.status == 200,
         };
         if !ok {
@@ -471,11 +496,7 @@ fn etcd_kill9_and_restart_under_load() {
         "write statuses: before {:?}; short outage and after {:?}; long outage + 2 s {:?}; after {:?}",
         by_phase[0], by_phase[1], by_phase[2], by_phase[3]
     );
-    eprintln!(
-        "reads: {} ({} failed)",
-        rec.reads,
-        rec.read_failures.len()
-    );
+    eprintln!("reads: {} ({} failed)", rec.reads, rec.read_failures.len());
     assert!(
         rec.read_failures.is_empty(),
         "reads failed: {:?}",
@@ -483,7 +504,7 @@ fn etcd_kill9_and_restart_under_load() {
     );
     assert!(
         bad.is_empty(),
-        "{} writes failed outside the long outage (phase 1: short outage, 2: long outage, 3: after): {:?}",
+        "{} writes failed outside the long outage (phase 1: short outage and after, 2: long outage, 3: after etcd is back + 2 s): {:?}",
         bad.len(),
         bad.iter().take(20).collect::<Vec<_>>()
     );
@@ -491,6 +512,50 @@ fn etcd_kill9_and_restart_under_load() {
     eprintln!("{}", summary(&v));
     assert!(v.phantom.is_empty(), "{:?}", v.phantom);
     assert!(v.lost.is_empty(), "{:?}", v.lost);
+}
+
+/// `POST /admin/promote?shard=NAME&to=ADDR` sent to `via`; waits until
+/// the target leads in the next epoch and the old primary follows it.
+fn switchover(c: &FoCluster, shard: usize, target: usize, via: usize) {
+    let (old, old_epoch) = c.primaries()[shard].expect("primary");
+    assert_ne!(old, target);
+    let t0 = Instant::now();
+    let mut conn = Conn::connect(c.addr(via)).expect("connect");
+    let r = conn
+        .request(
+            "POST",
+            &format!(
+                "/admin/promote?shard=shard{}&to={}",
+                shard + 1,
+                c.addr(target)
+            ),
+            &[],
+            b"",
+        )
+        .expect("promote");
+    let took = t0.elapsed();
+    assert_eq!(r.status, 200, "{r}");
+    let body = r.text();
+    eprintln!(
+        "promote of {} (asked of {}) answered after {took:?}: {}",
+        c.nodes[target].name,
+        c.nodes[via].name,
+        body.trim()
+    );
+    assert!(body.contains(&c.addr(target).to_string()), "{body}");
+    assert!(
+        body.contains(&format!("\"epoch\":{}", old_epoch + 1)),
+        "{body}"
+    );
+    let moved = wait_until(Duration::from_secs(5), || {
+        c.primaries()[shard] == Some((target, old_epoch + 1))
+    });
+    assert!(moved, "{:#?}", c.views());
+    c.wait_settled(SETTLE, "after the switchover");
+    let views = c.views();
+    let old_view = views.iter().find(|v| v.node == old).expect("old node");
+    assert_eq!(old_view.role, "replica", "{old_view:?}");
+    assert_eq!(old_view.epoch, old_epoch + 1, "{old_view:?}");
 }
 
 #[test]
@@ -509,44 +574,78 @@ fn promote_under_light_load_loses_no_acknowledged_write() {
     );
     c.wait_settled(SETTLE, "start");
     writes_flow(&load, "start");
-    // shard 1 (`shard2`): primary node 3 on proc1; its first replica is
-    // node 4 on proc2.
-    let (old, old_epoch) = c.primaries()[1].expect("primary");
-    assert_eq!(old, 3);
-    let target = 4;
-    let t0 = Instant::now();
-    let mut conn = Conn::connect(c.addr(0)).expect("connect");
-    let r = conn
-        .request(
-            "POST",
-            &format!("/admin/promote?shard=shard2&to={}", c.addr(target)),
-            &[],
-            b"",
-        )
-        .expect("promote");
-    let took = t0.elapsed();
-    assert_eq!(r.status, 200, "{r}");
-    let body = r.text();
-    eprintln!("promote answered after {took:?}: {}", body.trim());
-    assert!(body.contains(&c.addr(target).to_string()), "{body}");
-    assert!(
-        body.contains(&format!("\"epoch\":{}", old_epoch + 1)),
-        "{body}"
-    );
-    let moved = wait_until(Duration::from_secs(5), || {
-        c.primaries()[1] == Some((target, old_epoch + 1))
-    });
-    assert!(moved, "{:#?}", c.views());
-    c.wait_settled(SETTLE, "after the switchover");
-    let views = c.views();
-    let old_view = views.iter().find(|v| v.node == old).expect("old node");
-    assert_eq!(old_view.role, "replica", "{old_view:?}");
-    assert_eq!(old_view.epoch, old_epoch + 1, "{old_view:?}");
-    writes_flow(&load, "after the switchover");
+    let enough = |n: u64| {
+        let from = load.acks();
+        assert!(
+            wait_until(Duration::from_secs(15), || load.acks() >= from + n),
+            "the load does not progress"
+        );
+    };
+    enough(200);
+    // shard2's primary (node 3, proc1) to its first replica (node 4,
+    // proc2), asked of a node of proc0.
+    switchover(&c, 1, 4, 0);
+    writes_flow(&load, "after the first switchover");
+    enough(200);
+    // shard1's primary (node 0, proc0) to its second replica (node 2,
+    // proc2), asked of the primary itself.
+    switchover(&c, 0, 2, 0);
+    writes_flow(&load, "after the second switchover");
+    enough(200);
     let rec = load.finish();
+    for r in rec.records.iter().filter(|r| r.outcome == Outcome::Unknown) {
+        eprintln!("outcome unknown: {r:?}");
+    }
     let v = verify(&c, &rec.records);
     eprintln!("{}", summary(&v));
     assert!(v.phantom.is_empty(), "{:?}", v.phantom);
     assert!(v.lost.is_empty(), "acknowledged writes lost: {:?}", v.lost);
     assert_eq!(c.discarded_from_logs(), [0; SHARDS], "nothing discarded");
+}
+
+/// Longest accepted planned switchover under light load (README: "from the
+/// fence to the target catching up (~50 ms + its lag)").
+const MAX_SWITCHOVER: Duration = Duration::from_secs(1);
+
+#[test]
+#[ignore = "bug: a write whose commit straddles the switchover's fence (answered 504 \"lease ran out\") does not wake the replicas' long polls, so the target catches up only after LONG_POLL (2 s)"]
+fn switchovers_under_light_load_take_well_under_a_second() {
+    let _serial = serial();
+    let Some(etcd) = Etcd::start() else { return };
+    let c = FoCluster::start(&etcd.url, &[]);
+    let load = Load::start(
+        &c.nodes,
+        c.proc_addrs(),
+        LoadCfg {
+            writers: 4,
+            pause: Duration::from_millis(5),
+            ..LoadCfg::default()
+        },
+    );
+    c.wait_settled(SETTLE, "start");
+    writes_flow(&load, "start");
+    // shard1 back and forth between its primary (node 0) and first replica
+    // (node 1), asked of a node of another process (proc2).
+    let mut times = Vec::new();
+    for round in 0..6 {
+        let target = if round % 2 == 0 { 1 } else { 0 };
+        let t0 = Instant::now();
+        switchover(&c, 0, target, 2);
+        times.push(t0.elapsed());
+        writes_flow(&load, &format!("after switchover {round}"));
+    }
+    let rec = load.finish();
+    let lease_lost = rec.records.iter().filter(|r| r.status == 504).count();
+    let v = verify(&c, &rec.records);
+    eprintln!("{}", summary(&v));
+    eprintln!(
+        "switchovers (promote answered, roles settled): {times:?}; {lease_lost} writes answered 504"
+    );
+    assert!(v.phantom.is_empty(), "{:?}", v.phantom);
+    assert!(v.lost.is_empty(), "acknowledged writes lost: {:?}", v.lost);
+    let slow: Vec<_> = times.iter().filter(|t| **t > MAX_SWITCHOVER).collect();
+    assert!(
+        slow.is_empty(),
+        "switchovers slower than {MAX_SWITCHOVER:?}: {slow:?} of {times:?}"
+    );
 }

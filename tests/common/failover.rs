@@ -159,9 +159,18 @@ impl FoCluster {
     /// When the cluster does not start (with its logs).
     #[must_use]
     pub fn start(etcd_url: &str, extra: &[&str]) -> Self {
+        Self::start_ttl(etcd_url, TTL_MS, extra)
+    }
+
+    /// As [`FoCluster::start`] with another lease TTL.
+    ///
+    /// # Panics
+    /// When the cluster does not start (with its logs).
+    #[must_use]
+    pub fn start_ttl(etcd_url: &str, ttl_ms: u64, extra: &[&str]) -> Self {
         let mut last = String::new();
         for _attempt in 0..4 {
-            match Self::try_start(etcd_url, extra) {
+            match Self::try_start(etcd_url, ttl_ms, extra) {
                 Ok(c) => return c,
                 Err((msg, port_taken)) if port_taken => last = msg,
                 Err((msg, _)) => panic!("{msg}"),
@@ -170,7 +179,7 @@ impl FoCluster {
         panic!("corekv could not bind its ports after 4 attempts:\n{last}");
     }
 
-    fn try_start(etcd_url: &str, extra: &[&str]) -> Result<Self, (String, bool)> {
+    fn try_start(etcd_url: &str, ttl_ms: u64, extra: &[&str]) -> Result<Self, (String, bool)> {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(SHARDS * 3);
         let mut nodes = Vec::new();
@@ -194,7 +203,9 @@ impl FoCluster {
         let procs = (0..SHARDS)
             .map(|p| Proc {
                 label: format!("proc{p}"),
-                nodes: (0..nodes.len()).filter(|&i| nodes[i].proc_idx == p).collect(),
+                nodes: (0..nodes.len())
+                    .filter(|&i| nodes[i].proc_idx == p)
+                    .collect(),
                 data_dir: dir.path().join(format!("data-{p}")),
                 child: None,
                 stopped: false,
@@ -205,7 +216,7 @@ impl FoCluster {
             "--etcd".to_string(),
             etcd_url.to_string(),
             "--lease-ttl-ms".to_string(),
-            TTL_MS.to_string(),
+            ttl_ms.to_string(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_string()));
         let mut c = Self {
@@ -218,7 +229,10 @@ impl FoCluster {
         for p in 0..SHARDS {
             if let Err(e) = c.launch(p) {
                 let logs = c.all_logs();
-                return Err((format!("{e}\n{logs}"), logs.contains("Address already in use")));
+                return Err((
+                    format!("{e}\n{logs}"),
+                    logs.contains("Address already in use"),
+                ));
             }
         }
         let ok = super::wait_until(START_DEADLINE, || {
@@ -515,6 +529,10 @@ impl Drop for FoCluster {
         if std::thread::panicking() {
             eprintln!("==== corekv logs ====\n{}", self.all_logs());
         }
+        if std::env::var_os("COREKV_KEEP_TEST_DIR").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            eprintln!("kept the cluster's directory {}", dir.keep().display());
+        }
     }
 }
 
@@ -590,6 +608,8 @@ pub struct Record {
     pub sent: Duration,
     pub done: Duration,
     pub target: SocketAddr,
+    /// The body of an answer other than 200, 403 and 503.
+    pub why: String,
 }
 
 /// One read attempt that did not answer 200 or 404.
@@ -651,6 +671,8 @@ pub struct View {
 struct Marks {
     since: [AtomicU64; SHARDS],
     first: [AtomicU64; SHARDS],
+    /// Acknowledged writes so far.
+    acks: AtomicU64,
 }
 
 /// How a [`Load`] runs.
@@ -713,6 +735,7 @@ impl Load {
         let marks = Arc::new(Marks {
             since: std::array::from_fn(|_| AtomicU64::new(u64::MAX)),
             first: std::array::from_fn(|_| AtomicU64::new(u64::MAX)),
+            acks: AtomicU64::new(0),
         });
         // The monitor: roles from /status every 50 ms.
         let monitor = {
@@ -783,6 +806,12 @@ impl Load {
     pub fn first_ack_after_mark(&self, shard: usize) -> Option<Duration> {
         let v = self.marks.first[shard].load(Ordering::SeqCst);
         (v != u64::MAX).then(|| Duration::from_nanos(v))
+    }
+
+    /// Writes acknowledged so far.
+    #[must_use]
+    pub fn acks(&self) -> u64 {
+        self.marks.acks.load(Ordering::Relaxed)
     }
 
     /// Forgets the primaries the writers believe in (they learn them again
@@ -892,7 +921,11 @@ fn writer(
         }
         .unwrap_or_else(|| view.all[rng.below(view.all.len())]);
         let sent = t0.elapsed();
-        let path = format!("/set?key={}&value={}", enc(key.as_bytes()), value_of(k, seq));
+        let path = format!(
+            "/set?key={}&value={}",
+            enc(key.as_bytes()),
+            value_of(k, seq)
+        );
         let (status, outcome, body) = match conns.get(target, &path) {
             Ok(r) => {
                 let outcome = match r.status {
@@ -907,6 +940,7 @@ fn writer(
         };
         let done = t0.elapsed();
         if outcome == Outcome::Acked {
+            marks.acks.fetch_add(1, Ordering::Relaxed);
             let sent_ns = sent.as_nanos() as u64;
             if sent_ns > marks.since[shard].load(Ordering::SeqCst) {
                 marks.first[shard].fetch_min(done.as_nanos() as u64, Ordering::SeqCst);
@@ -923,6 +957,11 @@ fn writer(
             200 => {}
             _ => std::thread::sleep(Duration::from_millis(10)),
         }
+        let why = if matches!(status, 200 | 403 | 503) {
+            String::new()
+        } else {
+            body
+        };
         out.push(Record {
             key: k,
             seq,
@@ -932,6 +971,7 @@ fn writer(
             sent,
             done,
             target,
+            why,
         });
         if !pause.is_zero() {
             std::thread::sleep(pause);
