@@ -117,7 +117,7 @@ fn kill9_trials(extra: &[&str], zero_loss: bool) {
     let _serial = serial();
     let Some(etcd) = Etcd::start() else { return };
     let mut c = FoCluster::start(&etcd.url, extra);
-    let load = Load::start(&c.nodes, c.proc_addrs(), LoadCfg::default());
+    let load = Load::start(&c.nodes, &c.proc_addrs(), LoadCfg::default());
     let mut times = Vec::new();
     let mut next = 0;
     for trial in 0..TRIALS {
@@ -155,7 +155,11 @@ fn kill9_trials(extra: &[&str], zero_loss: bool) {
         );
         let took = hit
             .iter()
-            .map(|&(s, _)| load.first_ack_after_mark(s).expect("acked") - t_kill)
+            .map(|&(s, _)| {
+                load.first_ack_after_mark(s)
+                    .expect("acked")
+                    .saturating_sub(t_kill)
+            })
             .max()
             .expect("a shard");
         let now = c.primaries();
@@ -233,7 +237,7 @@ fn sigstop_past_the_lease_then_the_old_primary_takes_no_write_in_the_old_epoch()
     let _serial = serial();
     let Some(etcd) = Etcd::start() else { return };
     let mut c = FoCluster::start(&etcd.url, &[]);
-    let load = Load::start(&c.nodes, c.proc_addrs(), LoadCfg::default());
+    let load = Load::start(&c.nodes, &c.proc_addrs(), LoadCfg::default());
     c.wait_settled(SETTLE, "start");
     writes_flow(&load, "start");
     // proc0 serves shard 0's configured primary, node 0.
@@ -340,12 +344,11 @@ fn sigstop_past_the_lease_then_the_old_primary_takes_no_write_in_the_old_epoch()
         if conn.is_none() {
             conn = Conn::connect(old_addr).ok();
         }
-        let status = match conn.as_mut().map(|cn| cn.get(&target)) {
-            Some(Ok(r)) => r.status,
-            _ => {
-                conn = None;
-                0
-            }
+        let status = if let Some(Ok(r)) = conn.as_mut().map(|cn| cn.get(&target)) {
+            r.status
+        } else {
+            conn = None;
+            0
         };
         record(k, s, sent, status, load.now());
     }
@@ -403,7 +406,7 @@ fn etcd_kill9_and_restart_under_load() {
     let c = FoCluster::start_ttl(&etcd.url, ETCD_TEST_TTL_MS, &[]);
     let load = Load::start(
         &c.nodes,
-        c.proc_addrs(),
+        &c.proc_addrs(),
         LoadCfg {
             readers: 4,
             ..LoadCfg::default()
@@ -418,7 +421,7 @@ fn etcd_kill9_and_restart_under_load() {
     etcd.kill9();
     etcd.restart();
     let t_a1 = load.now();
-    let short = t_a1 - t_a0;
+    let short = t_a1.saturating_sub(t_a0);
     eprintln!("short outage: etcd down for {short:?} (TTL {ttl:?})");
     assert!(
         short <= ttl / 2,
@@ -452,8 +455,8 @@ fn etcd_kill9_and_restart_under_load() {
     assert!(back, "writes do not resume after etcd is back");
     eprintln!(
         "long outage: etcd down for {:?}; writes taken again {:?} after it was healthy",
-        t_b1 - t_b0,
-        load.now() - t_b1
+        t_b1.saturating_sub(t_b0),
+        load.now().saturating_sub(t_b1)
     );
     let t_b2 = t_b1 + Duration::from_secs(2);
     observe_until(&load, t_b2 + Duration::from_secs(2));
@@ -565,7 +568,7 @@ fn promote_under_light_load_loses_no_acknowledged_write() {
     let c = FoCluster::start(&etcd.url, &[]);
     let load = Load::start(
         &c.nodes,
-        c.proc_addrs(),
+        &c.proc_addrs(),
         LoadCfg {
             writers: 4,
             pause: Duration::from_millis(5),
@@ -615,7 +618,7 @@ fn switchovers_under_light_load_take_well_under_a_second() {
     let c = FoCluster::start(&etcd.url, &[]);
     let load = Load::start(
         &c.nodes,
-        c.proc_addrs(),
+        &c.proc_addrs(),
         LoadCfg {
             writers: 4,
             pause: Duration::from_millis(5),
@@ -628,7 +631,7 @@ fn switchovers_under_light_load_take_well_under_a_second() {
     // (node 1), asked of a node of another process (proc2).
     let mut times = Vec::new();
     for round in 0..6 {
-        let target = if round % 2 == 0 { 1 } else { 0 };
+        let target = usize::from(round % 2 == 0);
         let t0 = Instant::now();
         switchover(&c, 0, target, 2);
         times.push(t0.elapsed());

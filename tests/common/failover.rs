@@ -334,9 +334,11 @@ impl FoCluster {
                         .last()
                         .and_then(|f| std::fs::read_to_string(f).ok())
                         .is_some_and(|s| s.contains("Address already in use"));
-                    if !in_use || Instant::now() >= end {
-                        panic!("restart of proc{p} failed: {e}\n{}", self.all_logs());
-                    }
+                    assert!(
+                        in_use && Instant::now() < end,
+                        "restart of proc{p} failed: {e}\n{}",
+                        self.all_logs()
+                    );
                     if let Some(mut c) = self.procs[p].child.take() {
                         let _ = c.kill();
                         let _ = c.wait();
@@ -725,7 +727,7 @@ impl Load {
     /// Starts the threads against the processes whose node addresses are
     /// `procs` (see [`FoCluster::proc_addrs`]).
     #[must_use]
-    pub fn start(nodes: &[Node], procs: Vec<Vec<SocketAddr>>, cfg: LoadCfg) -> Self {
+    pub fn start(nodes: &[Node], procs: &[Vec<SocketAddr>], cfg: LoadCfg) -> Self {
         let t0 = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let view = Arc::new(View {
@@ -740,7 +742,7 @@ impl Load {
         // The monitor: roles from /status every 50 ms.
         let monitor = {
             let (stop, view, nodes) = (stop.clone(), view.clone(), nodes.to_vec());
-            let procs = procs.clone();
+            let procs = procs.to_vec();
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let p = primaries_of(&views_of(&nodes, &procs));
@@ -860,29 +862,16 @@ impl Conns {
     /// Sends `GET target` to `addr`: the status, or `Err(sent)` (whether
     /// the request may have reached the server).
     fn get(&mut self, addr: SocketAddr, target: &str) -> Result<super::Resp, bool> {
-        let conn = match self.0.entry(addr) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let Ok(c) = Conn::connect_timeout(addr, Duration::from_secs(1)) else {
-                    return Err(false);
-                };
-                let mut c = c;
-                let _ = c.set_read_timeout(Duration::from_secs(8));
-                v.insert(c)
-            }
-        };
-        match conn.get(target) {
-            Ok(r) => {
-                if r.closes() {
-                    self.0.remove(&addr);
-                }
-                Ok(r)
-            }
-            Err(_) => {
-                self.0.remove(&addr);
-                Err(true)
-            }
+        if let std::collections::hash_map::Entry::Vacant(v) = self.0.entry(addr) {
+            let mut c = Conn::connect_timeout(addr, Duration::from_secs(1)).map_err(|_| false)?;
+            let _ = c.set_read_timeout(Duration::from_secs(8));
+            v.insert(c);
         }
+        let r = self.0.get_mut(&addr).map(|c| c.get(target));
+        if !matches!(&r, Some(Ok(resp)) if !resp.closes()) {
+            self.0.remove(&addr);
+        }
+        r.and_then(Result::ok).ok_or(true)
     }
 }
 
