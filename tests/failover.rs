@@ -91,6 +91,16 @@ fn check_losses_explained(c: &FoCluster, v: &Verdict) {
     );
     let lost = v.lost_per_shard();
     let discarded = c.discarded_from_logs();
+    // The counters of the running processes agree with their logs (earlier
+    // generations' counters died with them; their log lines did not).
+    let mut counted = [0; SHARDS];
+    for n in c.views() {
+        counted[c.nodes[n.node].shard] += n.discarded;
+    }
+    assert!(
+        (0..SHARDS).all(|s| counted[s] <= discarded[s]),
+        "discarded_writes in /status {counted:?} exceed the logged discards {discarded:?}"
+    );
     eprintln!(
         "acknowledged writes lost per shard {lost:?}; entries discarded on rejoin per shard {discarded:?}"
     );

@@ -397,7 +397,8 @@ impl FoCluster {
     }
 
     /// Every process runs; each shard has one primary, all nodes agree on
-    /// its epoch and every replica follows it.
+    /// its epoch and every replica follows it (`following`, or
+    /// `catching-up` under load; not `reseeding` or `disconnected`).
     #[must_use]
     pub fn settled(&self) -> bool {
         if !(0..self.procs.len()).all(|p| self.is_up(p)) {
@@ -415,7 +416,7 @@ impl FoCluster {
                 && of
                     .iter()
                     .filter(|n| n.role == "replica")
-                    .all(|n| n.state == "following")
+                    .all(|n| n.state == "following" || n.state == "catching-up")
         })
     }
 
