@@ -478,23 +478,6 @@ impl FoCluster {
         out
     }
 
-    /// The lines of every log containing `needle`.
-    #[must_use]
-    pub fn log_lines(&self, needle: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        for p in &self.procs {
-            for f in &p.logs {
-                let text = std::fs::read_to_string(f).unwrap_or_default();
-                out.extend(
-                    text.lines()
-                        .filter(|l| l.contains(needle))
-                        .map(|l| format!("{}: {l}", p.label)),
-                );
-            }
-        }
-        out
-    }
-
     /// Every log (last 64 KiB of each), for failure messages.
     #[must_use]
     pub fn all_logs(&self) -> String {
@@ -815,12 +798,6 @@ impl Load {
     #[must_use]
     pub fn acks(&self) -> u64 {
         self.marks.acks.load(Ordering::Relaxed)
-    }
-
-    /// Forgets the primaries the writers believe in (they learn them again
-    /// from `/status` and 403 answers).
-    pub fn forget(&self, shard: usize) {
-        self.view.primaries.write().expect("view")[shard] = None;
     }
 
     /// Stops every thread and returns what they recorded.
