@@ -640,7 +640,7 @@ fn switchovers_under_light_load_take_well_under_a_second() {
     // shard1 back and forth between its primary (node 0) and first replica
     // (node 1), asked of a node of another process (proc2).
     let mut times = Vec::new();
-    for round in 0..6 {
+    for round in 0..10 {
         let target = usize::from(round % 2 == 0);
         let t0 = Instant::now();
         switchover(&c, 0, target, 2);
