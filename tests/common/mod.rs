@@ -17,6 +17,7 @@
 )]
 
 pub mod etcd;
+pub mod failover;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
