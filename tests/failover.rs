@@ -621,7 +621,6 @@ fn promote_under_light_load_loses_no_acknowledged_write() {
 const MAX_SWITCHOVER: Duration = Duration::from_secs(1);
 
 #[test]
-#[ignore = "bug: a write whose commit straddles the switchover's fence (answered 504 \"lease ran out\") does not wake the replicas' long polls, so the target catches up only after LONG_POLL (2 s)"]
 fn switchovers_under_light_load_take_well_under_a_second() {
     let _serial = serial();
     let Some(etcd) = Etcd::start() else { return };
