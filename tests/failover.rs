@@ -571,11 +571,9 @@ fn switchover(c: &FoCluster, shard: usize, target: usize, via: usize) {
     assert_eq!(old_view.epoch, old_epoch + 1, "{old_view:?}");
 }
 
-#[test]
-fn promote_under_light_load_loses_no_acknowledged_write() {
-    let _serial = serial();
-    let Some(etcd) = Etcd::start() else { return };
-    let c = FoCluster::start(&etcd.url, &[]);
+/// Four writers pausing 5 ms between writes, flowing once the cluster has
+/// settled (the switchover tests' load).
+fn light_load(c: &FoCluster) -> Load {
     let load = Load::start(
         &c.nodes,
         &c.proc_addrs(),
@@ -587,6 +585,15 @@ fn promote_under_light_load_loses_no_acknowledged_write() {
     );
     c.wait_settled(SETTLE, "start");
     writes_flow(&load, "start");
+    load
+}
+
+#[test]
+fn promote_under_light_load_loses_no_acknowledged_write() {
+    let _serial = serial();
+    let Some(etcd) = Etcd::start() else { return };
+    let c = FoCluster::start(&etcd.url, &[]);
+    let load = light_load(&c);
     let enough = |n: u64| {
         let from = load.acks();
         assert!(
@@ -625,17 +632,7 @@ fn switchovers_under_light_load_take_well_under_a_second() {
     let _serial = serial();
     let Some(etcd) = Etcd::start() else { return };
     let c = FoCluster::start(&etcd.url, &[]);
-    let load = Load::start(
-        &c.nodes,
-        &c.proc_addrs(),
-        LoadCfg {
-            writers: 4,
-            pause: Duration::from_millis(5),
-            ..LoadCfg::default()
-        },
-    );
-    c.wait_settled(SETTLE, "start");
-    writes_flow(&load, "start");
+    let load = light_load(&c);
     // shard1 back and forth between its primary (node 0) and first replica
     // (node 1), asked of a node of another process (proc2).
     let mut times = Vec::new();

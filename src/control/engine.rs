@@ -511,6 +511,18 @@ impl Engine {
     // -----------------------------------------------------------------
     // Leader changes
 
+    /// The leader key our own successful transaction wrote at `revision`
+    /// (on our lease), as the watch will report it.
+    fn own_leader_kv(&self, key: Vec<u8>, value: String, revision: i64) -> Kv {
+        Kv {
+            key,
+            value: value.into_bytes(),
+            create_revision: revision,
+            mod_revision: revision,
+            lease: self.lease,
+        }
+    }
+
     /// A leader key was put (seen in the watch, a read, or our own txn).
     fn leader_put(&mut self, s: usize, kv: &Kv) {
         if kv.mod_revision <= self.shards[s].leader_rev {
@@ -803,13 +815,7 @@ impl Engine {
                     self.name(n),
                     "won the election for shard {s}: epoch {epoch} ({took} ms after it started)"
                 );
-                let kv = Kv {
-                    key: leader_key,
-                    value: value.into_bytes(),
-                    create_revision: r.revision,
-                    mod_revision: r.revision,
-                    lease: self.lease,
-                };
+                let kv = self.own_leader_kv(leader_key, value, r.revision);
                 self.leader_put(s, &kv);
             }
             Ok(r) => {
@@ -1187,13 +1193,7 @@ impl Engine {
                     self.name(n),
                     "took over shard {s} by switchover: epoch {epoch}"
                 );
-                let kv = Kv {
-                    key: leader_key,
-                    value: value.into_bytes(),
-                    create_revision: r.revision,
-                    mod_revision: r.revision,
-                    lease: self.lease,
-                };
+                let kv = self.own_leader_kv(leader_key, value, r.revision);
                 self.leader_put(s, &kv);
                 self.handover_delete(s, r.revision);
             }
