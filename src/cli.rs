@@ -2,7 +2,7 @@
 //!
 //! Pure: arguments in, [`Command`] out; the only input besides the
 //! arguments is the `COREKV_TOKEN` environment variable. The options, their
-//! help texts and their defaults are declared once, in [`Args`]; the
+//! help texts and their defaults are declared once, in `Args`; the
 //! defaults are read from [`Options::default`], so `--help` shows the values
 //! the program really uses.
 

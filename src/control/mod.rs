@@ -69,7 +69,7 @@
 //! local primaries stop writing when their deadline passes;
 //! [`ControlStatus`] says "etcd unreachable since …" (for `/ready`).
 //!
-//! **Planned switchover** ([`ControlHandle::promote`]): the requester puts
+//! **Planned switchover** ([`ControlClient::promote`]): the requester puts
 //! `handover {to, from_epoch}` (only if none exists and the leader is
 //! unchanged). The current primary's process fences its node, waits until
 //! its seq has stopped moving, and adds `seq: S`. The target's process
@@ -292,8 +292,8 @@ impl ControlStatus {
         }
     }
 
-    /// The problem `/ready` should report, if any: "etcd unreachable
-    /// since <unix ms> (N ms)".
+    /// The problem `/ready` should report, if any: `etcd unreachable
+    /// since DATE (N ms)`.
     #[must_use]
     pub fn ready_problem(&self) -> Option<String> {
         let since = self.unreachable_since()?;

@@ -5,7 +5,7 @@
 //! Depends on `storage`, `log` and flume. The executor reads single keys directly
 //! ([`Reader`]: microseconds, redb reads run beside a commit) but never
 //! writes the store: every write goes to the node's committer thread as a
-//! [`Job`]. The committer takes every job waiting in its queue, commits all
+//! `Job`. The committer takes every job waiting in its queue, commits all
 //! queued writes in one transaction (one fsync), then answers each writer;
 //! writes that arrive during a commit form the next batch.
 //!

@@ -15,7 +15,7 @@ pub(super) type ReadJob = Box<dyn FnOnce(&Store) + Send>;
 
 /// Reads one node's store from any executor of the process.
 ///
-/// Not `Send`: each executor makes its own from [`NodeStore::reader_parts`].
+/// Not `Send`: each executor makes its own from [`super::NodeStore::reader_parts`].
 /// Reads share one read transaction until the node's committer publishes a
 /// new seq or reopens the store (a new [`Store::generation`]: the cached
 /// snapshot belongs to the closed `Database` and is dropped; a read that
