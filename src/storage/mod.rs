@@ -666,6 +666,14 @@ impl Store {
             if entries.is_empty() && seq != after + 1 {
                 return Ok(LogRead::Trimmed);
             }
+            // The log can have a hole: a node that was primary keeps the
+            // entries it wrote, then applied others as a replica (replicas
+            // log nothing) before it became primary again. Entries past the
+            // hole are not contiguous with these: stop at it (the next pull
+            // finds the hole first and is answered `Trimmed`).
+            if entries.last().is_some_and(|e: &LogEntry| e.seq + 1 != seq) {
+                break;
+            }
             let op = record_of(&pieces, seq, raw.value())?;
             bytes += match &op {
                 WriteOp::Set { key, value } => key.len() + value.len(),
@@ -840,10 +848,18 @@ impl Store {
         txn.delete_table(DATA_PIECES)?;
         txn.open_table(DATA)?;
         txn.open_table(DATA_PIECES)?;
+        // A node that was a primary has a log of its own; after a failover
+        // some of it may be from a history the cluster dropped. Nothing of
+        // it may be served once the data is replaced.
+        txn.delete_table(LOG)?;
+        txn.delete_table(LOG_PIECES)?;
+        txn.open_table(LOG)?;
+        txn.open_table(LOG_PIECES)?;
         {
             let mut meta = txn.open_table(META)?;
             meta.insert(META_RESEED, 1)?;
             meta.insert(META_DATA_BYTES, 0)?;
+            meta.insert(META_LOG_BYTES, 0)?;
         }
         txn.commit()?;
         Ok(())
@@ -902,6 +918,37 @@ mod tests {
             op,
             cond: Cond::Always,
         }
+    }
+
+    #[test]
+    fn a_log_with_a_hole_stops_at_it_and_a_reseed_drops_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("h.redb"), false).expect("open");
+        // Primary for seqs 1..=3, then a replica (applies 4..=5, logs
+        // nothing), then primary again from 6.
+        s.commit_writes(&[w(set("a", "1")), w(set("b", "2")), w(set("c", "3"))])
+            .expect("commit");
+        let applied = [4, 5].map(|seq| LogEntry {
+            seq,
+            op: set("r", "x"),
+        });
+        assert_eq!(s.apply_entries(&applied, &[]).expect("apply"), 5);
+        s.commit_writes(&[w(set("d", "6"))]).expect("commit");
+        let LogRead::Entries(first) = s.read_log(1, 100, 1 << 20).expect("read") else {
+            panic!("entries after 1 are logged");
+        };
+        assert_eq!(first.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(s.read_log(3, 100, 1 << 20).expect("read"), LogRead::Trimmed);
+        let LogRead::Entries(last) = s.read_log(5, 100, 1 << 20).expect("read") else {
+            panic!("entry 6 is logged");
+        };
+        assert_eq!(last.iter().map(|e| e.seq).collect::<Vec<_>>(), [6]);
+        s.reseed_begin().expect("reseed");
+        assert_eq!(
+            s.first_logged().expect("first"),
+            None,
+            "the old log is gone"
+        );
     }
 
     #[test]
