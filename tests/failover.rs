@@ -273,9 +273,12 @@ fn sigstop_past_the_lease_then_the_old_primary_takes_no_write_in_the_old_epoch()
         let r = q.get("/health").expect("health");
         assert_eq!(r.status, 200);
     }
-    let t_stop = load.now();
     let stopped_at = Instant::now();
     c.stop(0);
+    // Every thread of the process is stopped only now: a write it
+    // acknowledged between the signal and here is an ordinary asynchronous
+    // acknowledgement (it may be lost with `--sync-replicas 0`).
+    let t_stop = load.now();
     // A new primary in a new epoch, on another process.
     let elected = wait_until(Duration::from_secs(10), || {
         c.primaries()[0].is_some_and(|(n, e)| n != old && e > old_epoch)
@@ -380,7 +383,13 @@ fn sigstop_past_the_lease_then_the_old_primary_takes_no_write_in_the_old_epoch()
     eprintln!("{}", summary(&v));
     // Nothing acknowledged after the stop may be missing: the old primary
     // answered nothing while stopped, and nothing in its old epoch after.
-    let late: Vec<_> = v.lost.iter().filter(|l| l.acked_done >= t_stop).collect();
+    // (An answer the process wrote just before it stopped can reach its
+    // client a moment after `t_stop`: 100 ms of slack for the client side.)
+    let late: Vec<_> = v
+        .lost
+        .iter()
+        .filter(|l| l.acked_done >= t_stop + Duration::from_millis(100))
+        .collect();
     assert!(
         late.is_empty(),
         "writes acknowledged after SIGSTOP (at {t_stop:?}, SIGCONT at {t_cont:?}) are lost: {late:?}"

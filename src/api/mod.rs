@@ -722,6 +722,16 @@ impl Api {
         Ok(match outcome {
             Outcome::Committed(seq) => {
                 self.replicated(seq).await?;
+                // The committer checked the lease right after the commit;
+                // this task may run much later (the process was stopped, or
+                // the executor was busy): a 200 must not leave a node whose
+                // lease has run out meanwhile, since a new primary may
+                // already be writing without this write.
+                if self.shard.fence().writable_epoch().is_none() {
+                    return Err(ApiError::LeaseLost {
+                        node: self.me().name.clone(),
+                    });
+                }
                 Executed::Written { seq }
             }
             Outcome::ConditionFailed { current } => Executed::ConditionFailed { current },
