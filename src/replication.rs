@@ -29,7 +29,7 @@ use crate::nodestore::{NodeStats, NodeStore, StoreError};
 use crate::protocol::{
     Mail, MailError, Pull, PullKind, PullReply, ask, decode_reply, encode_pull, node_request,
 };
-use crate::storage::{EpochStart, LogRead, end_of};
+use crate::storage::{EpochStart, LogKeep, LogRead, end_of};
 use futures_lite::future;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -502,14 +502,27 @@ fn set_state(shard: &NodeStore, state: ReplicaState) {
     shard.stats.state.store(state as u64, Ordering::Relaxed);
 }
 
-/// The replica side: follows the primary forever.
-pub async fn follow(shard: Rc<NodeStore>, applied: Rc<SeqWatch>, upstream: Upstream, name: String) {
+/// The replica side: follows the primary forever. The replica logs what it
+/// applies (so that, promoted, it can serve the others) and keeps
+/// `retain.entries` entries behind its applied seq, and at most the smaller
+/// of `retain.bytes` and its data's size (see `storage::Store::apply_entries`).
+pub async fn follow(
+    shard: Rc<NodeStore>,
+    applied: Rc<SeqWatch>,
+    upstream: Upstream,
+    name: String,
+    retain: Retention,
+) {
+    let keep = LogKeep {
+        entries: retain.entries,
+        bytes: retain.bytes,
+    };
     let mut backoff = Duration::from_millis(50);
     let mut last_error = String::new();
     loop {
         let step = match shard.store().reseed_pending() {
             Ok(true) => reseed(&shard, &upstream, &name).await,
-            Ok(false) => pull_once(&shard, &upstream, &name).await,
+            Ok(false) => pull_once(&shard, &upstream, &name, keep).await,
             Err(e) => Err(e.to_string()),
         };
         applied.notify();
@@ -531,7 +544,12 @@ pub async fn follow(shard: Rc<NodeStore>, applied: Rc<SeqWatch>, upstream: Upstr
     }
 }
 
-async fn pull_once(shard: &NodeStore, upstream: &Upstream, name: &str) -> Result<(), String> {
+async fn pull_once(
+    shard: &NodeStore,
+    upstream: &Upstream,
+    name: &str,
+    keep: LogKeep,
+) -> Result<(), String> {
     let applied = shard.stats.seq.load(Ordering::Acquire);
     // Until the replica has heard from its primary, ask without waiting, so
     // a caught-up replica reports itself as following at once.
@@ -592,7 +610,7 @@ async fn pull_once(shard: &NodeStore, upstream: &Upstream, name: &str) -> Result
             };
             if !entries.is_empty() {
                 shard
-                    .apply(entries, epochs)
+                    .apply(entries, epochs, keep)
                     .await
                     .map_err(|e| e.to_string())?;
             }

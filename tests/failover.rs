@@ -12,7 +12,10 @@
 //!   resumed process acknowledges no write the new primary does not have;
 //! - etcd kill -9 and restart under load: a short outage costs no write, a
 //!   long one only 503s while etcd is down, reads never fail, no election;
-//! - `POST /admin/promote` under light load: no acknowledged write lost.
+//! - `POST /admin/promote` under light load: no acknowledged write lost;
+//! - kill -9 of a primary under load: the shard's other replica
+//!   follows the promoted one from its log (replicas log what they apply),
+//!   without a re-seed.
 //!
 //! The tests run one at a time (a lock), so that the measured times are not
 //! those of four clusters sharing the CPUs. They skip (printing why) when
@@ -666,4 +669,85 @@ fn switchovers_under_light_load_take_well_under_a_second() {
         slow.is_empty(),
         "switchovers slower than {MAX_SWITCHOVER:?}: {slow:?} of {times:?}"
     );
+}
+
+/// kill -9 of shard 1's primary under load: the replica promoted in
+/// its place logged what it applied, so the shard's other replica goes on
+/// from its applied seq with the new primary's log: no "re-seed" line for
+/// any node of the shard after the kill.
+#[test]
+fn kill9_of_a_primary_the_other_replica_follows_the_new_one_without_a_reseed() {
+    let _serial = serial();
+    let Some(etcd) = Etcd::start() else { return };
+    let mut c = FoCluster::start(&etcd.url, &[]);
+    // Full load: the replicas are a few entries apart when the primary dies.
+    let load = Load::start(&c.nodes, &c.proc_addrs(), LoadCfg::default());
+    c.wait_settled(SETTLE, "start");
+    writes_flow(&load, "start");
+    let enough = |n: u64| {
+        let from = load.acks();
+        assert!(
+            wait_until(Duration::from_secs(15), || load.acks() >= from + n),
+            "the load does not progress"
+        );
+    };
+    enough(300);
+    let (old, epoch) = c.primaries()[0].expect("shard 1 has a primary");
+    let victim = c.nodes[old].proc_idx;
+    let shard_nodes: Vec<String> = c
+        .nodes
+        .iter()
+        .filter(|n| n.shard == 0 && n.proc_idx != victim)
+        .map(|n| format!("node={} ", n.name))
+        .collect();
+    let reseeds = |c: &FoCluster| -> Vec<String> {
+        c.log_lines("re-seed")
+            .into_iter()
+            .filter(|l| shard_nodes.iter().any(|n| l.contains(n.as_str())))
+            .collect()
+    };
+    let before = reseeds(&c);
+    // The other replica falls behind: its process is stopped (well within
+    // the lease) while shard 1 takes writes, and resumed only once the
+    // primary is dead, so the replica promoted in its place is ahead of it.
+    let lagging = c
+        .nodes
+        .iter()
+        .find(|n| n.shard == 0 && n.proc_idx != victim)
+        .map(|n| n.proc_idx)
+        .expect("a replica of shard 1");
+    c.stop(lagging);
+    std::thread::sleep(Duration::from_millis(300));
+    c.kill9(victim);
+    c.cont(lagging);
+    load.mark(0);
+    assert!(
+        wait_until(Duration::from_secs(20), || load
+            .first_ack_after_mark(0)
+            .is_some()),
+        "writes to shard 1 did not resume: {:#?}",
+        c.views()
+    );
+    let (new, e2) = c.primaries()[0].expect("a new primary");
+    assert!(e2 > epoch && new != old, "primary {new} in epoch {e2}");
+    enough(300);
+    // The other replica of the shard has caught up with the new primary.
+    let caught_up = wait_until(SETTLE, || {
+        let views = c.views();
+        let Some(p) = views.iter().find(|v| v.node == new) else {
+            return false;
+        };
+        views
+            .iter()
+            .filter(|v| c.nodes[v.node].shard == 0 && v.node != new && v.node != old)
+            .all(|v| (v.state == "following" || v.state == "catching-up") && v.seq + 50 >= p.seq)
+    });
+    assert!(caught_up, "{:#?}\n{}", c.views(), c.all_logs());
+    let after = reseeds(&c);
+    let new_lines: Vec<&String> = after.iter().filter(|l| !before.contains(l)).collect();
+    assert!(
+        new_lines.is_empty(),
+        "re-seeds after the failover: {new_lines:#?}"
+    );
+    drop(load.finish());
 }

@@ -111,6 +111,25 @@ fn overwrites_stay_within_the_space_bound() {
             "data_bytes {data}, logical {logical}"
         );
     }
+    // The replica logs what it applies (so that, promoted, it could serve
+    // it), within the smaller of the byte bound and its data's size.
+    let replica_log = |name: &str| field(sh.primary, &rname, name);
+    assert!(
+        wait_until(SETTLE, || replica_log("log_entries").is_some_and(|n| n > 0)
+            && replica_log("space_seq") == Some((KEYS * ROUNDS) as u64)),
+        "the replica logs nothing: {:?}",
+        status_nodes(sh.primary)
+    );
+    let (rlog, rentries) = (
+        replica_log("log_bytes").expect("log_bytes"),
+        replica_log("log_entries").expect("log_entries"),
+    );
+    eprintln!("replica log: {rentries} entries, {rlog} bytes (data {logical})");
+    assert!(rlog <= logical, "replica log {rlog} bytes, data {logical}");
+    assert!(
+        rentries < (KEYS * ROUNDS) as u64,
+        "replica log not trimmed: {rentries}"
+    );
     let dir = &c.procs[0].data_dir;
     let (pdisk, plen) = file_size(&dir.join("shard1-primary.redb"));
     let (rdisk, rlen) = file_size(&dir.join("shard1-replica.redb"));

@@ -320,6 +320,7 @@ impl Duty {
             self.seq.clone(),
             upstream,
             self.node.name.clone(),
+            self.retain,
         ));
         Mode::Replica { of, follow }
     }

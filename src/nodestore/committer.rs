@@ -19,7 +19,9 @@ use super::{
 };
 use crate::log::Level;
 use crate::log_at;
-use crate::storage::{EpochStart, LogEntry, Outcome, StorageError, Store, Versioned, Write};
+use crate::storage::{
+    EpochStart, LogEntry, LogKeep, Outcome, StorageError, Store, Versioned, Write,
+};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -32,7 +34,7 @@ pub(super) enum Job {
     /// A write, its apply-by time (if any) and where to answer.
     Write(Write, Option<SystemTime>, Reply<Outcome>),
     /// Replicated entries and the epoch history that covers them.
-    Apply(Vec<LogEntry>, Vec<EpochStart>, Reply<u64>),
+    Apply(Vec<LogEntry>, Vec<EpochStart>, LogKeep, Reply<u64>),
     Trim(u64, u64, Reply<usize>),
     ReseedBegin(Reply<()>),
     ReseedChunk(Vec<(Vec<u8>, Versioned)>, Reply<()>),
@@ -512,12 +514,12 @@ impl Committer<'_> {
         let (store, stats) = (self.store, self.stats);
         match job {
             Job::Write(..) => {}
-            Job::Apply(entries, history, reply) => {
+            Job::Apply(entries, history, keep, reply) => {
                 if self.fence.is_primary() {
                     let _ = reply.send(Err(StoreError::IsPrimary));
                     return;
                 }
-                let r = self.check(store.apply_entries(&entries, &history));
+                let r = self.check(store.apply_entries(&entries, &history, keep));
                 if let Ok(seq) = r {
                     publish(store, stats, seq);
                     stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -564,7 +566,7 @@ fn refuse(job: Job, e: &StoreError) {
         Job::Write(_, _, reply) => {
             let _ = reply.send(Err(e.clone()));
         }
-        Job::Apply(_, _, reply) => {
+        Job::Apply(_, _, _, reply) => {
             let _ = reply.send(Err(e.clone()));
         }
         Job::Trim(_, _, reply) => {

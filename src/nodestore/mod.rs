@@ -72,7 +72,8 @@ pub use reader::Reader;
 
 use crate::roles::Roles;
 use crate::storage::{
-    EpochStart, LogEntry, LogRead, Outcome, SnapshotPage, StorageError, Store, Versioned, Write,
+    EpochStart, LogEntry, LogKeep, LogRead, Outcome, SnapshotPage, StorageError, Store, Versioned,
+    Write,
 };
 use committer::Job;
 use reader::ReadJob;
@@ -634,7 +635,9 @@ impl NodeStore {
         self.call(true, |r| Job::Write(write, apply_by, r)).await
     }
 
-    /// Replica: applies log entries in one transaction; returns applied seq.
+    /// Replica: applies log entries in one transaction, logging them and
+    /// trimming its log to `keep` (see `Store::apply_entries`); returns
+    /// the applied seq.
     ///
     /// # Errors
     /// Storage failure or a gap in the entries.
@@ -642,8 +645,10 @@ impl NodeStore {
         &self,
         entries: Vec<LogEntry>,
         history: Vec<EpochStart>,
+        keep: LogKeep,
     ) -> Result<u64, StoreError> {
-        self.call(false, |r| Job::Apply(entries, history, r)).await
+        self.call(false, |r| Job::Apply(entries, history, keep, r))
+            .await
     }
 
     /// Primary: removes log entries up to `upto`, and the oldest beyond

@@ -3,7 +3,10 @@
 //!
 //! Synchronous; no async, no executor types. A primary's write stores the
 //! data change and its log entry in one transaction; a replica's apply
-//! stores the data change and its applied sequence in one transaction.
+//! stores the data change, its log entry and its applied sequence in one
+//! transaction (so a replica promoted after a failover can serve the
+//! entries it applied to the other replicas; it trims its own log in the
+//! same transactions, see [`Store::apply_entries`]).
 //! Transactions never outlive a call (read snapshots handed out by
 //! [`Store::snapshot`] do, see below). Layout of the file:
 //!
@@ -11,7 +14,7 @@
 //! data: key bytes -> [seq: u64 LE][value bytes]   seq = the write that set it
 //!                  | [seq | 2^63][len: u64 LE][first piece]   (a large value)
 //! data_pieces: key ++ i (u32 BE) -> piece i >= 1 of a large value
-//! log : seq u64   -> [op: u8][key len: u32 LE][key][value]   (primary only)
+//! log : seq u64   -> [op: u8][key len: u32 LE][key][value]
 //!                  | [0x80][len: u64 LE][first piece]   (a large record)
 //! log_pieces: seq (u64 BE) ++ i (u32 BE) -> piece i >= 1 of a large record
 //! meta: "seq"     -> last committed (primary) / last applied (replica)
@@ -25,7 +28,9 @@
 //! pieces (`pieces.rs`: redb rounds a large entry's page up to a power of
 //! two, which doubled the space of 64 KiB values). Files written before
 //! pieces existed read as they are (their entries are whole). The log is
-//! bounded by bytes as well as by entries ([`Store::trim_log`]).
+//! bounded by bytes as well as by entries: a primary's by
+//! [`Store::trim_log`] and its group commits, a replica's by its applies
+//! (to at most the data's size, so its file stays within about twice it).
 //!
 //! Reopening. After one I/O error (a full disk: `ENOSPC`) redb latches the
 //! database: every later operation fails with "Previous I/O error
@@ -100,6 +105,15 @@ pub struct Space {
     /// Disk space the file takes (allocated blocks; less than its length
     /// where redb has grown it without writing yet).
     pub disk_bytes: u64,
+}
+
+/// How much log a replica keeps ([`Store::apply_entries`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogKeep {
+    /// Records behind the applied seq.
+    pub entries: u64,
+    /// Bytes of records, at most (and at most the data's own size).
+    pub bytes: u64,
 }
 
 /// Running byte counts of a write transaction (META `data_bytes`,
@@ -639,7 +653,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Primary: log entries after `after`, at most `max_entries` and about
+    /// Log entries after `after` (a primary serves them), at most `max_entries` and about
     /// `max_bytes` of payload (always at least one entry when any exists).
     ///
     /// # Errors
@@ -666,9 +680,10 @@ impl Store {
             if entries.is_empty() && seq != after + 1 {
                 return Ok(LogRead::Trimmed);
             }
-            // The log can have a hole: a node that was primary keeps the
-            // entries it wrote, then applied others as a replica (replicas
-            // log nothing) before it became primary again. Entries past the
+            // The log can have a hole: files written before replicas logged
+            // what they apply (a node that was primary kept the entries it
+            // wrote, then applied others as a replica without logging them
+            // before it became primary again). Entries past the
             // hole are not contiguous with these: stop at it (the next pull
             // finds the hole first and is answered `Trimmed`).
             if entries.last().is_some_and(|e: &LogEntry| e.seq + 1 != seq) {
@@ -746,19 +761,35 @@ impl Store {
     /// the last one as applied. Entries at or below the applied seq are
     /// skipped (re-delivery is harmless); a gap is an error.
     ///
+    /// Each applied entry is also logged (as a primary logs its writes), so
+    /// that once promoted the node can serve the entries it applied to the
+    /// shard's other replicas instead of re-seeding them. The same
+    /// transaction trims the oldest records, a bounded number (twice the
+    /// batch, plus 64), while they are more than `keep.entries` behind the
+    /// applied seq or the log holds more bytes than the smaller of
+    /// `keep.bytes` and the data's own size. (A primary keeps the larger of
+    /// the two, for replicas that are behind now; a replica's log serves
+    /// only after a failover, when the others are usually close behind,
+    /// and keeping it to the data's size bounds a replica's file to about
+    /// twice its data.)
+    ///
     /// # Errors
     /// [`StorageError::Gap`] or storage failures; nothing is applied then.
     pub fn apply_entries(
         &self,
         entries: &[LogEntry],
         history: &[EpochStart],
+        keep: LogKeep,
     ) -> Result<u64, StorageError> {
         let txn = self.begin_write()?;
         epochs::record(&txn, history, false)?;
         let applied = {
             let mut meta = txn.open_table(META)?;
             let mut data = DataTables::open(&txn)?;
+            let mut log = txn.open_table(LOG)?;
+            let mut log_pieces = txn.open_table(LOG_PIECES)?;
             let mut usage = Usage::load(&meta)?;
+            let mut record = Vec::new();
             let mut applied = meta.get(META_SEQ)?.map_or(0, |v| v.value());
             for e in entries {
                 if e.seq <= applied {
@@ -774,7 +805,25 @@ impl Store {
                     WriteOp::Set { key, value } => data.put(&mut usage, key, e.seq, value)?,
                     WriteOp::Delete { key } => data.remove(&mut usage, key)?,
                 }
+                record.clear();
+                e.op.encode_into(&mut record);
+                // The log holds nothing past the applied seq (both change in
+                // the same transactions); a stale record would only be
+                // replaced, with its pieces and bytes.
+                remove_record(&mut log, &mut log_pieces, &mut usage, e.seq)?;
+                put_record(&mut log, &mut log_pieces, &mut usage, e.seq, &record)?;
                 applied = e.seq;
+            }
+            let upto = applied.saturating_sub(keep.entries);
+            let bound = keep.bytes.min(usage.data);
+            for _ in 0..2 * entries.len() + 64 {
+                let first = log.first()?.map(|(k, _)| k.value());
+                match first {
+                    Some(first) if first <= upto || usage.log > bound => {
+                        remove_record(&mut log, &mut log_pieces, &mut usage, first)?;
+                    }
+                    _ => break,
+                }
             }
             meta.insert(META_SEQ, applied)?;
             usage.save(&mut meta)?;
@@ -920,19 +969,159 @@ mod tests {
         }
     }
 
+    /// Keeps every record a replica applies.
+    const KEEP_ALL: LogKeep = LogKeep {
+        entries: u64::MAX,
+        bytes: u64::MAX,
+    };
+
+    /// Adds `len` bytes of data outside the log (a re-seed chunk), so that
+    /// a replica's log is not bounded by a small data set's size.
+    fn pad(s: &Store, len: usize) {
+        let pair = (
+            b"pad".to_vec(),
+            Versioned {
+                seq: 0,
+                value: vec![0; len],
+            },
+        );
+        s.reseed_chunk(&[pair]).expect("pad");
+    }
+
+    /// Removes log records `seqs` (as files written before replicas logged
+    /// what they apply lack them).
+    fn unlog(s: &Store, seqs: &[u64]) {
+        let txn = s.begin_write().expect("begin");
+        {
+            let mut meta = txn.open_table(META).expect("meta");
+            let mut log = txn.open_table(LOG).expect("log");
+            let mut pieces = txn.open_table(LOG_PIECES).expect("pieces");
+            let mut usage = Usage::load(&meta).expect("usage");
+            for &seq in seqs {
+                assert!(remove_record(&mut log, &mut pieces, &mut usage, seq).expect("remove"));
+            }
+            usage.save(&mut meta).expect("save");
+        }
+        txn.commit().expect("commit");
+    }
+
+    #[test]
+    fn a_replica_logs_what_it_applies_within_its_bounds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = Store::open(&dir.path().join("r.redb"), false).expect("open");
+        pad(&r, 100_000);
+        // Small and large (in pieces) records, logged as applied.
+        let entries: Vec<LogEntry> = (1..=6)
+            .map(|seq| LogEntry {
+                seq,
+                op: if seq % 2 == 0 {
+                    big("k", 10_000, u8::try_from(seq).expect("small"))
+                } else {
+                    set(&format!("s{seq}"), "v")
+                },
+            })
+            .collect();
+        assert_eq!(r.apply_entries(&entries, &[], KEEP_ALL).expect("apply"), 6);
+        // Re-delivery changes nothing.
+        assert_eq!(r.apply_entries(&entries, &[], KEEP_ALL).expect("apply"), 6);
+        let space = r.space().expect("space");
+        assert_eq!(space.log_entries, 6, "{space:?}");
+        let logical: u64 = entries
+            .iter()
+            .map(|e| {
+                let mut rec = Vec::new();
+                e.op.encode_into(&mut rec);
+                rec.len() as u64
+            })
+            .sum();
+        assert_eq!(space.log_bytes, logical);
+        // Promoted, it serves what it applied, with the same writes.
+        let LogRead::Entries(read) = r.read_log(0, 100, usize::MAX).expect("read") else {
+            panic!("entries are logged");
+        };
+        assert_eq!(read, entries);
+        // The entry bound: the last 2 up to the applied seq.
+        let keep = LogKeep {
+            entries: 2,
+            bytes: u64::MAX,
+        };
+        let next = [LogEntry {
+            seq: 7,
+            op: set("s7", "v"),
+        }];
+        assert_eq!(r.apply_entries(&next, &[], keep).expect("apply"), 7);
+        assert_eq!(r.first_logged().expect("first"), Some(6));
+        assert_eq!(
+            r.read_log(4, 100, usize::MAX).expect("read"),
+            LogRead::Trimmed
+        );
+        let LogRead::Entries(read) = r.read_log(5, 100, usize::MAX).expect("read") else {
+            panic!("6 and 7 are logged");
+        };
+        assert_eq!(read.iter().map(|e| e.seq).collect::<Vec<_>>(), [6, 7]);
+        // The byte bound: at most the smaller of `bytes` and the data's size.
+        let mut seq = 7;
+        for i in 0..20u8 {
+            seq += 1;
+            let e = [LogEntry {
+                seq,
+                op: big(&format!("b{i}"), 10_000, i),
+            }];
+            let keep = LogKeep {
+                entries: 1_000,
+                bytes: 25_000,
+            };
+            r.apply_entries(&e, &[], keep).expect("apply");
+            let space = r.space().expect("space");
+            assert!(space.log_bytes <= 25_000.min(space.data_bytes), "{space:?}");
+            assert!(space.log_entries >= 1, "{space:?}");
+        }
+        // Data smaller than `bytes`: the data's size bounds the log.
+        seq += 1;
+        let keep = LogKeep {
+            entries: 1_000,
+            bytes: u64::MAX,
+        };
+        r.apply_entries(
+            &[LogEntry {
+                seq,
+                op: set("s", "v"),
+            }],
+            &[],
+            keep,
+        )
+        .expect("apply");
+        let space = r.space().expect("space");
+        assert!(space.log_bytes <= space.data_bytes, "{space:?}");
+        // The log is contiguous up to the applied seq.
+        let first = r.first_logged().expect("first").expect("some");
+        let LogRead::Entries(read) = r.read_log(first - 1, 1000, usize::MAX).expect("read") else {
+            panic!("entries");
+        };
+        assert_eq!(read.last().map(|e| e.seq), Some(seq));
+        assert_eq!(read.len() as u64, seq - first + 1);
+        // A re-seed drops it.
+        r.reseed_begin().expect("reseed");
+        assert_eq!(r.first_logged().expect("first"), None);
+        assert_eq!(r.space().expect("space").log_bytes, 0);
+    }
+
     #[test]
     fn a_log_with_a_hole_stops_at_it_and_a_reseed_drops_the_log() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = Store::open(&dir.path().join("h.redb"), false).expect("open");
-        // Primary for seqs 1..=3, then a replica (applies 4..=5, logs
-        // nothing), then primary again from 6.
+        // Primary for seqs 1..=3, then a replica (applies 4..=5; a file
+        // written before replicas logged what they apply has no record of
+        // them), then primary again from 6.
         s.commit_writes(&[w(set("a", "1")), w(set("b", "2")), w(set("c", "3"))])
             .expect("commit");
         let applied = [4, 5].map(|seq| LogEntry {
             seq,
             op: set("r", "x"),
         });
-        assert_eq!(s.apply_entries(&applied, &[]).expect("apply"), 5);
+        pad(&s, 10_000);
+        assert_eq!(s.apply_entries(&applied, &[], KEEP_ALL).expect("apply"), 5);
+        unlog(&s, &[4, 5]);
         s.commit_writes(&[w(set("d", "6"))]).expect("commit");
         let LogRead::Entries(first) = s.read_log(1, 100, 1 << 20).expect("read") else {
             panic!("entries after 1 are logged");
@@ -1089,9 +1278,13 @@ mod tests {
         };
         assert_eq!(entries.len(), 3);
         let r = Store::open(&dir.path().join("r.redb"), true).expect("open");
-        assert_eq!(r.apply_entries(&entries[..2], &[]).expect("apply"), 2);
+        assert_eq!(
+            r.apply_entries(&entries[..2], &[], KEEP_ALL)
+                .expect("apply"),
+            2
+        );
         // Re-delivery is skipped; the rest applies.
-        assert_eq!(r.apply_entries(&entries, &[]).expect("apply"), 3);
+        assert_eq!(r.apply_entries(&entries, &[], KEEP_ALL).expect("apply"), 3);
         assert_eq!(r.get(b"a").expect("get"), None);
         assert_eq!(r.seq().expect("seq"), 3);
         // A gap is refused.
@@ -1100,7 +1293,7 @@ mod tests {
             op: set("z", "z"),
         };
         assert!(matches!(
-            r.apply_entries(&[gap], &[]),
+            r.apply_entries(&[gap], &[], KEEP_ALL),
             Err(StorageError::Gap { applied: 3, got: 5 })
         ));
 
@@ -1184,7 +1377,7 @@ mod tests {
             panic!("trimmed");
         };
         assert_eq!(entries.len(), sizes.len());
-        r.apply_entries(&entries, &[]).expect("apply");
+        r.apply_entries(&entries, &[], KEEP_ALL).expect("apply");
         assert_eq!(r.get(b"k").expect("get"), p.get(b"k").expect("get"));
         assert_eq!(
             r.space().expect("space").data_bytes,
@@ -1258,6 +1451,7 @@ mod tests {
                 op: set("stale", "x"),
             }],
             &[],
+            KEEP_ALL,
         )
         .expect("apply");
         r.reseed_begin().expect("begin");

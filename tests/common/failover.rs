@@ -478,6 +478,20 @@ impl FoCluster {
         out
     }
 
+    /// The lines of every process's logs (every generation, whole) that
+    /// contain `pat`.
+    #[must_use]
+    pub fn log_lines(&self, pat: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in &self.procs {
+            for f in &p.logs {
+                let text = std::fs::read_to_string(f).unwrap_or_default();
+                out.extend(text.lines().filter(|l| l.contains(pat)).map(String::from));
+            }
+        }
+        out
+    }
+
     /// Every log (last 64 KiB of each), for failure messages.
     #[must_use]
     pub fn all_logs(&self) -> String {
