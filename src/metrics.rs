@@ -155,7 +155,7 @@ pub fn render(nodes: &[LocalNode], roles: &Roles, control: Option<&Arc<ControlSt
     let mut registry = Registry::default();
     let primary = nodes
         .iter()
-        .map(|(n, _, _)| matches!(roles.primary(n.shard), Some((p, _)) if p == n.id))
+        .map(|(n, _, _)| roles.is_primary(n.shard, n.id))
         .collect();
     registry.register_collector(Box::new(Scrape {
         nodes: nodes.to_vec(),

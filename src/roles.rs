@@ -177,11 +177,27 @@ impl Roles {
         }
     }
 
-    /// True when `node` is the primary of `shard` in `epoch` and its write
-    /// permission has not run out.
+    /// True when `node` is the primary of `shard` now (lease or not).
+    #[must_use]
+    pub fn is_primary(&self, shard: usize, node: usize) -> bool {
+        matches!(self.primary(shard), Some((n, _)) if n == node)
+    }
+
+    /// The epoch `node` may write in now: it is the primary of `shard` and
+    /// its write permission has not run out.
+    #[must_use]
+    pub fn writable_epoch(&self, shard: usize, node: usize) -> Option<u64> {
+        match self.primary(shard) {
+            Some((n, e)) if n == node && self.lease_valid(node) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// True when `node` may write in `epoch` now (see
+    /// [`Roles::writable_epoch`]).
     #[must_use]
     pub fn may_write(&self, shard: usize, node: usize, epoch: u64) -> bool {
-        self.primary(shard) == Some((node, epoch)) && self.lease_valid(node)
+        self.writable_epoch(shard, node) == Some(epoch)
     }
 
     /// True while `node`'s write permission has not run out.
@@ -230,8 +246,9 @@ mod tests {
         let r = Roles::fixed(&t);
         assert_eq!(r.primary(0), Some((0, 1)));
         assert_eq!(r.primary(1), Some((2, 1)));
-        assert!(r.may_write(0, 0, 1));
-        assert!(!r.may_write(0, 1, 1), "a replica may not write");
+        assert_eq!(r.writable_epoch(0, 0), Some(1));
+        assert_eq!(r.writable_epoch(0, 1), None, "a replica may not write");
+        assert!(r.is_primary(0, 0) && !r.is_primary(0, 1));
         assert!(!r.is_controlled());
     }
 
@@ -240,17 +257,21 @@ mod tests {
         let t = topo();
         let r = Roles::controlled(&t);
         assert_eq!(r.primary(0), None);
-        assert!(!r.may_write(0, 0, 1), "nothing writes before a lease");
+        assert_eq!(
+            r.writable_epoch(0, 0),
+            None,
+            "nothing writes before a lease"
+        );
         let g = r.generation();
         assert!(r.set_primary(0, Some((1, 3))));
         assert!(r.generation() > g);
         assert!(!r.set_primary(0, Some((0, 2))), "an older epoch is ignored");
         assert_eq!(r.primary(0), Some((1, 3)));
         r.extend_lease(1, r.now_ms() + 60_000);
-        assert!(r.may_write(0, 1, 3));
-        assert!(!r.may_write(0, 1, 2), "not in an old epoch");
+        assert_eq!(r.writable_epoch(0, 1), Some(3));
+        assert_ne!(r.writable_epoch(0, 1), Some(2), "not in an old epoch");
         r.fence(1);
-        assert!(!r.may_write(0, 1, 3));
+        assert_eq!(r.writable_epoch(0, 1), None);
         assert!(r.set_primary(0, None));
         assert_eq!(r.primary(0), None);
         assert_eq!(r.epoch(0), 3, "forgetting the node keeps the epoch");

@@ -198,7 +198,7 @@ impl Router {
     /// True when this node is its shard's primary now.
     #[must_use]
     pub fn is_primary(&self) -> bool {
-        matches!(self.roles.primary(self.me().shard), Some((n, _)) if n == self.me)
+        self.roles.is_primary(self.me().shard, self.me)
     }
 
     /// Every node on another host, with what this process last learned

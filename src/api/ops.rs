@@ -20,8 +20,6 @@ use crate::protocol::{
     MAX_NODE_NAME, Pull, PullKind, PullReply, decode_kv, decode_pull, decode_scan, encode_reply,
 };
 use crate::replication::ReplicaState;
-use crate::roles::Roles;
-use crate::topology::NodeInfo;
 use serde::Serialize;
 use std::sync::atomic::Ordering;
 
@@ -158,7 +156,7 @@ impl Api {
                     lag: None,
                     state: None,
                 };
-                if is_primary(roles, node) {
+                if roles.is_primary(node.shard, node.id) {
                     n.committed_seq = Some(seq);
                 } else {
                     {
@@ -235,7 +233,7 @@ impl Api {
                 ));
                 continue;
             }
-            if is_primary(roles, node) {
+            if roles.is_primary(node.shard, node.id) {
                 if !roles.lease_valid(node.id) {
                     behind.push(format!(
                         "{} (primary without a valid lease: writes refused until it is renewed)",
@@ -379,9 +377,4 @@ impl Api {
             _ => Ok(()),
         }
     }
-}
-
-/// True when `node` is its shard's primary now.
-fn is_primary(roles: &Roles, node: &NodeInfo) -> bool {
-    matches!(roles.primary(node.shard), Some((n, _)) if n == node.id)
 }

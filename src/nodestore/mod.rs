@@ -415,16 +415,13 @@ impl Fence {
     /// its lease is valid.
     #[must_use]
     pub fn writable_epoch(&self) -> Option<u64> {
-        match self.roles.primary(self.shard) {
-            Some((n, e)) if n == self.node && self.roles.lease_valid(self.node) => Some(e),
-            _ => None,
-        }
+        self.roles.writable_epoch(self.shard, self.node)
     }
 
     /// True when this node is its shard's primary (lease or not).
     #[must_use]
     pub fn is_primary(&self) -> bool {
-        matches!(self.roles.primary(self.shard), Some((n, _)) if n == self.node)
+        self.roles.is_primary(self.shard, self.node)
     }
 }
 
