@@ -279,7 +279,7 @@ struct ReshardArgs {
     #[arg(long, value_name = "NEW.toml")]
     config: PathBuf,
 
-    /// The cluster's shared token [env: COREKV_TOKEN].
+    /// The cluster's shared token [env: `COREKV_TOKEN`].
     #[arg(long, value_name = "T")]
     token: Option<String>,
 

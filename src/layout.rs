@@ -84,6 +84,13 @@ impl Placement {
         !self.split.is_empty()
     }
 
+    /// The new shard that copies old shard `shard` now (a reshard is
+    /// under way and that pair has not split).
+    #[must_use]
+    pub fn follows(&self, shard: usize) -> Option<usize> {
+        (self.split.get(shard) == Some(&false)).then_some(shard + self.base)
+    }
+
     /// The shards that own keys now.
     pub fn owning_shards(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.base).chain(

@@ -217,6 +217,10 @@ pub struct PrimaryLog {
     /// Applied seq last reported by each replica (by node name).
     progress: RefCell<HashMap<String, u64>>,
     replicas: Vec<String>,
+    /// True for the nodes that follow this shard for a reshard (the new
+    /// shard's nodes, until its cutover): tracked like replicas, so the
+    /// log they read is kept for them.
+    followers: Box<dyn Fn(&str) -> bool>,
     retain: Retention,
     /// `--sync-replicas`: how many replicas must have applied a write
     /// before it is acknowledged.
@@ -246,11 +250,24 @@ impl PrimaryLog {
             committed,
             progress: RefCell::new(HashMap::new()),
             replicas,
+            followers: Box::new(|_| false),
             retain,
             sync,
             replicated: SeqWatch::local(replicated_at.clone()),
             replicated_at,
         }
+    }
+
+    /// Sets who follows this shard for a reshard (see `followers`).
+    #[must_use]
+    pub fn with_followers(mut self, followers: Box<dyn Fn(&str) -> bool>) -> Self {
+        self.followers = followers;
+        self
+    }
+
+    /// True when `name`'s progress decides the trim point.
+    fn tracked(&self, name: &str) -> bool {
+        self.is_replica(name) || (self.followers)(name)
     }
 
     /// The committed seq; the API notifies it after each durable write.
@@ -329,7 +346,7 @@ impl PrimaryLog {
                 // Only configured replicas are tracked (they decide the
                 // trim point); anyone else is answered and forgotten, so
                 // the map cannot grow past the configured replicas.
-                if self.is_replica(&pull.replica) {
+                if self.tracked(&pull.replica) {
                     self.progress.borrow_mut().insert(pull.replica, after);
                     self.replica_progressed();
                     // The next group commit removes what every replica has.
@@ -372,17 +389,33 @@ impl PrimaryLog {
             }
             // Read on the node's reader thread: a page is 10,000 pairs.
             PullKind::Snapshot { after_key } => {
+                let after_key_was_none = after_key.is_none();
                 match self
                     .shard
                     .snapshot_chunk(after_key, SNAPSHOT_PAGE, SNAPSHOT_PAGE_BYTES)
                     .await
                 {
-                    Ok((seq, pairs, done)) => Ok(PullReply::Snapshot {
-                        seq,
-                        pairs,
-                        done,
-                        epochs: history,
-                    }),
+                    Ok((seq, pairs, done)) => {
+                        // A reshard follower starts from a snapshot: keep
+                        // the log from its first page's seq for it (a
+                        // configured replica's last progress holds it).
+                        if after_key_was_none
+                            && !self.is_replica(&pull.replica)
+                            && (self.followers)(&pull.replica)
+                        {
+                            self.progress.borrow_mut().insert(pull.replica, seq);
+                            self.shard
+                                .stats
+                                .trim_upto
+                                .store(self.trim_point(), Ordering::Release);
+                        }
+                        Ok(PullReply::Snapshot {
+                            seq,
+                            pairs,
+                            done,
+                            epochs: history,
+                        })
+                    }
                     Err(e) => failed(e),
                 }
             }
@@ -400,10 +433,15 @@ impl PrimaryLog {
     pub fn trim_point(&self) -> u64 {
         let committed = self.committed.get();
         let progress = self.progress.borrow();
+        let followers = progress
+            .iter()
+            .filter(|(name, _)| !self.is_replica(name) && (self.followers)(name))
+            .map(|(_, &seq)| seq);
         let slowest = self
             .replicas
             .iter()
             .map(|r| progress.get(r).copied().unwrap_or(0))
+            .chain(followers)
             .min()
             .unwrap_or(committed);
         slowest

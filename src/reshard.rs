@@ -332,7 +332,7 @@ fn prepare(cluster: &Cluster) -> Result<(), ReshardError> {
 /// its old primary, printing progress.
 fn copy(cluster: &Cluster, timeout: Duration) -> Result<(), ReshardError> {
     let started = Instant::now();
-    let mut last_print = Instant::now() - Duration::from_secs(1);
+    let mut last_print: Option<Instant> = None;
     loop {
         let mut behind = 0;
         let mut lines = Vec::new();
@@ -354,12 +354,12 @@ fn copy(cluster: &Cluster, timeout: Duration) -> Result<(), ReshardError> {
                 s.1
             ));
         }
-        if last_print.elapsed() >= Duration::from_secs(1) || behind == 0 {
+        if last_print.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) || behind == 0 {
             println!("phase: copy");
             for l in &lines {
                 println!("{l}");
             }
-            last_print = Instant::now();
+            last_print = Some(Instant::now());
         }
         if behind == 0 {
             return Ok(());
@@ -468,8 +468,8 @@ fn record_split(cluster: &Cluster, pair: usize) -> Result<(), ReshardError> {
 
 /// Waits until both sides of every pair hold only their own keys.
 fn purge(cluster: &Cluster) -> Result<(), ReshardError> {
-    let mut last_print = Instant::now() - Duration::from_secs(1);
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut last_print: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_mins(10);
     loop {
         let mut left = Vec::new();
         let mut lines = Vec::new();
@@ -494,12 +494,12 @@ fn purge(cluster: &Cluster) -> Result<(), ReshardError> {
                 if done { " (purged)" } else { "" }
             ));
         }
-        if last_print.elapsed() >= Duration::from_secs(1) || left.is_empty() {
+        if last_print.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) || left.is_empty() {
             println!("phase: purge");
             for l in &lines {
                 println!("{l}");
             }
-            last_print = Instant::now();
+            last_print = Some(Instant::now());
         }
         if left.is_empty() {
             return Ok(());

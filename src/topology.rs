@@ -242,6 +242,10 @@ impl Topology {
 
     /// The configured primary node of `shard` (`shard` below
     /// [`Topology::shard_count`]; other values wrap).
+    ///
+    /// # Panics
+    /// Never: a topology has at least one shard (`new` succeeded), and a
+    /// shard is published only after its nodes.
     #[must_use]
     pub fn primary_of(&self, shard: usize) -> &NodeInfo {
         let count = self.shard_count().max(1);

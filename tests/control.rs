@@ -49,7 +49,7 @@ impl Sim {
         let topo = Arc::new(Topology::new(&cfg, Some(&serve)).expect("topology"));
         let roles = Arc::new(Roles::controlled(&topo));
         let prog: Arc<Vec<(AtomicU64, AtomicU64)>> = Arc::new(
-            (0..topo.nodes.len())
+            (0..topo.node_count())
                 .map(|i| {
                     let (e, s) = progress.get(i).copied().unwrap_or((0, 0));
                     (AtomicU64::new(e), AtomicU64::new(s))

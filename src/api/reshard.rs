@@ -167,7 +167,9 @@ impl Api {
             .collect();
         json!({
             "state": state,
-            "shards": placement.shards(),
+            // From the stored state, not the placement read above: they
+            // change together, and this answer must be one of them.
+            "shards": stored.placement().shards(),
             "from": stored.from,
             "to": 2 * stored.from,
             "pairs": pairs,

@@ -296,13 +296,25 @@ impl Duty {
             .filter(|n| n.shard == self.node.shard && n.id != self.node.id)
             .map(|n| n.name.clone())
             .collect();
-        let log = Rc::new(PrimaryLog::new(
-            self.shard.clone(),
-            self.seq.clone(),
-            replicas,
-            self.retain,
-            self.sync_replicas,
-        ));
+        // During a reshard, the new shard paired with this one follows it
+        // until the cutover.
+        let (topo, layout, shard) = (self.topo.clone(), self.layout.clone(), self.node.shard);
+        let followers = Box::new(move |name: &str| {
+            let placement = layout.placement();
+            placement
+                .follows(shard)
+                .is_some_and(|new| topo.nodes().any(|n| n.shard == new && n.name == name))
+        });
+        let log = Rc::new(
+            PrimaryLog::new(
+                self.shard.clone(),
+                self.seq.clone(),
+                replicas,
+                self.retain,
+                self.sync_replicas,
+            )
+            .with_followers(followers),
+        );
         self.api.set_primary_log(Some(log.clone()));
         if self.roles.is_controlled() {
             log_at!(Level::Info, &self.node.name, "primary in epoch {epoch}");

@@ -570,7 +570,7 @@ impl Committer<'_> {
                     let _ = reply.send(r);
                     until = Instant::now() + max;
                 }
-                Ok(HoldCtl::Release) => break,
+                Ok(HoldCtl::Release) | Err(flume::RecvTimeoutError::Disconnected) => break,
                 Err(flume::RecvTimeoutError::Timeout) => {
                     log_at!(
                         Level::Warn,
@@ -580,7 +580,6 @@ impl Committer<'_> {
                     );
                     break;
                 }
-                Err(flume::RecvTimeoutError::Disconnected) => break,
             }
         }
         self.stats.held.store(false, Ordering::Release);
@@ -689,19 +688,13 @@ fn refuse(job: Job, e: &StoreError) {
         Job::Write(_, _, reply) => {
             let _ = reply.send(Err(e.clone()));
         }
-        Job::Apply(_, _, _, reply) => {
+        Job::Apply(_, _, _, reply) | Job::Hold { reply, .. } => {
             let _ = reply.send(Err(e.clone()));
         }
-        Job::Trim(_, _, reply) => {
+        Job::Trim(_, _, reply) | Job::Purge(_, reply) => {
             let _ = reply.send(Err(e.clone()));
         }
         Job::ReseedBegin(reply) | Job::ReseedChunk(_, reply) | Job::ReseedFinish(_, _, reply) => {
-            let _ = reply.send(Err(e.clone()));
-        }
-        Job::Hold { reply, .. } => {
-            let _ = reply.send(Err(e.clone()));
-        }
-        Job::Purge(_, reply) => {
             let _ = reply.send(Err(e.clone()));
         }
     }
