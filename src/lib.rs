@@ -29,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod http;
+pub mod layout;
 pub mod log;
 pub mod metrics;
 pub mod node;

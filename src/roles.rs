@@ -22,7 +22,7 @@
 //! so it always ends before etcd can let the lease expire; the committer
 //! checks it right before and right after each commit (see `nodestore`).
 
-use crate::topology::Topology;
+use crate::topology::{MAX_NODES, MAX_SHARDS, Topology};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -86,10 +86,14 @@ impl Roles {
 
     fn new(topo: &Topology, controlled: bool) -> Self {
         Self {
-            shards: (0..topo.shard_count())
+            // Sized for every shard and node a topology can grow to (an
+            // online reshard adds shards while executors read these).
+            shards: (0..MAX_SHARDS.max(topo.shard_count()))
                 .map(|_| AtomicU64::new(NO_NODE))
                 .collect(),
-            writable_until: topo.nodes.iter().map(|_| AtomicU64::new(0)).collect(),
+            writable_until: (0..MAX_NODES.max(topo.node_count()))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             generation: AtomicU64::new(1),
             base: Instant::now(),
             controlled,
@@ -167,6 +171,21 @@ impl Roles {
     pub fn extend_lease(&self, node: usize, until_ms: u64) {
         if let Some(w) = self.writable_until.get(node) {
             w.fetch_max(until_ms, Ordering::AcqRel);
+        }
+    }
+
+    /// A static cluster's new shard after its reshard cutover: `node` is
+    /// its primary (in the shard's epoch, at least 1) and may write for
+    /// ever.
+    pub fn take_over(&self, shard: usize, node: usize) {
+        self.set_primary(shard, Some((node, self.epoch(shard).max(1))));
+        self.grant_forever(node);
+    }
+
+    /// `node` may write for ever.
+    pub fn grant_forever(&self, node: usize) {
+        if let Some(w) = self.writable_until.get(node) {
+            w.store(FOREVER, Ordering::Release);
         }
     }
 

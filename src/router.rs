@@ -21,15 +21,16 @@
 
 use crate::http::client::{Client, ClientError, ClientResponse, PeerState, Resend};
 use crate::http::encode::Response;
+use crate::layout::Layout;
 use crate::nodestore::{NodeStats, Reader, StoreError};
 use crate::protocol::{KvRequest, MAILBOX_CAPACITY, Mail, MailError, Scan, ask, node_request};
 use crate::roles::Roles;
 use crate::storage::{SnapshotPage, Store};
-use crate::topology::{NodeInfo, Topology};
+use crate::topology::{MAX_NODES, NodeInfo, Topology};
 use std::cell::Cell;
 use std::fmt;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A node of this process as other executors reach it.
@@ -47,9 +48,43 @@ impl Peer {
     }
 }
 
-/// The nodes of this process, indexed by node id (`None` for nodes on
-/// other hosts).
-pub type Mailboxes = Arc<Vec<Option<Peer>>>;
+/// The nodes of this process, indexed by node id (empty for nodes on
+/// other hosts). Write-once slots: a reshard starts new nodes while
+/// executors route through the table.
+pub struct PeerTable {
+    slots: Box<[OnceLock<Peer>]>,
+}
+
+impl PeerTable {
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            slots: (0..MAX_NODES).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    /// Node `id` of this process, when it runs here.
+    #[must_use]
+    pub fn get(&self, id: usize) -> Option<&Peer> {
+        self.slots.get(id)?.get()
+    }
+
+    /// Records node `id`'s mailbox and store (once).
+    pub fn insert(&self, id: usize, peer: Peer) {
+        if let Some(slot) = self.slots.get(id) {
+            let _ = slot.set(peer);
+        }
+    }
+}
+
+impl Default for PeerTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The nodes of this process, shared by every executor.
+pub type Mailboxes = Arc<PeerTable>;
 
 /// How often an executor closes the snapshots it holds of other nodes'
 /// stores when they went stale or unused (see [`Reader::sweep`]).
@@ -132,6 +167,8 @@ pub struct Router {
     /// Who is primary of each shard now (fixed, or moved by the control
     /// plane).
     roles: Arc<Roles>,
+    /// Which shard owns which key (moves in a reshard).
+    layout: Arc<Layout>,
     me: usize,
     mailboxes: Mailboxes,
     client: Rc<Client>,
@@ -143,17 +180,16 @@ pub struct Router {
 impl Router {
     #[must_use]
     pub fn new(
-        topo: Arc<Topology>,
-        roles: Arc<Roles>,
+        (topo, roles, layout): (Arc<Topology>, Arc<Roles>, Arc<Layout>),
         me: usize,
         mailboxes: Mailboxes,
         client: Rc<Client>,
         token: Option<Arc<str>>,
     ) -> Self {
-        let by_node = mailboxes
-            .iter()
-            .enumerate()
-            .map(|(id, peer)| match peer {
+        // Readers of the nodes running now; nodes a reshard starts later
+        // are reached through their mailboxes.
+        let by_node = (0..topo.node_count())
+            .map(|id| match mailboxes.get(id) {
                 Some(p) if id != me => Some(Reader::new(p.store.clone(), p.stats.clone())),
                 _ => None,
             })
@@ -161,6 +197,7 @@ impl Router {
         Self {
             topo,
             roles,
+            layout,
             me,
             mailboxes,
             client,
@@ -174,7 +211,15 @@ impl Router {
 
     #[must_use]
     pub fn me(&self) -> &NodeInfo {
-        &self.topo.nodes[self.me]
+        self.topo
+            .node(self.me)
+            .unwrap_or_else(|| self.topo.primary_of(0))
+    }
+
+    /// Which shard owns which key now.
+    #[must_use]
+    pub fn layout(&self) -> &Arc<Layout> {
+        &self.layout
     }
 
     #[must_use]
@@ -192,7 +237,7 @@ impl Router {
     #[must_use]
     pub fn primary_of(&self, shard: usize) -> Option<&NodeInfo> {
         let (node, _) = self.roles.primary(shard)?;
-        self.topo.nodes.get(node)
+        self.topo.node(node)
     }
 
     /// True when this node is its shard's primary now.
@@ -206,8 +251,7 @@ impl Router {
     #[must_use]
     pub fn peers(&self) -> Vec<(&NodeInfo, PeerState, String)> {
         self.topo
-            .nodes
-            .iter()
+            .nodes()
             .filter(|n| !n.local)
             .map(|n| {
                 let (state, detail) = self
@@ -227,7 +271,7 @@ impl Router {
             return Route::Local;
         }
         match self.mailboxes.get(node.id) {
-            Some(Some(peer)) => Route::Peer(peer.mail.clone()),
+            Some(peer) => Route::Peer(peer.mail.clone()),
             _ => Route::Remote(node.address.clone()),
         }
     }

@@ -7,6 +7,8 @@
 
 use crate::config::ClusterConfig;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -68,6 +70,8 @@ impl NodeInfo {
 pub enum TopologyError {
     UnknownAddress(String),
     NothingToServe,
+    /// More shards or nodes than a process can know.
+    TooLarge,
 }
 
 impl fmt::Display for TopologyError {
@@ -78,18 +82,36 @@ impl fmt::Display for TopologyError {
                 "--serve names {a:?}, which is not a primary or replica address in the config"
             ),
             Self::NothingToServe => write!(f, "--serve selects no node to run"),
+            Self::TooLarge => write!(
+                f,
+                "the layout has more than {MAX_SHARDS} shards or {MAX_NODES} nodes"
+            ),
         }
     }
 }
 
 impl std::error::Error for TopologyError {}
 
+/// Most nodes and shards a process can know (the tables are allocated
+/// once at this size so that they can grow while executors read them).
+pub const MAX_NODES: usize = 4096;
+pub const MAX_SHARDS: usize = 1024;
+
 /// The whole cluster as this process sees it.
-#[derive(Clone, Debug)]
+///
+/// Append-only: an online reshard adds shards (and their nodes) at the end
+/// while every executor keeps reading, so the tables are fixed-size arrays
+/// of write-once cells with a published length; ids never change and a
+/// `&NodeInfo` stays valid for the topology's life.
+#[derive(Debug)]
 pub struct Topology {
-    pub nodes: Vec<NodeInfo>,
-    primaries: Vec<usize>,
-    replicas: Vec<Vec<usize>>,
+    nodes: Box<[OnceLock<NodeInfo>]>,
+    node_count: AtomicUsize,
+    primaries: Box<[OnceLock<usize>]>,
+    replicas: Box<[OnceLock<Vec<usize>>]>,
+    shard_count: AtomicUsize,
+    /// Serializes [`Topology::grow`].
+    growing: Mutex<()>,
 }
 
 impl Topology {
@@ -110,74 +132,138 @@ impl Topology {
                 }
             }
         }
+        let topo = Self {
+            nodes: (0..MAX_NODES).map(|_| OnceLock::new()).collect(),
+            node_count: AtomicUsize::new(0),
+            primaries: (0..MAX_SHARDS).map(|_| OnceLock::new()).collect(),
+            replicas: (0..MAX_SHARDS).map(|_| OnceLock::new()).collect(),
+            shard_count: AtomicUsize::new(0),
+            growing: Mutex::new(()),
+        };
+        let added = topo.grow(cfg, serve)?;
+        if !added.iter().any(|n| n.local) {
+            return Err(TopologyError::NothingToServe);
+        }
+        Ok(topo)
+    }
+
+    /// Appends the shards of `cfg` beyond the ones known (a reshard's new
+    /// shards) and returns their nodes; `serve` as in [`Topology::new`].
+    ///
+    /// # Errors
+    /// More shards or nodes than the tables hold.
+    pub fn grow(
+        &self,
+        cfg: &ClusterConfig,
+        serve: Option<&[String]>,
+    ) -> Result<Vec<NodeInfo>, TopologyError> {
+        let _only_one = self
+            .growing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let is_local = |addr: &str| serve.is_none_or(|list| list.iter().any(|a| a == addr));
-        let mut nodes = Vec::new();
-        let mut primaries = Vec::new();
-        let mut replicas = Vec::new();
-        for shard in &cfg.shards {
-            primaries.push(nodes.len());
-            nodes.push(NodeInfo {
-                id: nodes.len(),
-                shard: shard.idx,
-                role: Role::Primary,
-                name: format!("{}/primary", shard.name),
-                address: shard.address.clone(),
-                local: is_local(&shard.address),
-            });
+        let first_shard = self.shard_count();
+        let mut next = self.node_count();
+        let wanted: usize = cfg.shards[first_shard.min(cfg.shards.len())..]
+            .iter()
+            .map(|s| 1 + s.replicas.len())
+            .sum();
+        if cfg.shards.len() > MAX_SHARDS || next + wanted > MAX_NODES {
+            return Err(TopologyError::TooLarge);
+        }
+        let mut added = Vec::new();
+        for shard in cfg.shards.iter().skip(first_shard) {
+            let _ = self.primaries[shard.idx].set(next);
+            let mut push = |role: Role, name: String, address: &String| {
+                let node = NodeInfo {
+                    id: next,
+                    shard: shard.idx,
+                    role,
+                    name,
+                    address: address.clone(),
+                    local: is_local(address),
+                };
+                let _ = self.nodes[next].set(node.clone());
+                added.push(node);
+                next += 1;
+                next - 1
+            };
+            push(
+                Role::Primary,
+                format!("{}/primary", shard.name),
+                &shard.address,
+            );
             let mut ids = Vec::new();
             for (k, addr) in shard.replicas.iter().enumerate() {
-                ids.push(nodes.len());
                 let name = if k == 0 {
                     format!("{}/replica", shard.name)
                 } else {
                     format!("{}/replica{}", shard.name, k + 1)
                 };
-                nodes.push(NodeInfo {
-                    id: nodes.len(),
-                    shard: shard.idx,
-                    role: Role::Replica(k),
-                    name,
-                    address: addr.clone(),
-                    local: is_local(addr),
-                });
+                ids.push(push(Role::Replica(k), name, addr));
             }
-            replicas.push(ids);
+            let _ = self.replicas[shard.idx].set(ids);
         }
-        if !nodes.iter().any(|n| n.local) {
-            return Err(TopologyError::NothingToServe);
-        }
-        Ok(Self {
-            nodes,
-            primaries,
-            replicas,
-        })
+        // Publish the nodes before the shards that name them.
+        self.node_count.store(next, Ordering::Release);
+        self.shard_count
+            .store(cfg.shards.len().max(first_shard), Ordering::Release);
+        Ok(added)
     }
 
+    /// Shards with nodes in the table (during a reshard, also the new ones
+    /// that own no key yet: placement is `layout`'s business).
     #[must_use]
     pub fn shard_count(&self) -> usize {
-        self.primaries.len()
+        self.shard_count.load(Ordering::Acquire)
     }
 
-    /// The primary node of `shard`. Panics never: shard ids come from `shard_for`.
+    #[must_use]
+    pub fn node_count(&self) -> usize {
+        self.node_count.load(Ordering::Acquire)
+    }
+
+    /// Node `id`, if it exists.
+    #[must_use]
+    pub fn node(&self, id: usize) -> Option<&NodeInfo> {
+        if id < self.node_count() {
+            self.nodes[id].get()
+        } else {
+            None
+        }
+    }
+
+    /// Every node, by id.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeInfo> {
+        self.nodes[..self.node_count()]
+            .iter()
+            .filter_map(OnceLock::get)
+    }
+
+    /// The configured primary node of `shard` (`shard` below
+    /// [`Topology::shard_count`]; other values wrap).
     #[must_use]
     pub fn primary_of(&self, shard: usize) -> &NodeInfo {
-        &self.nodes[self.primaries[shard % self.primaries.len()]]
+        let count = self.shard_count().max(1);
+        let id = self.primaries[shard % count].get().copied().unwrap_or(0);
+        self.nodes[id]
+            .get()
+            .or_else(|| self.nodes[0].get())
+            .expect("a topology has at least one node")
     }
 
-    /// The replica nodes of `shard`, in configured order.
+    /// The configured replica nodes of `shard`, in configured order.
     pub fn replicas_of(&self, shard: usize) -> impl Iterator<Item = &NodeInfo> {
-        self.replicas[shard % self.replicas.len()]
-            .iter()
-            .map(|&id| &self.nodes[id])
-    }
-
-    #[must_use]
-    pub fn shard_for(&self, key: &[u8]) -> usize {
-        shard_for(key, self.shard_count())
+        let count = self.shard_count().max(1);
+        self.replicas[shard % count]
+            .get()
+            .into_iter()
+            .flatten()
+            .filter_map(|&id| self.nodes[id].get())
     }
 
     pub fn local_nodes(&self) -> impl Iterator<Item = &NodeInfo> {
-        self.nodes.iter().filter(|n| n.local)
+        self.nodes().filter(|n| n.local)
     }
 }
 

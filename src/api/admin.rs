@@ -38,8 +38,7 @@ impl Api {
             Some(addr) => {
                 let addr = String::from_utf8_lossy(&addr).into_owned();
                 let node = topo
-                    .nodes
-                    .iter()
+                    .nodes()
                     .find(|n| n.shard == shard && n.address == addr)
                     .ok_or(ApiError::BadParam(
                         "to",
@@ -55,11 +54,8 @@ impl Api {
             .await
             .map_err(|_| switchover_error(&ControlError::Stopped))?
             .map_err(|e| switchover_error(&e))?;
-        let node = topo.nodes.get(answer.node).map_or("?", |n| n.name.as_str());
-        let address = topo
-            .nodes
-            .get(answer.node)
-            .map_or("?", |n| n.address.as_str());
+        let node = topo.node(answer.node).map_or("?", |n| n.name.as_str());
+        let address = topo.node(answer.node).map_or("?", |n| n.address.as_str());
         let body = serde_json::json!({
             "shard": name,
             "primary": node,

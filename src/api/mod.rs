@@ -39,6 +39,7 @@ mod admin;
 mod headers;
 mod ops;
 mod query;
+pub mod reshard;
 mod rest;
 
 use crate::control::ControlClient;
@@ -46,7 +47,7 @@ use crate::http::client::{ClientError, ClientResponse, Resend};
 use crate::http::encode::{BYTES, JSON, Response, TEXT};
 use crate::http::parse::Request;
 use crate::metrics::{Endpoint, Metrics};
-use crate::nodestore::{NodeStats, NodeStore, Reader, StorageHealth, StoreError};
+use crate::nodestore::{HoldCtl, NodeStats, NodeStore, Reader, StorageHealth, StoreError};
 use crate::protocol::{KvOp, KvRequest, Scan, Style, encode_kv_with_deadline, encode_scan};
 use crate::replication::{PrimaryLog, SeqWatch};
 use crate::router::{ForwardError, Route, Router};
@@ -106,7 +107,15 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 /// What `/status`, `/ready` and `/metrics` show: every node of this process.
-pub type LocalNodes = Arc<Vec<(NodeInfo, Arc<NodeStats>, Arc<Metrics>)>>;
+pub type LocalNodes = Arc<arc_swap::ArcSwap<Vec<LocalNode>>>;
+
+/// Hands a reshard's new layout (TOML text) to the process's main thread,
+/// which starts the new nodes and answers on the returned channel (`None`:
+/// the process is shutting down).
+pub type Prepare = Arc<dyn Fn(String) -> Option<flume::Receiver<Result<(), String>>> + Send + Sync>;
+
+/// A node of this process with its counters.
+pub type LocalNode = (NodeInfo, Arc<NodeStats>, Arc<Metrics>);
 
 /// A request-level failure; [`ApiError::response`] is the one place that
 /// maps these to status codes.
@@ -125,6 +134,11 @@ pub enum ApiError {
     TooManyOps(usize),
     BadBody(String),
     /// A switchover (`/admin/promote`) failed or is not possible.
+    /// A reshard step that cannot be taken (`status`, `why`).
+    Reshard {
+        status: u16,
+        why: String,
+    },
     Switchover {
         status: u16,
         why: String,
@@ -160,6 +174,11 @@ pub enum ApiError {
     Misdirected {
         node: String,
         shard: usize,
+    },
+    /// A reshard moved the key away from this node's shard as its write
+    /// waited: not applied (normally routed again, see `dispatch_via`).
+    Moved {
+        node: String,
     },
     Behind {
         node: String,
@@ -258,6 +277,7 @@ impl ApiError {
             ),
             Self::BadBody(why) => (400, format!("bad request body: {why}")),
             Self::Switchover { status, why } => (*status, format!("switchover: {why}")),
+            Self::Reshard { status, why } => (*status, format!("reshard: {why}")),
             Self::Unauthorized => {
                 return Response::text(401, "this request needs a token: send `Authorization: Bearer <token>`")
                     .with_header("WWW-Authenticate", "Bearer".to_string());
@@ -277,6 +297,11 @@ impl ApiError {
                 )
                 .with_header("X-Shard", shard.to_string())
                 .with_header("X-Served-By", node.clone());
+            }
+            Self::Moved { node } => {
+                return overloaded(&format!(
+                    "{node}: a reshard moved the key to another shard while the write waited; not applied, retry"
+                ));
             }
             Self::Misdirected { node, shard } => (
                 421,
@@ -423,6 +448,11 @@ pub struct Api {
     metrics: Arc<Metrics>,
     token: Option<Arc<str>>,
     cfg: ApiConfig,
+    /// Asks the process to start a reshard's new nodes (main thread).
+    prepare: Option<Prepare>,
+    /// While this primary's writes are held for a reshard's cutover: the
+    /// committer's control channel (see `reshard`).
+    hold: RefCell<Option<flume::Sender<HoldCtl>>>,
 }
 
 impl Api {
@@ -437,6 +467,7 @@ impl Api {
     ) -> Self {
         let me = router.me().id;
         let metrics = locals
+            .load()
             .iter()
             .find(|(n, _, _)| n.id == me)
             .map_or_else(|| Arc::new(Metrics::default()), |(_, _, m)| m.clone());
@@ -450,7 +481,16 @@ impl Api {
             metrics,
             token,
             cfg,
+            prepare: None,
+            hold: RefCell::new(None),
         }
+    }
+
+    /// Attaches the way to ask the process to start a reshard's nodes.
+    #[must_use]
+    pub fn with_prepare(mut self, prepare: Prepare) -> Self {
+        self.prepare = Some(prepare);
+        self
     }
 
     /// Attaches the control plane's client (`--etcd`).
@@ -515,6 +555,9 @@ impl Api {
             }
             b"/status" => (Endpoint::Status, Ok(no_store(self.status()))),
             b"/admin/promote" => (Endpoint::Admin, self.promote(&req).await.map(no_store)),
+            p if p == b"/admin/reshard" || p.starts_with(b"/admin/reshard/") => {
+                (Endpoint::Admin, self.reshard(&req).await.map(no_store))
+            }
             b"/metrics" => (Endpoint::Metrics, Ok(no_store(self.metrics_text()))),
             b"/health" => (Endpoint::Health, Ok(no_store(Response::text(200, "ok")))),
             b"/ready" => (Endpoint::Ready, Ok(no_store(self.ready()))),
@@ -548,7 +591,7 @@ impl Api {
 
     /// Answers a request another executor of this process forwarded here.
     pub async fn handle_forwarded(&self, kv: KvRequest) -> Response {
-        self.dispatch(kv, true, None)
+        self.dispatch_via(kv, true, None, true)
             .await
             .unwrap_or_else(|e| e.response())
     }
@@ -562,8 +605,43 @@ impl Api {
         forwarded: bool,
         deadline_ms: Option<u64>,
     ) -> Result<Response, ApiError> {
-        let topo = self.router.topology();
-        let shard = topo.shard_for(&kv.key);
+        self.dispatch_via(kv, forwarded, deadline_ms, false).await
+    }
+
+    /// [`Api::dispatch`], which during a reshard routes a request once more
+    /// when the key's owner moved under it: a write this node's committer
+    /// refused because the key moved (a write held through a cutover), or,
+    /// with `same_layout` (another executor of this process sent it, by the
+    /// same layout, a moment before it changed), a request for a key this
+    /// node no longer owns. Across processes a misdirected request stays an
+    /// error: two views of the layout could send it back and forth.
+    async fn dispatch_via(
+        &self,
+        kv: KvRequest,
+        forwarded: bool,
+        deadline_ms: Option<u64>,
+        same_layout: bool,
+    ) -> Result<Response, ApiError> {
+        if !self.router.layout().placement().resharding() {
+            return self.dispatch_once(kv, forwarded, deadline_ms).await;
+        }
+        let again = kv.clone();
+        match self.dispatch_once(kv, forwarded, deadline_ms).await {
+            Err(ApiError::Moved { .. }) => self.dispatch_once(again, false, None).await,
+            Err(ApiError::Misdirected { .. }) if same_layout => {
+                self.dispatch_once(again, false, None).await
+            }
+            other => other,
+        }
+    }
+
+    async fn dispatch_once(
+        &self,
+        kv: KvRequest,
+        forwarded: bool,
+        deadline_ms: Option<u64>,
+    ) -> Result<Response, ApiError> {
+        let shard = self.router.layout().owner(&kv.key);
         let me = self.me();
         let write = kv.op != KvOp::Get;
         if write && !self.router.is_primary() {
@@ -711,6 +789,9 @@ impl Api {
                 why: "this node is not the primary with a valid lease",
             },
             StoreError::LeaseLost => ApiError::LeaseLost {
+                node: self.me().name.clone(),
+            },
+            StoreError::Moved => ApiError::Moved {
                 node: self.me().name.clone(),
             },
             StoreError::OutcomeUnknown { .. } => ApiError::OutcomeUnknown {

@@ -118,8 +118,8 @@ struct PeerJson {
 impl Api {
     pub(super) fn status(&self) -> Response {
         let roles = self.router.roles();
-        let nodes = self
-            .locals
+        let locals = self.locals.load();
+        let nodes = locals
             .iter()
             .map(|(node, stats, m)| {
                 let seq = stats.seq.load(Ordering::Acquire);
@@ -222,7 +222,7 @@ impl Api {
         {
             behind.push(problem);
         }
-        for (node, stats, _) in self.locals.iter() {
+        for (node, stats, _) in self.locals.load().iter() {
             let health = stats.health();
             if health != StorageHealth::Ok {
                 behind.push(format!(
@@ -260,7 +260,7 @@ impl Api {
 
     pub(super) fn metrics_text(&self) -> Response {
         let body = metrics::render(
-            &self.locals,
+            &self.locals.load(),
             self.router.roles(),
             self.control.as_ref().map(ControlClient::status),
         )
@@ -359,8 +359,7 @@ impl Api {
             if self
                 .router
                 .topology()
-                .nodes
-                .iter()
+                .nodes()
                 .any(|n| n.name == pull.replica)
             {
                 return Err(ApiError::NotAReplica {

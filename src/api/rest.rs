@@ -240,25 +240,47 @@ impl Api {
             after,
             limit,
         };
-        let tasks: Vec<_> = (0..self.router.topology().shard_count())
+        // The shards that own keys now; during a reshard a shard may still
+        // hold keys it gave away (until its purge), so each page keeps only
+        // the keys its shard owns.
+        let placement = self.router.layout().placement();
+        let tasks: Vec<_> = placement
+            .owning_shards()
             .map(|shard| {
                 let api = self.clone();
                 let scan = scan.clone();
-                glommio::spawn_local(async move { api.scan_shard(shard, scan).await })
+                (
+                    shard,
+                    glommio::spawn_local(async move { api.scan_shard(shard, scan).await }),
+                )
             })
             .collect();
         let mut all = Vec::new();
-        let mut shard_full = false;
-        for t in tasks {
-            let page = t.await?;
-            shard_full |= page.len() >= limit;
+        // The smallest last key of a full page: beyond it that shard may
+        // have keys this listing has not seen.
+        let mut bound: Option<Vec<u8>> = None;
+        for (shard, t) in tasks {
+            let mut page = t.await?;
+            if page.len() >= limit
+                && let Some((last, _)) = page.last()
+                && bound.as_ref().is_none_or(|b| last < b)
+            {
+                bound = Some(last.clone());
+            }
+            page.retain(|(k, _)| placement.owner(k) == shard);
             all.extend(page);
         }
         all.sort_by(|a, b| a.0.cmp(&b.0));
-        let more = shard_full || all.len() > limit;
+        if let Some(b) = &bound {
+            all.retain(|(k, _)| k <= b);
+        }
+        let more = bound.is_some() || all.len() > limit;
         all.truncate(limit);
         let next = if more {
-            all.last().map(|(k, _)| Value::String(cursor_encode(k)))
+            all.last()
+                .map(|(k, _)| k.clone())
+                .or(bound)
+                .map(|k| Value::String(cursor_encode(&k)))
         } else {
             None
         };

@@ -276,23 +276,21 @@ impl Engine {
 
     fn node_named(&self, shard: usize, name: &str) -> Option<usize> {
         self.topo
-            .nodes
-            .iter()
+            .nodes()
             .find(|n| n.shard == shard && n.name == name)
             .map(|n| n.id)
     }
 
     fn locals(&self, shard: usize) -> Vec<usize> {
         self.topo
-            .nodes
-            .iter()
+            .nodes()
             .filter(|n| n.local && n.shard == shard)
             .map(|n| n.id)
             .collect()
     }
 
     fn info(&self, node: usize) -> Option<&NodeInfo> {
-        self.topo.nodes.get(node)
+        self.topo.node(node)
     }
 
     fn name(&self, node: usize) -> &str {
@@ -857,7 +855,7 @@ impl Engine {
         };
         let target = match to {
             Some(t) => t,
-            None => match self.topo.nodes.iter().find(|n| n.shard == s && n.id != cur) {
+            None => match self.topo.nodes().find(|n| n.shard == s && n.id != cur) {
                 Some(n) => n.id,
                 None => return answer(Err(ControlError::UnknownNode(cur))),
             },

@@ -249,7 +249,7 @@ impl LeaseThread {
     fn count_fenced(&self, nodes: &[usize], why: &str) {
         for &node in nodes {
             self.status.fenced.fetch_add(1, Ordering::Relaxed);
-            let name = self.topo.nodes.get(node).map_or("?", |n| n.name.as_str());
+            let name = self.topo.node(node).map_or("?", |n| n.name.as_str());
             log_at!(Level::Warn, name, "stops taking writes: {why} (fenced)");
         }
     }

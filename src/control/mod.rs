@@ -487,8 +487,7 @@ impl Drop for ControlHandle {
 /// The shard whose nodes are named `NAME/...` (the config's shard name).
 #[must_use]
 pub fn shard_named(topo: &Topology, name: &str) -> Option<usize> {
-    topo.nodes
-        .iter()
+    topo.nodes()
         .find(|n| n.name.split_once('/').is_some_and(|(s, _)| s == name))
         .map(|n| n.shard)
 }
@@ -509,7 +508,7 @@ pub fn start(
 ) -> Result<ControlHandle, ControlError> {
     cfg.validate()?;
     let status = Arc::new(ControlStatus::default());
-    let shared = Arc::new(lease::Shared::new(topo.nodes.len()));
+    let shared = Arc::new(lease::Shared::new(topo.node_count()));
     let (cmds, msgs) = flume::unbounded();
     let (lease_stop, lease_stop_rx) = flume::bounded(1);
     let watch_stop = Arc::new(AtomicBool::new(false));

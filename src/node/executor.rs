@@ -5,10 +5,11 @@
 //! Depends on `api`, `replication`, `router`, `nodestore`, `http::conn`.
 
 use super::{Event, NodeError, SHUTDOWN_GRACE};
-use crate::api::{Api, ApiConfig, LocalNodes};
+use crate::api::{Api, ApiConfig, LocalNodes, Prepare};
 use crate::control::ControlClient;
 use crate::http::client::{Client, Reachability};
 use crate::http::conn::{self, ConnConfig, Tracker};
+use crate::layout::Layout;
 use crate::log::Level;
 use crate::log_at;
 use crate::nodestore::NodeStore;
@@ -34,6 +35,10 @@ pub(super) struct NodeContext {
     pub(super) roles: Arc<Roles>,
     /// The control plane's client (`--etcd`); `None` in a static cluster.
     pub(super) control: Option<ControlClient>,
+    /// Which shard owns which key (moves in a reshard).
+    pub(super) layout: Arc<Layout>,
+    /// Hands a reshard's prepare request to the main thread.
+    pub(super) prepare: Prepare,
     pub(super) shard: NodeStore,
     pub(super) mailbox: flume::Receiver<Mail>,
     pub(super) mailboxes: Mailboxes,
@@ -101,6 +106,8 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
         topo,
         roles,
         control,
+        layout,
+        prepare,
         shard,
         mailbox,
         mailboxes,
@@ -120,8 +127,7 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
         Rc::new(Client::new(Duration::from_secs(1), forward_timeout).with_reachability(reach));
     let seq = Rc::new(SeqWatch::new(shard.stats.clone()));
     let router = Router::new(
-        topo.clone(),
-        roles.clone(),
+        (topo.clone(), roles.clone(), layout.clone()),
         node.id,
         mailboxes.clone(),
         client.clone(),
@@ -136,10 +142,17 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
             token.clone(),
             api_config,
         )
-        .with_control(control),
+        .with_control(control)
+        .with_prepare(prepare),
     );
+    glommio::spawn_local(crate::api::reshard::purge_forever(
+        api.clone(),
+        shard.clone(),
+    ))
+    .detach();
     let duty = Duty {
         api: api.clone(),
+        layout,
         shard,
         seq,
         node: node.clone(),
@@ -196,6 +209,8 @@ enum Mode {
 /// configured role once.
 struct Duty {
     api: Rc<Api>,
+    /// A reshard's new shards follow an old shard until their cutover.
+    layout: Arc<Layout>,
     shard: Rc<NodeStore>,
     seq: Rc<SeqWatch>,
     node: NodeInfo,
@@ -219,8 +234,9 @@ impl Duty {
                 seen = generation;
                 mode = self.switch(mode).await;
             }
-            if !self.roles.is_controlled() {
-                // Static roles never change: keep the tasks running.
+            if !self.roles.is_controlled() && !self.layout.placement().resharding() {
+                // Static roles change only in a reshard: keep the tasks
+                // running.
                 if let Mode::Primary { trim, .. } = mode {
                     trim.detach();
                 } else if let Mode::Replica { follow, .. } = mode {
@@ -276,8 +292,7 @@ impl Duty {
     fn start_primary(&self, epoch: u64) -> Mode {
         let replicas = self
             .topo
-            .nodes
-            .iter()
+            .nodes()
             .filter(|n| n.shard == self.node.shard && n.id != self.node.id)
             .map(|n| n.name.clone())
             .collect();
@@ -301,11 +316,11 @@ impl Duty {
     /// Follows node `of`: its mailbox when it runs in this process, else
     /// HTTP.
     fn start_replica(&self, of: usize) -> Mode {
-        let Some(owner) = self.topo.nodes.get(of) else {
+        let Some(owner) = self.topo.node(of) else {
             return Mode::Idle;
         };
         let upstream = match self.mailboxes.get(of) {
-            Some(Some(peer)) => Upstream::Local(peer.mail.clone()),
+            Some(peer) => Upstream::Local(peer.mail.clone()),
             _ => Upstream::Remote {
                 client: self.client.clone(),
                 addr: owner.address.clone(),

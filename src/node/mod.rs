@@ -18,20 +18,22 @@
 // limits, CPUs and signals. This file: options, errors and the start-up
 // sequence.
 mod executor;
+mod grow;
 mod system;
 
-use crate::api::{ApiConfig, LocalNodes};
+use crate::api::{ApiConfig, LocalNode, LocalNodes, Prepare};
 use crate::config::{self, ConfigError};
 use crate::control::{self as control_plane, ControlClient, ControlConfig, ControlError};
 use crate::http::client::{PeerState, Reachability};
 use crate::http::conn::ConnConfig;
+use crate::layout::Layout;
 use crate::log::Level;
 use crate::log_at;
 use crate::metrics::Metrics;
 use crate::nodestore::{Fence, NodeStore, StartError};
 use crate::protocol::MAILBOX_CAPACITY;
 use crate::roles::Roles;
-use crate::router::{Mailboxes, Peer};
+use crate::router::{Mailboxes, Peer, PeerTable};
 use crate::storage::Store;
 use crate::topology::{NodeInfo, Topology, TopologyError};
 use executor::{NodeContext, run_executor};
@@ -272,7 +274,15 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
     let signals = block_signals()?;
     install_kick()?;
     let cfg = config::load(&opts.config).map_err(NodeError::Config)?;
+    // A reshard's layout stored in the data directory wins over the
+    // older layout of --config (see `grow`).
+    let (cfg, stored) = grow::effective_layout(opts, cfg)?;
     let topo = Arc::new(Topology::new(&cfg, opts.serve.as_deref()).map_err(NodeError::Topology)?);
+    let layout = Arc::new(Layout::open(
+        &opts.data_dir,
+        topo.shard_count(),
+        stored.clone(),
+    ));
     check_sync_replicas(&topo, opts.sync_replicas)?;
     let locals: Vec<NodeInfo> = topo.local_nodes().cloned().collect();
     preflight(locals.len())?;
@@ -289,17 +299,30 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
     } else {
         Roles::fixed(&topo)
     });
-    let stores = open_stores(opts, &locals, &roles)?;
+    if let Some(stored) = &stored {
+        grow::follow_unsplit(&roles, &topo, stored);
+    }
+    let stores = open_stores(opts, &locals, &roles, &layout)?;
     let listeners = bind_listeners(&locals, &addrs)?;
     let (plane, control) = start_control(opts, &topo, roles, &locals, &stores)?;
-    let (contexts, stops) = node_contexts(opts, &topo, &plane, &reach, &locals, stores);
-    let placement = cpu_placement(&locals, &allowed_cpus());
     // The executors and the signal watcher (started after start-up, with
     // `events_tx`) report here, so that an executor dying and a signal
     // arriving are waited for in one place.
     let (events_tx, events_rx) = std::sync::mpsc::channel::<Event>();
-    let threads = spawn_executors(contexts, listeners, placement, &events_tx)?;
-    await_ready(&topo, &events_rx, &threads)?;
+    let shared = Shared {
+        topo: topo.clone(),
+        plane,
+        layout,
+        reach,
+        mailboxes: Arc::new(PeerTable::new()),
+        nodes: Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new())),
+        prepare: grow::prepare_sender(&events_tx),
+    };
+    let (contexts, mut stops) = node_contexts(opts, &shared, &locals, stores);
+    let placement = cpu_placement(&locals, &allowed_cpus());
+    let mut threads = spawn_executors(contexts, listeners, placement, &events_tx)?;
+    let mut stash = Vec::new();
+    await_ready(&topo, &events_rx, &threads, &mut stash)?;
     log_at!(
         Level::Info,
         "corekv",
@@ -308,9 +331,20 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         topo.shard_count(),
         opts.data_dir.display()
     );
-    wait_for_signal(&topo, signals, events_tx, &events_rx)?;
+    let grower = grow::Grower {
+        opts,
+        shared: &shared,
+        events: &events_tx,
+    };
+    let result = wait_for_signal(
+        &grower,
+        signals,
+        (&events_rx, stash),
+        &mut threads,
+        &mut stops,
+    );
     shut_down(control, &stops);
-    Ok(())
+    result
 }
 
 /// Refuses `--sync-replicas` larger than some shard's replica count: no
@@ -334,6 +368,7 @@ fn open_stores(
     opts: &Options,
     locals: &[NodeInfo],
     roles: &Arc<Roles>,
+    layout: &Arc<Layout>,
 ) -> Result<Vec<NodeStore>, NodeError> {
     std::fs::create_dir_all(&opts.data_dir).map_err(|error| NodeError::DataDir {
         path: opts.data_dir.clone(),
@@ -355,7 +390,7 @@ fn open_stores(
                 &n.name,
                 opts.commit_batch,
                 opts.commit_queue,
-                Fence::new(roles.clone(), n.id, n.shard),
+                Fence::new(roles.clone(), layout.clone(), n.id, n.shard),
             )
             .map_err(storage)?,
         );
@@ -393,27 +428,30 @@ type Stop = flume::Sender<flume::Sender<()>>;
 /// shared tables and settings, and the receiving end of its [`Stop`].
 fn node_contexts(
     opts: &Options,
-    topo: &Arc<Topology>,
-    plane: &ControlPlane,
-    reach: &Arc<Reachability>,
+    shared: &Shared,
     locals: &[NodeInfo],
     stores: Vec<NodeStore>,
 ) -> (Vec<NodeContext>, Vec<Stop>) {
-    let mut txs: Vec<Option<Peer>> = vec![None; topo.nodes.len()];
     let mut rxs = Vec::new();
     for (n, shard) in locals.iter().zip(&stores) {
         let (tx, rx) = flume::bounded(MAILBOX_CAPACITY);
-        txs[n.id] = Some(Peer::new(tx, shard.reader_parts()));
+        shared
+            .mailboxes
+            .insert(n.id, Peer::new(tx, shard.reader_parts()));
         rxs.push(rx);
     }
-    let mailboxes: Mailboxes = Arc::new(txs);
-    let nodes: LocalNodes = Arc::new(
-        locals
-            .iter()
-            .zip(&stores)
-            .map(|(n, s)| (n.clone(), s.stats.clone(), Arc::new(Metrics::default())))
-            .collect(),
-    );
+    let added: Vec<LocalNode> = locals
+        .iter()
+        .zip(&stores)
+        .map(|(n, s)| (n.clone(), s.stats.clone(), Arc::new(Metrics::default())))
+        .collect();
+    shared.nodes.rcu(|old| {
+        let mut all = Vec::clone(old);
+        all.extend(added.iter().cloned());
+        all
+    });
+    let (topo, plane, reach) = (&shared.topo, &shared.plane, &shared.reach);
+    let (mailboxes, nodes) = (&shared.mailboxes, &shared.nodes);
     let token: Option<Arc<str>> = opts.token.as_deref().map(Arc::from);
     let mut contexts = Vec::new();
     let mut stops = Vec::new();
@@ -425,6 +463,8 @@ fn node_contexts(
             topo: topo.clone(),
             roles: plane.roles.clone(),
             control: plane.control.clone(),
+            layout: shared.layout.clone(),
+            prepare: shared.prepare.clone(),
             shard,
             mailbox,
             mailboxes: mailboxes.clone(),
@@ -483,32 +523,55 @@ fn spawn_executors(
 /// sender this thread holds: without it the channel would close once every
 /// executor has).
 fn wait_for_signal(
-    topo: &Topology,
+    grower: &grow::Grower<'_>,
     signals: SigSet,
-    events_tx: std::sync::mpsc::Sender<Event>,
-    events: &std::sync::mpsc::Receiver<Event>,
+    (events, mut stash): (&std::sync::mpsc::Receiver<Event>, Vec<Event>),
+    threads: &mut Vec<(usize, std::thread::JoinHandle<()>)>,
+    stops: &mut Vec<Stop>,
 ) -> Result<(), NodeError> {
+    let events_tx = grower.events.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let _ = events_tx.send(Event::Signal(wait_signal(&signals)));
         })
         .map_err(NodeError::Signal)?;
-    match events.recv() {
-        Ok(Event::Signal(sig)) => {
-            let sig = sig?;
-            log_at!(
-                Level::Info,
-                "corekv",
-                "signal {sig}: draining and shutting down"
-            );
-            Ok(())
+    let topo = &grower.shared.topo;
+    loop {
+        let next = if stash.is_empty() {
+            events.recv()
+        } else {
+            Ok(stash.remove(0))
+        };
+        match next {
+            Ok(Event::Signal(sig)) => {
+                let sig = sig?;
+                log_at!(
+                    Level::Info,
+                    "corekv",
+                    "signal {sig}: draining and shutting down"
+                );
+                return Ok(());
+            }
+            Ok(Event::Prepare(text, reply)) => {
+                let started = grower.prepare(&text, events, &mut stash);
+                let answer = match started {
+                    Ok((mut new_threads, mut new_stops)) => {
+                        threads.append(&mut new_threads);
+                        stops.append(&mut new_stops);
+                        Ok(())
+                    }
+                    Err(grow::GrowError::Refused(why)) => Err(why),
+                    Err(grow::GrowError::Fatal(e)) => return Err(e),
+                };
+                let _ = reply.send(answer);
+            }
+            Ok(Event::Stopped(node) | Event::Running(node) | Event::Ready { node, .. }) => {
+                return Err(NodeError::ExecutorDied(node_name(topo, node)));
+            }
+            Ok(Event::Failed(e)) => return Err(e),
+            Err(_) => return Err(NodeError::ExecutorDied("every executor".into())),
         }
-        Ok(Event::Stopped(node) | Event::Running(node) | Event::Ready { node, .. }) => {
-            Err(NodeError::ExecutorDied(topo.nodes[node].name.clone()))
-        }
-        Ok(Event::Failed(e)) => Err(e),
-        Err(_) => Err(NodeError::ExecutorDied("every executor".into())),
     }
 }
 
@@ -550,7 +613,7 @@ fn start_control(
         };
         return Ok((plane, None));
     };
-    let mut stats = vec![None; topo.nodes.len()];
+    let mut stats = vec![None; topo.node_count()];
     for (n, s) in locals.iter().zip(shards) {
         stats[n.id] = Some(s.stats.clone());
     }
@@ -586,7 +649,7 @@ fn start_control(
 /// (the other host may come later, or DNS may catch up) but is logged as a
 /// warning naming the node, and shown as `unresolved` in `/status`.
 fn check_remotes(topo: &Topology) -> Reachability {
-    let remotes: Vec<&NodeInfo> = topo.nodes.iter().filter(|n| !n.local).collect();
+    let remotes: Vec<&NodeInfo> = topo.nodes().filter(|n| !n.local).collect();
     let reach = Reachability::new(remotes.iter().map(|n| n.address.clone()));
     for n in remotes {
         if let Err(e) = resolve(&n.address) {
@@ -618,6 +681,7 @@ fn await_ready(
     topo: &Topology,
     events: &std::sync::mpsc::Receiver<Event>,
     threads: &[(usize, std::thread::JoinHandle<()>)],
+    stash: &mut Vec<Event>,
 ) -> Result<(), NodeError> {
     use std::os::unix::thread::JoinHandleExt;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -633,7 +697,9 @@ fn await_ready(
             Ok(Event::Ready { node, cpu }) => {
                 running.retain(|(n, _)| *n != node);
                 ready += 1;
-                let (address, name) = (&topo.nodes[node].address, &topo.nodes[node].name);
+                let (address, name) = topo
+                    .node(node)
+                    .map_or(("?", "?"), |n| (n.address.as_str(), n.name.as_str()));
                 log_at!(
                     Level::Info,
                     name,
@@ -642,11 +708,14 @@ fn await_ready(
             }
             Ok(Event::Failed(e)) => return Err(e),
             Ok(Event::Stopped(node)) => {
-                return Err(NodeError::ExecutorDied(topo.nodes[node].name.clone()));
+                return Err(NodeError::ExecutorDied(node_name(topo, node)));
             }
             // The signal watcher starts after start-up; a signal that came
             // earlier stays pending until it waits.
-            Ok(Event::Signal(_)) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            // A signal or a reshard request that comes while nodes start
+            // is handled once they run.
+            Ok(e @ (Event::Signal(_) | Event::Prepare(..))) => stash.push(e),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 return Err(NodeError::StartTimeout);
             }
@@ -657,7 +726,7 @@ fn await_ready(
             {
                 log_at!(
                     Level::Debug,
-                    &topo.nodes[*node].name,
+                    &node_name(topo, *node),
                     "executor has not run its first task after {} ms; kicking it",
                     KICK_AFTER.as_millis()
                 );
@@ -681,4 +750,25 @@ enum Event {
     },
     Failed(NodeError),
     Stopped(usize),
+    /// A reshard asks this process to start the new layout's nodes
+    /// (`POST /admin/reshard/prepare`); the TOML text of the new layout.
+    Prepare(String, flume::Sender<Result<(), String>>),
+}
+
+/// The tables every executor shares, kept by the main thread so that a
+/// reshard can add nodes to them.
+struct Shared {
+    topo: Arc<Topology>,
+    plane: ControlPlane,
+    layout: Arc<Layout>,
+    reach: Arc<Reachability>,
+    mailboxes: Mailboxes,
+    nodes: LocalNodes,
+    prepare: Prepare,
+}
+
+/// The name of node `id`, for messages.
+fn node_name(topo: &Topology, id: usize) -> String {
+    topo.node(id)
+        .map_or_else(|| format!("node {id}"), |n| n.name.clone())
 }

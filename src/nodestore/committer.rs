@@ -20,7 +20,7 @@ use super::{
 use crate::log::Level;
 use crate::log_at;
 use crate::storage::{
-    EpochStart, LogEntry, LogKeep, Outcome, StorageError, Store, Versioned, Write,
+    Cond, EpochStart, LogEntry, LogKeep, Outcome, StorageError, Store, Versioned, Write, WriteOp,
 };
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -39,6 +39,32 @@ pub(super) enum Job {
     ReseedBegin(Reply<()>),
     ReseedChunk(Vec<(Vec<u8>, Versioned)>, Reply<()>),
     ReseedFinish(u64, Vec<EpochStart>, Reply<()>),
+    /// A reshard's cutover: commit what is queued, answer the committed
+    /// seq, then take no job until [`HoldCtl::Release`], the sender's end
+    /// of the control channel is dropped, or `max` passes without a
+    /// control message (a reshard command that died must not hold writes
+    /// for ever).
+    Hold {
+        max: Duration,
+        reply: Reply<u64>,
+        ctl: flume::Receiver<HoldCtl>,
+    },
+    /// Deletes keys this node's shard no longer owns (after a reshard's
+    /// cutover): logged and replicated like client deletes, but not
+    /// subject to the ownership check. Answers how many were deleted.
+    Purge(Vec<Vec<u8>>, Reply<usize>),
+}
+
+/// What a held committer can be told (see [`Job::Hold`]).
+pub enum HoldCtl {
+    /// The cutover's commit point: record in the layout that old shard
+    /// `pair`'s keys moved, while nothing can commit here. Keeps holding.
+    Split {
+        pair: usize,
+        reply: flume::Sender<Result<u64, String>>,
+    },
+    /// Take jobs again.
+    Release,
 }
 
 /// Writes waiting for the next commit, with their apply-by times and
@@ -212,6 +238,11 @@ impl Committer<'_> {
             return;
         }
         match job {
+            Job::Write(op, _, reply) if !self.fence.owns(op.op.key()) => {
+                // A reshard moved the key to another shard: nothing of it is
+                // applied here; the API sends it to the new owner.
+                let _ = reply.send(Err(StoreError::Moved));
+            }
             Job::Write(op, apply_by, reply) => {
                 self.pending.ops.push(op);
                 self.pending.apply_by.push(apply_by);
@@ -510,6 +541,93 @@ impl Committer<'_> {
         }
     }
 
+    /// Holds every job (see [`Job::Hold`]); the queue before it has been
+    /// committed by `take`.
+    fn hold(&mut self, max: Duration, reply: &Reply<u64>, ctl: &flume::Receiver<HoldCtl>) {
+        let seq = self.stats.seq.load(Ordering::Acquire);
+        if self.fence.writable_epoch().is_none() {
+            let _ = reply.send(Err(StoreError::NotPrimary));
+            return;
+        }
+        if reply.send(Ok(seq)).is_err() {
+            return;
+        }
+        log_at!(
+            Level::Info,
+            self.name,
+            "writes held at seq {seq} (reshard cutover)"
+        );
+        self.stats.held.store(true, Ordering::Release);
+        let started = Instant::now();
+        let mut until = Instant::now() + max;
+        loop {
+            match ctl.recv_deadline(until) {
+                Ok(HoldCtl::Split { pair, reply }) => {
+                    let r = self
+                        .fence
+                        .split(pair)
+                        .map(|()| self.stats.seq.load(Ordering::Acquire));
+                    let _ = reply.send(r);
+                    until = Instant::now() + max;
+                }
+                Ok(HoldCtl::Release) => break,
+                Err(flume::RecvTimeoutError::Timeout) => {
+                    log_at!(
+                        Level::Warn,
+                        self.name,
+                        "writes were held for {} ms without a word from the reshard; taking writes again",
+                        max.as_millis()
+                    );
+                    break;
+                }
+                Err(flume::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.stats.held.store(false, Ordering::Release);
+        log_at!(
+            Level::Info,
+            self.name,
+            "writes released after {} ms",
+            started.elapsed().as_millis()
+        );
+    }
+
+    /// Deletes `keys` (those still present) in one transaction.
+    fn purge(&mut self, keys: Vec<Vec<u8>>) -> Result<usize, StoreError> {
+        if self.fence.writable_epoch().is_none() {
+            return Err(StoreError::NotPrimary);
+        }
+        let writes: Vec<Write> = keys
+            .into_iter()
+            .map(|key| Write {
+                op: WriteOp::Delete { key },
+                cond: Cond::Present,
+            })
+            .collect();
+        let trim_upto = self.stats.trim_upto.load(Ordering::Acquire);
+        let mut outcomes = Vec::new();
+        let r = self
+            .store
+            .commit_writes_into(&writes, trim_upto, &mut outcomes);
+        self.check(r)?;
+        let mut deleted = 0;
+        let mut last = None;
+        for o in &outcomes {
+            if let Outcome::Committed(seq) = o {
+                deleted += 1;
+                last = Some(*seq);
+            }
+        }
+        if let Some(seq) = last {
+            publish(self.store, self.stats, seq);
+            self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        self.stats
+            .purged_keys
+            .fetch_add(deleted as u64, Ordering::Relaxed);
+        Ok(deleted)
+    }
+
     fn run_other(&mut self, job: Job) {
         let (store, stats) = (self.store, self.stats);
         match job {
@@ -546,6 +664,11 @@ impl Committer<'_> {
                 }
                 let _ = reply.send(r);
             }
+            Job::Hold { max, reply, ctl } => self.hold(max, &reply, &ctl),
+            Job::Purge(keys, reply) => {
+                let r = self.purge(keys);
+                let _ = reply.send(r);
+            }
             Job::ReseedFinish(seq, history, reply) => {
                 let r = self.check(store.reseed_finish(seq, &history));
                 if r.is_ok() {
@@ -573,6 +696,12 @@ fn refuse(job: Job, e: &StoreError) {
             let _ = reply.send(Err(e.clone()));
         }
         Job::ReseedBegin(reply) | Job::ReseedChunk(_, reply) | Job::ReseedFinish(_, _, reply) => {
+            let _ = reply.send(Err(e.clone()));
+        }
+        Job::Hold { reply, .. } => {
+            let _ = reply.send(Err(e.clone()));
+        }
+        Job::Purge(_, reply) => {
             let _ = reply.send(Err(e.clone()));
         }
     }

@@ -70,11 +70,13 @@ mod reader;
 
 pub use reader::Reader;
 
+use crate::layout::Layout;
 use crate::roles::Roles;
 use crate::storage::{
     EpochStart, LogEntry, LogKeep, LogRead, Outcome, SnapshotPage, StorageError, Store, Versioned,
     Write,
 };
+pub use committer::HoldCtl;
 use committer::Job;
 use reader::ReadJob;
 use std::fmt;
@@ -131,6 +133,10 @@ pub struct NodeStats {
     pub overloaded_writes: AtomicU64,
     /// Large reads (pulls, listings) refused because the read queue was full.
     pub overloaded_reads: AtomicU64,
+    /// A reshard's cutover holds this node's writes.
+    pub held: std::sync::atomic::AtomicBool,
+    /// Keys a reshard's purge deleted here (they moved to another shard).
+    pub purged_keys: AtomicU64,
     /// Commit batch sizes: counts of batches with size <= 1, 2, 4, ... 4096, more.
     pub batch_sizes: [AtomicU64; BATCH_BUCKETS],
     /// The store's [`StorageHealth`], as a code.
@@ -344,6 +350,9 @@ pub enum StoreError {
     /// This node is the primary of its shard: it applies no replicated
     /// entries (a pull answer that arrived after a promotion).
     IsPrimary,
+    /// A reshard moved the key to another shard: the write was not
+    /// applied here.
+    Moved,
 }
 
 impl fmt::Display for StoreError {
@@ -382,6 +391,7 @@ impl fmt::Display for StoreError {
                 f,
                 "this node is the primary now; it applies no replicated entries"
             ),
+            Self::Moved => write!(f, "a reshard moved the key to another shard"),
             Self::OutcomeUnknown { cause } => write!(
                 f,
                 "the commit failed ({cause}) and the store could not be reopened to check it"
@@ -401,14 +411,33 @@ type Reply<T> = flume::Sender<Result<T, StoreError>>;
 #[derive(Clone, Debug)]
 pub struct Fence {
     roles: Arc<Roles>,
+    /// Which shard owns which key (moves in a reshard).
+    layout: Arc<Layout>,
     node: usize,
     shard: usize,
 }
 
 impl Fence {
     #[must_use]
-    pub fn new(roles: Arc<Roles>, node: usize, shard: usize) -> Self {
-        Self { roles, node, shard }
+    pub fn new(roles: Arc<Roles>, layout: Arc<Layout>, node: usize, shard: usize) -> Self {
+        Self {
+            roles,
+            layout,
+            node,
+            shard,
+        }
+    }
+
+    /// True when this node's shard owns `key` now.
+    #[must_use]
+    pub fn owns(&self, key: &[u8]) -> bool {
+        self.layout.owner(key) == self.shard
+    }
+
+    /// Records a reshard's cutover of old shard `pair` (see
+    /// `committer::HoldCtl::Split`).
+    fn split(&self, pair: usize) -> Result<(), String> {
+        self.layout.set_split(pair).map_err(|e| e.to_string())
     }
 
     /// The epoch this node may write in now: it is its shard's primary and
@@ -658,6 +687,28 @@ impl NodeStore {
         self.call(false, |r| Job::Trim(upto, keep_bytes, r)).await
     }
 
+    /// Reshard cutover: commits what is queued, then holds every job
+    /// until the returned sender says [`HoldCtl::Release`] (or is dropped,
+    /// or `max` passes without a message); returns the committed seq.
+    ///
+    /// # Errors
+    /// This node may not write; the queue is full; storage failures.
+    pub async fn hold(&self, max: Duration) -> Result<(u64, flume::Sender<HoldCtl>), StoreError> {
+        let (ctl_tx, ctl) = flume::bounded(4);
+        let seq = self
+            .call(true, |reply| Job::Hold { max, reply, ctl })
+            .await?;
+        Ok((seq, ctl_tx))
+    }
+
+    /// Deletes `keys` this node's shard no longer owns (see [`Job::Purge`]).
+    ///
+    /// # Errors
+    /// This node may not write; storage failures.
+    pub async fn purge(&self, keys: Vec<Vec<u8>>) -> Result<usize, StoreError> {
+        self.call(false, |r| Job::Purge(keys, r)).await
+    }
+
     /// Replica re-seed steps; see `Store::reseed_*`.
     ///
     /// # Errors
@@ -719,7 +770,12 @@ mod tests {
     use futures_lite::future::block_on;
 
     fn standalone() -> Fence {
-        Fence::new(Arc::new(Roles::standalone()), 0, 0)
+        Fence::new(
+            Arc::new(Roles::standalone()),
+            Arc::new(crate::layout::Layout::fixed(1)),
+            0,
+            0,
+        )
     }
 
     #[test]
