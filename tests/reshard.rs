@@ -358,9 +358,14 @@ fn reshard_rejects_bad_new_config() {
     let token = "reshard-test-token";
     let c = RsCluster::start(Some(token));
     let book = preloaded(&c, 300);
-    // Shard 1 (idx 0) at another address.
+    // Shard 1 (idx 0) with its primary, or only its replica (the
+    // command can reach every primary then), at another address; renamed.
     let mut moved = c.new.clone();
     moved[0].primary = fresh_shards(9, 10)[0].primary;
+    let mut moved_replica = c.new.clone();
+    moved_replica[0].replica = fresh_shards(9, 10)[0].replica;
+    let mut renamed = c.new.clone();
+    renamed[0].name = "shard9".to_string();
     // N+1 shards; N shards (the running config); 2N+2 shards.
     let three = c.new[..3].to_vec();
     let two = c.old.clone();
@@ -376,6 +381,19 @@ fn reshard_rejects_bad_new_config() {
             "the first shard at another address",
             c.reshard_args(&c.write_config("bad-moved.toml", &moved), &[]),
             vec![moved[0].primary],
+        ),
+        (
+            "the first shard's replica at another address",
+            c.reshard_args(
+                &c.write_config("bad-moved-replica.toml", &moved_replica),
+                &[],
+            ),
+            vec![moved_replica[0].replica],
+        ),
+        (
+            "the first shard renamed",
+            c.reshard_args(&c.write_config("bad-renamed.toml", &renamed), &[]),
+            vec![],
         ),
         (
             "3 shards (N+1)",
