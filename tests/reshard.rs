@@ -239,8 +239,19 @@ fn kill9_then_rerun(when: When, nkeys: u32) {
         log.contains("layout"),
         "the restarted process should log that it uses the stored layout:\n{log}"
     );
+    // The stored layout has the new shards: the process runs their nodes
+    // again, and every node answers for every key.
+    let mut pending: Vec<std::net::SocketAddr> = c.added_nodes().iter().map(|n| n.addr).collect();
+    let up = common::wait_until(common::START_DEADLINE, || {
+        pending.retain(|a| !health_ok(*a));
+        pending.is_empty()
+    });
+    assert!(
+        up,
+        "after the restart at {when:?} the new shards' nodes {pending:?} do not answer /health"
+    );
     let owner = |h: u64| st.owner(h);
-    check_reads(&c.old_nodes(), &book, &owner, None, REPLICA_LAG)
+    check_reads(&c.new_nodes(), &book, &owner, None, REPLICA_LAG)
         .unwrap_or_else(|e| panic!("after the restart at {when:?}: {e}"));
     // Writes work before the reshard is finished, through both old
     // primaries (each forwards what it does not own).
