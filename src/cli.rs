@@ -7,6 +7,7 @@
 //! the program really uses.
 
 use crate::node::Options;
+use crate::reshard::ReshardOptions;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
@@ -257,8 +258,70 @@ fn micros(d: Duration) -> u64 {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Run(Box<Options>),
-    Help,
+    /// `corekv reshard ...`: drive a running cluster to twice its shards.
+    Reshard(ReshardOptions),
+    /// `--help` of the server, or of `reshard` (the text to print).
+    Help(String),
     Version,
+}
+
+/// `corekv reshard`: the options of the command that drives an online
+/// reshard (see `reshard`).
+#[derive(Parser, Debug)]
+#[command(
+    name = "corekv reshard",
+    about = "Doubles the shards of a running cluster while it serves: NEW.toml lists the current shards unchanged, then as many new ones. Exits 0 once every key lives only on its new owner; re-run after a failure or crash to finish.",
+    args_override_self = true,
+    term_width = 80
+)]
+struct ReshardArgs {
+    /// The new layout.
+    #[arg(long, value_name = "NEW.toml")]
+    config: PathBuf,
+
+    /// The cluster's shared token [env: COREKV_TOKEN].
+    #[arg(long, value_name = "T")]
+    token: Option<String>,
+
+    /// Roll back a reshard in which no shard has split yet.
+    #[arg(long)]
+    abort: bool,
+
+    /// Pause between steps, in milliseconds (for tests and demonstrations).
+    #[arg(long, value_name = "MS", default_value_t = 0, value_parser = whole)]
+    pause_ms: u64,
+
+    /// Longest wait for the new shards to copy their old shards, in
+    /// seconds.
+    #[arg(long, value_name = "S", default_value_t = 600, value_parser = whole)]
+    copy_timeout: u64,
+}
+
+fn parse_reshard(args: Vec<OsString>) -> Result<Command, String> {
+    let argv = std::iter::once(OsString::from("corekv reshard")).chain(args);
+    let parsed = match ReshardArgs::command()
+        .color(clap::ColorChoice::Never)
+        .try_get_matches_from(argv)
+    {
+        Ok(m) => ReshardArgs::from_arg_matches(&m).map_err(|e| usage_error(&describe(&e)))?,
+        Err(e) if e.kind() == ErrorKind::DisplayHelp => {
+            return Ok(Command::Help(
+                ReshardArgs::command().render_help().to_string(),
+            ));
+        }
+        Err(e) => return Err(usage_error(&describe(&e))),
+    };
+    let token = parsed
+        .token
+        .or_else(|| std::env::var(TOKEN_ENV).ok())
+        .filter(|t| !t.is_empty());
+    Ok(Command::Reshard(ReshardOptions {
+        config: parsed.config,
+        token,
+        abort: parsed.abort,
+        pause: Duration::from_millis(parsed.pause_ms),
+        copy_timeout: Duration::from_secs(parsed.copy_timeout),
+    }))
 }
 
 /// The full `--help` text: every option with its meaning and default.
@@ -295,7 +358,11 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let argv = std::iter::once(OsString::from("corekv")).chain(args.into_iter().map(Into::into));
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    if args.first().is_some_and(|a| a == "reshard") {
+        return parse_reshard(args[1..].to_vec());
+    }
+    let argv = std::iter::once(OsString::from("corekv")).chain(args);
     let matches = match Args::command()
         .color(clap::ColorChoice::Never)
         .try_get_matches_from(argv)
@@ -303,7 +370,7 @@ where
         Ok(m) => m,
         Err(e) => {
             return match e.kind() {
-                ErrorKind::DisplayHelp => Ok(Command::Help),
+                ErrorKind::DisplayHelp => Ok(Command::Help(help())),
                 ErrorKind::DisplayVersion => Ok(Command::Version),
                 _ => Err(usage_error(&describe(&e))),
             };
@@ -420,7 +487,7 @@ mod tests {
         assert_eq!(o.commit_queue, 3);
         assert!(parse(args(&["--commit-queue", "0"])).is_err());
         assert!(parse(args(&["--config"])).is_err());
-        assert_eq!(parse(args(&["-h"])), Ok(Command::Help));
+        assert_eq!(parse(args(&["-h"])), Ok(Command::Help(help())));
     }
 
     #[test]
@@ -547,7 +614,7 @@ mod tests {
             "{e}"
         );
         usage(&["--clock-skew-ms", "5000"]);
-        assert_eq!(parse(args(&["--help"])), Ok(Command::Help));
+        assert_eq!(parse(args(&["--help"])), Ok(Command::Help(help())));
         assert_eq!(parse(args(&["-V"])), Ok(Command::Version));
         assert_eq!(parse(args(&["--version"])), Ok(Command::Version));
     }

@@ -213,6 +213,12 @@ impl Layout {
         self.placement.load().owner(key)
     }
 
+    /// True while a reshard is under way (one atomic load).
+    #[must_use]
+    pub fn resharding(&self) -> bool {
+        self.placement.load().resharding()
+    }
+
     /// The placement in force.
     #[must_use]
     pub fn placement(&self) -> Arc<Placement> {

@@ -36,6 +36,7 @@ pub mod node;
 pub mod nodestore;
 pub mod protocol;
 pub mod replication;
+pub mod reshard;
 pub mod roles;
 pub mod router;
 pub mod sched;

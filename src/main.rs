@@ -6,7 +6,13 @@ use corekv::cli::{self, Command};
 
 fn main() {
     match cli::parse(std::env::args_os().skip(1)) {
-        Ok(Command::Help) => print!("{}", cli::help()),
+        Ok(Command::Help(text)) => print!("{text}"),
+        Ok(Command::Reshard(opts)) => {
+            if let Err(e) = corekv::reshard::run(&opts) {
+                eprintln!("corekv reshard: {e}");
+                std::process::exit(1);
+            }
+        }
         Ok(Command::Version) => println!("corekv {}", env!("CARGO_PKG_VERSION")),
         Ok(Command::Run(opts)) => {
             if let Err(e) = corekv::node::run(&opts) {

@@ -622,7 +622,7 @@ impl Api {
         deadline_ms: Option<u64>,
         same_layout: bool,
     ) -> Result<Response, ApiError> {
-        if !self.router.layout().placement().resharding() {
+        if !self.router.layout().resharding() {
             return self.dispatch_once(kv, forwarded, deadline_ms).await;
         }
         let again = kv.clone();

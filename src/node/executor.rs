@@ -234,7 +234,7 @@ impl Duty {
                 seen = generation;
                 mode = self.switch(mode).await;
             }
-            if !self.roles.is_controlled() && !self.layout.placement().resharding() {
+            if !self.roles.is_controlled() && !self.layout.resharding() {
                 // Static roles change only in a reshard: keep the tasks
                 // running.
                 if let Mode::Primary { trim, .. } = mode {

@@ -208,6 +208,24 @@ impl Grower<'_> {
         if locals.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
+        if !same_reshard {
+            // A new shard's node starts empty and copies its old shard: a
+            // file left by an aborted reshard may hold another shard's
+            // history under the same name.
+            for n in &locals {
+                let path = self.opts.data_dir.join(format!("{}.redb", n.file_stem()));
+                if path.exists() {
+                    log_at!(
+                        Level::Warn,
+                        &n.name,
+                        "removing {} left by an earlier reshard",
+                        path.display()
+                    );
+                    std::fs::remove_file(&path)
+                        .map_err(|e| refuse(format!("{}: {e}", path.display())))?;
+                }
+            }
+        }
         self.start(&locals, events, stash).map_err(GrowError::Fatal)
     }
 
