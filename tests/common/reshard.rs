@@ -40,6 +40,9 @@ use std::time::{Duration, Instant};
 pub const OLD_SHARDS: usize = 2;
 /// Shards after it.
 pub const NEW_SHARDS: usize = 4;
+/// The start of a [`RsCluster::reshard_status_at`] error when
+/// `/admin/reshard` answered 200 with another shape than the contract's.
+pub const BAD_SHAPE: &str = "/admin/reshard answered another shape: ";
 /// "Never acknowledged" in [`Book`].
 const NONE: u32 = u32::MAX;
 
@@ -889,7 +892,7 @@ impl RsCluster {
         if r.status != 200 {
             return Err(format!("GET /admin/reshard on {addr}: {r}"));
         }
-        RsStatus::parse(&r.text())
+        RsStatus::parse(&r.text()).map_err(|e| format!("{BAD_SHAPE}{e}"))
     }
 
     /// `GET /admin/reshard` on the primary of shard 0.
@@ -918,17 +921,30 @@ impl RsCluster {
         let end = Instant::now() + deadline;
         let t0 = Instant::now();
         let mut seen: Vec<String> = Vec::new();
+        let mut last_phases = String::new();
         loop {
             match self.reshard_status_at(self.primary(0)) {
                 Ok(st) => {
-                    if seen.last() != Some(&st.brief()) {
-                        seen.push(st.brief());
+                    // Seqs move all the time: log when a phase changes.
+                    let phases = format!(
+                        "{}/{} {:?}",
+                        st.state,
+                        st.shards,
+                        st.pairs
+                            .iter()
+                            .map(|p| p.phase.as_str())
+                            .collect::<Vec<_>>()
+                    );
+                    if last_phases != phases {
                         eprintln!("[{:>6.2?}] /admin/reshard: {}", t0.elapsed(), st.brief());
+                        seen.push(st.brief());
+                        last_phases = phases;
                     }
                     if pred(&st) {
                         return Ok(st);
                     }
                 }
+                Err(e) if e.starts_with(BAD_SHAPE) => return Err(e),
                 Err(e) => {
                     if seen.last() != Some(&e) {
                         seen.push(e.clone());
