@@ -20,8 +20,12 @@
 # VALUE_SIZE=16, SETPCT=10, PAUSE_MS=0 (`--pause-ms` of the reshard: > 0
 # stretches it between phases), RESHARD_TIMEOUT=300 (s), BASE_PORT=19180
 # (old primaries BASE, BASE+1, replicas BASE+2, BASE+3; the new shards
-# BASE+4..BASE+7), NGINX_PORT=18180, SKIP_INSTALL=1, SKIP_BUILD=1,
-# KEEP_TMP=1, COREKV_BIN=path.
+# BASE+4..BASE+7), NGINX_PORT=18180, SKIP_FRESH=1 (no fresh 4-shard
+# reference row), SKIP_INSTALL=1, SKIP_BUILD=1, KEEP_TMP=1, COREKV_BIN=path.
+#
+# Last row: the NEW layout started fresh (own data dir, the same keys
+# preloaded) under the same load: what 4 shards cost on this machine, to
+# compare the AFTER row with.
 #
 # Output: a markdown table on stdout and in bench/results/reshard.md; the
 # raw wrk outputs, the reshard command's output and the server log's tail
@@ -180,6 +184,26 @@ if [ -f "$WORK/corekv.log" ]; then
 fi
 corekv_stop
 
+# The same 4-shard layout started fresh (own data dir, same keys preloaded):
+# tells what 4 shards cost on this machine from what the reshard left behind.
+if [ "${SKIP_FRESH:-0}" != 1 ]; then
+    log "== reference: a fresh 4-shard cluster from NEW.toml (own data dir)"
+    # shellcheck disable=SC2086 # word splitting wanted: a list of ports
+    if corekv_start "$NEW" "$WORK/data-fresh" "$WORK/corekv-fresh.log" $OLD_PORTS $NEW_PORTS; then
+        FRESH_ADDRS=()
+        for i in 0 1 2 3; do FRESH_ADDRS+=(--addr "$i=127.0.0.1:$((BASE_PORT + (i < 2 ? i : i + 2)))"); done
+        if python3 "$BENCH_DIR/keys.py" load --shards 4 "${FRESH_ADDRS[@]}" --prefix key- --count "$KEYS" \
+                --value-size "$VALUE_SIZE" --timeout 300 2>>"$RUN_LOG"; then
+            wrk_window fresh4 "http://127.0.0.1:$P0" "$DURATION"
+        else
+            log "preload of the fresh 4-shard cluster failed; no fresh row"
+        fi
+    else
+        log "the fresh 4-shard cluster did not start; no fresh row"
+    fi
+    corekv_stop
+fi
+
 # ---------------------------------------------------------------- report
 DONE=0
 python3 - "$FINAL_STATE" <<'EOF' && DONE=1
@@ -208,12 +232,15 @@ def ms(us):
     return "%.2f ms" % (us / 1000.0)
 
 rows = [("nginx (reference)", "nginx"), ("before", "before"),
-        ("during reshard", "during"), ("after (4 shards)", "after")]
+        ("during reshard", "during"), ("after (4 shards)", "after"),
+        ("fresh 4-shard cluster (reference)", "fresh4")]
 ref = parse("nginx")
 print("| phase | window | requests | req/s | p50 | p99 | p99.9 | max | non-2xx | socket errors | req/s vs nginx | p99 vs nginx |")
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for label, name in rows:
     r = parse(name)
+    if r is None and name == "fresh4" and not os.path.exists(os.path.join(raw, name + ".txt")):
+        continue
     if r is None:
         print("| %s | - | no result (see reshard.log) | | | | | | | | | |" % label)
         continue
