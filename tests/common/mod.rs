@@ -18,6 +18,7 @@
 
 pub mod etcd;
 pub mod failover;
+pub mod reshard;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;

@@ -1,0 +1,484 @@
+//! Online resharding, 2 shards → 4, of a one-process cluster (every node in
+//! one corekv process, no `--serve`; one replica per shard), driven by
+//! `corekv reshard --config NEW.toml` (NEW = OLD + 2 appended shards) and
+//! watched through `GET /admin/reshard`:
+//!
+//! - under load (90 % GET / 10 % SET, 16 connections on each node of the
+//!   OLD layout): the command exits 0 in time, no request fails or takes
+//!   more than 2 s, no read through a primary is stale, and afterwards
+//!   every node (old and new addresses) serves every key with its last
+//!   acknowledged value and `X-Shard` = hash % 4, each key lives only on
+//!   its owner (`/status` key counts), `/admin/reshard` says done;
+//! - kill -9 of the process (and of the command) while a pair copies,
+//!   right after a cutover, and while the purge runs: the restarted
+//!   process (same command line, OLD config) serves every acknowledged
+//!   write, takes writes, and re-running the command finishes the reshard;
+//! - `--abort` before any cutover rolls back to 2 shards, also across a
+//!   restart;
+//! - a NEW.toml that does not extend the running layout (or not to 2N
+//!   shards), and a missing token, are refused with a message and change
+//!   nothing.
+//!
+//! The tests run one at a time (a lock): the machine has few cores and a
+//! load test measures latencies. Every wait is on a deadline.
+
+#![allow(
+    clippy::too_many_lines, // a scenario reads top to bottom
+    clippy::cast_possible_truncation, // shard indices below 4
+)]
+
+mod common;
+
+use common::health_ok;
+use common::reshard::{
+    Book, LoadCfg, NEW_SHARDS, OLD_SHARDS, RsCluster, RsStatus, check_reads, failures_text,
+    fresh_shards, node_keys, preload, set_keys,
+};
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use common::reshard::Load;
+
+/// How long a whole reshard of a few thousand keys may take.
+const RESHARD_DEADLINE: Duration = Duration::from_mins(2);
+/// How long a refused or aborting command may take.
+const SHORT_DEADLINE: Duration = Duration::from_mins(1);
+/// `--pause-ms` of the runs whose phases a test catches.
+const PAUSE_MS: &str = "1500";
+/// The slowest request allowed under load.
+const MAX_LATENCY: Duration = Duration::from_secs(2);
+/// How long a replica may take to show a write.
+const REPLICA_LAG: Duration = Duration::from_secs(15);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn old_owner(h: u64) -> usize {
+    (h % OLD_SHARDS as u64) as usize
+}
+
+/// Preloads `nkeys` keys and checks them on every OLD node (replicas
+/// caught up); the cluster must be idle with 2 shards.
+fn preloaded(c: &RsCluster, nkeys: u32) -> std::sync::Arc<Book> {
+    let book = Book::new(nkeys);
+    preload(c, &book);
+    check_reads(
+        &c.old_nodes(),
+        &book,
+        &old_owner,
+        c.token.as_deref(),
+        REPLICA_LAG,
+    )
+    .unwrap_or_else(|e| panic!("after the preload: {e}"));
+    let st = c.reshard_status();
+    assert!(
+        st.state == "idle" && st.shards == OLD_SHARDS as u64 && st.pairs.is_empty(),
+        "before any reshard /admin/reshard should be idle with 2 shards: {}",
+        st.raw
+    );
+    book
+}
+
+#[test]
+fn reshard_under_load() {
+    let _serial = serial();
+    let c = RsCluster::start(None);
+    let book = preloaded(&c, 2000);
+    let load = Load::start(
+        &c.old_nodes(),
+        &book,
+        LoadCfg {
+            conns_per_node: 16,
+            set_pct: 20, // primaries only: 10 % of all requests
+            absent_pct: 10,
+            pause: Duration::from_millis(1),
+        },
+    );
+    // Some load before the command.
+    assert!(
+        common::wait_until(Duration::from_secs(10), || load.requests() >= 500
+            && load.now() >= Duration::from_secs(1)),
+        "the load does not run: {} requests",
+        load.requests()
+    );
+    let started = load.now();
+    let run = c.run_reshard(&[], RESHARD_DEADLINE);
+    let ended = load.now();
+    // Load on the new layout for a second.
+    let after = ended + Duration::from_secs(1);
+    common::wait_until(Duration::from_secs(5), || load.now() >= after);
+    let res = load.finish();
+    eprintln!(
+        "reshard ran from {started:.2?} to {ended:.2?} of the load\nload: {}",
+        res.summary()
+    );
+    assert!(run.success(), "the reshard did not succeed:\n{run}");
+    assert!(
+        !run.stdout.trim().is_empty(),
+        "the reshard printed no progress on stdout:\n{run}"
+    );
+    let during = res
+        .recs
+        .iter()
+        .filter(|r| {
+            let at = Duration::from_millis(u64::from(r.at_ms));
+            at >= started && at <= ended
+        })
+        .count();
+    assert!(during > 0, "no request of the load ran during the reshard");
+    let fails: Vec<&common::reshard::Failure> = res.failures.iter().collect();
+    assert!(fails.is_empty(), "{}", failures_text(&fails, 40));
+    assert!(
+        res.max_latency() <= MAX_LATENCY,
+        "a request took {:?} (> {MAX_LATENCY:?}); the slowest:\n  {}",
+        res.max_latency(),
+        res.slowest(10)
+    );
+    c.assert_finished(&book, "after the reshard under load");
+}
+
+/// When [`kill9_then_rerun`] kills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum When {
+    /// A pair is copying.
+    Copying,
+    /// A pair has just cut over (split), before its purge.
+    CutOver,
+    /// A purge is under way: a pair's `purge_left` went down but not to 0,
+    /// or one pair purged while another is not.
+    Purging,
+}
+
+/// Starts a reshard (`--pause-ms`) under a light load, kills -9 the
+/// process and the command at `when`, restarts the process with the same
+/// command line and checks every acknowledged write and new writes, then
+/// re-runs the command and checks the finished state.
+fn kill9_then_rerun(when: When, nkeys: u32) {
+    let mut c = RsCluster::start(None);
+    let book = preloaded(&c, nkeys);
+    let load = Load::start(
+        &c.old_nodes(),
+        &book,
+        LoadCfg {
+            conns_per_node: 2,
+            set_pct: 30,
+            absent_pct: 10,
+            pause: Duration::from_millis(5),
+        },
+    );
+    let mut cmd = c.spawn_reshard(&["--pause-ms", PAUSE_MS]);
+    let mut max_left: HashMap<u64, u64> = HashMap::new();
+    let caught = c.wait_reshard(RESHARD_DEADLINE, Some(&mut cmd), |st| {
+        if st.state != "resharding" {
+            return false;
+        }
+        match when {
+            When::Copying => st.pairs.iter().any(|p| p.phase == "copying"),
+            When::CutOver => st.pairs.iter().any(|p| p.phase == "split"),
+            When::Purging => {
+                let mut progress = false;
+                for p in st.pairs.iter().filter(|p| p.phase == "split") {
+                    let m = max_left.entry(p.shard).or_insert(0);
+                    if p.purge_left > 0 && p.purge_left < *m {
+                        progress = true;
+                    }
+                    *m = (*m).max(p.purge_left);
+                }
+                let purged = st.pairs.iter().any(|p| p.phase == "purged");
+                let unpurged = st.pairs.iter().any(|p| p.phase == "split");
+                progress || (purged && unpurged)
+            }
+        }
+    });
+    let caught = match caught {
+        Ok(st) => st,
+        Err(e) => {
+            let out = cmd.kill();
+            drop(load.finish());
+            panic!("could not catch {when:?}: {e}\n{out}");
+        }
+    };
+    let kill_at = load.now();
+    c.kill9();
+    let out = cmd.kill();
+    eprintln!("killed at {when:?}: {}\n{out}", caught.brief());
+    let res = load.finish();
+    eprintln!("load until the kill: {}", res.summary());
+    // Before the kill nothing may fail; afterwards I/O errors are expected.
+    let before: Vec<&common::reshard::Failure> =
+        res.failures.iter().filter(|f| f.done < kill_at).collect();
+    assert!(
+        before.is_empty(),
+        "before the kill: {}",
+        failures_text(&before, 40)
+    );
+
+    c.restart();
+    let st = c.reshard_status();
+    eprintln!("after the restart: {}", st.brief());
+    assert_eq!(
+        st.state, "resharding",
+        "after a kill -9 at {when:?} the restarted process should still be resharding: {}",
+        st.raw
+    );
+    for p in caught.pairs.iter().filter(|p| RsStatus::is_cut_over(p)) {
+        let now = st.pair(p.shard as usize);
+        assert!(
+            now.is_some_and(RsStatus::is_cut_over),
+            "pair {} had cut over before the kill, not after the restart: {}",
+            p.shard,
+            st.raw
+        );
+    }
+    let log = c.last_generation_log().to_lowercase();
+    assert!(
+        log.contains("layout"),
+        "the restarted process should log that it uses the stored layout:\n{log}"
+    );
+    // The stored layout has the new shards: the process runs their nodes
+    // again, and every node answers for every key.
+    let mut pending: Vec<std::net::SocketAddr> = c.added_nodes().iter().map(|n| n.addr).collect();
+    let up = common::wait_until(common::START_DEADLINE, || {
+        pending.retain(|a| !health_ok(*a));
+        pending.is_empty()
+    });
+    assert!(
+        up,
+        "after the restart at {when:?} the new shards' nodes {pending:?} do not answer /health"
+    );
+    let owner = |h: u64| st.owner(h);
+    check_reads(&c.new_nodes(), &book, &owner, None, REPLICA_LAG)
+        .unwrap_or_else(|e| panic!("after the restart at {when:?}: {e}"));
+    // Writes work before the reshard is finished, through both old
+    // primaries (each forwards what it does not own).
+    let all: Vec<u32> = (0..nkeys).collect();
+    let (a, b) = all.split_at(all.len() / 2);
+    let mut failed = set_keys(c.primary(0), &book, a, None);
+    failed.extend(set_keys(c.primary(1), &book, b, None));
+    assert!(
+        failed.is_empty(),
+        "writes after the restart at {when:?} failed ({}): {:?}",
+        failed.len(),
+        &failed[..failed.len().min(20)]
+    );
+
+    let run = c.run_reshard(&[], RESHARD_DEADLINE);
+    assert!(
+        run.success(),
+        "re-running the reshard after the kill at {when:?} did not succeed:\n{run}"
+    );
+    c.assert_finished(&book, &format!("after the kill at {when:?} and the re-run"));
+}
+
+#[test]
+fn kill9_during_copy_then_rerun_finishes() {
+    let _serial = serial();
+    kill9_then_rerun(When::Copying, 2000);
+}
+
+#[test]
+fn kill9_after_cutover_then_rerun_finishes() {
+    let _serial = serial();
+    kill9_then_rerun(When::CutOver, 2000);
+}
+
+#[test]
+fn kill9_during_purge_then_rerun_finishes() {
+    let _serial = serial();
+    // More keys: a purge with something to do.
+    kill9_then_rerun(When::Purging, 8000);
+}
+
+#[test]
+fn abort_before_cutover_rolls_back() {
+    let _serial = serial();
+    let token = "reshard-test-token";
+    let mut c = RsCluster::start(Some(token));
+    let book = preloaded(&c, 1000);
+    let mut cmd = c.spawn_reshard(&["--pause-ms", "5000"]);
+    let caught = c.wait_reshard(RESHARD_DEADLINE, Some(&mut cmd), |st| {
+        st.state == "resharding" && st.pairs.iter().any(|p| p.phase == "copying")
+    });
+    let out = cmd.kill();
+    let caught = caught.unwrap_or_else(|e| panic!("could not catch the copy: {e}\n{out}"));
+    assert!(
+        !caught.pairs.iter().any(RsStatus::is_cut_over),
+        "a pair cut over already: {}",
+        caught.raw
+    );
+    // A write during the copy, with the command gone.
+    let some: Vec<u32> = (0..100).collect();
+    let failed = set_keys(c.primary(1), &book, &some, Some(token));
+    assert!(failed.is_empty(), "writes during the copy: {failed:?}");
+
+    let run = c.run_reshard(&["--abort"], SHORT_DEADLINE);
+    assert!(
+        run.success(),
+        "--abort before any cutover did not succeed:\n{run}"
+    );
+    let check_rolled_back = |c: &RsCluster, ctx: &str| {
+        for n in c.old_nodes() {
+            let st = c
+                .reshard_status_at(n.addr)
+                .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            assert!(
+                (st.state == "aborted" || st.state == "idle") && st.shards == OLD_SHARDS as u64,
+                "{ctx}: /admin/reshard on {} should be aborted (or idle) with 2 shards: {}",
+                n.name,
+                st.raw
+            );
+        }
+        check_reads(&c.old_nodes(), &book, &old_owner, Some(token), REPLICA_LAG)
+            .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        let keys = node_keys(c.primary(0)).unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        let sum: u64 = (0..OLD_SHARDS)
+            .map(|s| {
+                keys.get(&format!("shard{}/primary", s + 1))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .sum();
+        assert_eq!(
+            sum,
+            book.written(),
+            "{ctx}: the 2 primaries should hold every key: {keys:?}"
+        );
+    };
+    check_rolled_back(&c, "after --abort");
+    // Writes still work, on both shards.
+    let all: Vec<u32> = (0..book.nkeys).collect();
+    let failed = set_keys(c.primary(0), &book, &all, Some(token));
+    assert!(
+        failed.is_empty(),
+        "writes after --abort: {:?}",
+        &failed[..failed.len().min(20)]
+    );
+    check_rolled_back(&c, "after --abort and new writes");
+    // And across a restart with the same command line.
+    c.restart();
+    check_rolled_back(&c, "after --abort and a restart");
+}
+
+#[test]
+fn reshard_rejects_bad_new_config() {
+    let _serial = serial();
+    let token = "reshard-test-token";
+    let c = RsCluster::start(Some(token));
+    let book = preloaded(&c, 300);
+    // Shard 1 (idx 0) with its primary, or only its replica (the
+    // command can reach every primary then), at another address; renamed.
+    let mut moved = c.new.clone();
+    moved[0].primary = fresh_shards(9, 10)[0].primary;
+    let mut moved_replica = c.new.clone();
+    moved_replica[0].replica = fresh_shards(9, 10)[0].replica;
+    let mut renamed = c.new.clone();
+    renamed[0].name = "shard9".to_string();
+    // N+1 shards; N shards (the running config); 2N+2 shards.
+    let three = c.new[..3].to_vec();
+    let two = c.old.clone();
+    let mut six = c.new.clone();
+    six.extend(fresh_shards(NEW_SHARDS, NEW_SHARDS + 2));
+    // The old shards in another order (names and indices swapped).
+    let mut swapped = c.new.clone();
+    swapped.swap(0, 1);
+    swapped[0].idx = 0;
+    swapped[1].idx = 1;
+    let cases: Vec<(&str, Vec<String>, Vec<std::net::SocketAddr>)> = vec![
+        (
+            "the first shard at another address",
+            c.reshard_args(&c.write_config("bad-moved.toml", &moved), &[]),
+            vec![moved[0].primary],
+        ),
+        (
+            "the first shard's replica at another address",
+            c.reshard_args(
+                &c.write_config("bad-moved-replica.toml", &moved_replica),
+                &[],
+            ),
+            vec![moved_replica[0].replica],
+        ),
+        (
+            "the first shard renamed",
+            c.reshard_args(&c.write_config("bad-renamed.toml", &renamed), &[]),
+            vec![],
+        ),
+        (
+            "3 shards (N+1)",
+            c.reshard_args(&c.write_config("bad-three.toml", &three), &[]),
+            vec![],
+        ),
+        (
+            "the running config (N shards)",
+            c.reshard_args(&c.write_config("bad-two.toml", &two), &[]),
+            vec![],
+        ),
+        (
+            "6 shards (2N+2)",
+            c.reshard_args(&c.write_config("bad-six.toml", &six), &[]),
+            six[NEW_SHARDS..].iter().map(|s| s.primary).collect(),
+        ),
+        (
+            "the old shards swapped",
+            c.reshard_args(&c.write_config("bad-swapped.toml", &swapped), &[]),
+            vec![],
+        ),
+        (
+            "no --token",
+            vec![
+                "reshard".to_string(),
+                "--config".to_string(),
+                c.new_config.display().to_string(),
+            ],
+            vec![],
+        ),
+    ];
+    for (what, args, more_addrs) in cases {
+        let run = c.spawn_cmd(args).wait(SHORT_DEADLINE);
+        eprintln!("{what}: {run}");
+        assert!(
+            run.status
+                .is_some_and(|s| s.code().is_some_and(|code| code != 0)),
+            "{what}: the command should exit non-zero (not hang, not crash):\n{run}"
+        );
+        let msg = format!("{}{}", run.stdout, run.stderr);
+        assert!(
+            !msg.trim().is_empty() && !msg.contains("panicked"),
+            "{what}: the command should say why, without a panic:\n{run}"
+        );
+        for n in c.old_nodes() {
+            let st = c
+                .reshard_status_at(n.addr)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(
+                st.state == "idle" && st.shards == OLD_SHARDS as u64 && st.pairs.is_empty(),
+                "{what}: the cluster should be unchanged (idle, 2 shards), {} says {}",
+                n.name,
+                st.raw
+            );
+        }
+        for a in c
+            .added_nodes()
+            .iter()
+            .map(|n| n.addr)
+            .chain(more_addrs.iter().copied())
+        {
+            assert!(
+                !health_ok(a),
+                "{what}: a node answers on {a}, an address of the refused config"
+            );
+        }
+        check_reads(&c.old_nodes(), &book, &old_owner, Some(token), REPLICA_LAG)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+    // /admin/reshard wants the token like the other admin endpoints.
+    let r = common::get(c.primary(0), "/admin/reshard");
+    assert_eq!(r.status, 401, "/admin/reshard without the token: {r}");
+    // The refusals were specific: the right config goes through.
+    let run = c.run_reshard(&[], RESHARD_DEADLINE);
+    assert!(run.success(), "the good config after the refusals:\n{run}");
+    c.assert_finished(&book, "the good config after the refusals");
+}
