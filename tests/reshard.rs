@@ -34,7 +34,6 @@ use common::reshard::{
     Book, LoadCfg, NEW_SHARDS, OLD_SHARDS, RsCluster, RsStatus, check_reads, failures_text,
     fresh_shards, node_keys, preload, set_keys,
 };
-use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -148,8 +147,8 @@ enum When {
     Copying,
     /// A pair has just cut over (split), before its purge.
     CutOver,
-    /// A purge is under way: a pair's `purge_left` went down but not to 0,
-    /// or one pair purged while another is not.
+    /// A purge is under way: a split pair's purge deleted keys but the pair
+    /// is not purged yet, or one pair purged while another is not.
     Purging,
 }
 
@@ -171,7 +170,6 @@ fn kill9_then_rerun(when: When, nkeys: u32) {
         },
     );
     let mut cmd = c.spawn_reshard(&["--pause-ms", PAUSE_MS]);
-    let mut max_left: HashMap<u64, u64> = HashMap::new();
     let caught = c.wait_reshard(RESHARD_DEADLINE, Some(&mut cmd), |st| {
         if st.state != "resharding" {
             return false;
@@ -180,14 +178,10 @@ fn kill9_then_rerun(when: When, nkeys: u32) {
             When::Copying => st.pairs.iter().any(|p| p.phase == "copying"),
             When::CutOver => st.pairs.iter().any(|p| p.phase == "split"),
             When::Purging => {
-                let mut progress = false;
-                for p in st.pairs.iter().filter(|p| p.phase == "split") {
-                    let m = max_left.entry(p.shard).or_insert(0);
-                    if p.purge_left > 0 && p.purge_left < *m {
-                        progress = true;
-                    }
-                    *m = (*m).max(p.purge_left);
-                }
+                let progress = st
+                    .pairs
+                    .iter()
+                    .any(|p| p.phase == "split" && p.purged_keys > 0);
                 let purged = st.pairs.iter().any(|p| p.phase == "purged");
                 let unpurged = st.pairs.iter().any(|p| p.phase == "split");
                 progress || (purged && unpurged)

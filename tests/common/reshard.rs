@@ -103,9 +103,14 @@ pub struct Pair {
     pub shard: u64,
     pub to: u64,
     pub phase: String,
-    pub source_seq: u64,
-    pub target_seq: u64,
-    pub purge_left: u64,
+    /// `None` when the node does not run in the answering process (or has
+    /// not started yet).
+    pub source_seq: Option<u64>,
+    pub target_seq: Option<u64>,
+    /// Keys the purge deleted so far, on both sides.
+    pub purged_keys: u64,
+    pub source_purged: bool,
+    pub target_purged: bool,
 }
 
 /// `GET /admin/reshard`, parsed.
@@ -152,9 +157,15 @@ impl RsStatus {
                     .as_str()
                     .ok_or_else(|| bad("pair without string \"phase\""))?
                     .to_string(),
-                source_seq: num("source_seq")?,
-                target_seq: num("target_seq")?,
-                purge_left: num("purge_left")?,
+                source_seq: p["source_seq"].as_u64(),
+                target_seq: p["target_seq"].as_u64(),
+                purged_keys: num("purged_keys")?,
+                source_purged: p["source_purged"]
+                    .as_bool()
+                    .ok_or_else(|| bad("pair without bool \"source_purged\""))?,
+                target_purged: p["target_purged"]
+                    .as_bool()
+                    .ok_or_else(|| bad("pair without bool \"target_purged\""))?,
             });
         }
         Ok(Self {
@@ -209,8 +220,8 @@ impl RsStatus {
                 }
                 let _ = write!(
                     s,
-                    "{}->{} {} seq {}/{} purge_left {}",
-                    p.shard, p.to, p.phase, p.source_seq, p.target_seq, p.purge_left
+                    "{}->{} {} seq {:?}/{:?} purged {}",
+                    p.shard, p.to, p.phase, p.source_seq, p.target_seq, p.purged_keys
                 );
             }
             s.push(']');
@@ -1045,7 +1056,10 @@ impl RsCluster {
             );
             for p in &st.pairs {
                 assert!(
-                    p.phase == "purged" && p.purge_left == 0 && p.to == p.shard + OLD_SHARDS as u64,
+                    p.phase == "purged"
+                        && p.source_purged
+                        && p.target_purged
+                        && p.to == p.shard + OLD_SHARDS as u64,
                     "{ctx}: pair not purged on {}: {}",
                     n.name,
                     st.raw
