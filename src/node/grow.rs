@@ -6,10 +6,9 @@
 //! start-up).
 //!
 //! Depends on `layout`, `topology`, `roles`, `config` and the start-up
-//! steps of `node`. A process started with `--serve` starts only the new
-//! nodes its `--serve` list names (none, since `--serve` may only name
-//! configured addresses): resharding across hosts is not supported yet, and
-//! `--etcd` clusters refuse it (README, Resharding).
+//! steps of `node`. Only a process that runs every node (no `--serve`)
+//! takes a reshard: resharding across processes or hosts, and with
+//! `--etcd`, is refused for now (README, Resharding).
 
 use super::{
     Event, NodeError, Options, Shared, Stop, await_ready, bind_listeners, node_contexts,
@@ -163,6 +162,11 @@ impl Grower<'_> {
         if plane.roles.is_controlled() {
             return Err(refuse(
                 "resharding a cluster with --etcd is not supported yet".into(),
+            ));
+        }
+        if self.opts.serve.is_some() {
+            return Err(refuse(
+                "resharding a cluster whose processes run with --serve is not supported yet: only the one-process cluster (no --serve) starts the new shards' nodes".into(),
             ));
         }
         let new = config::parse(std::path::Path::new("(reshard layout)"), text)
