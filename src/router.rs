@@ -27,7 +27,7 @@ use crate::protocol::{KvRequest, MAILBOX_CAPACITY, Mail, MailError, Scan, ask, n
 use crate::roles::Roles;
 use crate::storage::{SnapshotPage, Store};
 use crate::topology::{MAX_NODES, NodeInfo, Topology};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
@@ -92,9 +92,32 @@ const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 /// This executor's readers of the other nodes in this process.
 struct PeerReaders {
-    by_node: Vec<Option<Reader>>,
+    /// By node id; grows when a reshard starts nodes in this process.
+    by_node: RefCell<Vec<Option<Rc<Reader>>>>,
     /// A sweep task is scheduled.
     sweeping: Cell<bool>,
+}
+
+impl PeerReaders {
+    /// This executor's reader of node `id` when it runs in this process
+    /// (not `me`); created on first use for nodes started after this
+    /// executor (a reshard's).
+    fn reader(&self, id: usize, me: usize, mailboxes: &PeerTable) -> Option<Rc<Reader>> {
+        if id == me {
+            return None;
+        }
+        if let Some(Some(r)) = self.by_node.borrow().get(id) {
+            return Some(r.clone());
+        }
+        let peer = mailboxes.get(id)?;
+        let reader = Rc::new(Reader::new(peer.store.clone(), peer.stats.clone()));
+        let mut by_node = self.by_node.borrow_mut();
+        if by_node.len() <= id {
+            by_node.resize(id + 1, None);
+        }
+        by_node[id] = Some(reader.clone());
+        Some(reader)
+    }
 }
 
 /// Where to send a request.
@@ -190,7 +213,7 @@ impl Router {
         // are reached through their mailboxes.
         let by_node = (0..topo.node_count())
             .map(|id| match mailboxes.get(id) {
-                Some(p) if id != me => Some(Reader::new(p.store.clone(), p.stats.clone())),
+                Some(p) if id != me => Some(Rc::new(Reader::new(p.store.clone(), p.stats.clone()))),
                 _ => None,
             })
             .collect();
@@ -203,7 +226,7 @@ impl Router {
             client,
             token,
             readers: Rc::new(PeerReaders {
-                by_node,
+                by_node: RefCell::new(by_node),
                 sweeping: Cell::new(false),
             }),
         }
@@ -279,8 +302,8 @@ impl Router {
     /// This executor's reader of `node`'s store, when `node` runs in this
     /// process on another executor.
     #[must_use]
-    pub fn peer_reader(&self, node: &NodeInfo) -> Option<&Reader> {
-        let reader = self.readers.by_node.get(node.id)?.as_ref()?;
+    pub fn peer_reader(&self, node: &NodeInfo) -> Option<Rc<Reader>> {
+        let reader = self.readers.reader(node.id, self.me, &self.mailboxes)?;
         if !self.readers.sweeping.replace(true) {
             glommio::spawn_local(sweep(self.readers.clone())).detach();
         }
@@ -347,6 +370,7 @@ async fn sweep(readers: Rc<PeerReaders>) {
         glommio::timer::sleep(SWEEP_EVERY).await;
         let open = readers
             .by_node
+            .borrow()
             .iter()
             .flatten()
             .fold(false, |open, r| r.sweep() | open);

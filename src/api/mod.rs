@@ -687,7 +687,7 @@ impl Api {
                 // the sweep of its snapshot); writes never open one.
                 let plain_read = kv.op == KvOp::Get && kv.min_seq == 0;
                 match plain_read.then(|| self.router.peer_reader(owner)).flatten() {
-                    Some(reader) => read(reader, &kv, owner, None),
+                    Some(reader) => read(&reader, &kv, owner, None),
                     None => self.router.to_peer(&tx, kv).await.map_err(owner_err),
                 }
             }
