@@ -200,6 +200,12 @@ struct Args {
     #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = whole,
           default_value_t = Options::default().sync_replicas as u64)]
     sync_replicas: u64,
+
+    /// This process runs nodes of the shards a reshard is adding (the
+    /// second half of --config, which is the new layout; needs --serve):
+    /// they follow their old shards until `corekv reshard` cuts over.
+    #[arg(long)]
+    joining: bool,
 }
 
 /// The `--serve` list (a newtype so clap takes it as one value).
@@ -416,7 +422,13 @@ where
         etcd_prefix: args.etcd_prefix,
         lease_ttl: Duration::from_millis(args.lease_ttl_ms),
         sync_replicas: usize::try_from(args.sync_replicas).unwrap_or(usize::MAX),
+        joining: args.joining,
     };
+    if opts.joining && opts.serve.is_none() {
+        return Err(usage_error(
+            "--joining needs --serve: it names the new shards' nodes this process runs",
+        ));
+    }
     if let Some(Err(e)) = opts.control().map(|c| c.validate()) {
         return Err(usage_error(&e.to_string()));
     }

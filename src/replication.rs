@@ -265,8 +265,10 @@ impl PrimaryLog {
         self
     }
 
-    /// True when `name`'s progress decides the trim point.
-    fn tracked(&self, name: &str) -> bool {
+    /// True when `name`'s progress decides the trim point: a configured
+    /// replica, or a reshard follower.
+    #[must_use]
+    pub fn tracked(&self, name: &str) -> bool {
         self.is_replica(name) || (self.followers)(name)
     }
 

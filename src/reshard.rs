@@ -293,6 +293,12 @@ fn abort(cluster: &Cluster, kind: &str) -> Result<(), ReshardError> {
     cluster
         .broadcast(&cluster.old_addrs(), "/admin/reshard/abort", None)
         .map_err(|e| ReshardError(format!("abort: {e}")))?;
+    // Processes that run only new nodes (`--joining`), if any answer.
+    let _ = cluster.broadcast(
+        &cluster.addrs(cluster.from..2 * cluster.from),
+        "/admin/reshard/abort",
+        None,
+    );
     println!(
         "reshard aborted: the cluster keeps {} shards (restart processes to stop the new shards' nodes)",
         cluster.from
@@ -312,20 +318,25 @@ fn prepare(cluster: &Cluster) -> Result<(), ReshardError> {
                 "prepare: {e}; the cluster keeps its layout (re-run, or run with --abort)"
             ))
         })?;
-    // The new nodes answer once their executors run.
+    // The new nodes answer once their executors run (in the processes
+    // above, or in processes the operator started with `--joining`).
     let deadline = Instant::now() + Duration::from_secs(30);
-    for addr in cluster.addrs(cluster.from..2 * cluster.from) {
-        while cluster.request("GET", &addr, "/health", None).is_err() {
+    let new_addrs = cluster.addrs(cluster.from..2 * cluster.from);
+    for addr in &new_addrs {
+        while cluster.request("GET", addr, "/health", None).is_err() {
             if Instant::now() > deadline {
                 return fail(format!(
-                    "new node {addr} does not answer: start it with --config {} (nodes on other hosts are started by the operator)",
-                    "NEW.toml"
+                    "new node {addr} does not answer: a node no running process serves must be started on its host first (`corekv --config NEW.toml --serve ADDR[,ADDR] --joining`); re-run, or --abort"
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    Ok(())
+    // The processes of the new nodes record the same reshard (already
+    // done for the ones prepared above).
+    cluster
+        .broadcast(&new_addrs, "/admin/reshard/prepare", Some(&cluster.text))
+        .map_err(|e| ReshardError(format!("prepare of the new nodes: {e}; re-run, or --abort")))
 }
 
 /// Waits until every new primary is within [`CLOSE_ENOUGH`] entries of
@@ -442,12 +453,11 @@ fn try_cutover(cluster: &Cluster, pair: usize, src: &str, dst: &str) -> Result<u
         .post(src, &format!("/admin/reshard/split?pair={pair}"), None)
         .map_err(|e| undo(format!("split: {e}")))?;
     let ms = started.elapsed().as_millis();
-    // Committed: the rest only spreads the news and lets writes go.
-    let others: Vec<String> = cluster
-        .all_addrs()
-        .into_iter()
-        .filter(|a| a != src)
-        .collect();
+    // Committed: the rest only spreads the news and lets writes go; the
+    // new shard's process first (the others route its keys to it).
+    let mut others = cluster.addrs(pair + cluster.from..pair + cluster.from + 1);
+    others.extend(cluster.all_addrs().into_iter().filter(|a| a != src));
+    others.dedup();
     if let Err(e) = cluster.broadcast(&others, &format!("/admin/reshard/split?pair={pair}"), None) {
         println!("warning: split of shard {pair} not recorded everywhere yet: {e}");
     }

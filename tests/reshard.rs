@@ -476,3 +476,58 @@ fn reshard_rejects_bad_new_config() {
     assert!(run.success(), "the good config after the refusals:\n{run}");
     c.assert_finished(&book, "the good config after the refusals");
 }
+
+/// Two "hosts": the OLD nodes in one process (`--serve`), the new shards'
+/// nodes in a second one started by the operator with the NEW config and
+/// `--joining` (they follow their old shards over HTTP). Under the same
+/// load as [`reshard_under_load`] the reshard finishes with no failed
+/// request; then the joining process is killed -9 and restarted: it keeps
+/// its shards (the layout it stored) and serves every key.
+#[test]
+fn reshard_across_two_processes() {
+    let _serial = serial();
+    let mut c = RsCluster::start_two_hosts(None);
+    let book = preloaded(&c, 2000);
+    c.start_joining();
+    // Before the reshard the joining process routes by the OLD layout.
+    let st = c
+        .reshard_status_at(c.added_nodes()[0].addr)
+        .unwrap_or_else(|e| panic!("joining process: {e}"));
+    assert!(
+        st.state == "resharding" && st.shards == OLD_SHARDS as u64,
+        "a joining process places keys by the old layout until the cutover: {}",
+        st.raw
+    );
+    let load = Load::start(
+        &c.old_nodes(),
+        &book,
+        LoadCfg {
+            conns_per_node: 16,
+            set_pct: 20,
+            absent_pct: 10,
+            pause: Duration::from_millis(1),
+        },
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(10), || load.requests() >= 500),
+        "the load does not run"
+    );
+    let run = c.run_reshard(&[], RESHARD_DEADLINE);
+    let after = load.now() + Duration::from_secs(1);
+    common::wait_until(Duration::from_secs(5), || load.now() >= after);
+    let res = load.finish();
+    eprintln!("load: {}", res.summary());
+    assert!(run.success(), "the reshard did not succeed:\n{run}");
+    let fails: Vec<&common::reshard::Failure> = res.failures.iter().collect();
+    assert!(fails.is_empty(), "{}", failures_text(&fails, 40));
+    assert!(
+        res.max_latency() <= MAX_LATENCY,
+        "a request took {:?}; the slowest:\n  {}",
+        res.max_latency(),
+        res.slowest(10)
+    );
+    c.assert_finished(&book, "after a reshard across two processes");
+    c.kill9_joining();
+    c.start_joining();
+    c.assert_finished(&book, "after kill -9 and restart of the joining process");
+}

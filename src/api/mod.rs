@@ -239,6 +239,12 @@ pub enum ApiError {
     },
 }
 
+/// How long a request whose owner moved during a reshard is routed again
+/// (see `Api::dispatch_via`), and the pause before asking a remote owner
+/// again.
+const REROUTE_FOR: Duration = Duration::from_secs(1);
+const REROUTE_PAUSE: Duration = Duration::from_millis(5);
+
 /// Seconds a client is asked to wait (`Retry-After`) when a node is
 /// overloaded.
 pub const RETRY_AFTER_SECS: u32 = 1;
@@ -626,12 +632,25 @@ impl Api {
             return self.dispatch_once(kv, forwarded, deadline_ms).await;
         }
         let again = kv.clone();
-        match self.dispatch_once(kv, forwarded, deadline_ms).await {
-            Err(ApiError::Moved { .. }) => self.dispatch_once(again, false, None).await,
-            Err(ApiError::Misdirected { .. }) if same_layout => {
-                self.dispatch_once(again, false, None).await
+        let mut result = self.dispatch_once(kv, forwarded, deadline_ms).await;
+        let until = Instant::now() + REROUTE_FOR;
+        loop {
+            let wait = match &result {
+                Err(ApiError::Moved { .. }) => false,
+                Err(ApiError::Misdirected { .. }) if same_layout => false,
+                // The new owner on another host has not heard of the split
+                // yet (it hears right after the commit point): nothing was
+                // applied there; ask again in a moment.
+                Ok(resp) if resp.status == 421 => true,
+                _ => return result,
+            };
+            if Instant::now() >= until {
+                return result;
             }
-            other => other,
+            if wait {
+                glommio::timer::sleep(REROUTE_PAUSE).await;
+            }
+            result = self.dispatch_once(again.clone(), false, None).await;
         }
     }
 

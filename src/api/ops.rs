@@ -318,7 +318,7 @@ impl Api {
                     encode_reply(&PullReply::NotPrimary),
                 ));
             };
-            self.check_pull(primary.is_replica(&pull.replica), &pull)?;
+            self.check_pull(primary.tracked(&pull.replica), &pull)?;
             primary
                 .serve(pull)
                 .await
@@ -342,7 +342,8 @@ impl Api {
     }
 
     /// Checks a pull from the network before it is served. A configured
-    /// replica of this shard (`configured`) is served and tracked. The
+    /// replica of this shard, or a node of the new shard that copies this
+    /// one in a reshard (`configured`), is served and tracked. The
     /// name of any other configured node is refused (403): that node
     /// belongs to another shard, so the hosts disagree about the config.
     /// A name of no configured node, at most [`MAX_NODE_NAME`] bytes, is

@@ -330,6 +330,12 @@ impl Api {
                         ))),
                         _ => {
                             s.state = to;
+                            if to == State::Done {
+                                // The command finishes once both sides
+                                // of every pair purged (each process saw
+                                // its own sides only).
+                                s.purged.iter_mut().for_each(|p| *p = true);
+                            }
                             Ok(true)
                         }
                     }

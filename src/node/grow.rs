@@ -6,9 +6,10 @@
 //! start-up).
 //!
 //! Depends on `layout`, `topology`, `roles`, `config` and the start-up
-//! steps of `node`. Only a process that runs every node (no `--serve`)
-//! takes a reshard: resharding across processes or hosts, and with
-//! `--etcd`, is refused for now (README, Resharding).
+//! steps of `node`. A process with `--serve` starts the new nodes its list
+//! names; new nodes on another host run in a process the operator starts
+//! with the new layout and `--joining` ([`join`]). `--etcd` clusters refuse
+//! a reshard for now (README, Resharding).
 
 use super::{
     Event, NodeError, Options, Shared, Stop, await_ready, bind_listeners, node_contexts,
@@ -16,7 +17,7 @@ use super::{
 };
 use crate::api::Prepare;
 use crate::config::{self, ClusterConfig};
-use crate::layout::{self, State, Stored};
+use crate::layout::{self, Layout, State, Stored};
 use crate::log::Level;
 use crate::log_at;
 use crate::roles::Roles;
@@ -85,6 +86,59 @@ fn state_name(s: State) -> &'static str {
         State::Done => "done",
         State::Aborted => "aborted",
     }
+}
+
+/// `--joining`: a process of the new layout's second half records the
+/// reshard (N = half of `cfg`'s shards) before it starts, unless its data
+/// directory has a layout already (a restart), so that its nodes follow
+/// their old shards instead of taking writes as empty primaries.
+///
+/// # Errors
+/// An odd layout, a `--serve` node among the first half, or the file.
+pub(super) fn join(opts: &Options, cfg: &ClusterConfig) -> Result<(), NodeError> {
+    let bad = |message: String| {
+        NodeError::Config(config::ConfigError {
+            file: opts.config.clone(),
+            line: None,
+            message,
+        })
+    };
+    if layout::read_stored(&opts.data_dir)
+        .map_err(|e| bad(e.0))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let n = cfg.shards.len();
+    if !n.is_multiple_of(2) {
+        return Err(bad(format!(
+            "--joining: the new layout has {n} shards, not twice the old count"
+        )));
+    }
+    let serve = opts.serve.as_deref().unwrap_or_default();
+    let old = cfg.shards[..n / 2].iter().find(|s| {
+        serve
+            .iter()
+            .any(|a| *a == s.address || s.replicas.contains(a))
+    });
+    if let Some(s) = old {
+        return Err(bad(format!(
+            "--joining: --serve names a node of shard {} of the old layout; a joining process runs only the new shards' nodes",
+            s.name
+        )));
+    }
+    let text = std::fs::read_to_string(&opts.config)
+        .map_err(|e| bad(format!("cannot read the config: {e}")))?;
+    std::fs::create_dir_all(&opts.data_dir).map_err(|error| NodeError::DataDir {
+        path: opts.data_dir.clone(),
+        error,
+    })?;
+    Layout::open(&opts.data_dir, n / 2, None)
+        .update(|s| {
+            *s = Some(Stored::begin(text, n / 2));
+            Ok(true)
+        })
+        .map_err(|e| bad(e.0))
 }
 
 /// Until its pair's cutover, every node of new shard `i + from` follows
@@ -164,19 +218,16 @@ impl Grower<'_> {
                 "resharding a cluster with --etcd is not supported yet".into(),
             ));
         }
-        if self.opts.serve.is_some() {
-            return Err(refuse(
-                "resharding a cluster whose processes run with --serve is not supported yet: only the one-process cluster (no --serve) starts the new shards' nodes".into(),
-            ));
-        }
         let new = config::parse(std::path::Path::new("(reshard layout)"), text)
             .map_err(|e| refuse(e.to_string()))?;
         let placement = layout.placement();
         let from = placement.shards();
         let stored = layout.stored();
-        let same_reshard = stored
-            .as_ref()
-            .is_some_and(|s| s.state == State::Resharding && s.config == text);
+        let same_reshard = stored.as_ref().is_some_and(|s| {
+            s.state == State::Resharding
+                && config::parse(std::path::Path::new("layout.json"), &s.config)
+                    .is_ok_and(|c| c.shards == new.shards)
+        });
         if !same_reshard {
             if placement.resharding() {
                 return Err(refuse(

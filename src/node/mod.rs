@@ -116,6 +116,9 @@ pub struct Options {
     /// Replicas that must have applied a write before it is acknowledged
     /// (`--sync-replicas`; 0: asynchronous replication).
     pub sync_replicas: usize,
+    /// The nodes of this process belong to shards a reshard is adding
+    /// (`--joining`): they follow their old shards until the cutover.
+    pub joining: bool,
 }
 
 impl Options {
@@ -163,6 +166,7 @@ impl Default for Options {
             etcd_prefix: crate::control::DEFAULT_PREFIX.to_string(),
             lease_ttl: crate::control::DEFAULT_LEASE_TTL,
             sync_replicas: 0,
+            joining: false,
         }
     }
 }
@@ -276,6 +280,9 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
     let cfg = config::load(&opts.config).map_err(NodeError::Config)?;
     // A reshard's layout stored in the data directory wins over the
     // older layout of --config (see `grow`).
+    if opts.joining {
+        grow::join(opts, &cfg)?;
+    }
     let (cfg, stored) = grow::effective_layout(opts, cfg)?;
     let topo = Arc::new(Topology::new(&cfg, opts.serve.as_deref()).map_err(NodeError::Topology)?);
     let layout = Arc::new(Layout::open(

@@ -673,6 +673,11 @@ pub struct RsCluster {
     child: Option<Child>,
     /// stdout/stderr of every generation of the server.
     logs: Vec<(PathBuf, PathBuf)>,
+    /// Two processes ("hosts"): the first runs the OLD nodes
+    /// (`--serve`), the second, started by [`RsCluster::start_joining`],
+    /// the new shards' nodes (`--config NEW --serve ... --joining`).
+    two_hosts: bool,
+    joining: Option<Child>,
 }
 
 impl RsCluster {
@@ -683,6 +688,18 @@ impl RsCluster {
     /// When it does not start (with its logs).
     #[must_use]
     pub fn start(token: Option<&str>) -> Self {
+        Self::start_with(token, false)
+    }
+
+    /// [`RsCluster::start`] with the OLD nodes in a process of their own
+    /// (`--serve`); the new shards' nodes come with
+    /// [`RsCluster::start_joining`].
+    #[must_use]
+    pub fn start_two_hosts(token: Option<&str>) -> Self {
+        Self::start_with(token, true)
+    }
+
+    fn start_with(token: Option<&str>, two_hosts: bool) -> Self {
         let mut last = String::new();
         for _attempt in 0..4 {
             let dir = tempfile::tempdir().expect("temp dir");
@@ -704,6 +721,8 @@ impl RsCluster {
                 token: token.map(String::from),
                 child: None,
                 logs: Vec::new(),
+                two_hosts,
+                joining: None,
             };
             match c.launch() {
                 Ok(()) => return c,
@@ -731,7 +750,82 @@ impl RsCluster {
             args.push("--token".into());
             args.push(t.clone());
         }
+        if self.two_hosts {
+            let serve: Vec<String> = self
+                .old_nodes()
+                .iter()
+                .map(|n| n.addr.to_string())
+                .collect();
+            args.push("--serve".into());
+            args.push(serve.join(","));
+        }
         args
+    }
+
+    /// The second "host": the new shards' nodes in their own process
+    /// (`--config NEW --serve <their addresses> --joining`, its own data
+    /// directory); waits until they answer `/health`. Also restarts it
+    /// after [`RsCluster::kill9_joining`].
+    ///
+    /// # Panics
+    /// When it does not start.
+    pub fn start_joining(&mut self) {
+        let serve: Vec<String> = self
+            .added_nodes()
+            .iter()
+            .map(|n| n.addr.to_string())
+            .collect();
+        let mut args = vec![
+            "--config".to_string(),
+            self.new_config.display().to_string(),
+            "--data-dir".to_string(),
+            self.dir.path().join("data-joining").display().to_string(),
+            "--serve".to_string(),
+            serve.join(","),
+            "--joining".to_string(),
+        ];
+        if let Some(t) = &self.token {
+            args.push("--token".into());
+            args.push(t.clone());
+        }
+        let end = Instant::now() + START_DEADLINE;
+        loop {
+            let (child, out, err) =
+                spawn_corekv(self.dir.path(), "joining", &args).expect("spawn the joining process");
+            self.joining = Some(child);
+            self.logs.push((out, err.clone()));
+            let mut pending: Vec<SocketAddr> = self.added_nodes().iter().map(|n| n.addr).collect();
+            let joining = &mut self.joining;
+            let mut exited = false;
+            let ok = wait_until(START_DEADLINE, || {
+                if let Some(Ok(Some(_))) = joining.as_mut().map(Child::try_wait) {
+                    exited = true;
+                    return true;
+                }
+                pending.retain(|a| !health_ok(*a));
+                pending.is_empty()
+            });
+            if ok && !exited {
+                return;
+            }
+            self.kill9_joining();
+            let in_use =
+                std::fs::read_to_string(&err).is_ok_and(|s| s.contains("Address already in use"));
+            assert!(
+                in_use && Instant::now() < end,
+                "the joining process did not start\n{}",
+                self.server_logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// kill -9 of the joining process, reaped.
+    pub fn kill9_joining(&mut self) {
+        if let Some(mut c) = self.joining.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Spawns the server with the same command line as always and waits
@@ -1079,9 +1173,16 @@ impl RsCluster {
         let written = book.written();
         let mut last = BTreeMap::new();
         let ok = wait_until(Duration::from_secs(15), || {
-            let Ok(k) = node_keys(self.primary(0)) else {
+            // One process, or (two hosts) the joining one too.
+            let Ok(mut k) = node_keys(self.primary(0)) else {
                 return false;
             };
+            if self.two_hosts {
+                let Ok(more) = node_keys(self.added_nodes()[0].addr) else {
+                    return false;
+                };
+                k.extend(more);
+            }
             last = k;
             let prim: u64 = (0..NEW_SHARDS)
                 .map(|s| {
@@ -1136,6 +1237,7 @@ pub fn node_keys(addr: SocketAddr) -> Result<BTreeMap<String, u64>, String> {
 impl Drop for RsCluster {
     fn drop(&mut self) {
         self.kill9();
+        self.kill9_joining();
         if std::thread::panicking() {
             eprintln!(
                 "==== corekv logs ({}) ====\n{}",
