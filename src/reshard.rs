@@ -69,10 +69,13 @@ fn fail<T>(msg: impl Into<String>) -> Result<T, ReshardError> {
     Err(ReshardError(msg.into()))
 }
 
-/// How long a cutover waits for the new primary to reach the held seq.
-const CATCH_UP: Duration = Duration::from_secs(3);
-/// How long old primaries hold writes at most without a word from here.
-const HOLD_MS: u64 = 5000;
+/// How long a cutover waits for the new primary to reach the held seq
+/// (it starts within [`CLOSE_ENOUGH`] entries; usually a few ms).
+const CATCH_UP: Duration = Duration::from_millis(1500);
+/// How long old primaries hold writes at most without a word from here:
+/// if this command dies during a cutover, no write waits much longer than
+/// the 2 s a request may take.
+const HOLD_MS: u64 = 2000;
 /// Cutover attempts per pair.
 const ATTEMPTS: usize = 3;
 /// Lag (in log entries) at which a pair is close enough for a cutover.
