@@ -303,14 +303,7 @@ impl Committer<'_> {
         let replies = self.pending.replies.drain(..);
         match answer {
             Ok(()) => {
-                let mut committed = 0;
-                let mut last = None;
-                for o in &self.outcomes {
-                    if let Outcome::Committed(seq) = o {
-                        committed += 1;
-                        last = Some(*seq);
-                    }
-                }
+                let (committed, last) = committed(&self.outcomes);
                 if let Some(seq) = last {
                     publish(self.store, self.stats, seq);
                 }
@@ -609,22 +602,13 @@ impl Committer<'_> {
             .store
             .commit_writes_into(&writes, trim_upto, &mut outcomes);
         self.check(r)?;
-        let mut deleted = 0;
-        let mut last = None;
-        for o in &outcomes {
-            if let Outcome::Committed(seq) = o {
-                deleted += 1;
-                last = Some(*seq);
-            }
-        }
+        let (deleted, last) = committed(&outcomes);
         if let Some(seq) = last {
             publish(self.store, self.stats, seq);
             self.stats.commits.fetch_add(1, Ordering::Relaxed);
         }
-        self.stats
-            .purged_keys
-            .fetch_add(deleted as u64, Ordering::Relaxed);
-        Ok(deleted)
+        self.stats.purged_keys.fetch_add(deleted, Ordering::Relaxed);
+        Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
     }
 
     fn run_other(&mut self, job: Job) {
@@ -698,6 +682,14 @@ fn refuse(job: Job, e: &StoreError) {
             let _ = reply.send(Err(e.clone()));
         }
     }
+}
+
+/// How many of a batch's `outcomes` committed, and the last seq.
+fn committed(outcomes: &[Outcome]) -> (u64, Option<u64>) {
+    outcomes.iter().fold((0, None), |(n, last), o| match o {
+        Outcome::Committed(seq) => (n + 1, Some(*seq)),
+        Outcome::ConditionFailed { .. } => (n, last),
+    })
 }
 
 fn publish(store: &Store, stats: &NodeStats, seq: u64) {

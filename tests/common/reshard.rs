@@ -22,6 +22,7 @@
     clippy::cast_possible_truncation, // milliseconds and microseconds of a test fit in u32; key numbers fit in u32
 )]
 
+use super::failover::Rng;
 use super::{
     Conn, POLL, Resp, START_DEADLINE, ShardAddrs, config_text, enc, fnv1_64, free_ports, health_ok,
     request_bytes, spawn_corekv, wait_until,
@@ -1450,22 +1451,6 @@ impl Drop for Load {
     }
 }
 
-/// xorshift.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// One request of a worker, chosen and built.
 struct Req {
     op: Op,
@@ -1483,7 +1468,7 @@ impl Worker {
     fn next_req(&self, rng: &mut Rng, own: &[u32], absent_n: &mut u64) -> Req {
         let r = rng.below(100) as u32;
         if !own.is_empty() && r < self.cfg.set_pct {
-            let i = own[rng.below(own.len() as u64) as usize];
+            let i = own[rng.below(own.len())];
             let seq = self.book.next_seq(i);
             let key = key_name(i);
             let target = format!(
@@ -1512,7 +1497,7 @@ impl Worker {
                 acked_before: None,
             }
         } else {
-            let i = rng.below(u64::from(self.book.nkeys)) as u32;
+            let i = rng.below(self.book.nkeys as usize) as u32;
             let acked_before = self.book.acked(i);
             let key = key_name(i);
             let target = format!("/get?key={}", enc(key.as_bytes()));
@@ -1584,7 +1569,7 @@ impl Worker {
     }
 
     fn run(self, t0: Instant, stop: &AtomicBool, count: &AtomicU64) -> (Vec<Rec>, Vec<Failure>) {
-        let mut rng = Rng(self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut rng = Rng::new(self.seed);
         let mut conn: Option<Conn> = None;
         let mut recs = Vec::new();
         let mut failures = Vec::new();
