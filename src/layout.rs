@@ -220,6 +220,14 @@ impl Layout {
         self.placement.load().owner(key)
     }
 
+    /// The shard that owns `key` now and whether a reshard is under way,
+    /// from one read of the placement.
+    #[must_use]
+    pub fn owner_and_resharding(&self, key: &[u8]) -> (usize, bool) {
+        let p = self.placement.load();
+        (p.owner(key), p.resharding())
+    }
+
     /// True while a reshard is under way (one atomic load).
     #[must_use]
     pub fn resharding(&self) -> bool {

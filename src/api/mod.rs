@@ -628,11 +628,13 @@ impl Api {
         deadline_ms: Option<u64>,
         same_layout: bool,
     ) -> Result<Response, ApiError> {
-        if !self.router.layout().resharding() {
-            return self.dispatch_once(kv, forwarded, deadline_ms).await;
+        // One read of the placement for the common case.
+        let (shard, resharding) = self.router.layout().owner_and_resharding(&kv.key);
+        if !resharding {
+            return self.dispatch_once(kv, shard, forwarded, deadline_ms).await;
         }
         let again = kv.clone();
-        let mut result = self.dispatch_once(kv, forwarded, deadline_ms).await;
+        let mut result = self.dispatch_once(kv, shard, forwarded, deadline_ms).await;
         let until = Instant::now() + REROUTE_FOR;
         loop {
             let wait = match &result {
@@ -650,17 +652,19 @@ impl Api {
             if wait {
                 glommio::timer::sleep(REROUTE_PAUSE).await;
             }
-            result = self.dispatch_once(again.clone(), false, None).await;
+            let shard = self.router.layout().owner(&again.key);
+            result = self.dispatch_once(again.clone(), shard, false, None).await;
         }
     }
 
+    /// Serves `kv`, owned by `shard` now, here or sends it to its owner.
     async fn dispatch_once(
         &self,
         kv: KvRequest,
+        shard: usize,
         forwarded: bool,
         deadline_ms: Option<u64>,
     ) -> Result<Response, ApiError> {
-        let shard = self.router.layout().owner(&kv.key);
         let me = self.me();
         let write = kv.op != KvOp::Get;
         if write && !self.router.is_primary() {
