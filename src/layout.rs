@@ -91,6 +91,14 @@ impl Placement {
         (self.split.get(shard) == Some(&false)).then_some(shard + self.base)
     }
 
+    /// The old shard whose keys new shard `shard` took in a split (a
+    /// reshard is under way and that pair has split).
+    #[must_use]
+    pub fn pair_of_new(&self, shard: usize) -> Option<usize> {
+        let pair = shard.checked_sub(self.base)?;
+        (self.split.get(pair) == Some(&true)).then_some(pair)
+    }
+
     /// The shards that own keys now.
     pub fn owning_shards(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.base).chain(

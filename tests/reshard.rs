@@ -531,3 +531,88 @@ fn reshard_across_two_processes() {
     c.start_joining();
     c.assert_finished(&book, "after kill -9 and restart of the joining process");
 }
+
+/// Two processes, kill -9 of both right after a pair cut over (the old
+/// process holds the commit point, the joining one the new primary), then
+/// both restarted with their own command lines: every acknowledged write
+/// is served by every node with the owner the stored layout implies,
+/// writes work, and re-running the command finishes the reshard.
+#[test]
+fn two_processes_kill9_after_cutover_then_rerun() {
+    let _serial = serial();
+    let mut c = RsCluster::start_two_hosts(None);
+    let nkeys = 2000;
+    let book = preloaded(&c, nkeys);
+    c.start_joining();
+    let mut cmd = c.spawn_reshard(&["--pause-ms", PAUSE_MS]);
+    let caught = c
+        .wait_reshard(RESHARD_DEADLINE, Some(&mut cmd), |st| {
+            st.state == "resharding" && st.pairs.iter().any(RsStatus::is_cut_over)
+        })
+        .unwrap_or_else(|e| panic!("could not catch a cutover: {e}\n{}", cmd.kill()));
+    c.kill9();
+    c.kill9_joining();
+    let out = cmd.kill();
+    eprintln!("killed after a cutover: {}\n{out}", caught.brief());
+    c.restart();
+    c.start_joining();
+    let st = c.reshard_status();
+    for p in caught.pairs.iter().filter(|p| RsStatus::is_cut_over(p)) {
+        assert!(
+            st.pair(p.shard as usize).is_some_and(RsStatus::is_cut_over),
+            "pair {} had cut over before the kill, not after the restart: {}",
+            p.shard,
+            st.raw
+        );
+    }
+    let owner = |h: u64| st.owner(h);
+    check_reads(&c.new_nodes(), &book, &owner, None, REPLICA_LAG)
+        .unwrap_or_else(|e| panic!("after the restart of both processes: {e}"));
+    let all: Vec<u32> = (0..nkeys).collect();
+    let (a, b) = all.split_at(all.len() / 2);
+    let mut failed = set_keys(c.primary(0), &book, a, None);
+    failed.extend(set_keys(c.primary(1), &book, b, None));
+    assert!(
+        failed.is_empty(),
+        "writes after the restart failed ({}): {:?}",
+        failed.len(),
+        &failed[..failed.len().min(20)]
+    );
+    let run = c.run_reshard(&[], RESHARD_DEADLINE);
+    assert!(run.success(), "the re-run did not succeed:\n{run}");
+    c.assert_finished(&book, "after kill -9 of both processes and the re-run");
+}
+
+/// A process that missed a split (it was down when the command announced
+/// it: simulated by clearing the split from its stored layout before its
+/// restart) learns it from the first request another process sends it for
+/// a moved key, instead of refusing the new shard's keys (421) until the
+/// command is re-run.
+#[test]
+fn a_process_that_missed_a_split_learns_it_from_a_forwarded_request() {
+    let _serial = serial();
+    let mut c = RsCluster::start_two_hosts(None);
+    let book = preloaded(&c, 2000);
+    c.start_joining();
+    let mut cmd = c.spawn_reshard(&["--pause-ms", "3000"]);
+    let caught = c
+        .wait_reshard(RESHARD_DEADLINE, Some(&mut cmd), |st| {
+            st.state == "resharding" && st.pairs.iter().any(RsStatus::is_cut_over)
+        })
+        .unwrap_or_else(|e| panic!("could not catch a cutover: {e}\n{}", cmd.kill()));
+    drop(cmd.kill());
+    c.kill9_joining();
+    let stored = c.dir.path().join("data-joining").join("layout.json");
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&stored).expect("joining layout.json"))
+            .expect("layout.json is JSON");
+    v["split"] = serde_json::json!([false, false]);
+    std::fs::write(&stored, v.to_string()).expect("rewrite layout.json");
+    c.start_joining();
+    let owner = |h: u64| caught.owner(h);
+    check_reads(&c.new_nodes(), &book, &owner, None, REPLICA_LAG)
+        .unwrap_or_else(|e| panic!("the process that missed the split: {e}"));
+    let run = c.run_reshard(&[], RESHARD_DEADLINE);
+    assert!(run.success(), "the re-run did not succeed:\n{run}");
+    c.assert_finished(&book, "after a missed split and the re-run");
+}

@@ -650,10 +650,35 @@ impl Api {
                 return result;
             }
             if wait {
+                self.tell_split(&again.key).await;
                 glommio::timer::sleep(REROUTE_PAUSE).await;
             }
             let shard = self.router.layout().owner(&again.key);
             result = self.dispatch_once(again.clone(), shard, false, None).await;
+        }
+    }
+
+    /// A remote owner answered 421 for `key`, which this process places on
+    /// a new shard whose pair split: that process missed the split (it was
+    /// down when the command announced it, say); tell it, as the command
+    /// does (idempotent), so it serves the key instead of refusing it until
+    /// the command is re-run.
+    async fn tell_split(&self, key: &[u8]) {
+        let placement = self.router.layout().placement();
+        let owner = placement.owner(key);
+        let Some(pair) = placement.pair_of_new(owner) else {
+            return;
+        };
+        let Some(node) = self.router.primary_of(owner) else {
+            return;
+        };
+        if let Route::Remote(addr) = self.router.route_to(node) {
+            let path = format!("/admin/reshard/split?pair={pair}");
+            let deadline = Instant::now() + REROUTE_FOR;
+            let _ = self
+                .router
+                .to_remote(&addr, path.as_bytes(), b"", deadline, Resend::Idempotent)
+                .await;
         }
     }
 
