@@ -1,8 +1,12 @@
 //! One node's executor: its thread, its glommio `LocalExecutor` (pinned to
 //! a CPU), the node's tasks (replication, log trimming, the mailbox of
-//! requests from other executors) and its accept loop with graceful drain.
+//! requests from other executors, a reshard's purge) and its accept loop
+//! with graceful drain. A node's role follows `Roles`: with a control
+//! plane, and during a reshard (a new shard's nodes follow their old shard
+//! until the cutover).
 //!
-//! Depends on `api`, `replication`, `router`, `nodestore`, `http::conn`.
+//! Depends on `api`, `replication`, `router`, `nodestore`, `layout`,
+//! `http::conn`.
 
 use super::{Event, NodeError, SHUTDOWN_GRACE};
 use crate::api::{Api, ApiConfig, LocalNodes, Prepare};
