@@ -209,6 +209,9 @@ pub struct Retention {
     pub bytes: u64,
 }
 
+/// Who a puller is for a reshard (see `PrimaryLog::followers`).
+pub type Followers = Box<dyn Fn(&str) -> Option<bool>>;
+
 /// The primary side: knows the committed seq, holds long polls, serves
 /// log pages and snapshot pages, and trims the log.
 pub struct PrimaryLog {
@@ -217,10 +220,14 @@ pub struct PrimaryLog {
     /// Applied seq last reported by each replica (by node name).
     progress: RefCell<HashMap<String, u64>>,
     replicas: Vec<String>,
-    /// True for the nodes that follow this shard for a reshard (the new
-    /// shard's nodes, until its cutover): tracked like replicas, so the
-    /// log they read is kept for them.
-    followers: Box<dyn Fn(&str) -> bool>,
+    /// Who a puller is, by name: `Some(true)` for a node that follows this
+    /// shard for a reshard now (the new shard's nodes, until the cutover:
+    /// tracked like replicas, so the log they read is kept for them),
+    /// `Some(false)` for any other node of another shard (refused: after
+    /// its cutover a new shard's node must not take one more entry of the
+    /// old shard, whose history goes on without it), `None` for a name of
+    /// no node (an observer).
+    followers: Followers,
     retain: Retention,
     /// `--sync-replicas`: how many replicas must have applied a write
     /// before it is acknowledged.
@@ -250,7 +257,7 @@ impl PrimaryLog {
             committed,
             progress: RefCell::new(HashMap::new()),
             replicas,
-            followers: Box::new(|_| false),
+            followers: Box::new(|_| None),
             retain,
             sync,
             replicated: SeqWatch::local(replicated_at.clone()),
@@ -260,7 +267,7 @@ impl PrimaryLog {
 
     /// Sets who follows this shard for a reshard (see `followers`).
     #[must_use]
-    pub fn with_followers(mut self, followers: Box<dyn Fn(&str) -> bool>) -> Self {
+    pub fn with_followers(mut self, followers: Followers) -> Self {
         self.followers = followers;
         self
     }
@@ -269,7 +276,13 @@ impl PrimaryLog {
     /// replica, or a reshard follower.
     #[must_use]
     pub fn tracked(&self, name: &str) -> bool {
-        self.is_replica(name) || (self.followers)(name)
+        self.is_replica(name) || (self.followers)(name) == Some(true)
+    }
+
+    /// True when `name` is a node of another shard that does not follow
+    /// this one (any more): it gets no entry and no snapshot page.
+    fn refused(&self, name: &str) -> bool {
+        !self.is_replica(name) && (self.followers)(name) == Some(false)
     }
 
     /// The committed seq; the API notifies it after each durable write.
@@ -313,7 +326,7 @@ impl PrimaryLog {
     /// (the caller answers 503); other failures are a
     /// [`PullReply::Failed`].
     pub async fn serve(&self, pull: Pull) -> Result<PullReply, StoreError> {
-        if !self.shard.fence().is_primary() {
+        if !self.shard.fence().is_primary() || self.refused(&pull.replica) {
             return Ok(PullReply::NotPrimary);
         }
         // One record per failover: a small table, read here (on demand: a
@@ -349,7 +362,9 @@ impl PrimaryLog {
                 // trim point); anyone else is answered and forgotten, so
                 // the map cannot grow past the configured replicas.
                 if self.tracked(&pull.replica) {
-                    self.progress.borrow_mut().insert(pull.replica, after);
+                    self.progress
+                        .borrow_mut()
+                        .insert(pull.replica.clone(), after);
                     self.replica_progressed();
                     // The next group commit removes what every replica has.
                     self.shard
@@ -372,6 +387,12 @@ impl PrimaryLog {
                 // replica answers with its seq once the wait ends.
                 if self.committed.get() < after {
                     self.committed.wait_for(after, BEHIND_WAIT).await;
+                }
+                // Checked again after the wait and the read: a reshard's
+                // cutover may have happened meanwhile (the entries were read
+                // before it, so none is past the held seq).
+                if self.refused(&pull.replica) {
+                    return Ok(PullReply::NotPrimary);
                 }
                 let primary_seq = self.committed.get();
                 // Read after the entries: it covers every epoch they are in.
@@ -397,13 +418,14 @@ impl PrimaryLog {
                     .snapshot_chunk(after_key, SNAPSHOT_PAGE, SNAPSHOT_PAGE_BYTES)
                     .await
                 {
+                    Ok(_) if self.refused(&pull.replica) => Ok(PullReply::NotPrimary),
                     Ok((seq, pairs, done)) => {
                         // A reshard follower starts from a snapshot: keep
                         // the log from its first page's seq for it (a
                         // configured replica's last progress holds it).
                         if after_key_was_none
                             && !self.is_replica(&pull.replica)
-                            && (self.followers)(&pull.replica)
+                            && (self.followers)(&pull.replica) == Some(true)
                         {
                             self.progress.borrow_mut().insert(pull.replica, seq);
                             self.shard
@@ -437,7 +459,7 @@ impl PrimaryLog {
         let progress = self.progress.borrow();
         let followers = progress
             .iter()
-            .filter(|(name, _)| !self.is_replica(name) && (self.followers)(name))
+            .filter(|(name, _)| !self.is_replica(name) && (self.followers)(name) == Some(true))
             .map(|(_, &seq)| seq);
         let slowest = self
             .replicas

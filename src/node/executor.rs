@@ -304,10 +304,9 @@ impl Duty {
         // until the cutover.
         let (topo, layout, shard) = (self.topo.clone(), self.layout.clone(), self.node.shard);
         let followers = Box::new(move |name: &str| {
-            let placement = layout.placement();
-            placement
-                .follows(shard)
-                .is_some_and(|new| topo.nodes().any(|n| n.shard == new && n.name == name))
+            let node = topo.nodes().find(|n| n.name == name)?;
+            let follows = layout.placement().follows(shard);
+            Some(node.shard != shard && follows == Some(node.shard))
         });
         let log = Rc::new(
             PrimaryLog::new(
