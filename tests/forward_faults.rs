@@ -117,8 +117,21 @@ struct Relay {
 }
 
 impl Relay {
-    fn start(port: u16, owner: SocketAddr) -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the relay port");
+    /// Starts a relay on a free port (a port handed out as free can be
+    /// taken by another process before the bind: then another one).
+    fn start(owner: SocketAddr) -> Self {
+        let mut last = None;
+        for _ in 0..20 {
+            let port = free_ports(1)[0];
+            match TcpListener::bind(("127.0.0.1", port)) {
+                Ok(listener) => return Self::serve(port, listener, owner),
+                Err(e) => last = Some(e),
+            }
+        }
+        panic!("no port for the relay: {last:?}");
+    }
+
+    fn serve(port: u16, listener: TcpListener, owner: SocketAddr) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -405,10 +418,11 @@ fn config(shard1: SocketAddr, shard2: SocketAddr) -> String {
 
 /// Starts the owner, the relay and the forwarder (with `forwarder_args`).
 fn setup(forwarder_args: &[&str]) -> Setup {
-    let ports = free_ports(3);
+    let ports = free_ports(2);
     let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-    let (forwarder, owner, relay_addr) = (at(ports[0]), at(ports[1]), at(ports[2]));
-    let relay = Relay::start(relay_addr.port(), owner);
+    let (forwarder, owner) = (at(ports[0]), at(ports[1]));
+    let relay = Relay::start(owner);
+    let relay_addr = at(relay.port);
     let mut procs = Procs {
         dir: tempfile::tempdir().expect("tempdir"),
         children: Vec::new(),

@@ -276,10 +276,17 @@ impl Api {
         } else {
             let stored = self.router.layout().stored();
             let committed = stored.is_some_and(|s| s.is_split(pair));
-            if !committed && self.me().shard == pair && self.router.is_primary() {
+            // Where shard `pair`'s primary runs, only its held committer
+            // may take the split (the commit point): recorded anywhere
+            // else first, the writes it still takes would be sent away.
+            let primary = self.router.topology().primary_of(pair);
+            if !committed && primary.local {
                 return Err(refused(
                     409,
-                    format!("shard {pair}'s writes are not held: hold them first"),
+                    format!(
+                        "shard {pair}'s split is taken on its held primary {} first",
+                        primary.address
+                    ),
                 ));
             }
             self.router
