@@ -244,28 +244,33 @@ fn kill9_then_rerun(when: When, nkeys: u32) {
         up,
         "after the restart at {when:?} the new shards' nodes {pending:?} do not answer /health"
     );
+    serves_then_finishes(&c, &book, &st, nkeys, &format!("the kill at {when:?}"));
+}
+
+/// After a restart mid-reshard: every node serves every acknowledged write
+/// with the owner `st` implies; writes work through both old primaries
+/// (each forwards what it does not own); re-running the command finishes
+/// the reshard.
+fn serves_then_finishes(c: &RsCluster, book: &Book, st: &RsStatus, nkeys: u32, ctx: &str) {
     let owner = |h: u64| st.owner(h);
-    check_reads(&c.new_nodes(), &book, &owner, None, REPLICA_LAG)
-        .unwrap_or_else(|e| panic!("after the restart at {when:?}: {e}"));
-    // Writes work before the reshard is finished, through both old
-    // primaries (each forwards what it does not own).
+    check_reads(&c.new_nodes(), book, &owner, None, REPLICA_LAG)
+        .unwrap_or_else(|e| panic!("after the restart ({ctx}): {e}"));
     let all: Vec<u32> = (0..nkeys).collect();
     let (a, b) = all.split_at(all.len() / 2);
-    let mut failed = set_keys(c.primary(0), &book, a, None);
-    failed.extend(set_keys(c.primary(1), &book, b, None));
+    let mut failed = set_keys(c.primary(0), book, a, None);
+    failed.extend(set_keys(c.primary(1), book, b, None));
     assert!(
         failed.is_empty(),
-        "writes after the restart at {when:?} failed ({}): {:?}",
+        "writes after the restart ({ctx}) failed ({}): {:?}",
         failed.len(),
         &failed[..failed.len().min(20)]
     );
-
     let run = c.run_reshard(&[], RESHARD_DEADLINE);
     assert!(
         run.success(),
-        "re-running the reshard after the kill at {when:?} did not succeed:\n{run}"
+        "re-running the reshard after {ctx} did not succeed:\n{run}"
     );
-    c.assert_finished(&book, &format!("after the kill at {when:?} and the re-run"));
+    c.assert_finished(book, &format!("after {ctx} and the re-run"));
 }
 
 #[test]
@@ -565,22 +570,7 @@ fn two_processes_kill9_after_cutover_then_rerun() {
             st.raw
         );
     }
-    let owner = |h: u64| st.owner(h);
-    check_reads(&c.new_nodes(), &book, &owner, None, REPLICA_LAG)
-        .unwrap_or_else(|e| panic!("after the restart of both processes: {e}"));
-    let all: Vec<u32> = (0..nkeys).collect();
-    let (a, b) = all.split_at(all.len() / 2);
-    let mut failed = set_keys(c.primary(0), &book, a, None);
-    failed.extend(set_keys(c.primary(1), &book, b, None));
-    assert!(
-        failed.is_empty(),
-        "writes after the restart failed ({}): {:?}",
-        failed.len(),
-        &failed[..failed.len().min(20)]
-    );
-    let run = c.run_reshard(&[], RESHARD_DEADLINE);
-    assert!(run.success(), "the re-run did not succeed:\n{run}");
-    c.assert_finished(&book, "after kill -9 of both processes and the re-run");
+    serves_then_finishes(&c, &book, &st, nkeys, "kill -9 of both processes");
 }
 
 /// A process that missed a split (it was down when the command announced
