@@ -30,6 +30,7 @@ const MAX_HEADERS_CAP: usize = 128;
     name = "corekv",
     version,
     about = "Runs the corekv nodes of sharding.toml that live on this host.",
+    after_help = "Online resharding (N → 2N shards while serving): corekv reshard --config NEW.toml (see corekv reshard --help).",
     args_override_self = true,
     term_width = 80
 )]
