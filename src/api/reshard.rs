@@ -366,8 +366,12 @@ fn index(n: u64) -> usize {
 pub async fn purge_forever(api: Rc<Api>, shard: Rc<NodeStore>) {
     loop {
         glommio::timer::sleep(PURGE_CHECK).await;
-        let me = api.me().shard;
         let layout = api.router.layout().clone();
+        // One atomic load when no reshard is under way (the usual case).
+        if !layout.resharding() {
+            continue;
+        }
+        let me = api.me().shard;
         let due = layout.stored().is_some_and(|s| {
             s.state == State::Resharding
                 && s.is_split(me)

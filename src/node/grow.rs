@@ -235,14 +235,8 @@ impl Grower<'_> {
                 ));
             }
             check_doubles(topo, from, &new).map_err(refuse)?;
-            let sync = self.opts.sync_replicas;
-            if let Some(s) = new.shards.iter().find(|s| s.replicas.len() < sync) {
-                return Err(refuse(format!(
-                    "--sync-replicas {sync}: new shard {} has {} replica(s); no write to it could be acknowledged",
-                    s.name,
-                    s.replicas.len()
-                )));
-            }
+            super::check_sync_replicas(&new, self.opts.sync_replicas)
+                .map_err(|e| refuse(e.to_string()))?;
             if topo.shard_count() != from {
                 return Err(refuse(
                     "this process already knows other new shards (an aborted reshard): restart it before another reshard".into(),

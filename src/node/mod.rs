@@ -22,7 +22,7 @@ mod grow;
 mod system;
 
 use crate::api::{ApiConfig, LocalNode, LocalNodes, Prepare};
-use crate::config::{self, ConfigError};
+use crate::config::{self, ClusterConfig, ConfigError};
 use crate::control::{self as control_plane, ControlClient, ControlConfig, ControlError};
 use crate::http::client::{PeerState, Reachability};
 use crate::http::conn::ConnConfig;
@@ -290,7 +290,7 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         topo.shard_count(),
         stored.clone(),
     ));
-    check_sync_replicas(&topo, opts.sync_replicas)?;
+    check_sync_replicas(&cfg, opts.sync_replicas)?;
     let locals: Vec<NodeInfo> = topo.local_nodes().cloned().collect();
     preflight(locals.len())?;
     let addrs = locals
@@ -354,16 +354,15 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
     result
 }
 
-/// Refuses `--sync-replicas` larger than some shard's replica count: no
-/// write to that shard could ever be acknowledged.
-fn check_sync_replicas(topo: &Topology, sync_replicas: usize) -> Result<(), NodeError> {
-    if let Some(shard) =
-        (0..topo.shard_count()).find(|&s| topo.replicas_of(s).count() < sync_replicas)
-    {
+/// Refuses `--sync-replicas` larger than some shard's replica count in
+/// `cfg` (at start-up, and for a reshard's new layout): no write to that
+/// shard could ever be acknowledged.
+fn check_sync_replicas(cfg: &ClusterConfig, sync_replicas: usize) -> Result<(), NodeError> {
+    if let Some(s) = cfg.shards.iter().find(|s| s.replicas.len() < sync_replicas) {
         return Err(NodeError::SyncReplicas {
             wanted: sync_replicas,
-            shard: topo.primary_of(shard).name.clone(),
-            replicas: topo.replicas_of(shard).count(),
+            shard: format!("{}/primary", s.name),
+            replicas: s.replicas.len(),
         });
     }
     Ok(())
