@@ -260,13 +260,25 @@ impl Api {
     /// The cutover's commit point on the held primary of `pair`; anywhere
     /// else, records it in this process.
     async fn reshard_split(&self, pair: usize) -> Result<Response, ApiError> {
-        let (_, new) = self.pair_of(pair)?;
+        let (stored, new) = self.pair_of(pair)?;
+        let committed = stored.is_split(pair);
+        // Once recorded, a split is answered from the record (a re-run
+        // may ask after the hold that took it ended on its own).
         let held = self.hold.borrow().clone();
-        let seq = if let Some(ctl) = held.filter(|_| self.me().shard == pair) {
+        let held = held.filter(|_| !committed && self.me().shard == pair);
+        let seq = if let Some(ctl) = held {
             let (tx, rx) = flume::bounded(1);
-            ctl.send_async(HoldCtl::Split { pair, reply: tx })
+            if ctl
+                .send_async(HoldCtl::Split { pair, reply: tx })
                 .await
-                .map_err(|_| refused(409, "the hold ended before the split"))?;
+                .is_err()
+            {
+                let mut hold = self.hold.borrow_mut();
+                if hold.as_ref().is_some_and(|h| h.same_channel(&ctl)) {
+                    hold.take();
+                }
+                return Err(refused(409, "the hold ended before the split"));
+            }
             let seq = rx
                 .recv_async()
                 .await
@@ -274,8 +286,6 @@ impl Api {
                 .map_err(|why| refused(500, why))?;
             Some(seq)
         } else {
-            let stored = self.router.layout().stored();
-            let committed = stored.is_some_and(|s| s.is_split(pair));
             // Where shard `pair`'s primary runs, only its held committer
             // may take the split (the commit point): recorded anywhere
             // else first, the writes it still takes would be sent away.
