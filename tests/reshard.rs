@@ -650,7 +650,7 @@ fn split_asked_again_after_its_hold_ended_on_its_own() {
     // No release: a write that stays on shard 0 is answered once the hold
     // ends on its own.
     let stays = (0..300u32)
-        .find(|&i| fnv1_64(key_name(i).as_bytes()) % NEW_SHARDS as u64 == 0)
+        .find(|&i| fnv1_64(key_name(i).as_bytes()).is_multiple_of(NEW_SHARDS as u64))
         .expect("a key of new shard 0");
     let failed = set_keys(c.primary(0), &book, &[stays], None);
     assert!(failed.is_empty(), "a write after the hold: {failed:?}");
