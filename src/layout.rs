@@ -91,6 +91,16 @@ impl Placement {
         (self.split.get(shard) == Some(&false)).then_some(shard + self.base)
     }
 
+    /// The old shard that shard `shard` copies instead of owning keys: a
+    /// new shard whose pair has not split (or of an aborted reshard, until
+    /// the process restarts). Its nodes follow that shard's primary and it
+    /// has no primary of its own (no election with `--etcd`).
+    #[must_use]
+    pub fn copies(&self, shard: usize) -> Option<usize> {
+        let pair = shard.checked_sub(self.base).filter(|&p| p < self.base)?;
+        (self.split.get(pair) != Some(&true)).then_some(pair)
+    }
+
     /// The old shard whose keys new shard `shard` took in a split (a
     /// reshard is under way and that pair has split).
     #[must_use]
@@ -371,7 +381,10 @@ mod tests {
             assert!(new == old || new == old + 3);
         }
         assert_eq!(p.shards(), 3);
+        let copies: Vec<_> = (0..7).map(|s| p.copies(s)).collect();
+        assert_eq!(copies, [None, None, None, Some(0), None, Some(2), None]);
         p.split = vec![true; 3];
+        assert!((0..6).all(|s| p.copies(s).is_none()));
         assert_eq!(p.shards(), 6);
         for i in 0..500 {
             let key = format!("k{i}");

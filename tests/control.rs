@@ -62,7 +62,10 @@ impl Sim {
                 (e.load(Ordering::Acquire), s.load(Ordering::Acquire))
             })
         });
-        let handle = control::start(topo, roles.clone(), f, config(etcd, prefix)).expect("start");
+        // No reshard: every shard owns keys.
+        let copies: control::Copies = Arc::new(|_| None);
+        let handle =
+            control::start(topo, roles.clone(), f, copies, config(etcd, prefix)).expect("start");
         Self {
             roles,
             progress: prog,

@@ -10,7 +10,8 @@
 //! - `POST /admin/reshard/hold?pair=I&ms=M` on old shard I's primary:
 //!   commit what is queued, hold its writes, answer the seq.
 //! - `POST /admin/reshard/promote?pair=I&seq=S`: new shard I+N's primary
-//!   (which must be at seq S) stops following and may write.
+//!   (which must be at seq S) stops following and may write; with
+//!   `--etcd`, through the control plane (its leader key, a new epoch).
 //! - `POST /admin/reshard/split?pair=I`: on old shard I's held primary, the
 //!   cutover's commit point (recorded while nothing commits); elsewhere,
 //!   record it in this process.
@@ -18,10 +19,12 @@
 //!   again (writes for keys that moved go to their new owner).
 //! - `POST /admin/reshard/finish`, `POST /admin/reshard/abort`.
 //!
-//! Depends on `layout`, `roles`, `nodestore` and the API's helpers.
+//! Depends on `layout`, `roles`, `nodestore`, `control` (its client) and
+//! the API's helpers.
 
 use super::query::take_param;
 use super::{Api, ApiError};
+use crate::control::ControlError;
 use crate::http::encode::{JSON, Response};
 use crate::http::form;
 use crate::http::parse::{Method, Request};
@@ -90,7 +93,7 @@ impl Api {
             b"/promote" => {
                 let pair = index(number("pair")?);
                 let seq = number("seq")?;
-                self.reshard_promote(pair, seq)
+                self.reshard_promote(pair, seq).await
             }
             b"/split" => {
                 let pair = index(number("pair")?);
@@ -227,7 +230,7 @@ impl Api {
     }
 
     /// New shard `pair + N`'s primary, caught up to `seq`, takes writes.
-    fn reshard_promote(&self, pair: usize, seq: u64) -> Result<Response, ApiError> {
+    async fn reshard_promote(&self, pair: usize, seq: u64) -> Result<Response, ApiError> {
         let (stored, new) = self.pair_of(pair)?;
         if stored.is_split(pair) {
             return Ok(json_ok(&json!({"pair": pair, "promoted": true})));
@@ -248,13 +251,28 @@ impl Api {
                 format!("{} is at seq {at}, not {seq}", target.name),
             ));
         }
-        self.router.roles().take_over(new, target.id);
-        log_at!(
-            Level::Info,
-            &target.name,
-            "reshard: primary of new shard {new} from seq {seq}"
-        );
-        Ok(json_ok(&json!({"pair": pair, "promoted": true})))
+        let Some(control) = self.control.as_ref() else {
+            self.router.roles().take_over(new, target.id);
+            log_at!(
+                Level::Info,
+                &target.name,
+                "reshard: primary of new shard {new} from seq {seq}"
+            );
+            return Ok(json_ok(&json!({"pair": pair, "promoted": true})));
+        };
+        // With `--etcd`: the new shard's leader key, in a new epoch, on
+        // this process's lease (the control plane's thread runs the txn).
+        let failed = |e: ControlError| refused(503, format!("promote through etcd: {e}"));
+        let promoted = control
+            .request_reshard_promote(new, target.id)
+            .map_err(failed)?
+            .recv_async()
+            .await
+            .map_err(|_| failed(ControlError::Stopped))?
+            .map_err(failed)?;
+        Ok(json_ok(
+            &json!({"pair": pair, "promoted": true, "epoch": promoted.epoch}),
+        ))
     }
 
     /// The cutover's commit point on the held primary of `pair`; anywhere
@@ -305,8 +323,11 @@ impl Api {
                 .map_err(|e| refused(409, e.0))?;
             None
         };
-        let topo = self.router.topology();
-        self.router.roles().take_over(new, topo.primary_of(new).id);
+        if self.control.is_none() {
+            // With `--etcd` the new shard's primary is its leader key's.
+            let topo = self.router.topology();
+            self.router.roles().take_over(new, topo.primary_of(new).id);
+        }
         Ok(json_ok(&json!({"pair": pair, "split": true, "seq": seq})))
     }
 

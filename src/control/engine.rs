@@ -11,7 +11,7 @@ use super::etcd::{
     self, Client, EtcdError, Kv, WatchItem, cmp_create, cmp_mod, op_delete, op_get, op_put,
 };
 use super::lease::Shared;
-use super::{ControlConfig, ControlError, ControlStatus, Progress, Promoted};
+use super::{ControlConfig, ControlError, ControlStatus, Copies, Progress, Promoted};
 use crate::log::Level;
 use crate::log_at;
 use crate::roles::Roles;
@@ -21,12 +21,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+mod reshard;
+
 /// Retry interval after a failed etcd call.
 const RETRY: Duration = Duration::from_millis(200);
 /// How often progress is polled during a switchover.
 const POLL: Duration = Duration::from_millis(10);
 /// A fenced primary's seq must stay put this long before it hands over.
 const QUIET: Duration = Duration::from_millis(50);
+/// How often the state machine looks at the layout (a reshard's new
+/// shards, splits) when nothing else wakes it.
+const LAYOUT_CHECK: Duration = Duration::from_millis(50);
 
 /// What the control thread is told.
 pub(super) enum Msg {
@@ -37,6 +42,19 @@ pub(super) enum Msg {
         shard: usize,
         to: Option<usize>,
         reply: flume::Sender<Result<Promoted, ControlError>>,
+    },
+    /// A reshard's cutover: local `node` becomes new shard `shard`'s first
+    /// primary.
+    ReshardPromote {
+        shard: usize,
+        node: usize,
+        reply: flume::Sender<Result<Promoted, ControlError>>,
+    },
+    /// A reshard's cutover that did not commit: new shard `shard` follows
+    /// its old shard again.
+    ReshardUndo {
+        shard: usize,
+        reply: flume::Sender<Result<(), ControlError>>,
     },
     Stop,
 }
@@ -147,6 +165,8 @@ pub(super) struct Engine {
     topo: Arc<Topology>,
     roles: Arc<Roles>,
     progress: Progress,
+    /// Which old shard a reshard's new shard copies (no primary of its own).
+    copies: Copies,
     status: Arc<ControlStatus>,
     shared: Arc<Shared>,
     client: Client,
@@ -181,6 +201,7 @@ impl Engine {
         topo: Arc<Topology>,
         roles: Arc<Roles>,
         progress: Progress,
+        copies: Copies,
         status: Arc<ControlStatus>,
         shared: Arc<Shared>,
         tx: flume::Sender<Msg>,
@@ -196,6 +217,7 @@ impl Engine {
             topo,
             roles,
             progress,
+            copies,
             status,
             shared,
             client,
@@ -313,6 +335,7 @@ impl Engine {
         let now = Instant::now();
         let mut wake: Option<Instant> = None;
         let mut at = |t: Instant| wake = Some(wake.map_or(t, |w| w.min(t)));
+        at(now + LAYOUT_CHECK);
         if !self.synced {
             at(now + RETRY);
         }
@@ -363,11 +386,18 @@ impl Engine {
                 }
             }
             Msg::Promote { shard, to, reply } => self.promote(shard, to, reply),
+            Msg::ReshardPromote { shard, node, reply } => {
+                let _ = reply.send(self.reshard_promote(shard, node));
+            }
+            Msg::ReshardUndo { shard, reply } => {
+                let _ = reply.send(self.reshard_undo(shard));
+            }
             Msg::Stop => {}
         }
     }
 
     fn tick(&mut self) {
+        self.follow_layout();
         let now = Instant::now();
         for s in 0..self.shards.len() {
             if self.shards[s]
@@ -640,15 +670,13 @@ impl Engine {
         st.old_side = None;
         st.new_side = None;
         let now = Instant::now();
-        if st.election.is_none() {
-            st.election = Some(Election {
-                started: now,
-                next: now,
-                stage: Stage::Announce,
-            });
-        }
-        if self.locals(s).is_empty() {
-            self.shards[s].election = None;
+        // A reshard's new shard that copies an old one has no primary of
+        // its own: no election (`follow_layout` mirrors the old shard).
+        if self.shards[s].election.is_none()
+            && self.copies(s).is_none()
+            && !self.locals(s).is_empty()
+        {
+            self.start_election(s);
         }
         for p in &mut self.pending {
             if p.shard == s {
@@ -771,17 +799,8 @@ impl Engine {
     fn campaign(&mut self, s: usize, n: usize, now: Instant) {
         let epoch_key = self.epoch_key(s);
         let leader_key = self.leader_key(s);
-        let (cmp_epoch, etcd_epoch) = match self.client.range(&epoch_key, false) {
-            Ok((_, kvs)) => match kvs.first() {
-                Some(kv) => (
-                    cmp_mod(&epoch_key, kv.mod_revision),
-                    std::str::from_utf8(&kv.value)
-                        .ok()
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .unwrap_or(0),
-                ),
-                None => (cmp_create(&epoch_key, 0), 0),
-            },
+        let (cmp_epoch, etcd_epoch) = match self.read_epoch(&epoch_key) {
+            Ok(read) => read,
             Err(e) => {
                 self.error("reading the epoch", &e);
                 return self.retry_election(s, now);
@@ -830,6 +849,22 @@ impl Engine {
                 self.retry_election(s, now);
             }
         }
+    }
+
+    /// The epoch key's value and a txn compare that it has not changed
+    /// since (or that it does not exist).
+    fn read_epoch(&self, epoch_key: &[u8]) -> Result<(Value, u64), EtcdError> {
+        let (_, kvs) = self.client.range(epoch_key, false)?;
+        Ok(match kvs.first() {
+            Some(kv) => (
+                cmp_mod(epoch_key, kv.mod_revision),
+                std::str::from_utf8(&kv.value)
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0),
+            ),
+            None => (cmp_create(epoch_key, 0), 0),
+        })
     }
 
     // -----------------------------------------------------------------

@@ -109,6 +109,11 @@ const MIN_MARGIN: Duration = Duration::from_millis(250);
 /// by node id: how far its data goes (elections, handovers).
 pub type Progress = Arc<dyn Fn(usize) -> (u64, u64) + Send + Sync>;
 
+/// Which old shard shard `s` copies while a reshard is under way (a new
+/// shard whose pair has not split: it has no primary of its own, its nodes
+/// follow that old shard's primary); `None` for a shard that owns keys.
+pub type Copies = Arc<dyn Fn(usize) -> Option<usize> + Send + Sync>;
+
 /// How the control plane runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ControlConfig {
@@ -396,6 +401,39 @@ impl ControlClient {
         Ok(rx)
     }
 
+    /// A reshard's cutover: local node `node` becomes the first primary of
+    /// new shard `shard` (an etcd txn in an epoch above the old shard's);
+    /// the channel its outcome arrives on (await it with `recv_async`).
+    ///
+    /// # Errors
+    /// [`ControlError::Stopped`] when the control plane is gone.
+    pub fn request_reshard_promote(
+        &self,
+        shard: usize,
+        node: usize,
+    ) -> Result<flume::Receiver<Result<Promoted, ControlError>>, ControlError> {
+        let (reply, rx) = flume::bounded(1);
+        self.cmds
+            .send(engine::Msg::ReshardPromote { shard, node, reply })
+            .map_err(|_| ControlError::Stopped)?;
+        Ok(rx)
+    }
+
+    /// Undoes a reshard's cutover that did not commit: this process's
+    /// leader key of new shard `shard` goes, and its nodes follow their old
+    /// shard again. Blocks (never call it on an executor).
+    ///
+    /// # Errors
+    /// etcd errors, a leader that changed meanwhile, a stopped control
+    /// plane.
+    pub fn reshard_undo(&self, shard: usize) -> Result<(), ControlError> {
+        let (reply, rx) = flume::bounded(1);
+        self.cmds
+            .send(engine::Msg::ReshardUndo { shard, reply })
+            .map_err(|_| ControlError::Stopped)?;
+        rx.recv().map_err(|_| ControlError::Stopped)?
+    }
+
     /// [`ControlClient::request_promote`] and a blocking wait for the
     /// outcome (never call it on an executor).
     ///
@@ -504,11 +542,13 @@ pub fn start(
     topo: Arc<Topology>,
     roles: Arc<Roles>,
     progress: Progress,
+    copies: Copies,
     cfg: ControlConfig,
 ) -> Result<ControlHandle, ControlError> {
     cfg.validate()?;
     let status = Arc::new(ControlStatus::default());
-    let shared = Arc::new(lease::Shared::new(topo.node_count()));
+    // Sized for the nodes a reshard may add.
+    let shared = Arc::new(lease::Shared::new(crate::topology::MAX_NODES));
     let (cmds, msgs) = flume::unbounded();
     let (lease_stop, lease_stop_rx) = flume::bounded(1);
     let watch_stop = Arc::new(AtomicBool::new(false));
@@ -534,6 +574,7 @@ pub fn start(
         topo,
         roles,
         progress,
+        copies,
         status.clone(),
         shared,
         cmds.clone(),

@@ -8,8 +8,8 @@
 //! Depends on `layout`, `topology`, `roles`, `config` and the start-up
 //! steps of `node`. A process with `--serve` starts the new nodes its list
 //! names; new nodes on another host run in a process the operator starts
-//! with the new layout and `--joining` ([`join`]). `--etcd` clusters refuse
-//! a reshard for now (README, Resharding).
+//! with the new layout and `--joining` ([`join`]). With `--etcd` the
+//! control plane moves the new shards' roles (`control::engine::reshard`).
 
 use super::{
     Event, NodeError, Options, Shared, Stop, await_ready, bind_listeners, node_contexts,
@@ -50,11 +50,6 @@ pub(super) fn effective_layout(
     }
     let path = opts.data_dir.join(layout::FILE_NAME);
     let new = config::parse(&path, &stored.config).map_err(NodeError::Config)?;
-    if opts.control().is_some() {
-        return Err(bad(
-            "records a reshard, and resharding a cluster with --etcd is not supported".into(),
-        ));
-    }
     if cfg.shards == new.shards {
         return Ok((cfg, Some(stored)));
     }
@@ -145,7 +140,9 @@ pub(super) fn join(opts: &Options, cfg: &ClusterConfig) -> Result<(), NodeError>
 /// old shard `i`'s primary and may not write: the roles say shard
 /// `i + from`'s primary is that node.
 pub(super) fn follow_unsplit(roles: &Roles, topo: &Topology, stored: &Stored) {
-    if stored.state != State::Resharding {
+    if stored.state != State::Resharding || roles.is_controlled() {
+        // With `--etcd` the control plane keeps these roles in line with
+        // the old shards' current primaries (`control::engine::reshard`).
         return;
     }
     for (i, &split) in stored.split.iter().enumerate() {
@@ -213,11 +210,6 @@ impl Grower<'_> {
             ..
         } = self.shared;
         let refuse = |s: String| GrowError::Refused(s);
-        if plane.roles.is_controlled() {
-            return Err(refuse(
-                "resharding a cluster with --etcd is not supported yet".into(),
-            ));
-        }
         let new = config::parse(std::path::Path::new("(reshard layout)"), text)
             .map_err(|e| refuse(e.to_string()))?;
         let placement = layout.placement();
@@ -260,6 +252,16 @@ impl Grower<'_> {
             .map_err(|e| refuse(e.to_string()))?;
         if let Some(s) = layout.stored() {
             follow_unsplit(&plane.roles, topo, &s);
+            if let Some(control) = &plane.control {
+                // A cutover retried after one that did not commit: the new
+                // shard's first primary (if this process made one) steps
+                // down, and its nodes follow the old shard again.
+                for (i, _) in s.split.iter().enumerate().filter(|(_, split)| !**split) {
+                    control
+                        .reshard_undo(i + s.from)
+                        .map_err(|e| refuse(format!("undoing the cutover of shard {i}: {e}")))?;
+                }
+            }
         }
         let locals: Vec<NodeInfo> = added.into_iter().filter(|n| n.local).collect();
         if locals.is_empty() {

@@ -30,7 +30,7 @@ use crate::layout::Layout;
 use crate::log::Level;
 use crate::log_at;
 use crate::metrics::Metrics;
-use crate::nodestore::{Fence, NodeStore, StartError};
+use crate::nodestore::{Fence, NodeStats, NodeStore, StartError};
 use crate::protocol::MAILBOX_CAPACITY;
 use crate::roles::Roles;
 use crate::router::{Mailboxes, Peer, PeerTable};
@@ -311,7 +311,8 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
     }
     let stores = open_stores(opts, &locals, &roles, &layout)?;
     let listeners = bind_listeners(&locals, &addrs)?;
-    let (plane, control) = start_control(opts, &topo, roles, &locals, &stores)?;
+    let nodes: LocalNodes = Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new()));
+    let (plane, control) = start_control(opts, &topo, roles, &layout, &nodes, &stores)?;
     // The executors and the signal watcher (started after start-up, with
     // `events_tx`) report here, so that an executor dying and a signal
     // arriving are waited for in one place.
@@ -322,7 +323,7 @@ pub fn run(opts: &Options) -> Result<(), NodeError> {
         layout,
         reach,
         mailboxes: Arc::new(PeerTable::new()),
-        nodes: Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new())),
+        nodes,
         prepare: grow::prepare_sender(&events_tx),
     };
     let (contexts, mut stops) = node_contexts(opts, &shared, &locals, stores);
@@ -609,7 +610,8 @@ fn start_control(
     opts: &Options,
     topo: &Arc<Topology>,
     roles: Arc<Roles>,
-    locals: &[NodeInfo],
+    layout: &Arc<Layout>,
+    nodes: &LocalNodes,
     shards: &[NodeStore],
 ) -> Result<(ControlPlane, Option<control_plane::ControlHandle>), NodeError> {
     let Some(cfg) = opts.control() else {
@@ -620,22 +622,32 @@ fn start_control(
         return Ok((plane, None));
     };
     let mut stats = vec![None; topo.node_count()];
-    for (n, s) in locals.iter().zip(shards) {
+    for (n, s) in topo.local_nodes().zip(shards) {
         stats[n.id] = Some(s.stats.clone());
     }
-    // (epoch, seq) of the last entry each local node applied.
+    // (epoch, seq) of the last entry each local node applied: the nodes
+    // of start-up, then those a reshard started (in `nodes` before their
+    // executors run).
+    let nodes = nodes.clone();
     let progress: control_plane::Progress = Arc::new(move |node| {
-        stats
-            .get(node)
-            .and_then(Option::as_ref)
-            .map_or((0, 0), |s| {
-                (
-                    s.epoch.load(std::sync::atomic::Ordering::Acquire),
-                    s.seq.load(std::sync::atomic::Ordering::Acquire),
-                )
-            })
+        let read = |s: &NodeStats| {
+            (
+                s.epoch.load(std::sync::atomic::Ordering::Acquire),
+                s.seq.load(std::sync::atomic::Ordering::Acquire),
+            )
+        };
+        match stats.get(node).and_then(Option::as_ref) {
+            Some(s) => read(s),
+            None => nodes
+                .load()
+                .iter()
+                .find(|(n, _, _)| n.id == node)
+                .map_or((0, 0), |(_, s, _)| read(s)),
+        }
     });
-    let handle = control_plane::start(topo.clone(), roles.clone(), progress, cfg)
+    let layout = layout.clone();
+    let copies: control_plane::Copies = Arc::new(move |s| layout.placement().copies(s));
+    let handle = control_plane::start(topo.clone(), roles.clone(), progress, copies, cfg)
         .map_err(NodeError::Control)?;
     log_at!(
         Level::Info,
