@@ -292,3 +292,38 @@ env_header() {
 - load: ${THREADS:-2} wrk threads (oha: 2 worker threads), ${DURATION:-10} s per run; clients and servers share the same $(nproc) cores
 EOF
 }
+
+# etcd_start PORT DIR: a single-member etcd (Debian's etcd-server) on
+# 127.0.0.1:PORT (peer port PORT+1), data in DIR; ETCD_PID, ETCD_URL.
+etcd_start() {
+    local port="$1" dir="$2"
+    command -v etcd >/dev/null || die "etcd not found (apt-get install etcd-server)"
+    mkdir -p "$dir"
+    etcd --name bench --data-dir "$dir/data" \
+        --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
+        --listen-peer-urls "http://127.0.0.1:$((port + 1))" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$((port + 1))" \
+        --initial-cluster "bench=http://127.0.0.1:$((port + 1))" >"$dir/etcd.log" 2>&1 &
+    ETCD_PID=$!
+    ETCD_URL="http://127.0.0.1:$port"
+    wait_http "$ETCD_URL/health" 30 "$ETCD_PID" || { tail -n 20 "$dir/etcd.log" >&2; return 1; }
+    log "etcd PID $ETCD_PID at $ETCD_URL"
+}
+
+# etcd_stop: TERM exactly ETCD_PID.
+etcd_stop() {
+    [ -n "${ETCD_PID:-}" ] || return 0
+    kill -TERM "$ETCD_PID" 2>/dev/null || true
+    wait "$ETCD_PID" 2>/dev/null || true
+    ETCD_PID=""
+}
+
+# wait_ready TIMEOUT PORT...: with --etcd, /health answers before the
+# elections end: wait until /ready (every local primary holds a lease,
+# every local replica follows) answers 200 on each port.
+wait_ready() {
+    local timeout_s="$1" p; shift
+    for p in "$@"; do
+        wait_http "http://127.0.0.1:$p/ready" "$timeout_s" || return 1
+    done
+}

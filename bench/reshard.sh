@@ -21,13 +21,17 @@
 # stretches it between phases), RESHARD_TIMEOUT=300 (s), BASE_PORT=19180
 # (old primaries BASE, BASE+1, replicas BASE+2, BASE+3; the new shards
 # BASE+4..BASE+7), NGINX_PORT=18180, SKIP_FRESH=1 (no fresh 4-shard
-# reference row), SKIP_INSTALL=1, SKIP_BUILD=1, KEEP_TMP=1, COREKV_BIN=path.
+# reference row), SKIP_INSTALL=1, SKIP_BUILD=1, KEEP_TMP=1, COREKV_BIN=path,
+# ETCD=1 (the cluster runs with `--etcd` on a single-member etcd started by
+# this script on ETCD_PORT=18190: roles move through the control plane, the
+# new shards get their first primary in a new epoch at the cutover; needs
+# Debian's etcd-server).
 #
 # Last row: the NEW layout started fresh (own data dir, the same keys
 # preloaded) under the same load: what 4 shards cost on this machine, to
 # compare the AFTER row with.
 #
-# Output: a markdown table on stdout and in bench/results/reshard.md; the
+# Output: a markdown table on stdout and in bench/results/reshard.md (reshard-etcd.md with ETCD=1); the
 # raw wrk outputs, the reshard command's output and the server log's tail
 # in bench/results/reshard.log. Exit status 0 only when the reshard exited
 # 0, /admin/reshard says done with 4 shards and the server stayed up.
@@ -61,6 +65,7 @@ cleanup() {
     done
     nginx_stop || true
     corekv_stop || true
+    etcd_stop || true
     bench_finish "$rc" reshard.log
 }
 trap cleanup EXIT
@@ -118,9 +123,20 @@ wrk_window nginx "http://127.0.0.1:$NGINX_PORT" "$DURATION"
 nginx_stop
 
 # ---------------------------------------------------------------- corekv
+COREKV_ARGS=()
+if [ "${ETCD:-0}" = 1 ]; then
+    etcd_start "${ETCD_PORT:-18190}" "$WORK/etcd" || die "etcd did not start"
+    COREKV_ARGS=(--etcd "$ETCD_URL" --etcd-prefix "/bench-reshard")
+fi
+# ready_primaries PORT...: with --etcd, wait for the elections.
+ready_primaries() {
+    [ "${ETCD:-0}" = 1 ] || return 0
+    wait_ready 30 "$@"
+}
 log "== corekv: 2 shards (primaries $P0, $((P0 + 1)); replicas $((P0 + 2)), $((P0 + 3))) -> 4 shards"
 # shellcheck disable=SC2086 # word splitting wanted: a list of ports
 corekv_start "$OLD" "$WORK/data" "$WORK/corekv.log" $OLD_PORTS || die "corekv did not start"
+ready_primaries "$P0" $((P0 + 1)) || die "no primaries elected"
 log "preloading $KEYS keys (key-0..key-$((KEYS - 1)), ${VALUE_SIZE} B values) to their owner primaries"
 python3 "$BENCH_DIR/keys.py" load --shards 2 --addr "0=127.0.0.1:$P0" --addr "1=127.0.0.1:$((P0 + 1))" \
     --prefix key- --count "$KEYS" --value-size "$VALUE_SIZE" --timeout 300 2>>"$RUN_LOG" \
@@ -189,7 +205,9 @@ corekv_stop
 if [ "${SKIP_FRESH:-0}" != 1 ]; then
     log "== reference: a fresh 4-shard cluster from NEW.toml (own data dir)"
     # shellcheck disable=SC2086 # word splitting wanted: a list of ports
-    if corekv_start "$NEW" "$WORK/data-fresh" "$WORK/corekv-fresh.log" $OLD_PORTS $NEW_PORTS; then
+    if [ "${ETCD:-0}" = 1 ]; then COREKV_ARGS=(--etcd "$ETCD_URL" --etcd-prefix "/bench-fresh"); fi
+    if corekv_start "$NEW" "$WORK/data-fresh" "$WORK/corekv-fresh.log" $OLD_PORTS $NEW_PORTS \
+            && ready_primaries "$P0" $((P0 + 1)) $((P0 + 4)) $((P0 + 5)); then
         FRESH_ADDRS=()
         for i in 0 1 2 3; do FRESH_ADDRS+=(--addr "$i=127.0.0.1:$((BASE_PORT + (i < 2 ? i : i + 2)))"); done
         if python3 "$BENCH_DIR/keys.py" load --shards 4 "${FRESH_ADDRS[@]}" --prefix key- --count "$KEYS" \
@@ -263,15 +281,22 @@ EOF
     echo "# corekv online resharding benchmark (2 -> 4 shards)"
     echo
     env_header "$WORK"
+    if [ "${ETCD:-0}" = 1 ]; then
+        echo "- roles: \`--etcd\` (a single-member etcd on loopback, started by the script): elections, leases, the new shards' first primaries through etcd"
+    else
+        echo "- roles: static (no etcd)"
+    fi
     echo "- dataset: $KEYS keys key-0..key-$((KEYS - 1)), ${VALUE_SIZE} B values; load: wrk+lua mode=mixed, ${SETPCT}% durable SETs, keys at random, $CONNS connections to the primary of old shard 0 (it forwards the rest); nginx gets the same requests"
     pause=""; [ "$PAUSE_MS" = 0 ] || pause=" (--pause-ms $PAUSE_MS)"
     echo "- before/after: ${DURATION} s each; during: from just before \`corekv reshard\`$pause starts until it exits"
     echo
     cat "$WORK/reshard.md"
 } >"$WORK/report.md"
-cp "$WORK/report.md" "$RESULTS_DIR/reshard.md"
+REPORT_NAME=reshard
+[ "${ETCD:-0}" != 1 ] || REPORT_NAME=reshard-etcd
+cp "$WORK/report.md" "$RESULTS_DIR/$REPORT_NAME.md"
 echo
 cat "$WORK/report.md"
 echo
-log "wrote $RESULTS_DIR/reshard.md and $RESULTS_DIR/reshard.log"
+log "wrote $RESULTS_DIR/$REPORT_NAME.md and $RESULTS_DIR/reshard.log"
 [ "$RESHARD_RC" = 0 ] && [ "$DONE" = 1 ] && [ "$SERVER_OK" = 1 ]
