@@ -389,8 +389,27 @@ fn open_stores(
             path: path.clone(),
             error: Box::new(error),
         };
-        let store = Store::open_with_cache(&path, opts.durable, opts.cache_bytes)
-            .map_err(|e| storage(StartError::Storage(e)))?;
+        let open = || Store::open_with_cache(&path, opts.durable, opts.cache_bytes);
+        let store = match open() {
+            Ok(store) => store,
+            // A node of a reshard's new shard that has not split holds only
+            // a copy of its old shard (re-seeded from it on start): a file
+            // it cannot open (a kill -9 while the file was being created)
+            // is removed and the copy starts again.
+            Err(e) if path.exists() && layout.placement().copies(n.shard).is_some() => {
+                let old = layout.placement().copies(n.shard).unwrap_or_default();
+                log_at!(
+                    Level::Warn,
+                    &n.name,
+                    "cannot open {} ({e}); it only copies shard {old} for a reshard: removing it and copying again",
+                    path.display()
+                );
+                std::fs::remove_file(&path)
+                    .map_err(|e| storage(StartError::Storage(e.into())))?;
+                open().map_err(|e| storage(StartError::Storage(e)))?
+            }
+            Err(e) => return Err(storage(StartError::Storage(e))),
+        };
         stores.push(
             NodeStore::start(
                 store,
