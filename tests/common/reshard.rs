@@ -7,6 +7,16 @@
 //! a number of connections per node that records every request ([`Load`]);
 //! and the checks of what every node serves against the ledger.
 //!
+//! With `--etcd` (`tests/reshard_etcd.rs`: [`RsCluster::start_with_args`]
+//! with [`etcd_args`]), the start and every restart also wait until each
+//! shard that owns keys has a primary that takes writes
+//! ([`RsCluster::wait_primaries`]: `/status` roles plus a probe write that
+//! stores nothing); [`EtcdView`] reads the leader, epoch and candidate
+//! keys from etcd's JSON gateway, [`ElectionWatch`] samples them during a
+//! reshard; the new shards' nodes can be split over several joining
+//! processes ([`RsCluster::start_joining_groups`]), each killed and
+//! restarted on its own.
+//!
 //! Keys are `rs-{i}` for `i < nkeys`; the value of write `seq` of key `i` is
 //! `rs-{i}#{seq}`, unique per write. Each key has one writer at a time (the
 //! preload, then one load connection, then the test thread), so "the last
@@ -14,9 +24,9 @@
 //! written: a GET of one must answer 404.
 //!
 //! Depends on the harness in `mod.rs` (ports, spawning, HTTP client),
-//! `serde_json` and `libc` (via `spawn_corekv`). Invariants: every wait
-//! has a deadline; only the processes this harness spawned are killed (by
-//! their own `Child`), in `Drop` too.
+//! `serde_json`, `base64` and `libc` (via `spawn_corekv`). Invariants:
+//! every wait has a deadline; only the processes this harness spawned are
+//! killed (by their own `Child`), in `Drop` too.
 
 #![allow(
     clippy::cast_possible_truncation, // milliseconds and microseconds of a test fit in u32; key numbers fit in u32
@@ -676,9 +686,24 @@ pub struct RsCluster {
     logs: Vec<(PathBuf, PathBuf)>,
     /// Two processes ("hosts"): the first runs the OLD nodes
     /// (`--serve`), the second, started by [`RsCluster::start_joining`],
-    /// the new shards' nodes (`--config NEW --serve ... --joining`).
+    /// the new shards' nodes (`--config NEW --serve ... --joining`); or
+    /// several joining processes ([`RsCluster::start_joining_groups`]).
     two_hosts: bool,
-    joining: Option<Child>,
+    /// The joining processes (none until started).
+    joining: Vec<JoinProc>,
+    /// Extra server options (e.g. `--etcd URL ...`), given to every
+    /// process on every (re)start.
+    extra: Vec<String>,
+}
+
+/// One joining process: the new shards' nodes it serves.
+struct JoinProc {
+    /// Log file prefix: `joining` (the only one) or `joining-{g}`.
+    label: String,
+    /// Names of the nodes it serves (`--serve` their addresses).
+    names: Vec<String>,
+    data_dir: PathBuf,
+    child: Option<Child>,
 }
 
 impl RsCluster {
@@ -701,6 +726,20 @@ impl RsCluster {
     }
 
     fn start_with(token: Option<&str>, two_hosts: bool) -> Self {
+        Self::start_with_args(token, two_hosts, &[])
+    }
+
+    /// [`RsCluster::start`] (`two_hosts` false) or
+    /// [`RsCluster::start_two_hosts`] (true) with `extra` server options,
+    /// given to every process of the cluster (joining ones too) on every
+    /// start and restart, e.g. [`etcd_args`]. With `--etcd` the start
+    /// waits until each shard has a primary that takes writes
+    /// ([`RsCluster::wait_primaries`]).
+    ///
+    /// # Panics
+    /// When it does not start (with its logs).
+    #[must_use]
+    pub fn start_with_args(token: Option<&str>, two_hosts: bool, extra: &[String]) -> Self {
         let mut last = String::new();
         for _attempt in 0..4 {
             let dir = tempfile::tempdir().expect("temp dir");
@@ -723,7 +762,8 @@ impl RsCluster {
                 child: None,
                 logs: Vec::new(),
                 two_hosts,
-                joining: None,
+                joining: Vec::new(),
+                extra: extra.to_vec(),
             };
             match c.launch() {
                 Ok(()) => return c,
@@ -760,27 +800,89 @@ impl RsCluster {
             args.push("--serve".into());
             args.push(serve.join(","));
         }
+        args.extend(self.extra.iter().cloned());
         args
     }
 
     /// The second "host": the new shards' nodes in their own process
     /// (`--config NEW --serve <their addresses> --joining`, its own data
-    /// directory); waits until they answer `/health`. Also restarts it
-    /// after [`RsCluster::kill9_joining`].
+    /// directory `data-joining`); waits until they answer `/health` (with
+    /// `--etcd`, also until every shard that a running process serves has
+    /// a primary that takes writes). Also restarts it (or every joining
+    /// process of [`RsCluster::start_joining_groups`] that is down) after
+    /// [`RsCluster::kill9_joining`].
     ///
     /// # Panics
     /// When it does not start.
     pub fn start_joining(&mut self) {
-        let serve: Vec<String> = self
-            .added_nodes()
-            .iter()
-            .map(|n| n.addr.to_string())
+        if self.joining.is_empty() {
+            let names = self.added_nodes().into_iter().map(|n| n.name).collect();
+            self.joining.push(JoinProc {
+                label: "joining".to_string(),
+                names,
+                data_dir: self.dir.path().join("data-joining"),
+                child: None,
+            });
+        }
+        for g in 0..self.joining.len() {
+            if self.joining[g].child.is_none() {
+                self.launch_joining(g);
+            }
+        }
+    }
+
+    /// The new shards' nodes in several joining processes, one per entry
+    /// of `groups` (node names, e.g. `["shard3/primary",
+    /// "shard4/replica"]`), process `g` with data directory
+    /// `data-joining-{g}` and logs `joining-{g}-*`; started in order, each
+    /// waited for as in [`RsCluster::start_joining`]. Together the groups
+    /// must name every added node once.
+    ///
+    /// # Panics
+    /// Joining processes already configured, a name that is not an added
+    /// node, a node named twice or left out, or a process that does not
+    /// start.
+    pub fn start_joining_groups(&mut self, groups: &[&[&str]]) {
+        assert!(
+            self.joining.is_empty(),
+            "the joining processes are configured already"
+        );
+        let added: Vec<String> = self.added_nodes().into_iter().map(|n| n.name).collect();
+        let mut named: Vec<&str> = groups.iter().flat_map(|g| g.iter().copied()).collect();
+        named.sort_unstable();
+        let mut want: Vec<&str> = added.iter().map(String::as_str).collect();
+        want.sort_unstable();
+        assert_eq!(
+            named, want,
+            "the joining groups must name every added node once"
+        );
+        for (g, names) in groups.iter().enumerate() {
+            self.joining.push(JoinProc {
+                label: format!("joining-{g}"),
+                names: names.iter().map(|n| (*n).to_string()).collect(),
+                data_dir: self.dir.path().join(format!("data-joining-{g}")),
+                child: None,
+            });
+        }
+        for g in 0..self.joining.len() {
+            self.launch_joining(g);
+        }
+    }
+
+    /// Starts joining process `g` (see [`RsCluster::start_joining`]);
+    /// retries while a port of a killed generation is still taken.
+    fn launch_joining(&mut self, g: usize) {
+        let nodes: Vec<Node> = self
+            .new_nodes()
+            .into_iter()
+            .filter(|n| self.joining[g].names.contains(&n.name))
             .collect();
+        let serve: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
         let mut args = vec![
             "--config".to_string(),
             self.new_config.display().to_string(),
             "--data-dir".to_string(),
-            self.dir.path().join("data-joining").display().to_string(),
+            self.joining[g].data_dir.display().to_string(),
             "--serve".to_string(),
             serve.join(","),
             "--joining".to_string(),
@@ -789,14 +891,16 @@ impl RsCluster {
             args.push("--token".into());
             args.push(t.clone());
         }
+        args.extend(self.extra.iter().cloned());
+        let label = self.joining[g].label.clone();
         let end = Instant::now() + START_DEADLINE;
         loop {
-            let (child, out, err) =
-                spawn_corekv(self.dir.path(), "joining", &args).expect("spawn the joining process");
-            self.joining = Some(child);
+            let (child, out, err) = spawn_corekv(self.dir.path(), &label, &args)
+                .unwrap_or_else(|e| panic!("spawn the joining process {label}: {e}"));
+            self.joining[g].child = Some(child);
             self.logs.push((out, err.clone()));
-            let mut pending: Vec<SocketAddr> = self.added_nodes().iter().map(|n| n.addr).collect();
-            let joining = &mut self.joining;
+            let mut pending: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+            let joining = &mut self.joining[g].child;
             let mut exited = false;
             let ok = wait_until(START_DEADLINE, || {
                 if let Some(Ok(Some(_))) = joining.as_mut().map(Child::try_wait) {
@@ -807,30 +911,62 @@ impl RsCluster {
                 pending.is_empty()
             });
             if ok && !exited {
+                if self.is_etcd() {
+                    let ready = self.wait_primaries_of(START_DEADLINE, true);
+                    if let Err(e) = ready {
+                        panic!(
+                            "{label} started, but not every served shard has a primary: {e}\n{}",
+                            self.server_logs()
+                        );
+                    }
+                }
                 return;
             }
-            self.kill9_joining();
+            self.kill9_joining_group(g);
             let in_use =
                 std::fs::read_to_string(&err).is_ok_and(|s| s.contains("Address already in use"));
             assert!(
                 in_use && Instant::now() < end,
-                "the joining process did not start\n{}",
+                "the joining process {label} did not start\n{}",
                 self.server_logs()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// kill -9 of the joining process, reaped.
+    /// kill -9 of every joining process, reaped.
     pub fn kill9_joining(&mut self) {
-        if let Some(mut c) = self.joining.take() {
+        for g in 0..self.joining.len() {
+            self.kill9_joining_group(g);
+        }
+    }
+
+    /// kill -9 of joining process `g` (of [`RsCluster::start_joining_groups`];
+    /// 0 is the only one of [`RsCluster::start_joining`]), reaped.
+    pub fn kill9_joining_group(&mut self, g: usize) {
+        if let Some(mut c) = self.joining.get_mut(g).and_then(|j| j.child.take()) {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
+    /// Starts joining process `g` again after
+    /// [`RsCluster::kill9_joining_group`] (same command line and data).
+    ///
+    /// # Panics
+    /// When it is running, or does not start.
+    pub fn restart_joining_group(&mut self, g: usize) {
+        assert!(
+            self.joining[g].child.is_none(),
+            "joining process {g} is still running"
+        );
+        self.launch_joining(g);
+    }
+
     /// Spawns the server with the same command line as always and waits
-    /// until every OLD node answers `/health`.
+    /// until every OLD node answers `/health`; with `--etcd`, also until
+    /// every shard that a running process serves has a primary that takes
+    /// writes.
     fn launch(&mut self) -> Result<(), String> {
         let args = self.server_args();
         let (child, out, err) = spawn_corekv(self.dir.path(), "server", &args)
@@ -854,6 +990,10 @@ impl RsCluster {
         }
         if !ok {
             return Err(format!("not ready; still waiting for {pending:?}"));
+        }
+        if self.is_etcd() {
+            self.wait_primaries_of(START_DEADLINE, true)
+                .map_err(|e| format!("up, but not every shard has a primary: {e}"))?;
         }
         Ok(())
     }
@@ -1162,8 +1302,10 @@ impl RsCluster {
             }
         }
         let owner = |h: u64| (h % NEW_SHARDS as u64) as usize;
+        // With --etcd a replica may hold the primary role now (after a
+        // failover): a node is checked as what it is.
         check_reads(
-            &self.new_nodes(),
+            &self.with_current_roles(self.new_nodes()),
             book,
             &owner,
             self.token.as_deref(),
@@ -1174,15 +1316,17 @@ impl RsCluster {
         let written = book.written();
         let mut last = BTreeMap::new();
         let ok = wait_until(Duration::from_secs(15), || {
-            // One process, or (two hosts) the joining one too.
+            // One process, or (two hosts) the joining ones too.
             let Ok(mut k) = node_keys(self.primary(0)) else {
                 return false;
             };
             if self.two_hosts {
-                let Ok(more) = node_keys(self.added_nodes()[0].addr) else {
-                    return false;
-                };
-                k.extend(more);
+                for addr in self.joining_addrs() {
+                    let Ok(more) = node_keys(addr) else {
+                        return false;
+                    };
+                    k.extend(more);
+                }
             }
             last = k;
             let prim: u64 = (0..NEW_SHARDS)
@@ -1208,6 +1352,616 @@ impl RsCluster {
             .unwrap_or_else(|e| panic!("{ctx}: {}: {e}", layout.display()));
         serde_json::from_str::<serde_json::Value>(&text)
             .unwrap_or_else(|e| panic!("{ctx}: {} is not JSON ({e}): {text}", layout.display()));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// With --etcd: roles, primaries, and what etcd holds
+
+/// A node as the `/status` of its process shows it.
+#[derive(Clone, Debug)]
+pub struct RoleView {
+    /// e.g. `shard3/replica`.
+    pub name: String,
+    /// The node's shard in the NEW layout (from its name).
+    pub shard: usize,
+    pub addr: SocketAddr,
+    /// `primary` or `replica`.
+    pub role: String,
+    pub epoch: u64,
+    /// A replica's state (`following`, `catching-up`, ...); empty for a
+    /// primary.
+    pub state: String,
+}
+
+impl std::fmt::Display for RoleView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}) {} epoch {}{}",
+            self.name,
+            self.addr,
+            self.role,
+            self.epoch,
+            if self.state.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", self.state)
+            }
+        )
+    }
+}
+
+/// The server options of a cluster controlled by the etcd at `url` under
+/// `prefix`: `--etcd URL --lease-ttl-ms 2000 --etcd-prefix PREFIX`.
+#[must_use]
+pub fn etcd_args(url: &str, prefix: &str) -> Vec<String> {
+    [
+        "--etcd",
+        url,
+        "--lease-ttl-ms",
+        "2000",
+        "--etcd-prefix",
+        prefix,
+    ]
+    .iter()
+    .map(|s| (*s).to_string())
+    .collect()
+}
+
+/// The shards that own keys under `st`: the old ones, plus the new shard
+/// of every pair that cut over (all of them once done).
+#[must_use]
+pub fn owning_shards(st: &RsStatus) -> Vec<usize> {
+    if st.state == "resharding" && !st.pairs.is_empty() {
+        let from = st.from.unwrap_or(OLD_SHARDS as u64) as usize;
+        let mut v: Vec<usize> = (0..from).collect();
+        v.extend(
+            st.pairs
+                .iter()
+                .filter(|p| RsStatus::is_cut_over(p))
+                .map(|p| p.to as usize),
+        );
+        v
+    } else {
+        (0..st.shards as usize).collect()
+    }
+}
+
+impl RsCluster {
+    /// True when the cluster runs with `--etcd`.
+    #[must_use]
+    pub fn is_etcd(&self) -> bool {
+        self.extra.iter().any(|a| a == "--etcd")
+    }
+
+    /// The etcd of a cluster started with `--etcd` (its first URL and
+    /// `--etcd-prefix`, default `/corekv`).
+    #[must_use]
+    pub fn etcd(&self) -> Option<EtcdView> {
+        let after = |opt: &str| {
+            self.extra
+                .iter()
+                .position(|a| a == opt)
+                .and_then(|i| self.extra.get(i + 1))
+                .cloned()
+        };
+        let url = after("--etcd")?;
+        let url = url.split(',').next().unwrap_or_default().to_string();
+        let prefix = after("--etcd-prefix").unwrap_or_else(|| "/corekv".to_string());
+        Some(EtcdView { url, prefix })
+    }
+
+    /// The address of the first node of every joining process (its
+    /// `/status` lists all of its nodes).
+    fn joining_addrs(&self) -> Vec<SocketAddr> {
+        let nodes = self.new_nodes();
+        self.joining
+            .iter()
+            .filter_map(|j| {
+                nodes
+                    .iter()
+                    .find(|n| j.names.first() == Some(&n.name))
+                    .map(|n| n.addr)
+            })
+            .collect()
+    }
+
+    /// Names of the nodes of the processes that run now (the server's
+    /// nodes: the OLD ones, plus, in one process, the new shards' while a
+    /// reshard is under way or done; each running joining process's).
+    fn running_names(&self, st: &RsStatus) -> HashSet<String> {
+        let mut out = HashSet::new();
+        if self.child.is_some() {
+            out.extend(self.old_nodes().into_iter().map(|n| n.name));
+            if !self.two_hosts && (st.state == "resharding" || st.state == "done") {
+                out.extend(self.added_nodes().into_iter().map(|n| n.name));
+            }
+        }
+        for j in self.joining.iter().filter(|j| j.child.is_some()) {
+            out.extend(j.names.iter().cloned());
+        }
+        out
+    }
+
+    /// Every node of every running process as its `/status` shows it
+    /// (processes that do not answer are left out).
+    #[must_use]
+    pub fn views(&self) -> Vec<RoleView> {
+        let nodes = self.new_nodes();
+        let mut addrs = Vec::new();
+        if self.child.is_some() {
+            addrs.push(self.primary(0));
+        }
+        for (j, addr) in self.joining.iter().zip(self.joining_addrs()) {
+            if j.child.is_some() {
+                addrs.push(addr);
+            }
+        }
+        let mut out: Vec<RoleView> = Vec::new();
+        for addr in addrs {
+            let Ok(v) = status_json(addr) else { continue };
+            let Some(list) = v["nodes"].as_array() else {
+                continue;
+            };
+            for n in list {
+                let Some(name) = n["name"].as_str() else {
+                    continue;
+                };
+                let Some(node) = nodes.iter().find(|x| x.name == name) else {
+                    continue;
+                };
+                if out.iter().any(|o| o.name == name) {
+                    continue;
+                }
+                out.push(RoleView {
+                    name: name.to_string(),
+                    shard: node.shard,
+                    addr: node.addr,
+                    role: n["role"].as_str().unwrap_or_default().to_string(),
+                    epoch: n["epoch"].as_u64().unwrap_or(0),
+                    state: n["state"].as_str().unwrap_or_default().to_string(),
+                });
+            }
+        }
+        out
+    }
+
+    /// `nodes` with `primary` set from the roles `/status` shows (with
+    /// `--etcd` a configured replica may be the primary now); unchanged in
+    /// a static cluster or for a node no running process shows.
+    #[must_use]
+    pub fn with_current_roles(&self, mut nodes: Vec<Node>) -> Vec<Node> {
+        if !self.is_etcd() {
+            return nodes;
+        }
+        let views = self.views();
+        for n in &mut nodes {
+            if let Some(v) = views.iter().find(|v| v.name == n.name) {
+                n.primary = v.role == "primary";
+            }
+        }
+        nodes
+    }
+
+    /// Writes nothing but goes through the commit path of `shard`: a
+    /// `/delete` of a never-written key that `st` places on `shard`, sent
+    /// to `via`; it must answer 200 with `X-Shard: shard`.
+    ///
+    /// # Errors
+    /// Another answer, or an I/O failure.
+    pub fn probe_write(&self, st: &RsStatus, via: SocketAddr, shard: usize) -> Result<(), String> {
+        let key = (0..100_000u32)
+            .map(|n| format!("rs-probe-{n}"))
+            .find(|k| st.owner(fnv1_64(k.as_bytes())) == shard)
+            .ok_or_else(|| format!("no probe key for shard {shard} under {}", st.brief()))?;
+        let hdrs = auth(self.token.as_deref());
+        let hdrs: Vec<(&str, &str)> = hdrs.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let target = format!("/delete?key={}", enc(key.as_bytes()));
+        let r = Conn::connect_timeout(via, Duration::from_secs(2))
+            .and_then(|mut c| c.request("GET", &target, &hdrs, b""))
+            .map_err(|e| format!("probe write {target} via {via}: {e}"))?;
+        let x_shard = r.header("x-shard").and_then(|s| s.parse::<usize>().ok());
+        if r.status == 200 && x_shard == Some(shard) {
+            Ok(())
+        } else {
+            Err(format!(
+                "probe write of shard {shard} via {via}: {} {:?} (X-Shard {:?}, X-Served-By {:?})",
+                r.status,
+                r.text(),
+                r.header("x-shard"),
+                r.header("x-served-by")
+            ))
+        }
+    }
+
+    /// Each shard that owns keys now ([`owning_shards`]) and (when
+    /// `only_running`) has a node in a running process: its primary, when
+    /// every one of its nodes in a running process shows in `/status`,
+    /// exactly one is `primary`, all show its epoch, every replica is
+    /// `following` or `catching-up`, and the primary takes a write
+    /// ([`RsCluster::probe_write`]).
+    fn primaries_now(&self, only_running: bool) -> Result<BTreeMap<usize, RoleView>, String> {
+        let st = self.reshard_status_at(self.primary(0))?;
+        let running = self.running_names(&st);
+        let views = self.views();
+        let nodes = self.new_nodes();
+        let mut out = BTreeMap::new();
+        for s in owning_shards(&st) {
+            let up: Vec<&Node> = nodes
+                .iter()
+                .filter(|n| n.shard == s && running.contains(&n.name))
+                .collect();
+            if up.is_empty() {
+                if only_running {
+                    continue;
+                }
+                return Err(format!("shard {s}: no node of it runs"));
+            }
+            let of: Vec<&RoleView> = views.iter().filter(|v| v.shard == s).collect();
+            if let Some(n) = up.iter().find(|n| !of.iter().any(|v| v.name == n.name)) {
+                return Err(format!("shard {s}: {} does not show in /status", n.name));
+            }
+            let prims: Vec<&&RoleView> = of.iter().filter(|v| v.role == "primary").collect();
+            let [p] = prims[..] else {
+                return Err(format!(
+                    "shard {s}: {} primaries among {}",
+                    prims.len(),
+                    of.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            };
+            if let Some(v) = of.iter().find(|v| {
+                v.epoch != p.epoch
+                    || (v.role != "primary" && v.state != "following" && v.state != "catching-up")
+            }) {
+                return Err(format!("shard {s}: {v} (primary {p}) has not settled"));
+            }
+            self.probe_write(&st, p.addr, s)?;
+            out.insert(s, (*p).clone());
+        }
+        Ok(out)
+    }
+
+    /// Waits until every shard that owns keys now has a primary that takes
+    /// writes, its replicas following it (see [`owning_shards`]); returns
+    /// them by shard. A shard none of whose nodes runs fails the wait.
+    ///
+    /// # Errors
+    /// Not so within `deadline`: why, with every node's role.
+    pub fn wait_primaries(&self, deadline: Duration) -> Result<BTreeMap<usize, RoleView>, String> {
+        self.wait_primaries_of(deadline, false)
+    }
+
+    fn wait_primaries_of(
+        &self,
+        deadline: Duration,
+        only_running: bool,
+    ) -> Result<BTreeMap<usize, RoleView>, String> {
+        let mut last = Err("not asked yet".to_string());
+        wait_until(deadline, || {
+            last = self.primaries_now(only_running);
+            last.is_ok()
+        });
+        last.map_err(|e| {
+            let views: Vec<String> = self.views().iter().map(ToString::to_string).collect();
+            let etcd = self.etcd().map(|e| e.dump()).unwrap_or_default();
+            format!(
+                "no primary that takes writes for every shard within {deadline:?}: {e}\n  nodes: \
+                 {}\n  etcd: {etcd}",
+                views.join("\n         ")
+            )
+        })
+    }
+}
+
+/// `GET /status` on `addr`, parsed.
+fn status_json(addr: SocketAddr) -> Result<serde_json::Value, String> {
+    let mut c = Conn::connect_timeout(addr, Duration::from_millis(500))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let r = c
+        .get("/status")
+        .map_err(|e| format!("/status on {addr}: {e}"))?;
+    if r.status != 200 {
+        return Err(format!("/status on {addr}: {r}"));
+    }
+    serde_json::from_str(&r.text()).map_err(|e| format!("/status on {addr} not JSON: {e}"))
+}
+
+/// A shard's leader key in etcd: `{"node": NAME, "epoch": E}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdLeader {
+    pub node: String,
+    pub epoch: u64,
+}
+
+/// A leader key's value, `{"node": NAME, "epoch": E}`.
+fn parse_leader(v: &str) -> Option<EtcdLeader> {
+    let j: serde_json::Value = serde_json::from_str(v).ok()?;
+    Some(EtcdLeader {
+        node: j["node"].as_str()?.to_string(),
+        epoch: j["epoch"].as_u64()?,
+    })
+}
+
+/// Reads corekv's keys from an etcd, over its v3 JSON gateway
+/// (`POST /v3/kv/range`, keys and values base64) with a plain
+/// HTTP/1.0 request on a `TcpStream`: nothing of corekv's own client.
+#[derive(Clone, Debug)]
+pub struct EtcdView {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// `--etcd-prefix`.
+    pub prefix: String,
+}
+
+impl EtcdView {
+    /// The keys (and values) from `key`, or with prefix `key` when
+    /// `prefix`.
+    ///
+    /// # Errors
+    /// I/O failure, a status other than 200 or another shape.
+    pub fn range(&self, key: &str, prefix: bool) -> Result<Vec<(String, String)>, String> {
+        use base64::Engine as _;
+        use std::io::{Read as _, Write as _};
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut body = serde_json::json!({ "key": b64.encode(key) });
+        if prefix {
+            // The range end of a prefix: its last byte + 1 (keys are ASCII).
+            let mut end = key.as_bytes().to_vec();
+            if let Some(last) = end.last_mut() {
+                *last += 1;
+            }
+            body["range_end"] = serde_json::Value::String(b64.encode(&end));
+        }
+        let body = body.to_string();
+        let hostport = self
+            .url
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let addr: SocketAddr = hostport
+            .parse()
+            .map_err(|e| format!("etcd URL {:?}: {e}", self.url))?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .map_err(|e| format!("connect etcd {addr}: {e}"))?;
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+        let req = format!(
+            "POST /v3/kv/range HTTP/1.0\r\nHost: {hostport}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes())
+            .map_err(|e| format!("etcd range {key:?}: {e}"))?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)
+            .map_err(|e| format!("etcd range {key:?}: {e}"))?;
+        let raw = String::from_utf8_lossy(&raw);
+        let (head, answer) = raw
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| format!("etcd range {key:?}: no complete answer: {raw:?}"))?;
+        if head.split(' ').nth(1) != Some("200") {
+            return Err(format!("etcd range {key:?}: {head:?} {answer:?}"));
+        }
+        let v: serde_json::Value = serde_json::from_str(answer)
+            .map_err(|e| format!("etcd range {key:?}: not JSON ({e}): {answer:?}"))?;
+        let dec = |x: &serde_json::Value| {
+            x.as_str()
+                .and_then(|t| b64.decode(t).ok())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+        };
+        Ok(v["kvs"]
+            .as_array()
+            .map(|kvs| {
+                kvs.iter()
+                    .filter_map(|kv| {
+                        Some((dec(&kv["key"])?, dec(&kv["value"]).unwrap_or_default()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// `PREFIX/shards/{shard}/{name}`.
+    #[must_use]
+    pub fn shard_key(&self, shard: usize, name: &str) -> String {
+        format!("{}/shards/{shard}/{name}", self.prefix)
+    }
+
+    /// The leader key of `shard`, if any.
+    ///
+    /// # Errors
+    /// etcd failed, or the value is not `{"node": NAME, "epoch": E}`.
+    pub fn leader(&self, shard: usize) -> Result<Option<EtcdLeader>, String> {
+        let key = self.shard_key(shard, "leader");
+        let Some((_, v)) = self.range(&key, false)?.into_iter().next() else {
+            return Ok(None);
+        };
+        parse_leader(&v)
+            .map(Some)
+            .ok_or_else(|| format!("{key} = {v:?}: not {{\"node\": NAME, \"epoch\": E}}"))
+    }
+
+    /// The epoch key of `shard` (last epoch handed out), if any.
+    ///
+    /// # Errors
+    /// etcd failed, or the value is not an integer.
+    pub fn epoch(&self, shard: usize) -> Result<Option<u64>, String> {
+        let key = self.shard_key(shard, "epoch");
+        match self.range(&key, false)?.into_iter().next() {
+            None => Ok(None),
+            Some((_, v)) => v
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|e| format!("{key} = {v:?}: {e}")),
+        }
+    }
+
+    /// The keys of an election of `shard` that exist now: its leader key
+    /// and its candidate keys (`PREFIX/shards/{shard}/candidates/...`).
+    ///
+    /// # Errors
+    /// etcd failed.
+    pub fn election_keys(&self, shard: usize) -> Result<Vec<(String, String)>, String> {
+        let mut v = self.range(&self.shard_key(shard, "leader"), false)?;
+        v.extend(self.range(&self.shard_key(shard, "candidates/"), true)?);
+        Ok(v)
+    }
+
+    /// Every key under the prefix, one `key = value` a line (for failure
+    /// messages).
+    #[must_use]
+    pub fn dump(&self) -> String {
+        match self.range(&format!("{}/", self.prefix), true) {
+            Ok(kvs) => {
+                let mut s = String::new();
+                for (k, v) in &kvs {
+                    let _ = write!(s, "\n    {k} = {v}");
+                }
+                s
+            }
+            Err(e) => format!("(etcd unreadable: {e})"),
+        }
+    }
+}
+
+/// Watches, while a reshard runs, that no election is held for a new
+/// shard whose pair has not cut over: samples `/admin/reshard`, then the
+/// new shards' election keys in etcd ([`EtcdView::election_keys`]), then
+/// `/admin/reshard` again; a key of new shard `i + N` while pair `i` was
+/// `copying` in both samples (no hold or cutover around it) is a
+/// violation. Also remembers when each new shard's leader key first
+/// appeared and which phases surrounded it.
+pub struct ElectionWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<ElectionLog>>,
+}
+
+/// What an [`ElectionWatch`] saw.
+#[derive(Debug, Default)]
+pub struct ElectionLog {
+    /// Samples taken (both `/admin/reshard` reads answered).
+    pub samples: u64,
+    /// One line per violation.
+    pub violations: Vec<String>,
+    /// Per new shard: the first leader key seen, with the phases of its
+    /// pair before and after the read.
+    pub first_leader: BTreeMap<usize, (EtcdLeader, String, String)>,
+}
+
+impl ElectionWatch {
+    /// Starts sampling (every 50 ms) against `c`'s etcd and the primary
+    /// of shard 0.
+    ///
+    /// # Panics
+    /// When `c` does not run with `--etcd`.
+    #[must_use]
+    pub fn start(c: &RsCluster) -> Self {
+        let etcd = c.etcd().expect("ElectionWatch needs a cluster with --etcd");
+        let addr = c.primary(0);
+        let token = c.token.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut log = ElectionLog::default();
+            let status = |t: &Option<String>| -> Option<RsStatus> {
+                let hdrs = auth(t.as_deref());
+                let hdrs: Vec<(&str, &str)> = hdrs.iter().map(|(n, v)| (*n, v.as_str())).collect();
+                let mut c = Conn::connect_timeout(addr, Duration::from_secs(1)).ok()?;
+                let r = c.request("GET", "/admin/reshard", &hdrs, b"").ok()?;
+                (r.status == 200)
+                    .then(|| RsStatus::parse(&r.text()).ok())
+                    .flatten()
+            };
+            while !stop2.load(Ordering::Relaxed) {
+                let sample = (|| {
+                    let before = status(&token)?;
+                    // One range read of every shard's keys per sample.
+                    let all = etcd.range(&format!("{}/shards/", etcd.prefix), true).ok()?;
+                    let after = status(&token)?;
+                    let mut keys = Vec::new();
+                    let mut leaders = Vec::new();
+                    for s in OLD_SHARDS..NEW_SHARDS {
+                        let (leader, cand) = (
+                            etcd.shard_key(s, "leader"),
+                            etcd.shard_key(s, "candidates/"),
+                        );
+                        let kvs: Vec<(String, String)> = all
+                            .iter()
+                            .filter(|(k, _)| *k == leader || k.starts_with(&cand))
+                            .cloned()
+                            .collect();
+                        let l = all
+                            .iter()
+                            .find(|(k, _)| *k == leader)
+                            .and_then(|(_, v)| parse_leader(v));
+                        keys.push((s, kvs));
+                        leaders.push((s, l));
+                    }
+                    Some((before, keys, leaders, after))
+                })();
+                if let Some((before, keys, leaders, after)) = sample {
+                    log.samples += 1;
+                    let phase = |st: &RsStatus, s: usize| {
+                        if st.state != "resharding" {
+                            return st.state.clone();
+                        }
+                        st.pair(s - OLD_SHARDS)
+                            .map_or_else(|| "-".to_string(), |p| p.phase.clone())
+                    };
+                    for (s, kvs) in keys {
+                        let (b, a) = (phase(&before, s), phase(&after, s));
+                        let unsplit = |p: &str| p == "idle" || p == "copying";
+                        if !kvs.is_empty() && unsplit(&b) && unsplit(&a) {
+                            log.violations.push(format!(
+                                "new shard {s}: election keys {kvs:?} while pair {} had not \
+                                 split and no cutover ran (before: {}; after: {})",
+                                s - OLD_SHARDS,
+                                before.brief(),
+                                after.brief()
+                            ));
+                        }
+                    }
+                    for (s, l) in leaders {
+                        if let Some(l) = l {
+                            log.first_leader
+                                .entry(s)
+                                .or_insert_with(|| (l, phase(&before, s), phase(&after, s)));
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            log
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling; what was seen.
+    ///
+    /// # Panics
+    /// When the sampling thread panicked.
+    #[must_use]
+    pub fn finish(mut self) -> ElectionLog {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .take()
+            .map(|t| t.join().expect("election watch thread"))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ElectionWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 
@@ -1255,18 +2009,30 @@ impl Drop for RsCluster {
 
 /// Writes the first value (or a new one) of every key of `book` through
 /// the primaries of the OLD layout (each key via the primary of its old
-/// shard, one pipelined connection each).
+/// shard, one pipelined connection each; with `--etcd`, the primaries
+/// elected, once every shard has one).
 ///
 /// # Panics
 /// When a write is not answered 200.
 pub fn preload(c: &RsCluster, book: &Book) {
+    // With --etcd: through the primaries elected (writes need them).
+    let vias: Vec<SocketAddr> = if c.is_etcd() {
+        let p = c
+            .wait_primaries(START_DEADLINE)
+            .unwrap_or_else(|e| panic!("before the preload: {e}"));
+        (0..OLD_SHARDS)
+            .map(|s| p.get(&s).map_or_else(|| c.primary(s), |v| v.addr))
+            .collect()
+    } else {
+        (0..OLD_SHARDS).map(|s| c.primary(s)).collect()
+    };
     let failures: Vec<String> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..OLD_SHARDS)
             .map(|s| {
                 let keys: Vec<u32> = (0..book.nkeys)
                     .filter(|&i| super::shard_of(key_name(i).as_bytes(), OLD_SHARDS) == s)
                     .collect();
-                let via = c.primary(s);
+                let via = vias[s];
                 let token = c.token.as_deref();
                 scope.spawn(move || set_keys(via, book, &keys, token))
             })
