@@ -660,3 +660,34 @@ fn split_asked_again_after_its_hold_ended_on_its_own() {
     assert!(run.success(), "the re-run did not succeed:\n{run}");
     c.assert_finished(&book, "after a split whose hold ended on its own");
 }
+
+/// A kill -9 while a new node's file was being created leaves a file redb
+/// cannot open ("Not a redb database"); the restart must not fail on it:
+/// the node only copies its old shard, so the file goes and the copy starts
+/// again (CI-like runs once failed to restart here).
+#[test]
+fn a_new_nodes_unreadable_file_is_copied_again_after_a_restart() {
+    let _serial = serial();
+    let mut c = RsCluster::start(None);
+    let book = preloaded(&c, 500);
+    let mut cmd = c.spawn_reshard(&["--pause-ms", "60000"]);
+    let caught = c.wait_reshard(RESHARD_DEADLINE, Some(&mut cmd), |st| {
+        st.state == "resharding" && st.pairs.iter().all(|p| p.phase == "copying")
+    });
+    let out = cmd.kill();
+    caught.unwrap_or_else(|e| panic!("could not catch the copy: {e}\n{out}"));
+    c.kill9();
+    let file = c.data_dir.join("shard3-replica.redb");
+    assert!(file.exists(), "no {}", file.display());
+    // What a kill -9 in the middle of the file's creation leaves.
+    std::fs::write(&file, b"half a header").expect("overwrite the new node's file");
+    c.restart();
+    let log = c.last_generation_log();
+    assert!(
+        log.contains("removing it and copying again"),
+        "the restart did not say it copies again:\n{log}"
+    );
+    let run = c.run_reshard(&[], RESHARD_DEADLINE);
+    assert!(run.success(), "the re-run did not succeed:\n{run}");
+    c.assert_finished(&book, "after a new node's unreadable file");
+}

@@ -404,8 +404,7 @@ fn open_stores(
                     "cannot open {} ({e}); it only copies shard {old} for a reshard: removing it and copying again",
                     path.display()
                 );
-                std::fs::remove_file(&path)
-                    .map_err(|e| storage(StartError::Storage(e.into())))?;
+                std::fs::remove_file(&path).map_err(|e| storage(StartError::Storage(e.into())))?;
                 open().map_err(|e| storage(StartError::Storage(e)))?
             }
             Err(e) => return Err(storage(StartError::Storage(e))),
