@@ -159,6 +159,25 @@ impl Cluster {
         &self.new.shards[shard].address
     }
 
+    /// The addresses of pair `pair`'s source (old shard's primary now) and
+    /// target (the node the cutover makes the new shard's primary, or its
+    /// primary since), as the first process that answers sees them: with
+    /// `--etcd` primaries move. The configured primaries when none says.
+    fn pair_addrs(&self, pair: usize) -> (String, String) {
+        for addr in self.all_addrs() {
+            if let Ok(v) = self.state(&addr) {
+                let p = &v["pairs"][pair];
+                if let (Some(s), Some(t)) = (p["source"].as_str(), p["target"].as_str()) {
+                    return (s.to_string(), t.to_string());
+                }
+            }
+        }
+        (
+            self.primary(pair).to_string(),
+            self.primary(pair + self.from).to_string(),
+        )
+    }
+
     /// The seq and key count of the node at `addr` (its `/status` entry).
     fn node_seq(&self, addr: &str) -> Result<(u64, u64), String> {
         let (status, text) = self.request("GET", addr, "/status", None)?;
@@ -351,8 +370,8 @@ fn copy(cluster: &Cluster, timeout: Duration) -> Result<(), ReshardError> {
         let mut behind = 0;
         let mut lines = Vec::new();
         for pair in 0..cluster.from {
-            let (src, dst) = (cluster.primary(pair), cluster.primary(pair + cluster.from));
-            let (s, d) = match (cluster.node_seq(src), cluster.node_seq(dst)) {
+            let (src, dst) = cluster.pair_addrs(pair);
+            let (s, d) = match (cluster.node_seq(&src), cluster.node_seq(&dst)) {
                 (Ok(s), Ok(d)) => (s, d),
                 (Err(e), _) | (_, Err(e)) => return fail(format!("copy: {e}")),
             };
@@ -390,9 +409,9 @@ fn copy(cluster: &Cluster, timeout: Duration) -> Result<(), ReshardError> {
 /// Moves pair `pair`'s keys to its new shard (see the module header).
 fn cutover(cluster: &Cluster, pair: usize) -> Result<(), ReshardError> {
     let new = pair + cluster.from;
-    let (src, dst) = (cluster.primary(pair), cluster.primary(new));
+    let (src, dst) = cluster.pair_addrs(pair);
     let state = cluster
-        .state(src)
+        .state(&src)
         .map_err(|e| ReshardError(format!("cutover of shard {pair}: {e}")))?;
     let phase = state["pairs"][pair]["phase"].as_str().unwrap_or("");
     if phase == "split" || phase == "purged" {
@@ -401,7 +420,13 @@ fn cutover(cluster: &Cluster, pair: usize) -> Result<(), ReshardError> {
     }
     let mut last = String::new();
     for attempt in 1..=ATTEMPTS {
-        match try_cutover(cluster, pair, src, dst) {
+        // Asked again each attempt: the old shard may have failed over.
+        let (src, dst) = if attempt == 1 {
+            (src.clone(), dst.clone())
+        } else {
+            cluster.pair_addrs(pair)
+        };
+        match try_cutover(cluster, pair, &src, &dst) {
             Ok(ms) => {
                 println!("phase: cutover of shard {pair} → {new} done (writes held {ms} ms)");
                 return record_split(cluster, pair);
@@ -488,11 +513,12 @@ fn purge(cluster: &Cluster) -> Result<(), ReshardError> {
         let mut lines = Vec::new();
         for pair in 0..cluster.from {
             let new = pair + cluster.from;
+            let (src, dst) = cluster.pair_addrs(pair);
             let src = cluster
-                .state(cluster.primary(pair))
+                .state(&src)
                 .map_err(|e| ReshardError(format!("purge: {e}")))?;
             let dst = cluster
-                .state(cluster.primary(new))
+                .state(&dst)
                 .map_err(|e| ReshardError(format!("purge: {e}")))?;
             let a = &src["pairs"][pair];
             let b = &dst["pairs"][pair];

@@ -21,7 +21,10 @@
 //! - kill -9 of the one process during the copy, restart with the OLD
 //!   config (etcd running): shards 0 and 1 elect again, no election for the
 //!   new shards, every acknowledged write is served, writes work, and
-//!   re-running the command finishes the reshard.
+//!   re-running the command finishes the reshard;
+//! - a switchover of old shard 0 during the copy: new shard 2 follows the
+//!   new primary (no election for it), the re-run holds the new primary
+//!   and finishes; shard 2's first epoch is above shard 0's new one.
 //!
 //! The tests run one at a time (a lock), as in `tests/reshard.rs`. They
 //! skip (printing why) when there is no etcd binary, unless
@@ -583,4 +586,72 @@ fn etcd_kill9_during_copy_then_rerun_finishes() {
         &old_epochs,
         "after the kill during the copy and the re-run",
     );
+}
+
+/// A switchover of old shard 0 during the copy: new shard 2's nodes follow
+/// the new primary of shard 0 (they copy whichever node is primary now),
+/// no election is held for shard 2, and the command, re-run, finds the new
+/// primary (`/admin/reshard` names each pair's source and target), holds
+/// it and finishes; shard 2's first epoch is above shard 0's new one.
+#[test]
+fn etcd_old_shard_switchover_during_the_copy_then_the_reshard_finishes() {
+    let _serial = serial();
+    let Some(etcd) = Etcd::start() else { return };
+    let (c, e) = start(&etcd, false);
+    let book = preloaded(&c, 1000);
+    let prim = primaries(&c, START_DEADLINE, "before the reshard");
+    assert_configured_primaries(&c, &prim, "before the reshard");
+    let mut cmd = c.spawn_reshard(&["--pause-ms", "60000"]);
+    let caught = c.wait_reshard(RESHARD_DEADLINE, Some(&mut cmd), |st| {
+        st.state == "resharding" && st.pairs.iter().all(|p| p.phase == "copying")
+    });
+    let out = cmd.kill();
+    caught.unwrap_or_else(|err| panic!("could not catch the copy: {err}\n{out}"));
+
+    let r = common::http(
+        c.primary(0),
+        "POST",
+        &format!("/admin/promote?shard={}", c.new[0].name),
+        &[],
+        b"",
+    );
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert_eq!(r.status, 200, "switchover of shard 0: {body}");
+    let moved = leader(&e, 0, "after the switchover");
+    assert_eq!(
+        moved.node,
+        format!("{}/replica", c.new[0].name),
+        "after the switchover shard 0's leader should be its replica; etcd:{}",
+        e.dump()
+    );
+    assert_no_election(&e, &[2, 3], Duration::from_secs(1), "after the switchover");
+
+    // Writes to keys of shard 0 after the switchover reach new shard 2's
+    // nodes: they follow the new primary.
+    let keys: Vec<u32> = (0..1000u32)
+        .filter(|&i| old_owner(fnv1_64(key_name(i).as_bytes())) == 0)
+        .take(50)
+        .collect();
+    let failed = set_keys(c.primary(1), &book, &keys, None);
+    assert!(failed.is_empty(), "writes after the switchover: {failed:?}");
+    let replica0 = c.new[0].replica.to_string();
+    let mut last = String::new();
+    let followed = wait_until(REPLICA_LAG, || {
+        let st = c.reshard_status();
+        last.clone_from(&st.raw);
+        let v: serde_json::Value = serde_json::from_str(&st.raw).unwrap_or_default();
+        let p = &v["pairs"][0];
+        p["source"] == replica0.as_str()
+            && p["source_seq"].as_u64().is_some()
+            && p["source_seq"] == p["target_seq"]
+    });
+    assert!(
+        followed,
+        "new shard 2 did not follow shard 0's new primary {replica0}: {last}"
+    );
+
+    let run = c.run_reshard(&[], RESHARD_DEADLINE);
+    assert!(run.success(), "the re-run did not succeed:\n{run}");
+    c.assert_finished(&book, "after a switchover of an old shard during the copy");
+    check_new_leaders(&c, &e, &[moved.epoch, 1], "after the reshard");
 }

@@ -125,9 +125,17 @@ impl Api {
             State::Aborted => "aborted",
         };
         let topo = self.router.topology();
+        let roles = self.router.roles();
         let locals = self.locals.load();
-        let stats_of = |shard: usize| {
-            let id = topo.primary_of(shard).id;
+        // The current primary (with `--etcd` it moves), else the
+        // configured one.
+        let primary = |shard: usize| {
+            roles
+                .primary(shard)
+                .and_then(|(id, _)| topo.node(id))
+                .unwrap_or_else(|| topo.primary_of(shard))
+        };
+        let stats_of = |id: usize| {
             locals
                 .iter()
                 .find(|(n, _, _)| n.id == id)
@@ -136,7 +144,15 @@ impl Api {
         let pairs: Vec<Value> = (0..stored.from)
             .map(|i| {
                 let new = i + stored.from;
-                let (source, target) = (stats_of(i), stats_of(new));
+                let source_node = primary(i);
+                // Until the split, the node the cutover makes the new
+                // shard's primary: its configured primary.
+                let target_node = if stored.split[i] {
+                    primary(new)
+                } else {
+                    topo.primary_of(new)
+                };
+                let (source, target) = (stats_of(source_node.id), stats_of(target_node.id));
                 let purged = stored.purged.get(i).copied().unwrap_or(false)
                     && stored.purged.get(new).copied().unwrap_or(false);
                 let held = source
@@ -157,6 +173,8 @@ impl Api {
                     "shard": i,
                     "to": new,
                     "phase": phase,
+                    "source": source_node.address,
+                    "target": target_node.address,
                     "source_seq": load(&source, |s| s.seq.load(Ordering::Acquire)),
                     "target_seq": load(&target, |s| s.seq.load(Ordering::Acquire)),
                     "source_keys": load(&source, |s| s.keys.load(Ordering::Relaxed)),

@@ -538,10 +538,10 @@ impl Committer<'_> {
     /// committed by `take`.
     fn hold(&mut self, max: Duration, reply: &Reply<u64>, ctl: &flume::Receiver<HoldCtl>) {
         let seq = self.stats.seq.load(Ordering::Acquire);
-        if self.fence.writable_epoch().is_none() {
+        let Some(epoch) = self.fence.writable_epoch() else {
             let _ = reply.send(Err(StoreError::NotPrimary));
             return;
-        }
+        };
         if reply.send(Ok(seq)).is_err() {
             return;
         }
@@ -556,10 +556,19 @@ impl Committer<'_> {
         loop {
             match ctl.recv_deadline(until) {
                 Ok(HoldCtl::Split { pair, reply }) => {
-                    let r = self
-                        .fence
-                        .split(pair)
-                        .map(|()| self.stats.seq.load(Ordering::Acquire));
+                    // The commit point only while this node still holds its
+                    // role in the epoch it was held in (with `--etcd` a
+                    // failover may have moved it meanwhile).
+                    let r = if self.fence.writable_epoch() == Some(epoch) {
+                        self.fence
+                            .split(pair)
+                            .map(|()| self.stats.seq.load(Ordering::Acquire))
+                    } else {
+                        Err(format!(
+                            "{} lost its role (epoch {epoch}) during the hold",
+                            self.name
+                        ))
+                    };
                     let _ = reply.send(r);
                     until = Instant::now() + max;
                 }
