@@ -656,7 +656,10 @@ impl Engine {
                 );
             }
         }
-        self.roles.set_primary(s, None);
+        // A reshard's new shard that copies an old one follows that
+        // shard's primary at once (see `reshard`); any other has none.
+        let copied = self.copies(s).and_then(|old| self.roles.primary(old));
+        self.roles.set_primary(s, copied);
         if let Some(l) = &had {
             log_at!(
                 Level::Info,
