@@ -30,31 +30,17 @@
 mod common;
 
 use common::reshard::{
-    Book, LoadCfg, NEW_SHARDS, OLD_SHARDS, RsCluster, RsStatus, check_reads, failures_text,
-    fresh_shards, key_name, node_keys, preload, set_keys,
+    Book, LoadCfg, MAX_LATENCY, NEW_SHARDS, OLD_SHARDS, PAUSE_MS, REPLICA_LAG, RESHARD_DEADLINE,
+    RsCluster, RsStatus, assert_load_served, check_reads, failures_text, fresh_shards, key_name,
+    kill9_restart_resumes, node_keys, preload, serial, set_keys,
 };
 use common::{fnv1_64, health_ok, http};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use common::reshard::Load;
 
-/// How long a whole reshard of a few thousand keys may take.
-const RESHARD_DEADLINE: Duration = Duration::from_mins(2);
 /// How long a refused or aborting command may take.
 const SHORT_DEADLINE: Duration = Duration::from_mins(1);
-/// `--pause-ms` of the runs whose phases a test catches.
-const PAUSE_MS: &str = "1500";
-/// The slowest request allowed under load.
-const MAX_LATENCY: Duration = Duration::from_secs(2);
-/// How long a replica may take to show a write.
-const REPLICA_LAG: Duration = Duration::from_secs(15);
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 fn old_owner(h: u64) -> usize {
     (h % OLD_SHARDS as u64) as usize
@@ -120,23 +106,7 @@ fn reshard_under_load() {
         !run.stdout.trim().is_empty(),
         "the reshard printed no progress on stdout:\n{run}"
     );
-    let during = res
-        .recs
-        .iter()
-        .filter(|r| {
-            let at = Duration::from_millis(u64::from(r.at_ms));
-            at >= started && at <= ended
-        })
-        .count();
-    assert!(during > 0, "no request of the load ran during the reshard");
-    let fails: Vec<&common::reshard::Failure> = res.failures.iter().collect();
-    assert!(fails.is_empty(), "{}", failures_text(&fails, 40));
-    assert!(
-        res.max_latency() <= MAX_LATENCY,
-        "a request took {:?} (> {MAX_LATENCY:?}); the slowest:\n  {}",
-        res.max_latency(),
-        res.slowest(10)
-    );
+    assert_load_served(&res, started, ended);
     c.assert_finished(&book, "after the reshard under load");
 }
 
@@ -196,54 +166,7 @@ fn kill9_then_rerun(when: When, nkeys: u32) {
             panic!("could not catch {when:?}: {e}\n{out}");
         }
     };
-    let kill_at = load.now();
-    c.kill9();
-    let out = cmd.kill();
-    eprintln!("killed at {when:?}: {}\n{out}", caught.brief());
-    let res = load.finish();
-    eprintln!("load until the kill: {}", res.summary());
-    // Before the kill nothing may fail; afterwards I/O errors are expected.
-    let before: Vec<&common::reshard::Failure> =
-        res.failures.iter().filter(|f| f.done < kill_at).collect();
-    assert!(
-        before.is_empty(),
-        "before the kill: {}",
-        failures_text(&before, 40)
-    );
-
-    c.restart();
-    let st = c.reshard_status();
-    eprintln!("after the restart: {}", st.brief());
-    assert_eq!(
-        st.state, "resharding",
-        "after a kill -9 at {when:?} the restarted process should still be resharding: {}",
-        st.raw
-    );
-    for p in caught.pairs.iter().filter(|p| RsStatus::is_cut_over(p)) {
-        let now = st.pair(p.shard as usize);
-        assert!(
-            now.is_some_and(RsStatus::is_cut_over),
-            "pair {} had cut over before the kill, not after the restart: {}",
-            p.shard,
-            st.raw
-        );
-    }
-    let log = c.last_generation_log().to_lowercase();
-    assert!(
-        log.contains("layout"),
-        "the restarted process should log that it uses the stored layout:\n{log}"
-    );
-    // The stored layout has the new shards: the process runs their nodes
-    // again, and every node answers for every key.
-    let mut pending: Vec<std::net::SocketAddr> = c.added_nodes().iter().map(|n| n.addr).collect();
-    let up = common::wait_until(common::START_DEADLINE, || {
-        pending.retain(|a| !health_ok(*a));
-        pending.is_empty()
-    });
-    assert!(
-        up,
-        "after the restart at {when:?} the new shards' nodes {pending:?} do not answer /health"
-    );
+    let st = kill9_restart_resumes(&mut c, &mut cmd, load, &caught, &format!("{when:?}"));
     serves_then_finishes(&c, &book, &st, nkeys, &format!("the kill at {when:?}"));
 }
 

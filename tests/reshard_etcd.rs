@@ -40,22 +40,14 @@ mod common;
 use common::etcd::Etcd;
 use common::reshard::{
     Book, ElectionWatch, EtcdLeader, EtcdView, Load, LoadCfg, NEW_SHARDS, Node, OLD_SHARDS,
-    RoleView, RsCluster, RsStatus, check_reads, etcd_args, failures_text, key_name, preload,
-    set_keys,
+    PAUSE_MS, REPLICA_LAG, RESHARD_DEADLINE, RoleView, RsCluster, RsStatus, assert_load_served,
+    check_reads, etcd_args, key_name, kill9_restart_resumes, preload, serial, set_keys,
 };
-use common::{START_DEADLINE, fnv1_64, health_ok, wait_until};
+use common::{START_DEADLINE, fnv1_64, wait_until};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long a whole reshard of a few thousand keys may take.
-const RESHARD_DEADLINE: Duration = Duration::from_mins(2);
-/// `--pause-ms` of the run whose copy phase a test catches.
-const PAUSE_MS: &str = "1500";
-/// The slowest request allowed under load.
-const MAX_LATENCY: Duration = Duration::from_secs(2);
-/// How long a replica may take to show a write.
-const REPLICA_LAG: Duration = Duration::from_secs(15);
 /// `--etcd-prefix` of every test.
 const PREFIX: &str = "/rsetcd";
 /// How long a new primary may take after its predecessor's process died:
@@ -66,12 +58,6 @@ const FAILOVER: Duration = Duration::from_secs(15);
 /// that run their nodes are up: the lease TTL. An election starts at once
 /// for a shard without a leader key and takes 300 ms + rank × 500 ms.
 const QUIET: Duration = Duration::from_secs(2);
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// A cluster of `two_hosts` kind controlled by `etcd` under [`PREFIX`].
 fn start(etcd: &Etcd, two_hosts: bool) -> (RsCluster, EtcdView) {
@@ -289,23 +275,7 @@ fn etcd_reshard_under_load() {
     );
     assert!(run.success(), "the reshard did not succeed:\n{run}");
     check_watch(watch, "during the reshard under load");
-    let during = res
-        .recs
-        .iter()
-        .filter(|r| {
-            let at = Duration::from_millis(u64::from(r.at_ms));
-            at >= started && at <= ended
-        })
-        .count();
-    assert!(during > 0, "no request of the load ran during the reshard");
-    let fails: Vec<&common::reshard::Failure> = res.failures.iter().collect();
-    assert!(fails.is_empty(), "{}", failures_text(&fails, 40));
-    assert!(
-        res.max_latency() <= MAX_LATENCY,
-        "a request took {:?} (> {MAX_LATENCY:?}); the slowest:\n  {}",
-        res.max_latency(),
-        res.slowest(10)
-    );
+    assert_load_served(&res, started, ended);
     c.assert_finished(&book, "after the reshard under load");
     check_new_leaders(&c, &e, &old_epochs, "after the reshard under load");
     // The old shards still have a leader each.
@@ -476,53 +446,10 @@ fn etcd_kill9_during_copy_then_rerun_finishes() {
             panic!("could not catch the copy: {err}\n{out}");
         }
     };
-    let kill_at = load.now();
-    c.kill9();
-    let out = cmd.kill();
-    eprintln!("killed during the copy: {}\n{out}", caught.brief());
     check_watch(watch, "until the kill during the copy");
-    let res = load.finish();
-    eprintln!("load until the kill: {}", res.summary());
-    let before: Vec<&common::reshard::Failure> =
-        res.failures.iter().filter(|f| f.done < kill_at).collect();
-    assert!(
-        before.is_empty(),
-        "before the kill: {}",
-        failures_text(&before, 40)
-    );
-
     // Same command line (OLD config), etcd still running: the restart
     // waits until shards 0 and 1 have primaries that take writes again.
-    c.restart();
-    let st = c.reshard_status();
-    eprintln!("after the restart: {}", st.brief());
-    assert_eq!(
-        st.state, "resharding",
-        "after a kill -9 during the copy the restarted process should still be resharding: {}",
-        st.raw
-    );
-    for p in caught.pairs.iter().filter(|p| RsStatus::is_cut_over(p)) {
-        assert!(
-            st.pair(p.shard as usize).is_some_and(RsStatus::is_cut_over),
-            "pair {} had cut over before the kill, not after the restart: {}",
-            p.shard,
-            st.raw
-        );
-    }
-    let log = c.last_generation_log().to_lowercase();
-    assert!(
-        log.contains("layout"),
-        "the restarted process should log that it uses the stored layout:\n{log}"
-    );
-    let mut pending: Vec<std::net::SocketAddr> = c.added_nodes().iter().map(|n| n.addr).collect();
-    let up = wait_until(START_DEADLINE, || {
-        pending.retain(|a| !health_ok(*a));
-        pending.is_empty()
-    });
-    assert!(
-        up,
-        "after the restart the new shards' nodes {pending:?} do not answer /health"
-    );
+    let st = kill9_restart_resumes(&mut c, &mut cmd, load, &caught, "the copy");
     let prim = primaries(&c, START_DEADLINE, "after the restart");
     // The restarted process could not keep the dead lease's leader keys:
     // shards 0 and 1 elected again, in higher epochs.

@@ -1500,7 +1500,9 @@ impl RsCluster {
         }
         let mut out: Vec<RoleView> = Vec::new();
         for addr in addrs {
-            let Ok(v) = status_json(addr) else { continue };
+            let Ok(v) = status_json(addr, Duration::from_millis(500)) else {
+                continue;
+            };
             let Some(list) = v["nodes"].as_array() else {
                 continue;
             };
@@ -1657,10 +1659,9 @@ impl RsCluster {
     }
 }
 
-/// `GET /status` on `addr`, parsed.
-fn status_json(addr: SocketAddr) -> Result<serde_json::Value, String> {
-    let mut c = Conn::connect_timeout(addr, Duration::from_millis(500))
-        .map_err(|e| format!("connect {addr}: {e}"))?;
+/// `GET /status` on `addr`, parsed (`timeout` on connect and read).
+fn status_json(addr: SocketAddr, timeout: Duration) -> Result<serde_json::Value, String> {
+    let mut c = Conn::connect_timeout(addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
     let r = c
         .get("/status")
         .map_err(|e| format!("/status on {addr}: {e}"))?;
@@ -1970,19 +1971,10 @@ impl Drop for ElectionWatch {
 /// # Errors
 /// I/O failure or another shape.
 pub fn node_keys(addr: SocketAddr) -> Result<BTreeMap<String, u64>, String> {
-    let mut c = Conn::connect_timeout(addr, Duration::from_secs(2))
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    let r = c
-        .get("/status")
-        .map_err(|e| format!("/status on {addr}: {e}"))?;
-    if r.status != 200 {
-        return Err(format!("/status on {addr}: {r}"));
-    }
-    let v: serde_json::Value =
-        serde_json::from_str(&r.text()).map_err(|e| format!("/status not JSON: {e}"))?;
+    let v = status_json(addr, Duration::from_secs(2))?;
     let nodes = v["nodes"]
         .as_array()
-        .ok_or_else(|| format!("/status without \"nodes\": {}", r.text()))?;
+        .ok_or_else(|| format!("/status on {addr} without \"nodes\": {v}"))?;
     Ok(nodes
         .iter()
         .filter_map(|n| Some((n["name"].as_str()?.to_string(), n["keys"].as_u64()?)))
@@ -2466,4 +2458,112 @@ pub fn failures_text(failures: &[&Failure], n: usize) -> String {
         }
         s
     }
+}
+
+/// How long a whole reshard of a few thousand keys may take.
+pub const RESHARD_DEADLINE: Duration = Duration::from_mins(2);
+/// `--pause-ms` of the runs whose phases a test catches.
+pub const PAUSE_MS: &str = "1500";
+/// The slowest request allowed under load.
+pub const MAX_LATENCY: Duration = Duration::from_secs(2);
+/// How long a replica may take to show a write.
+pub const REPLICA_LAG: Duration = Duration::from_secs(15);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The reshard tests of one binary run one at a time (fixed layouts, a
+/// shared machine); hold the guard for the whole test.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What a load that ran through a whole reshard (from `started` to `ended`
+/// on the load's clock) must show: requests during it, none failed, none
+/// slower than [`MAX_LATENCY`].
+///
+/// # Panics
+/// When one of those does not hold.
+pub fn assert_load_served(res: &LoadResult, started: Duration, ended: Duration) {
+    let during = res
+        .recs
+        .iter()
+        .filter(|r| {
+            let at = Duration::from_millis(u64::from(r.at_ms));
+            at >= started && at <= ended
+        })
+        .count();
+    assert!(during > 0, "no request of the load ran during the reshard");
+    let fails: Vec<&Failure> = res.failures.iter().collect();
+    assert!(fails.is_empty(), "{}", failures_text(&fails, 40));
+    assert!(
+        res.max_latency() <= MAX_LATENCY,
+        "a request took {:?} (> {MAX_LATENCY:?}); the slowest:\n  {}",
+        res.max_latency(),
+        res.slowest(10)
+    );
+}
+
+/// kill -9 of the server (after `caught` was seen) and of the command, then
+/// a restart with the OLD config: nothing of `load` failed before the
+/// kill; the restarted process is still resharding, every pair that had
+/// cut over still has, it logs that it uses the stored layout, and the new
+/// shards' nodes answer. The state after the restart.
+///
+/// # Panics
+/// When one of those does not hold.
+pub fn kill9_restart_resumes(
+    c: &mut RsCluster,
+    cmd: &mut ReshardCmd,
+    load: Load,
+    caught: &RsStatus,
+    ctx: &str,
+) -> RsStatus {
+    let kill_at = load.now();
+    c.kill9();
+    let out = cmd.kill();
+    eprintln!("killed at {ctx}: {}\n{out}", caught.brief());
+    let res = load.finish();
+    eprintln!("load until the kill: {}", res.summary());
+    // Before the kill nothing may fail; afterwards I/O errors are expected.
+    let before: Vec<&Failure> = res.failures.iter().filter(|f| f.done < kill_at).collect();
+    assert!(
+        before.is_empty(),
+        "before the kill at {ctx}: {}",
+        failures_text(&before, 40)
+    );
+    c.restart();
+    let st = c.reshard_status();
+    eprintln!("after the restart: {}", st.brief());
+    assert_eq!(
+        st.state, "resharding",
+        "after a kill -9 at {ctx} the restarted process should still be resharding: {}",
+        st.raw
+    );
+    for p in caught.pairs.iter().filter(|p| RsStatus::is_cut_over(p)) {
+        assert!(
+            st.pair(p.shard as usize).is_some_and(RsStatus::is_cut_over),
+            "pair {} had cut over before the kill at {ctx}, not after the restart: {}",
+            p.shard,
+            st.raw
+        );
+    }
+    let log = c.last_generation_log().to_lowercase();
+    assert!(
+        log.contains("layout"),
+        "the restarted process should log that it uses the stored layout:\n{log}"
+    );
+    // The stored layout has the new shards: the process runs their nodes
+    // again.
+    let mut pending: Vec<SocketAddr> = c.added_nodes().iter().map(|n| n.addr).collect();
+    let up = wait_until(START_DEADLINE, || {
+        pending.retain(|a| !health_ok(*a));
+        pending.is_empty()
+    });
+    assert!(
+        up,
+        "after the restart at {ctx} the new shards' nodes {pending:?} do not answer /health"
+    );
+    st
 }
