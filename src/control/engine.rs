@@ -3,9 +3,10 @@
 //! stream into [`Msg`]s), runs elections and switchovers as timed stages
 //! (never blocking on anything but one etcd call), and records every
 //! change of primary in `Roles`. The protocol is described in
-//! `control/mod.rs`.
+//! `control/mod.rs`; a reshard's new shards are handled in `reshard`.
 //!
-//! Depends on `roles`, `topology`, `control::{etcd, lease}`, `log`.
+//! Depends on `roles`, `topology`, `control::{etcd, lease}`, `log`, and on
+//! the layout only through a [`Copies`] function.
 
 use super::etcd::{
     self, Client, EtcdError, Kv, WatchItem, cmp_create, cmp_mod, op_delete, op_get, op_put,

@@ -6,7 +6,8 @@
 //! Files: this one (configuration, public handle, status, errors, thread
 //! start-up), `etcd` (a blocking etcd v3 client over the JSON gateway),
 //! `lease` (the lease thread and the per-node write deadlines), `engine`
-//! (the state machine thread: watch events, elections, handovers). Depends
+//! (the state machine thread: watch events, elections, handovers) and
+//! `engine/reshard` (its part in an online reshard). Depends
 //! on `roles`, `topology`, `log`, `flume`, `ureq`, `serde_json`; nothing in
 //! the data plane.
 //!
@@ -68,6 +69,17 @@
 //! **etcd unreachable**: roles stay as they are, no election happens,
 //! local primaries stop writing when their deadline passes;
 //! [`ControlStatus`] says "etcd unreachable since …" (for `/ready`).
+//!
+//! **Reshard** (N → 2N shards, see `reshard` and `layout`): the state
+//! machine learns the new shards when the topology grows. A new shard
+//! whose pair has not split has no leader key and no election; its `Roles`
+//! entry mirrors the old shard's (so its nodes follow whichever node is the
+//! old shard's primary now). At the pair's cutover the new shard's
+//! configured primary, caught up to the held seq, takes the role with the
+//! election's txn (leader absent, epoch unchanged → leader on its lease,
+//! epoch E+1) where E is at least the old shard's epoch; a cutover that
+//! does not commit deletes that leader key again. Once split, the new shard
+//! is like any other.
 //!
 //! **Planned switchover** ([`ControlClient::promote`]): the requester puts
 //! `handover {to, from_epoch}` (only if none exists and the leader is
