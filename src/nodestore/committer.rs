@@ -55,7 +55,7 @@ pub(super) enum Job {
     Purge(Vec<Vec<u8>>, Reply<usize>),
 }
 
-/// What a held committer can be told (see [`Job::Hold`]).
+/// What a held committer can be told (see `Job::Hold`).
 pub enum HoldCtl {
     /// The cutover's commit point: record in the layout that old shard
     /// `pair`'s keys moved, while nothing can commit here. Keeps holding.

@@ -701,7 +701,7 @@ impl NodeStore {
         Ok((seq, ctl_tx))
     }
 
-    /// Deletes `keys` this node's shard no longer owns (see [`Job::Purge`]).
+    /// Deletes `keys` this node's shard no longer owns (see `Job::Purge`).
     ///
     /// # Errors
     /// This node may not write; storage failures.
