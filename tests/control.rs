@@ -63,9 +63,14 @@ impl Sim {
             })
         });
         // No reshard: every shard owns keys.
-        let copies: control::Copies = Arc::new(|_| None);
-        let handle =
-            control::start(topo, roles.clone(), f, copies, config(etcd, prefix)).expect("start");
+        let handle = control::start(
+            topo,
+            roles.clone(),
+            f,
+            Arc::new(control::NoReshard),
+            config(etcd, prefix),
+        )
+        .expect("start");
         Self {
             roles,
             progress: prog,

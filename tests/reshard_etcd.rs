@@ -24,7 +24,9 @@
 //!   re-running the command finishes the reshard;
 //! - a switchover of old shard 0 during the copy: new shard 2 follows the
 //!   new primary (no election for it), the re-run holds the new primary
-//!   and finishes; shard 2's first epoch is above shard 0's new one.
+//!   and finishes; shard 2's first epoch is above shard 0's new one;
+//! - a process that missed a split (down during the announcement, its own
+//!   record gone) learns it from etcd's split key before any request.
 //!
 //! The tests run one at a time (a lock), as in `tests/reshard.rs`. They
 //! skip (printing why) when there is no etcd binary, unless
@@ -581,4 +583,65 @@ fn etcd_old_shard_switchover_during_the_copy_then_the_reshard_finishes() {
     assert!(run.success(), "the re-run did not succeed:\n{run}");
     c.assert_finished(&book, "after a switchover of an old shard during the copy");
     check_new_leaders(&c, &e, &[moved.epoch, 1], "after the reshard");
+}
+
+/// With `--etcd` a pair's split is committed in etcd: a process that was
+/// down when the command announced a split (and whose own record of it is
+/// gone) learns it from etcd as soon as it is back, before any request
+/// reaches it; the new shard it runs elects a primary again (it would not
+/// for a pair it thought unsplit), and every acknowledged write is served.
+#[test]
+fn etcd_a_process_that_missed_a_split_learns_it_from_etcd() {
+    let _serial = serial();
+    let Some(etcd) = Etcd::start() else { return };
+    let (mut c, e) = start(&etcd, true);
+    let book = preloaded(&c, 600);
+    c.start_joining();
+    let mut cmd = c.spawn_reshard(&["--pause-ms", "3000"]);
+    let caught = c.wait_reshard(RESHARD_DEADLINE, Some(&mut cmd), |st| {
+        st.state == "resharding" && st.pair(0).is_some_and(RsStatus::is_cut_over)
+    });
+    let out = cmd.kill();
+    let caught = caught.unwrap_or_else(|err| panic!("could not catch a cutover: {err}\n{out}"));
+    let split = e
+        .range(&e.shard_key(0, "split-to-4"), false)
+        .unwrap_or_else(|err| panic!("etcd: {err}"));
+    assert_eq!(
+        split.len(),
+        1,
+        "pair 0 cut over, but etcd has no split key for it:{}",
+        e.dump()
+    );
+    c.kill9_joining();
+    let stored = c.dir.path().join("data-joining").join("layout.json");
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&stored).expect("joining layout.json"))
+            .expect("layout.json is JSON");
+    v["split"] = serde_json::json!([false, false]);
+    std::fs::write(&stored, v.to_string()).expect("rewrite layout.json");
+    c.start_joining();
+    // No request has reached it: the split comes from etcd.
+    let new_node = c.new[2].primary;
+    let mut last = String::new();
+    let learned = wait_until(START_DEADLINE, || {
+        c.reshard_status_at(new_node)
+            .inspect(|st| last.clone_from(&st.raw))
+            .is_ok_and(|st| st.pair(0).is_some_and(RsStatus::is_cut_over))
+    });
+    assert!(
+        learned,
+        "the restarted process did not learn pair 0's split from etcd: {last}"
+    );
+    let owner = |h: u64| caught.owner(h);
+    check_reads(
+        &c.with_current_roles(c.new_nodes()),
+        &book,
+        &owner,
+        None,
+        REPLICA_LAG,
+    )
+    .unwrap_or_else(|err| panic!("after the restart of the process that missed the split: {err}"));
+    let run = c.run_reshard(&[], RESHARD_DEADLINE);
+    assert!(run.success(), "the re-run did not succeed:\n{run}");
+    c.assert_finished(&book, "after a split learned from etcd");
 }

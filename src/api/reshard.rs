@@ -303,6 +303,19 @@ impl Api {
         let held = self.hold.borrow().clone();
         let held = held.filter(|_| !committed && self.me().shard == pair);
         let seq = if let Some(ctl) = held {
+            if let Some(control) = self.control.as_ref() {
+                // With `--etcd` the commit point is the split key in etcd,
+                // put while this node still leads the shard; the held
+                // committer then records it here.
+                let failed = |e: ControlError| refused(409, format!("split through etcd: {e}"));
+                control
+                    .request_reshard_split(pair, self.me().id)
+                    .map_err(failed)?
+                    .recv_async()
+                    .await
+                    .map_err(|_| failed(ControlError::Stopped))?
+                    .map_err(failed)?;
+            }
             let (tx, rx) = flume::bounded(1);
             if ctl
                 .send_async(HoldCtl::Split { pair, reply: tx })

@@ -6,13 +6,13 @@
 //! `control/mod.rs`; a reshard's new shards are handled in `reshard`.
 //!
 //! Depends on `roles`, `topology`, `control::{etcd, lease}`, `log`, and on
-//! the layout only through a [`Copies`] function.
+//! the layout only through a [`ReshardView`].
 
 use super::etcd::{
     self, Client, EtcdError, Kv, WatchItem, cmp_create, cmp_mod, op_delete, op_get, op_put,
 };
 use super::lease::Shared;
-use super::{ControlConfig, ControlError, ControlStatus, Copies, Progress, Promoted};
+use super::{ControlConfig, ControlError, ControlStatus, Progress, Promoted, ReshardView};
 use crate::log::Level;
 use crate::log_at;
 use crate::roles::Roles;
@@ -55,6 +55,13 @@ pub(super) enum Msg {
     /// its old shard again.
     ReshardUndo {
         shard: usize,
+        reply: flume::Sender<Result<(), ControlError>>,
+    },
+    /// A reshard's commit point: old shard `shard`, led by local `node`,
+    /// splits (recorded in etcd, then here).
+    ReshardSplit {
+        shard: usize,
+        node: usize,
         reply: flume::Sender<Result<(), ControlError>>,
     },
     Stop,
@@ -158,6 +165,8 @@ enum KeyKind {
     Leader,
     Epoch,
     Handover,
+    /// `split-to-T`: the shard split in the reshard to T shards.
+    Split(usize),
     Other,
 }
 
@@ -166,8 +175,8 @@ pub(super) struct Engine {
     topo: Arc<Topology>,
     roles: Arc<Roles>,
     progress: Progress,
-    /// Which old shard a reshard's new shard copies (no primary of its own).
-    copies: Copies,
+    /// The reshard as the layout says (new shards that copy, splits).
+    reshard: Arc<dyn ReshardView>,
     status: Arc<ControlStatus>,
     shared: Arc<Shared>,
     client: Client,
@@ -202,7 +211,7 @@ impl Engine {
         topo: Arc<Topology>,
         roles: Arc<Roles>,
         progress: Progress,
-        copies: Copies,
+        reshard: Arc<dyn ReshardView>,
         status: Arc<ControlStatus>,
         shared: Arc<Shared>,
         tx: flume::Sender<Msg>,
@@ -218,7 +227,7 @@ impl Engine {
             topo,
             roles,
             progress,
-            copies,
+            reshard,
             status,
             shared,
             client,
@@ -292,7 +301,10 @@ impl Engine {
             "leader" => KeyKind::Leader,
             "epoch" => KeyKind::Epoch,
             "handover" => KeyKind::Handover,
-            _ => KeyKind::Other,
+            other => match other.strip_prefix("split-to-").map(str::parse) {
+                Some(Ok(to)) => KeyKind::Split(to),
+                _ => KeyKind::Other,
+            },
         };
         Some((shard, kind))
     }
@@ -393,6 +405,9 @@ impl Engine {
             Msg::ReshardUndo { shard, reply } => {
                 let _ = reply.send(self.reshard_undo(shard));
             }
+            Msg::ReshardSplit { shard, node, reply } => {
+                let _ = reply.send(self.reshard_split(shard, node));
+            }
             Msg::Stop => {}
         }
     }
@@ -441,6 +456,12 @@ impl Engine {
             Err(e) => return self.error("reading the shard keys", &e),
         };
         self.status.record_ok();
+        // Splits first: a leader below may be one that knew of them.
+        for kv in &kvs {
+            if let Some((s, KeyKind::Split(to))) = self.parse_key(&kv.key) {
+                self.split_seen(s, to);
+            }
+        }
         for s in 0..self.shards.len() {
             let leader = self.leader_key(s);
             let handover = self.handover_key(s);
@@ -509,6 +530,7 @@ impl Engine {
                         self.shards[s].epoch_seen = self.shards[s].epoch_seen.max(e);
                     }
                 }
+                Some((s, KeyKind::Split(to))) => self.split_seen(s, to),
                 Some((_, KeyKind::Other)) | None => {}
             },
             WatchItem::Delete(kv) => match self.parse_key(&kv.key) {
@@ -816,8 +838,15 @@ impl Engine {
             .max((self.progress)(n).0)
             + 1;
         let value = json!({"node": self.name(n), "epoch": epoch}).to_string();
+        let mut compare = vec![cmp_create(&leader_key, 0), cmp_epoch];
+        if let Some(to) = self.reshard.unsplit_to(s) {
+            // Lead an old shard only knowing whether it split (see the
+            // protocol's Reshard paragraph): a split put since our last
+            // look fails the txn, and the watch brings it before we retry.
+            compare.push(cmp_create(&self.split_key(s, to), 0));
+        }
         let res = self.client.txn(
-            &[cmp_create(&leader_key, 0), cmp_epoch],
+            &compare,
             &[
                 op_put(&leader_key, value.as_bytes(), self.lease),
                 op_put(&epoch_key, epoch.to_string().as_bytes(), 0),

@@ -78,8 +78,14 @@
 //! configured primary, caught up to the held seq, takes the role with the
 //! election's txn (leader absent, epoch unchanged → leader on its lease,
 //! epoch E+1) where E is at least the old shard's epoch; a cutover that
-//! does not commit deletes that leader key again. Once split, the new shard
-//! is like any other.
+//! does not commit deletes that leader key again. The commit point is
+//! `P/shards/i/split-to-2N` = `{"to": 2N}` (no lease), put by the held
+//! primary's process in a txn that succeeds only while that node still
+//! leads shard i; every process records the split from the watch (or the
+//! first read after a restart), and a campaign for old shard i whose pair
+//! has not split in its view succeeds only while that key is absent, so no
+//! node can lead shard i without knowing of its split. Once split, the new
+//! shard is like any other.
 //!
 //! **Planned switchover** ([`ControlClient::promote`]): the requester puts
 //! `handover {to, from_epoch}` (only if none exists and the leader is
@@ -121,10 +127,39 @@ const MIN_MARGIN: Duration = Duration::from_millis(250);
 /// by node id: how far its data goes (elections, handovers).
 pub type Progress = Arc<dyn Fn(usize) -> (u64, u64) + Send + Sync>;
 
-/// Which old shard shard `s` copies while a reshard is under way (a new
-/// shard whose pair has not split: it has no primary of its own, its nodes
-/// follow that old shard's primary); `None` for a shard that owns keys.
-pub type Copies = Arc<dyn Fn(usize) -> Option<usize> + Send + Sync>;
+/// What the control plane knows of a reshard (N → 2N shards): the
+/// process's layout (`layout::Layout` behind it).
+pub trait ReshardView: Send + Sync {
+    /// The old shard that shard `s` copies: a new shard whose pair has not
+    /// split (it has no primary of its own, its nodes follow that old
+    /// shard's primary); `None` for a shard that owns keys.
+    fn copies(&self, s: usize) -> Option<usize>;
+    /// `Some(2N)` while old shard `s` has a pair that has not split in a
+    /// reshard to 2N shards.
+    fn unsplit_to(&self, s: usize) -> Option<usize>;
+    /// Records that old shard `s` split in the reshard to `to` shards, as
+    /// etcd says (idempotent; ignored unless that reshard is under way).
+    ///
+    /// # Errors
+    /// The record could not be written.
+    fn record_split(&self, s: usize, to: usize) -> Result<(), String>;
+}
+
+/// No reshard (a control plane on its own: tools, tests).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoReshard;
+
+impl ReshardView for NoReshard {
+    fn copies(&self, _: usize) -> Option<usize> {
+        None
+    }
+    fn unsplit_to(&self, _: usize) -> Option<usize> {
+        None
+    }
+    fn record_split(&self, _: usize, _: usize) -> Result<(), String> {
+        Ok(())
+    }
+}
 
 /// How the control plane runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -431,6 +466,26 @@ impl ControlClient {
         Ok(rx)
     }
 
+    /// A reshard's commit point for old shard `shard` (with `--etcd`): its
+    /// split recorded in etcd while local node `node` still leads it, then
+    /// in this process's layout; every other process learns it from the
+    /// watch. The channel its outcome arrives on (await it with
+    /// `recv_async`).
+    ///
+    /// # Errors
+    /// [`ControlError::Stopped`] when the control plane is gone.
+    pub fn request_reshard_split(
+        &self,
+        shard: usize,
+        node: usize,
+    ) -> Result<flume::Receiver<Result<(), ControlError>>, ControlError> {
+        let (reply, rx) = flume::bounded(1);
+        self.cmds
+            .send(engine::Msg::ReshardSplit { shard, node, reply })
+            .map_err(|_| ControlError::Stopped)?;
+        Ok(rx)
+    }
+
     /// Undoes a reshard's cutover that did not commit: this process's
     /// leader key of new shard `shard` goes, and its nodes follow their old
     /// shard again. Blocks (never call it on an executor).
@@ -554,7 +609,7 @@ pub fn start(
     topo: Arc<Topology>,
     roles: Arc<Roles>,
     progress: Progress,
-    copies: Copies,
+    reshard: Arc<dyn ReshardView>,
     cfg: ControlConfig,
 ) -> Result<ControlHandle, ControlError> {
     cfg.validate()?;
@@ -586,7 +641,7 @@ pub fn start(
         topo,
         roles,
         progress,
-        copies,
+        reshard,
         status.clone(),
         shared,
         cmds.clone(),

@@ -663,9 +663,8 @@ fn start_control(
                 .map_or((0, 0), |(_, s, _)| read(s)),
         }
     });
-    let layout = layout.clone();
-    let copies: control_plane::Copies = Arc::new(move |s| layout.placement().copies(s));
-    let handle = control_plane::start(topo.clone(), roles.clone(), progress, copies, cfg)
+    let reshard = Arc::new(LayoutView(layout.clone()));
+    let handle = control_plane::start(topo.clone(), roles.clone(), progress, reshard, cfg)
         .map_err(NodeError::Control)?;
     log_at!(
         Level::Info,
@@ -678,6 +677,29 @@ fn start_control(
         control: Some(handle.client()),
     };
     Ok((plane, Some(handle)))
+}
+
+/// The layout as the control plane sees a reshard (see
+/// `control::ReshardView`).
+struct LayoutView(Arc<Layout>);
+
+impl control_plane::ReshardView for LayoutView {
+    fn copies(&self, s: usize) -> Option<usize> {
+        self.0.placement().copies(s)
+    }
+
+    fn unsplit_to(&self, s: usize) -> Option<usize> {
+        // The new shard `s + N` of a reshard to 2N shards.
+        let new = self.0.placement().follows(s)?;
+        Some(2 * (new - s))
+    }
+
+    fn record_split(&self, s: usize, to: usize) -> Result<(), String> {
+        if self.unsplit_to(s) != Some(to) {
+            return Ok(());
+        }
+        self.0.set_split(s).map_err(|e| e.0)
+    }
 }
 
 /// The reachability table of every node on another host. Each address is

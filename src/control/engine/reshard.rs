@@ -22,7 +22,76 @@ use std::time::Instant;
 impl Engine {
     /// The old shard that shard `s` copies (see `Placement::copies`).
     pub(super) fn copies(&self, s: usize) -> Option<usize> {
-        (self.copies)(s)
+        self.reshard.copies(s)
+    }
+
+    /// `P/shards/s/split-to-T`: old shard `s` split in the reshard to `to`
+    /// shards (the commit point of its cutover).
+    pub(super) fn split_key(&self, s: usize, to: usize) -> Vec<u8> {
+        self.key(s, &format!("split-to-{to}"))
+    }
+
+    /// A split key was seen (watch or read): record it in the layout.
+    pub(super) fn split_seen(&mut self, s: usize, to: usize) {
+        if self.reshard.unsplit_to(s) != Some(to) {
+            return;
+        }
+        match self.reshard.record_split(s, to) {
+            Ok(()) => log_at!(
+                Level::Info,
+                "control",
+                "reshard: shard {s} split (etcd); its moved keys go to shard {}",
+                s + to / 2
+            ),
+            Err(e) => log_at!(
+                Level::Error,
+                "control",
+                "reshard: cannot record the split of shard {s}: {e}"
+            ),
+        }
+    }
+
+    /// The commit point of old shard `s`'s cutover: its split key, put only
+    /// while local node `n` leads `s` (same leader key as known here), then
+    /// recorded in this process's layout. Asked again, it answers Ok.
+    pub(super) fn reshard_split(&mut self, s: usize, n: usize) -> Result<(), ControlError> {
+        let Some(to) = self.reshard.unsplit_to(s) else {
+            // Split already (or no reshard): the layout answers for it.
+            return Ok(());
+        };
+        let Some(leader) = self.shards.get(s).and_then(|st| st.leader.clone()) else {
+            return Err(ControlError::NoPrimary(s));
+        };
+        if leader.node != Some(n) || leader.lease != self.lease || self.lease == 0 {
+            return Err(ControlError::Conflict(format!(
+                "{} does not lead shard {s} on this process's lease",
+                self.name(n)
+            )));
+        }
+        let key = self.split_key(s, to);
+        let value = json!({"to": to}).to_string();
+        let r = self
+            .client
+            .txn(
+                &[
+                    cmp_mod(&self.leader_key(s), leader.mod_rev),
+                    cmp_create(&key, 0),
+                ],
+                &[op_put(&key, value.as_bytes(), 0)],
+                &[op_get(&key)],
+            )
+            .map_err(|e| {
+                self.error("a reshard's split", &e);
+                ControlError::Etcd(e)
+            })?;
+        if !r.succeeded && r.read.is_empty() {
+            return Err(ControlError::Conflict(format!(
+                "the leader of shard {s} changed; the split did not happen"
+            )));
+        }
+        // Put now, or by an earlier attempt: the split is committed.
+        self.split_seen(s, to);
+        Ok(())
     }
 
     /// Learns the shards a reshard added (their keys are read again) and
