@@ -6,8 +6,11 @@
 //! held for it), and at the pair's cutover makes the new shard's target
 //! node its first primary with one etcd txn, in an epoch above the old
 //! shard's (so the divergence check of replication tells the new shard's
-//! history from the old one's past the cutover seq). Once the pair split,
-//! the new shard is an ordinary shard (elections, switchovers).
+//! history from the old one's past the cutover seq). The cutover's commit
+//! point is the old shard's split key, put only while its held primary
+//! still leads it; every process records a split it sees in its layout.
+//! Once the pair split, the new shard is an ordinary shard (elections,
+//! switchovers).
 //!
 //! Part of `engine` (same state); depends on `control::etcd` and `roles`.
 
@@ -43,11 +46,15 @@ impl Engine {
                 "reshard: shard {s} split (etcd); its moved keys go to shard {}",
                 s + to / 2
             ),
-            Err(e) => log_at!(
-                Level::Error,
-                "control",
-                "reshard: cannot record the split of shard {s}: {e}"
-            ),
+            Err(e) => {
+                log_at!(
+                    Level::Error,
+                    "control",
+                    "reshard: cannot record the split of shard {s}: {e}; reading etcd again"
+                );
+                // The next read of the shard keys tries again.
+                self.synced = false;
+            }
         }
     }
 
