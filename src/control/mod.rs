@@ -423,6 +423,19 @@ impl fmt::Debug for ControlClient {
 }
 
 impl ControlClient {
+    /// Sends the control thread the message `make` builds around a reply
+    /// channel; the channel's receiving end.
+    fn ask<T>(
+        &self,
+        make: impl FnOnce(flume::Sender<T>) -> engine::Msg,
+    ) -> Result<flume::Receiver<T>, ControlError> {
+        let (reply, rx) = flume::bounded(1);
+        self.cmds
+            .send(make(reply))
+            .map_err(|_| ControlError::Stopped)?;
+        Ok(rx)
+    }
+
     /// The status counters (for `/status`, `/ready`, `/metrics`).
     #[must_use]
     pub fn status(&self) -> &Arc<ControlStatus> {
@@ -441,11 +454,7 @@ impl ControlClient {
         shard: usize,
         to: Option<usize>,
     ) -> Result<flume::Receiver<Result<Promoted, ControlError>>, ControlError> {
-        let (reply, rx) = flume::bounded(1);
-        self.cmds
-            .send(engine::Msg::Promote { shard, to, reply })
-            .map_err(|_| ControlError::Stopped)?;
-        Ok(rx)
+        self.ask(|reply| engine::Msg::Promote { shard, to, reply })
     }
 
     /// A reshard's cutover: local node `node` becomes the first primary of
@@ -459,11 +468,7 @@ impl ControlClient {
         shard: usize,
         node: usize,
     ) -> Result<flume::Receiver<Result<Promoted, ControlError>>, ControlError> {
-        let (reply, rx) = flume::bounded(1);
-        self.cmds
-            .send(engine::Msg::ReshardPromote { shard, node, reply })
-            .map_err(|_| ControlError::Stopped)?;
-        Ok(rx)
+        self.ask(|reply| engine::Msg::ReshardPromote { shard, node, reply })
     }
 
     /// A reshard's commit point for old shard `shard` (with `--etcd`): its
@@ -479,11 +484,7 @@ impl ControlClient {
         shard: usize,
         node: usize,
     ) -> Result<flume::Receiver<Result<(), ControlError>>, ControlError> {
-        let (reply, rx) = flume::bounded(1);
-        self.cmds
-            .send(engine::Msg::ReshardSplit { shard, node, reply })
-            .map_err(|_| ControlError::Stopped)?;
-        Ok(rx)
+        self.ask(|reply| engine::Msg::ReshardSplit { shard, node, reply })
     }
 
     /// Undoes a reshard's cutover that did not commit: this process's
@@ -494,11 +495,9 @@ impl ControlClient {
     /// etcd errors, a leader that changed meanwhile, a stopped control
     /// plane.
     pub fn reshard_undo(&self, shard: usize) -> Result<(), ControlError> {
-        let (reply, rx) = flume::bounded(1);
-        self.cmds
-            .send(engine::Msg::ReshardUndo { shard, reply })
-            .map_err(|_| ControlError::Stopped)?;
-        rx.recv().map_err(|_| ControlError::Stopped)?
+        self.ask(|reply| engine::Msg::ReshardUndo { shard, reply })?
+            .recv()
+            .map_err(|_| ControlError::Stopped)?
     }
 
     /// [`ControlClient::request_promote`] and a blocking wait for the
