@@ -30,9 +30,9 @@
 mod common;
 
 use common::reshard::{
-    Book, LoadCfg, MAX_LATENCY, NEW_SHARDS, OLD_SHARDS, PAUSE_MS, REPLICA_LAG, RESHARD_DEADLINE,
-    RsCluster, RsStatus, assert_load_served, check_reads, failures_text, fresh_shards, key_name,
-    kill9_restart_resumes, node_keys, preload, serial, set_keys,
+    Book, ISSUE_LOAD, LoadCfg, NEW_SHARDS, OLD_SHARDS, PAUSE_MS, REPLICA_LAG, RESHARD_DEADLINE,
+    RsCluster, RsStatus, assert_load_clean, assert_load_served, check_reads, fresh_shards,
+    key_name, kill9_restart_resumes, node_keys, preload, serial, set_keys,
 };
 use common::{fnv1_64, health_ok, http};
 use std::time::Duration;
@@ -73,23 +73,8 @@ fn reshard_under_load() {
     let _serial = serial();
     let c = RsCluster::start(None);
     let book = preloaded(&c, 2000);
-    let load = Load::start(
-        &c.old_nodes(),
-        &book,
-        LoadCfg {
-            conns_per_node: 16,
-            set_pct: 20, // primaries only: 10 % of all requests
-            absent_pct: 10,
-            pause: Duration::from_millis(1),
-        },
-    );
     // Some load before the command.
-    assert!(
-        common::wait_until(Duration::from_secs(10), || load.requests() >= 500
-            && load.now() >= Duration::from_secs(1)),
-        "the load does not run: {} requests",
-        load.requests()
-    );
+    let load = Load::start_running(&c.old_nodes(), &book, ISSUE_LOAD);
     let started = load.now();
     let run = c.run_reshard(&[], RESHARD_DEADLINE);
     let ended = load.now();
@@ -426,34 +411,14 @@ fn reshard_across_two_processes() {
         "a joining process places keys by the old layout until the cutover: {}",
         st.raw
     );
-    let load = Load::start(
-        &c.old_nodes(),
-        &book,
-        LoadCfg {
-            conns_per_node: 16,
-            set_pct: 20,
-            absent_pct: 10,
-            pause: Duration::from_millis(1),
-        },
-    );
-    assert!(
-        common::wait_until(Duration::from_secs(10), || load.requests() >= 500),
-        "the load does not run"
-    );
+    let load = Load::start_running(&c.old_nodes(), &book, ISSUE_LOAD);
     let run = c.run_reshard(&[], RESHARD_DEADLINE);
     let after = load.now() + Duration::from_secs(1);
     common::wait_until(Duration::from_secs(5), || load.now() >= after);
     let res = load.finish();
     eprintln!("load: {}", res.summary());
     assert!(run.success(), "the reshard did not succeed:\n{run}");
-    let fails: Vec<&common::reshard::Failure> = res.failures.iter().collect();
-    assert!(fails.is_empty(), "{}", failures_text(&fails, 40));
-    assert!(
-        res.max_latency() <= MAX_LATENCY,
-        "a request took {:?}; the slowest:\n  {}",
-        res.max_latency(),
-        res.slowest(10)
-    );
+    assert_load_clean(&res);
     c.assert_finished(&book, "after a reshard across two processes");
     c.kill9_joining();
     c.start_joining();
@@ -514,13 +479,7 @@ fn a_process_that_missed_a_split_learns_it_from_a_forwarded_request() {
         })
         .unwrap_or_else(|e| panic!("could not catch a cutover: {e}\n{}", cmd.kill()));
     drop(cmd.kill());
-    c.kill9_joining();
-    let stored = c.dir.path().join("data-joining").join("layout.json");
-    let mut v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&stored).expect("joining layout.json"))
-            .expect("layout.json is JSON");
-    v["split"] = serde_json::json!([false, false]);
-    std::fs::write(&stored, v.to_string()).expect("rewrite layout.json");
+    c.kill9_joining_forgetting_splits();
     c.start_joining();
     let owner = |h: u64| caught.owner(h);
     check_reads(&c.new_nodes(), &book, &owner, None, REPLICA_LAG)

@@ -41,9 +41,10 @@ mod common;
 
 use common::etcd::Etcd;
 use common::reshard::{
-    Book, ElectionWatch, EtcdLeader, EtcdView, Load, LoadCfg, NEW_SHARDS, Node, OLD_SHARDS,
-    PAUSE_MS, REPLICA_LAG, RESHARD_DEADLINE, RoleView, RsCluster, RsStatus, assert_load_served,
-    check_reads, etcd_args, key_name, kill9_restart_resumes, preload, serial, set_keys,
+    Book, ElectionWatch, EtcdLeader, EtcdView, ISSUE_LOAD, Load, LoadCfg, NEW_SHARDS, Node,
+    OLD_SHARDS, PAUSE_MS, REPLICA_LAG, RESHARD_DEADLINE, RoleView, RsCluster, RsStatus,
+    assert_load_served, check_reads, etcd_args, key_name, kill9_restart_resumes, preload, serial,
+    set_keys,
 };
 use common::{START_DEADLINE, fnv1_64, wait_until};
 use std::collections::BTreeMap;
@@ -248,22 +249,7 @@ fn etcd_reshard_under_load() {
         Duration::ZERO,
         "before the reshard (one process)",
     );
-    let load = Load::start(
-        &c.old_nodes(),
-        &book,
-        LoadCfg {
-            conns_per_node: 16,
-            set_pct: 20, // primaries only: 10 % of all requests
-            absent_pct: 10,
-            pause: Duration::from_millis(1),
-        },
-    );
-    assert!(
-        wait_until(Duration::from_secs(10), || load.requests() >= 500
-            && load.now() >= Duration::from_secs(1)),
-        "the load does not run: {} requests",
-        load.requests()
-    );
+    let load = Load::start_running(&c.old_nodes(), &book, ISSUE_LOAD);
     let watch = ElectionWatch::start(&c);
     let started = load.now();
     let run = c.run_reshard(&[], RESHARD_DEADLINE);
@@ -612,13 +598,7 @@ fn etcd_a_process_that_missed_a_split_learns_it_from_etcd() {
         "pair 0 cut over, but etcd has no split key for it:{}",
         e.dump()
     );
-    c.kill9_joining();
-    let stored = c.dir.path().join("data-joining").join("layout.json");
-    let mut v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&stored).expect("joining layout.json"))
-            .expect("layout.json is JSON");
-    v["split"] = serde_json::json!([false, false]);
-    std::fs::write(&stored, v.to_string()).expect("rewrite layout.json");
+    c.kill9_joining_forgetting_splits();
     c.start_joining();
     // No request has reached it: the split comes from etcd.
     let new_node = c.new[2].primary;

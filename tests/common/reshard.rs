@@ -1042,6 +1042,23 @@ impl RsCluster {
         }
     }
 
+    /// kill -9 of the joining process, then its record of every split is
+    /// rewritten as "not split" (what a process down during the
+    /// announcements would have); restart it with
+    /// [`RsCluster::start_joining`].
+    ///
+    /// # Panics
+    /// When its `layout.json` cannot be read or written.
+    pub fn kill9_joining_forgetting_splits(&mut self) {
+        self.kill9_joining();
+        let stored = self.dir.path().join("data-joining").join("layout.json");
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&stored).expect("joining layout.json"))
+                .expect("layout.json is JSON");
+        v["split"] = serde_json::json!(vec![false; OLD_SHARDS]);
+        std::fs::write(&stored, v.to_string()).expect("rewrite layout.json");
+    }
+
     /// Nodes of the OLD layout.
     #[must_use]
     pub fn old_nodes(&self) -> Vec<Node> {
@@ -2101,6 +2118,15 @@ pub struct LoadCfg {
     pub pause: Duration,
 }
 
+/// The load the reshard issue asks for: 16 connections per node, 90 % GET
+/// / 10 % SET over primaries and replicas, 10 % of GETs for absent keys.
+pub const ISSUE_LOAD: LoadCfg = LoadCfg {
+    conns_per_node: 16,
+    set_pct: 20, // primaries only: 10 % of all requests
+    absent_pct: 10,
+    pause: Duration::from_millis(1),
+};
+
 /// Connection threads against a list of nodes. Writers own disjoint sets
 /// of keys (key `i` belongs to writer `i % writers`), so each key's writes
 /// are sequential and its last acknowledged value is well defined.
@@ -2130,6 +2156,23 @@ struct Worker {
 }
 
 impl Load {
+    /// [`Load::start`], then waits until the load runs (500 requests and
+    /// a second on its clock).
+    ///
+    /// # Panics
+    /// When it does not within 10 s.
+    #[must_use]
+    pub fn start_running(nodes: &[Node], book: &Arc<Book>, cfg: LoadCfg) -> Self {
+        let load = Self::start(nodes, book, cfg);
+        assert!(
+            wait_until(Duration::from_secs(10), || load.requests() >= 500
+                && load.now() >= Duration::from_secs(1)),
+            "the load does not run: {} requests",
+            load.requests()
+        );
+        load
+    }
+
     /// Starts `cfg.conns_per_node` connection threads per node of `nodes`.
     #[must_use]
     pub fn start(nodes: &[Node], book: &Arc<Book>, cfg: LoadCfg) -> Self {
@@ -2495,6 +2538,14 @@ pub fn assert_load_served(res: &LoadResult, started: Duration, ended: Duration) 
         })
         .count();
     assert!(during > 0, "no request of the load ran during the reshard");
+    assert_load_clean(res);
+}
+
+/// No request of the load failed or took longer than [`MAX_LATENCY`].
+///
+/// # Panics
+/// When one did.
+pub fn assert_load_clean(res: &LoadResult) {
     let fails: Vec<&Failure> = res.failures.iter().collect();
     assert!(fails.is_empty(), "{}", failures_text(&fails, 40));
     assert!(
