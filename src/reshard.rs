@@ -159,23 +159,25 @@ impl Cluster {
         &self.new.shards[shard].address
     }
 
-    /// The addresses of pair `pair`'s source (old shard's primary now) and
+    /// Per pair, the addresses of its source (old shard's primary now) and
     /// target (the node the cutover makes the new shard's primary, or its
-    /// primary since), as the first process that answers sees them: with
-    /// `--etcd` primaries move. The configured primaries when none says.
-    fn pair_addrs(&self, pair: usize) -> (String, String) {
-        for addr in self.all_addrs() {
-            if let Ok(v) = self.state(&addr) {
-                let p = &v["pairs"][pair];
-                if let (Some(s), Some(t)) = (p["source"].as_str(), p["target"].as_str()) {
-                    return (s.to_string(), t.to_string());
+    /// primary since), as the first process that answers sees them (one
+    /// request): with `--etcd` primaries move. The configured primaries
+    /// where none says.
+    fn pair_addrs(&self) -> Vec<(String, String)> {
+        let answer = self.all_addrs().iter().find_map(|a| self.state(a).ok());
+        (0..self.from)
+            .map(|pair| {
+                let p = answer.as_ref().map(|v| &v["pairs"][pair]);
+                match p.map(|p| (p["source"].as_str(), p["target"].as_str())) {
+                    Some((Some(s), Some(t))) => (s.to_string(), t.to_string()),
+                    _ => (
+                        self.primary(pair).to_string(),
+                        self.primary(pair + self.from).to_string(),
+                    ),
                 }
-            }
-        }
-        (
-            self.primary(pair).to_string(),
-            self.primary(pair + self.from).to_string(),
-        )
+            })
+            .collect()
     }
 
     /// The seq and key count of the node at `addr` (its `/status` entry).
@@ -369,8 +371,7 @@ fn copy(cluster: &Cluster, timeout: Duration) -> Result<(), ReshardError> {
     loop {
         let mut behind = 0;
         let mut lines = Vec::new();
-        for pair in 0..cluster.from {
-            let (src, dst) = cluster.pair_addrs(pair);
+        for (pair, (src, dst)) in cluster.pair_addrs().into_iter().enumerate() {
             let (s, d) = match (cluster.node_seq(&src), cluster.node_seq(&dst)) {
                 (Ok(s), Ok(d)) => (s, d),
                 (Err(e), _) | (_, Err(e)) => return fail(format!("copy: {e}")),
@@ -409,7 +410,7 @@ fn copy(cluster: &Cluster, timeout: Duration) -> Result<(), ReshardError> {
 /// Moves pair `pair`'s keys to its new shard (see the module header).
 fn cutover(cluster: &Cluster, pair: usize) -> Result<(), ReshardError> {
     let new = pair + cluster.from;
-    let (src, dst) = cluster.pair_addrs(pair);
+    let (src, _) = cluster.pair_addrs().swap_remove(pair);
     let state = cluster
         .state(&src)
         .map_err(|e| ReshardError(format!("cutover of shard {pair}: {e}")))?;
@@ -420,12 +421,8 @@ fn cutover(cluster: &Cluster, pair: usize) -> Result<(), ReshardError> {
     }
     let mut last = String::new();
     for attempt in 1..=ATTEMPTS {
-        // Asked again each attempt: the old shard may have failed over.
-        let (src, dst) = if attempt == 1 {
-            (src.clone(), dst.clone())
-        } else {
-            cluster.pair_addrs(pair)
-        };
+        // Asked each attempt: the old shard may have failed over.
+        let (src, dst) = cluster.pair_addrs().swap_remove(pair);
         match try_cutover(cluster, pair, &src, &dst) {
             Ok(ms) => {
                 println!("phase: cutover of shard {pair} → {new} done (writes held {ms} ms)");
@@ -511,9 +508,8 @@ fn purge(cluster: &Cluster) -> Result<(), ReshardError> {
     loop {
         let mut left = Vec::new();
         let mut lines = Vec::new();
-        for pair in 0..cluster.from {
+        for (pair, (src, dst)) in cluster.pair_addrs().into_iter().enumerate() {
             let new = pair + cluster.from;
-            let (src, dst) = cluster.pair_addrs(pair);
             let src = cluster
                 .state(&src)
                 .map_err(|e| ReshardError(format!("purge: {e}")))?;

@@ -9,7 +9,7 @@
 
 use super::query::take_param;
 use super::{Api, ApiError};
-use crate::control::{ControlError, shard_named};
+use crate::control::{ControlError, outcome, shard_named};
 use crate::http::encode::{JSON, Response};
 use crate::http::form;
 use crate::http::parse::{Method, Request};
@@ -47,12 +47,8 @@ impl Api {
                 Some(node.id)
             }
         };
-        let answer = control
-            .request_promote(shard, to)
-            .map_err(|e| switchover_error(&e))?
-            .recv_async()
+        let answer = outcome(control.request_promote(shard, to))
             .await
-            .map_err(|_| switchover_error(&ControlError::Stopped))?
             .map_err(|e| switchover_error(&e))?;
         let node = topo.node(answer.node).map_or("?", |n| n.name.as_str());
         let address = topo.node(answer.node).map_or("?", |n| n.address.as_str());

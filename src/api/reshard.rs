@@ -24,7 +24,7 @@
 
 use super::query::take_param;
 use super::{Api, ApiError};
-use crate::control::ControlError;
+use crate::control::{ControlError, outcome};
 use crate::http::encode::{JSON, Response};
 use crate::http::form;
 use crate::http::parse::{Method, Request};
@@ -281,12 +281,8 @@ impl Api {
         // With `--etcd`: the new shard's leader key, in a new epoch, on
         // this process's lease (the control plane's thread runs the txn).
         let failed = |e: ControlError| refused(503, format!("promote through etcd: {e}"));
-        let promoted = control
-            .request_reshard_promote(new, target.id)
-            .map_err(failed)?
-            .recv_async()
+        let promoted = outcome(control.request_reshard_promote(new, target.id))
             .await
-            .map_err(|_| failed(ControlError::Stopped))?
             .map_err(failed)?;
         Ok(json_ok(
             &json!({"pair": pair, "promoted": true, "epoch": promoted.epoch}),
@@ -308,12 +304,8 @@ impl Api {
                 // put while this node still leads the shard; the held
                 // committer then records it here.
                 let failed = |e: ControlError| refused(409, format!("split through etcd: {e}"));
-                control
-                    .request_reshard_split(pair, self.me().id)
-                    .map_err(failed)?
-                    .recv_async()
+                outcome(control.request_reshard_split(pair, self.me().id))
                     .await
-                    .map_err(|_| failed(ControlError::Stopped))?
                     .map_err(failed)?;
             }
             let (tx, rx) = flume::bounded(1);

@@ -513,6 +513,21 @@ impl ControlClient {
     }
 }
 
+/// The outcome a `request_*` call of [`ControlClient`] sends back, awaited
+/// without blocking (on an executor).
+///
+/// # Errors
+/// The request's own error, or [`ControlError::Stopped`] when the control
+/// plane went away before answering.
+pub async fn outcome<T>(
+    request: Result<flume::Receiver<Result<T, ControlError>>, ControlError>,
+) -> Result<T, ControlError> {
+    request?
+        .recv_async()
+        .await
+        .map_err(|_| ControlError::Stopped)?
+}
+
 fn unix_ms() -> u64 {
     u64::try_from(
         SystemTime::now()
