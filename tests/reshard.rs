@@ -31,8 +31,8 @@ mod common;
 
 use common::reshard::{
     Book, ISSUE_LOAD, LoadCfg, NEW_SHARDS, OLD_SHARDS, PAUSE_MS, REPLICA_LAG, RESHARD_DEADLINE,
-    RsCluster, RsStatus, assert_load_clean, assert_load_served, check_reads, fresh_shards,
-    key_name, kill9_restart_resumes, node_keys, preload, serial, set_keys,
+    RsCluster, RsStatus, assert_cutovers_kept, assert_load_clean, assert_load_served, check_reads,
+    fresh_shards, key_name, kill9_restart_resumes, node_keys, preload, serial, set_keys,
 };
 use common::{fnv1_64, health_ok, http};
 use std::time::Duration;
@@ -450,14 +450,7 @@ fn two_processes_kill9_after_cutover_then_rerun() {
     c.restart();
     c.start_joining();
     let st = c.reshard_status();
-    for p in caught.pairs.iter().filter(|p| RsStatus::is_cut_over(p)) {
-        assert!(
-            st.pair(p.shard as usize).is_some_and(RsStatus::is_cut_over),
-            "pair {} had cut over before the kill, not after the restart: {}",
-            p.shard,
-            st.raw
-        );
-    }
+    assert_cutovers_kept(&caught, &st, "the kill");
     serves_then_finishes(&c, &book, &st, nkeys, "kill -9 of both processes");
 }
 

@@ -2522,6 +2522,22 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Every pair that had cut over in `caught` still has in `st` (after a
+/// kill and restart, `ctx`).
+///
+/// # Panics
+/// When one has not.
+pub fn assert_cutovers_kept(caught: &RsStatus, st: &RsStatus, ctx: &str) {
+    for p in caught.pairs.iter().filter(|p| RsStatus::is_cut_over(p)) {
+        assert!(
+            st.pair(p.shard as usize).is_some_and(RsStatus::is_cut_over),
+            "pair {} had cut over before {ctx}, not after the restart: {}",
+            p.shard,
+            st.raw
+        );
+    }
+}
+
 /// What a load that ran through a whole reshard (from `started` to `ended`
 /// on the load's clock) must show: requests during it, none failed, none
 /// slower than [`MAX_LATENCY`].
@@ -2592,14 +2608,7 @@ pub fn kill9_restart_resumes(
         "after a kill -9 at {ctx} the restarted process should still be resharding: {}",
         st.raw
     );
-    for p in caught.pairs.iter().filter(|p| RsStatus::is_cut_over(p)) {
-        assert!(
-            st.pair(p.shard as usize).is_some_and(RsStatus::is_cut_over),
-            "pair {} had cut over before the kill at {ctx}, not after the restart: {}",
-            p.shard,
-            st.raw
-        );
-    }
+    assert_cutovers_kept(caught, &st, &format!("the kill at {ctx}"));
     let log = c.last_generation_log().to_lowercase();
     assert!(
         log.contains("layout"),
