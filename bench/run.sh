@@ -198,7 +198,7 @@ RATE1="$(set -- $RATE_PCTS; echo "${1:-}")"   # the first (lowest) rate: reads-w
 log "== corekv: $NSHARDS shards, primaries $P0-$((P0 + NSHARDS - 1)), replicas $R0-$((R0 + NSHARDS - 1))"
 write_sharding_toml "$WORK/sharding.toml" $NSHARDS "$BASE_PORT"
 ALL_PORTS=$(seq "$BASE_PORT" $((BASE_PORT + 2 * NSHARDS - 1)))
-# COREKV_OPTS: extra server options for the main server, e.g. "--no-yield".
+# COREKV_OPTS: extra server options for the main server, e.g. "--preempt-us 1000".
 read -r -a COREKV_ARGS <<< "${COREKV_OPTS:-}"
 # shellcheck disable=SC2086
 corekv_start "$WORK/sharding.toml" "$WORK/data" "$WORK/corekv.log" $ALL_PORTS || die "corekv did not start"

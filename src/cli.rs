@@ -156,12 +156,6 @@ struct Args {
           default_value_t = micros(Options::default().preempt_timer))]
     preempt_us: u64,
 
-    /// Arm an `io_uring` poll as soon as a connection has no request waiting,
-    /// instead of first letting the executor poll once (benchmark
-    /// comparison).
-    #[arg(long)]
-    no_yield: bool,
-
     /// The redb page cache per node file, in MiB.
     #[arg(long, value_name = "N", allow_hyphen_values = true,
           value_parser = positive::<usize>,
@@ -400,7 +394,6 @@ where
     conn.limits.max_headers = args.max_headers.min(MAX_HEADERS_CAP);
     conn.idle_timeout = Duration::from_secs(args.idle_timeout);
     conn.request_timeout = Duration::from_secs(args.request_timeout);
-    conn.yield_before_read = !args.no_yield;
     let opts = Options {
         config: args.config,
         data_dir: args.data_dir,
@@ -529,7 +522,6 @@ mod tests {
             "50",
             "--preempt-us",
             "2000",
-            "--no-yield",
             "--cache-mb",
             "2",
             "--token",
@@ -547,7 +539,6 @@ mod tests {
         assert_eq!(o.conn.request_timeout, Duration::from_secs(4));
         assert_eq!(o.spin_before_park, Duration::from_micros(50));
         assert_eq!(o.preempt_timer, Duration::from_millis(2));
-        assert!(!o.conn.yield_before_read);
         assert_eq!(o.cache_bytes, 2 << 20);
         assert_eq!(o.token.as_deref(), Some("-secret"));
         assert_eq!(run(&["--log-level", "warning"]).log_level, Level::Warn);
@@ -661,7 +652,6 @@ mod tests {
             "--clock-skew-ms",
             "--spin-us",
             "--preempt-us",
-            "--no-yield",
             "--cache-mb",
             "--no-fsync",
         ] {

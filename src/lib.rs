@@ -15,7 +15,8 @@
 //!   [`replication`] (primary and replica sides), [`http::conn`] (the
 //!   connection loop), [`http::client`] (keep-alive client for forwarding
 //!   and replication over the network), [`sched`] (waiting for the
-//!   executor's next I/O poll).
+//!   executor's next I/O poll), [`ready`] (the executor's epoll instance
+//!   that tells connections their socket is readable).
 //! - request path: [`router`] (local / in-process peer / remote host) and
 //!   [`api`] (the only place that knows URLs and status codes).
 //! - control plane (`--etcd` only, on its own threads, never an executor):
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod node;
 pub mod nodestore;
 pub mod protocol;
+pub mod ready;
 pub mod replication;
 pub mod reshard;
 pub mod roles;

@@ -669,6 +669,53 @@ fn malformed_framing_and_versions_are_refused_and_closed() {
     assert_eq!(get(c.shards[0].primary, "/get?key=after").text(), "1");
 }
 
+/// A keep-alive client that sends its last request and closes its side in
+/// one go, while the server waits for it, gets its answer and the close:
+/// the server reads the request with a short read that leaves the end of
+/// the stream still to read (it must not wait for another readiness report
+/// that never comes).
+#[test]
+fn last_request_with_half_close_is_answered_then_closed() {
+    let c = Cluster::start(1);
+    let addr = c.shards[0].primary;
+    let req = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n";
+    for round in 0..20 {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_nodelay(true).ok();
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+        s.write_all(req).expect("first request");
+        // The first answer: the server is now waiting for the next request.
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while statuses_of(&got).map_or(true, |v| v.is_empty()) {
+            let n = s.read(&mut chunk).expect("first answer");
+            assert!(n > 0, "round {round}: closed before the first answer");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(req).expect("last request");
+        s.shutdown(Shutdown::Write).expect("half-close");
+        let mut rest = Vec::new();
+        let end = Instant::now() + Duration::from_secs(3);
+        loop {
+            match s.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => rest.extend_from_slice(&chunk[..n]),
+                Err(e) => panic!(
+                    "round {round}: no close after the last answer ({e}); got {}",
+                    show(&rest, 200)
+                ),
+            }
+            assert!(Instant::now() < end, "round {round}: no close within 3 s");
+        }
+        assert_eq!(
+            statuses_of(&rest),
+            Ok(vec![200]),
+            "round {round}: {}",
+            show(&rest, 200)
+        );
+    }
+}
+
 #[test]
 fn pipeline_is_answered_in_order_up_to_a_bad_request() {
     let c = Cluster::start(2);

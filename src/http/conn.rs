@@ -13,35 +13,57 @@
 //! connections and requests in flight, and asks connections to close after
 //! their current response while the server drains for shutdown.
 //!
-//! Reading: a connection first tries a non-blocking `recv`; when nothing is
-//! there yet it waits for the executor's next I/O poll ([`NextPoll`]) and
-//! tries once more, and only then arms an `io_uring` poll. A connection that
-//! found data [`FAIR_STREAK`] times in a row waits for the next poll too,
-//! so a client that always has a request ready cannot monopolise the
-//! executor (and I/O is polled at least once per round of connections).
+//! Reading: a connection reads with a non-blocking `recv` until a read
+//! finds the socket empty or returns less than it asked for; then it waits
+//! until the executor's epoll instance reports the socket readable
+//! ([`crate::ready`]: one `io_uring` poll for all connections of the
+//! executor, instead of glommio's one per waiting read). A connection that
+//! found data [`FAIR_STREAK`] times in a row waits for the executor's next
+//! I/O poll ([`NextPoll`]) before it reads again, so a client that always
+//! has a request ready cannot monopolise the executor.
 
 use super::date;
 use super::encode::{Response, encode};
 use super::parse::{Limits, Method, Parsed, Request, parse};
+use crate::ready::{Readiness, Registration};
 use crate::sched::NextPoll;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use std::cell::Cell;
 use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Per-executor connection bookkeeping (not `Send`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Tracker {
     open: Cell<usize>,
     in_flight: Cell<usize>,
     draining: Cell<bool>,
     /// Connections waiting for the executor's next I/O poll.
     next_poll: Rc<NextPoll>,
+    /// The executor's epoll instance, which tells connections their socket
+    /// is readable.
+    readiness: Rc<Readiness>,
 }
 
 impl Tracker {
+    /// Bookkeeping for one executor, with its epoll instance.
+    ///
+    /// # Errors
+    /// When the kernel refuses an epoll instance.
+    pub fn new() -> std::io::Result<Self> {
+        let next_poll = Rc::new(NextPoll::default());
+        Ok(Self {
+            open: Cell::new(0),
+            in_flight: Cell::new(0),
+            draining: Cell::new(false),
+            readiness: Rc::new(Readiness::new(next_poll.clone())?),
+            next_poll,
+        })
+    }
+
     #[must_use]
     pub fn open(&self) -> usize {
         self.open.get()
@@ -91,10 +113,6 @@ pub struct ConnConfig {
     pub request_timeout: Duration,
     /// Most open connections per executor; more are answered 503 and closed.
     pub max_connections: usize,
-    /// Wait for the executor's next I/O poll once before arming an `io_uring`
-    /// poll for a connection's next request (most reads then succeed
-    /// without a poll; off: arm the poll at once, a benchmark comparison).
-    pub yield_before_read: bool,
 }
 
 impl Default for ConnConfig {
@@ -104,7 +122,6 @@ impl Default for ConnConfig {
             idle_timeout: Duration::from_mins(1),
             request_timeout: Duration::from_secs(10),
             max_connections: 10_000,
-            yield_before_read: true,
         }
     }
 }
@@ -141,11 +158,20 @@ where
 {
     let _open = Count::new(&tracker.open);
     let _ = stream.set_nodelay(true);
+    let reg = match tracker.readiness.register(stream.as_raw_fd()) {
+        Ok(reg) => reg,
+        Err(e) => {
+            log::warn!("cannot register a connection with epoll: {e}");
+            return;
+        }
+    };
     let mut conn = Conn {
         input: Input::new(cfg.limits.max_head + cfg.limits.max_body + INITIAL_BUF),
         out: Vec::with_capacity(INITIAL_BUF),
         request_started: None,
         streak: 0,
+        drained: false,
+        reg,
         stream,
         cfg,
         tracker,
@@ -176,6 +202,8 @@ where
 
 /// One connection's state between turns of [`serve`].
 struct Conn<'t, F> {
+    /// Declared before `stream`: deregistered before the socket closes.
+    reg: Registration,
     stream: TcpStream,
     cfg: ConnConfig,
     tracker: &'t Tracker,
@@ -188,6 +216,9 @@ struct Conn<'t, F> {
     request_started: Option<Instant>,
     /// Reads in a row that found a request without the executor polling.
     streak: u32,
+    /// The last `recv` found the socket empty or did not fill the buffer:
+    /// wait for epoll before the next one.
+    drained: bool,
 }
 
 /// What [`Conn::answer_buffered`] did.
@@ -303,43 +334,49 @@ where
     }
 
     /// Reads more of the peer's requests into `input`, fairly (see the
-    /// module doc): a non-blocking `recv` first, the executor's next I/O
-    /// poll when nothing is there or the streak is long, and only then a
-    /// read that arms an `io_uring` poll and waits up to `timeout`.
+    /// module doc): a non-blocking `recv` while the socket may hold more,
+    /// else a wait of up to `timeout` for epoll to report it readable; the
+    /// executor's next I/O poll first when the streak is long.
     async fn read_more(&mut self, timeout: Duration) -> Read {
-        // Fast path: read what is already there without arming an io_uring
-        // poll (see `recv_now`); when nothing is there, let the executor
-        // poll for I/O once (the other connections run meanwhile) so the
-        // peer's next request has time to arrive.
-        let mut ready = if self.streak < FAIR_STREAK {
-            recv_now(&self.stream, self.input.spare())
-        } else {
-            None
-        };
-        let waits = ready.is_none() && (self.cfg.yield_before_read || self.streak >= FAIR_STREAK);
-        if waits {
+        if self.streak >= FAIR_STREAK {
+            self.streak = 0;
             self.tracker.next_poll.wait().await;
-            ready = recv_now(&self.stream, self.input.spare());
         }
-        // Reads in a row that found a request without the executor polling.
-        self.streak = if waits || ready.is_none() {
-            0
-        } else {
-            self.streak + 1
-        };
-        let read = if let Some(r) = ready {
-            r
-        } else {
-            if self.stream.set_read_timeout(Some(timeout)).is_err() {
-                return Read::End;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.drained {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let woke = futures_lite::future::or(
+                    async {
+                        self.reg.readable().await;
+                        true
+                    },
+                    async {
+                        glommio::timer::sleep(left).await;
+                        false
+                    },
+                )
+                .await;
+                if !woke {
+                    return Read::TimedOut;
+                }
             }
-            self.stream.read(self.input.spare()).await
-        };
-        match read {
-            Ok(0) => Read::End,
-            Ok(n) => Read::Data(n),
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Read::TimedOut,
-            Err(_) => Read::End,
+            let spare = self.input.spare();
+            let want = spare.len();
+            match recv_now(&self.stream, spare) {
+                None => {
+                    self.drained = true;
+                    self.streak = 0;
+                }
+                Some(Ok(0) | Err(_)) => return Read::End,
+                Some(Ok(n)) => {
+                    // A read that did not fill the buffer emptied the socket,
+                    // unless the peer's end of the stream is still to read.
+                    self.drained = n < want && !self.reg.peer_closed();
+                    self.streak = if self.drained { 0 } else { self.streak + 1 };
+                    return Read::Data(n);
+                }
+            }
         }
     }
 }
@@ -409,12 +446,9 @@ impl Input {
 
 /// A non-blocking `recv` on the socket: `None` when no data is there yet.
 ///
-/// glommio's own read arms an `io_uring` poll after every read that does not
-/// fill the buffer; without `IORING_SETUP_COOP_TASKRUN` each completed poll
-/// interrupts the executor thread. Reading directly first means a poll is
-/// armed only when the executor really has to wait for data.
+/// glommio's own read would arm an `io_uring` poll after every read that
+/// does not fill the buffer (see [`crate::ready`] for why that is avoided).
 fn recv_now(stream: &TcpStream, buf: &mut [u8]) -> Option<std::io::Result<usize>> {
-    use std::os::fd::AsRawFd;
     // SAFETY: recv writes at most buf.len() bytes into buf; fd is open for
     // the lifetime of `stream`.
     let n = unsafe {

@@ -95,8 +95,18 @@ pub(super) fn run_executor(
         // SAFETY: the fd is a bound, listening TCP socket that we own; the
         // glommio listener takes it over (and closes it).
         let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+        let tracker = match Tracker::new() {
+            Ok(t) => Rc::new(t),
+            Err(e) => {
+                let _ = events.send(Event::Failed(NodeError::Executor {
+                    node: name,
+                    error: format!("cannot create an epoll instance: {e}"),
+                }));
+                return;
+            }
+        };
         let _ = events.send(Event::Ready { node: id, cpu });
-        serve_node(ctx, listener).await;
+        serve_node(ctx, listener, tracker).await;
     });
     let _ = events.send(Event::Stopped(id));
 }
@@ -104,7 +114,7 @@ pub(super) fn run_executor(
 /// The node's life on its executor: start its replication role, build its
 /// API, serve connections until asked to stop, drain, then keep serving
 /// mails and replication until the process exits.
-async fn serve_node(ctx: NodeContext, listener: TcpListener) {
+async fn serve_node(ctx: NodeContext, listener: TcpListener, tracker: Rc<Tracker>) {
     let NodeContext {
         node,
         topo,
@@ -169,7 +179,6 @@ async fn serve_node(ctx: NodeContext, listener: TcpListener) {
         sync_replicas: api_config.sync_replicas,
     };
     glommio::spawn_local(duty.follow_roles()).detach();
-    let tracker = Rc::new(Tracker::default());
     glommio::spawn_local(drain_mailbox(
         api.clone(),
         mailbox,
