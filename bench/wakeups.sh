@@ -12,51 +12,45 @@
 # Needs oha, nginx (bench/install.sh) and perf (apt-get install linux-perf).
 # Starts its own nginx and corekv in a temp dir and stops exactly those PIDs.
 set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=bench/nginx.sh
-. "$here/nginx.sh"
+# shellcheck source=bench/lib.sh
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 RATE="${1:-20000}"
 CONNS="${CONNS:-64}"
 DURATION="${DURATION:-5}"
 BASE_PORT="${BASE_PORT:-29080}"
 NGINX_PORT="${NGINX_PORT:-28080}"
-BIN="${COREKV_BIN:-$here/../target/release/corekv}"
-[ -x "$BIN" ] || (cd "$here/.." && cargo build --release)
+[ -x "$COREKV_BIN" ] || (cd "$ROOT_DIR" && cargo build --release --bin corekv)
 for tool in oha perf; do
-    command -v "$tool" >/dev/null || { echo "wakeups.sh: $tool not found" >&2; exit 1; }
+    command -v "$tool" >/dev/null || die "wakeups.sh: $tool not found"
 done
 W="$(mktemp -d)"
-SERVER_PID=""
 cleanup() {
-    [ -n "$SERVER_PID" ] && kill -TERM "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+    corekv_stop
     [ -n "$NGINX_PID" ] && nginx_stop
     rm -rf "$W"
 }
 trap cleanup EXIT
-{
-    for i in 0 1 2; do
-        printf '[[shards]]\nname = "s%d"\nidx = %d\naddress = "127.0.0.1:%d"\nreplica = "127.0.0.1:%d"\n' \
-            "$i" "$i" $((BASE_PORT + i)) $((BASE_PORT + 3 + i))
-    done
-} >"$W/sharding.toml"
+write_sharding_toml "$W/sharding.toml" 3 "$BASE_PORT"
 
 irqs() { awk '/RES:/ {r = 0; for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) r += $i}
               /CAL:/ {c = 0; for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) c += $i}
               END {print r, c}' /proc/interrupts; }
-ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 
-# measure NAME URL PID...: one oha run at RATE, one result line.
-measure() {
-    local name="$1" url="$2"; shift 2
-    local t0 t1 i0 i1 out pp
-    t0="$(ticks "$@")"; i0="$(irqs)"
+# rate_row NAME URL PID: one oha run at RATE, one result line (PID and its
+# children: the server).
+rate_row() {
+    local name="$1" url="$2" pid="$3"
+    local t0 t1 i0 i1 out pp kids pids
+    kids="$(cat /proc/"$pid"/task/*/children 2>/dev/null || true)"
+    pids="$(echo "$pid $kids" | xargs | tr ' ' ,)"
+    t0="$(cpu_ticks "$pid")"; i0="$(irqs)"
     perf stat -x, -o "$W/perf.txt" -e raw_syscalls:sys_enter -e syscalls:sys_enter_recvfrom \
         -e syscalls:sys_enter_io_uring_enter -e syscalls:sys_enter_epoll_wait \
-        -e syscalls:sys_enter_membarrier -p "$(echo "$@" | tr ' ' ,)" -- sleep "$DURATION" &
+        -e syscalls:sys_enter_membarrier -p "$pids" -- sleep "$DURATION" &
     pp=$!
     out="$(oha --no-tui -z "${DURATION}s" -c "$CONNS" -q "$RATE" --latency-correction --output-format json "$url")"
     wait "$pp" || true
-    t1="$(ticks "$@")"; i1="$(irqs)"
+    t1="$(cpu_ticks "$pid")"; i1="$(irqs)"
     echo "$out" | python3 -c '
 import json, sys
 name, t0, t1, i0, i1, perf, hz = sys.argv[1:8]
@@ -83,15 +77,9 @@ echo "| server | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs | RES irq | CAL ir
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 if [ -z "${NO_NGINX:-}" ]; then
     nginx_start "$NGINX_PORT" "$W/nginx" >/dev/null
-    measure nginx "http://127.0.0.1:$NGINX_PORT/" "$NGINX_PID" $(pgrep -P "$NGINX_PID")
+    rate_row nginx "http://127.0.0.1:$NGINX_PORT/" "$NGINX_PID"
     nginx_stop
 fi
-"$BIN" --config "$W/sharding.toml" --data-dir "$W/data" --log-level warn >"$W/log" 2>&1 &
-SERVER_PID=$!
-end=$((SECONDS + 30))
-until curl -fsS -o /dev/null "http://127.0.0.1:$((BASE_PORT + 5))/health" 2>/dev/null; do
-    [ "$SECONDS" -lt "$end" ] || { echo "corekv did not come up" >&2; cat "$W/log" >&2; exit 1; }
-    sleep 0.1
-done
+corekv_start "$W/sharding.toml" "$W/data" "$W/log" $((BASE_PORT + 5))
 curl -fsS -o /dev/null "http://127.0.0.1:$BASE_PORT/set?key=a&value=v"
-measure "corekv owner" "http://127.0.0.1:$BASE_PORT/get?key=a" "$SERVER_PID"
+rate_row "corekv owner" "http://127.0.0.1:$BASE_PORT/get?key=a" "$COREKV_PID"
