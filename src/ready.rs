@@ -18,12 +18,15 @@
 //! Here every connection is registered once, edge-triggered, with the
 //! executor's epoll instance, and a connection that found its socket empty
 //! waits on a flag that one poller task sets. The poller asks epoll for
-//! what became readable (`epoll_wait` with no timeout) once per round of
-//! the executor and, only when nothing is, sleeps until the epoll instance
-//! itself becomes readable: one `io_uring` poll for all connections, armed
-//! only while there is nothing to do. This is nginx's way of waiting, and
-//! it keeps glommio's reactor for everything else (timers, writes, files,
-//! the listeners).
+//! what became readable (`epoll_wait` with a zero timeout: it never blocks
+//! the executor) once per round of the executor and, only when nothing is,
+//! sleeps until the epoll instance itself becomes readable: one `io_uring`
+//! poll for all waiting connections, armed only while there is nothing to
+//! do. This is nginx's way of waiting, and it keeps glommio's reactor for
+//! everything else (timers, writes, files, the listeners). glommio still
+//! arms one poll for each accepted socket when it wraps it (it completes
+//! with the connection's first bytes, or its close): one per connection,
+//! not one per request.
 //!
 //! glommio has no public way to wait for an arbitrary file descriptor. A
 //! glommio `TcpStream` arms one readability poll for its descriptor when it
@@ -43,9 +46,14 @@ use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 /// Events taken from epoll per `epoll_wait`.
 const EVENTS: usize = 256;
+
+/// The poller's timer while epoll fails: first and longest wait.
+const BACKOFF_MIN: Duration = Duration::from_millis(1);
+const BACKOFF_MAX: Duration = Duration::from_millis(50);
 
 /// One executor's epoll instance and the connections registered with it.
 #[derive(Debug)]
@@ -166,24 +174,40 @@ impl Readiness {
 
 /// The poller: hands out what epoll reports once per executor round and
 /// sleeps on the epoll instance when nothing is readable.
+///
+/// If epoll or the descriptor duplicate for a sleep fails (out of
+/// descriptors), it polls on a timer instead, backing off from 1 to 50 ms,
+/// and logs the first failure of each streak and its end.
 async fn poll_loop(r: Rc<Readiness>) {
     let mut events = vec![EpollEvent::empty(); EVENTS];
+    let mut backoff = Duration::ZERO;
     loop {
-        let found = match r.harvest(&mut events) {
-            Ok(n) => n > 0,
-            Err(e) => {
-                log::error!("epoll_wait failed: {e}");
-                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-                continue;
-            }
+        let step = match r.harvest(&mut events) {
+            Ok(0) => r.sleep().await.map(|()| false),
+            Ok(_) => Ok(true),
+            Err(e) => Err(e),
         };
-        if found {
-            // Let the woken connections run; look again after the
-            // executor's next I/O poll.
-            r.next_poll.wait().await;
-        } else if let Err(e) = r.sleep().await {
-            log::error!("cannot wait for the epoll instance: {e}");
-            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        match step {
+            Ok(found) => {
+                if !backoff.is_zero() {
+                    log::warn!("epoll readiness works again");
+                    backoff = Duration::ZERO;
+                }
+                if found {
+                    // Let the woken connections run; look again after the
+                    // executor's next I/O poll.
+                    r.next_poll.wait().await;
+                }
+            }
+            Err(e) => {
+                if backoff.is_zero() {
+                    log::error!(
+                        "epoll readiness failed ({e}); polling every few ms until it works"
+                    );
+                }
+                backoff = (backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+                glommio::timer::sleep(backoff).await;
+            }
         }
     }
 }
@@ -265,5 +289,114 @@ impl Drop for Readable<'_> {
         {
             slot.waker = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::future::poll_once;
+    use glommio::LocalExecutorBuilder;
+    use std::io::Write as _;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    fn run(test: impl Future<Output = ()> + 'static) {
+        LocalExecutorBuilder::default()
+            .make()
+            .expect("executor")
+            .run(test);
+    }
+
+    fn readiness() -> (Rc<Readiness>, Rc<NextPoll>) {
+        let np = Rc::new(NextPoll::default());
+        let r = Rc::new(Readiness::new(np.clone()).expect("epoll"));
+        (r, np)
+    }
+
+    #[test]
+    fn readiness_seen_before_the_wait_is_kept_for_it() {
+        run(async {
+            let (r, _np) = readiness();
+            let (a, mut b) = UnixStream::pair().expect("pair");
+            let reg = r.register(a.as_raw_fd()).expect("register");
+            let mut events = vec![EpollEvent::empty(); EVENTS];
+            assert_eq!(r.harvest(&mut events).expect("harvest"), 0);
+            assert!(
+                poll_once(reg.readable()).await.is_none(),
+                "nothing to read yet"
+            );
+            b.write_all(b"x").expect("write");
+            // epoll reports it while nobody waits...
+            assert_eq!(r.harvest(&mut events).expect("harvest"), 1);
+            // ...and the next wait sees it at once, exactly once.
+            assert!(poll_once(reg.readable()).await.is_some());
+            assert!(poll_once(reg.readable()).await.is_none());
+            assert!(!reg.peer_closed());
+        });
+    }
+
+    #[test]
+    fn a_waiting_socket_is_woken_through_the_poller_sleeping_on_epoll() {
+        run(async {
+            let (r, np) = readiness();
+            let (a, mut b) = UnixStream::pair().expect("pair");
+            let reg = Rc::new(r.register(a.as_raw_fd()).expect("register"));
+            let woke = Rc::new(Cell::new(false));
+            let waiter = {
+                let (reg, woke) = (reg.clone(), woke.clone());
+                glommio::spawn_local(async move {
+                    reg.readable().await;
+                    woke.set(true);
+                })
+            };
+            // Several rounds with nothing readable: the poller goes to
+            // sleep on the epoll descriptor.
+            for _ in 0..5 {
+                np.wait().await;
+            }
+            assert!(!woke.get());
+            b.write_all(b"x").expect("write");
+            let done = futures_lite::future::or(
+                async {
+                    waiter.await;
+                    true
+                },
+                async {
+                    glommio::timer::sleep(Duration::from_secs(5)).await;
+                    false
+                },
+            )
+            .await;
+            assert!(
+                done && woke.get(),
+                "the waiting socket was not woken within 5 s"
+            );
+        });
+    }
+
+    #[test]
+    fn a_reused_slot_starts_clean_and_the_peers_end_is_reported() {
+        run(async {
+            let (r, _np) = readiness();
+            let mut events = vec![EpollEvent::empty(); EVENTS];
+            let (a, mut b) = UnixStream::pair().expect("pair");
+            let reg = r.register(a.as_raw_fd()).expect("register");
+            let token = reg.token;
+            b.write_all(b"x").expect("write");
+            drop(b);
+            assert_eq!(r.harvest(&mut events).expect("harvest"), 1);
+            assert!(reg.peer_closed(), "the peer's end was reported");
+            // Deregistered before the socket closes: no event is left for
+            // the slot, which the next registration reuses, clean.
+            drop(reg);
+            drop(a);
+            let (c, _d) = UnixStream::pair().expect("pair");
+            let reg = r.register(c.as_raw_fd()).expect("register");
+            assert_eq!(reg.token, token, "the slot is reused");
+            assert_eq!(r.harvest(&mut events).expect("harvest"), 0);
+            assert!(poll_once(reg.readable()).await.is_none());
+            assert!(!reg.peer_closed());
+        });
     }
 }

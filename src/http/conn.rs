@@ -1,7 +1,7 @@
 //! The server side of one HTTP/1.1 connection, generic over the handler.
 //!
-//! Depends on glommio's `TcpStream` and on [`super::parse`] /
-//! [`super::encode`]. Invariants: responses go out in request order; all
+//! Depends on glommio's `TcpStream`, on [`super::parse`] /
+//! [`super::encode`] and on [`crate::ready`] / [`crate::sched`] (waiting). Invariants: responses go out in request order; all
 //! responses to requests found in one read are written with one write
 //! (pipelining); after a parse error the error is answered and the
 //! connection closed; a connection idle for longer than `idle_timeout`, or
@@ -14,13 +14,14 @@
 //! their current response while the server drains for shutdown.
 //!
 //! Reading: a connection reads with a non-blocking `recv` until a read
-//! finds the socket empty or returns less than it asked for; then it waits
-//! until the executor's epoll instance reports the socket readable
-//! ([`crate::ready`]: one `io_uring` poll for all connections of the
-//! executor, instead of glommio's one per waiting read). A connection that
-//! found data [`FAIR_STREAK`] times in a row waits for the executor's next
-//! I/O poll ([`NextPoll`]) before it reads again, so a client that always
-//! has a request ready cannot monopolise the executor.
+//! finds the socket empty, or returns less than it asked for while epoll
+//! has not reported the peer's end of the stream; then it waits until the
+//! executor's epoll instance reports the socket readable ([`crate::ready`]:
+//! one `io_uring` poll for all waiting connections of the executor, instead
+//! of glommio's one per waiting read). A connection whose reads filled the
+//! buffer [`FAIR_STREAK`] times in a row waits for the executor's next I/O
+//! poll ([`NextPoll`]) before it reads again, so a client that always has
+//! more to send cannot monopolise the executor.
 
 use super::date;
 use super::encode::{Response, encode};
@@ -128,7 +129,7 @@ impl Default for ConnConfig {
 
 const INITIAL_BUF: usize = 16 * 1024;
 
-/// Reads in a row that found a request waiting, after which a connection
+/// Reads in a row that did not empty the socket, after which a connection
 /// lets the executor poll for I/O before it reads again.
 pub const FAIR_STREAK: u32 = 16;
 
@@ -214,7 +215,7 @@ struct Conn<'t, F> {
     /// When the request buffered in `input` started arriving (`None`: no
     /// partial request is buffered).
     request_started: Option<Instant>,
-    /// Reads in a row that found a request without the executor polling.
+    /// Reads in a row that did not empty the socket (see [`FAIR_STREAK`]).
     streak: u32,
     /// The last `recv` found the socket empty or did not fill the buffer:
     /// wait for epoll before the next one.
@@ -338,11 +339,11 @@ where
     /// else a wait of up to `timeout` for epoll to report it readable; the
     /// executor's next I/O poll first when the streak is long.
     async fn read_more(&mut self, timeout: Duration) -> Read {
+        let deadline = Instant::now() + timeout;
         if self.streak >= FAIR_STREAK {
             self.streak = 0;
             self.tracker.next_poll.wait().await;
         }
-        let deadline = Instant::now() + timeout;
         loop {
             if self.drained {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -449,23 +450,28 @@ impl Input {
 /// glommio's own read would arm an `io_uring` poll after every read that
 /// does not fill the buffer (see [`crate::ready`] for why that is avoided).
 fn recv_now(stream: &TcpStream, buf: &mut [u8]) -> Option<std::io::Result<usize>> {
-    // SAFETY: recv writes at most buf.len() bytes into buf; fd is open for
-    // the lifetime of `stream`.
-    let n = unsafe {
-        libc::recv(
-            stream.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT,
-        )
-    };
-    if n >= 0 {
-        return Some(Ok(n.unsigned_abs()));
-    }
-    let err = std::io::Error::last_os_error();
-    match err.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => None,
-        _ => Some(Err(err)),
+    loop {
+        // SAFETY: recv writes at most buf.len() bytes into buf; fd is open
+        // for the lifetime of `stream`.
+        let n = unsafe {
+            libc::recv(
+                stream.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            return Some(Ok(n.unsigned_abs()));
+        }
+        let err = std::io::Error::last_os_error();
+        match err.kind() {
+            // Interrupted: try again (waiting for an edge would wait for
+            // data that is already there).
+            std::io::ErrorKind::Interrupted => {}
+            std::io::ErrorKind::WouldBlock => return None,
+            _ => return Some(Err(err)),
+        }
     }
 }
 
