@@ -46,7 +46,7 @@ use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Events taken from epoll per `epoll_wait`.
 const EVENTS: usize = 256;
@@ -230,6 +230,22 @@ impl Registration {
         Readable { reg: self }
     }
 
+    /// [`Self::readable`], or `false` once `deadline` passed first.
+    pub async fn readable_by(&self, deadline: Instant) -> bool {
+        let left = deadline.saturating_duration_since(Instant::now());
+        futures_lite::future::or(
+            async {
+                self.readable().await;
+                true
+            },
+            async {
+                glommio::timer::sleep(left).await;
+                false
+            },
+        )
+        .await
+    }
+
     /// epoll reported that the peer closed its end (or an error): read
     /// until `recv` says so instead of trusting a short read.
     #[must_use]
@@ -251,6 +267,26 @@ impl Drop for Registration {
             *slot = Slot::default();
         }
         self.readiness.free.borrow_mut().push(self.token);
+    }
+}
+
+/// A non-blocking `recv` on socket `fd`: `None` when nothing is there yet
+/// (the caller then waits with [`Registration::readable`]); retried when
+/// interrupted (waiting for an edge would wait for data already there).
+pub fn recv_now(fd: RawFd, buf: &mut [u8]) -> Option<std::io::Result<usize>> {
+    loop {
+        // SAFETY: recv writes at most buf.len() bytes into buf; the caller
+        // keeps fd open for the duration of the call.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            return Some(Ok(n.unsigned_abs()));
+        }
+        let err = std::io::Error::last_os_error();
+        match err.kind() {
+            std::io::ErrorKind::Interrupted => {}
+            std::io::ErrorKind::WouldBlock => return None,
+            _ => return Some(Err(err)),
+        }
     }
 }
 

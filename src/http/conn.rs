@@ -26,7 +26,7 @@
 use super::date;
 use super::encode::{Response, encode};
 use super::parse::{Limits, Method, Parsed, Request, parse};
-use crate::ready::{Readiness, Registration};
+use crate::ready::{Readiness, Registration, recv_now};
 use crate::sched::NextPoll;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
@@ -345,26 +345,12 @@ where
             self.tracker.next_poll.wait().await;
         }
         loop {
-            if self.drained {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let woke = futures_lite::future::or(
-                    async {
-                        self.reg.readable().await;
-                        true
-                    },
-                    async {
-                        glommio::timer::sleep(left).await;
-                        false
-                    },
-                )
-                .await;
-                if !woke {
-                    return Read::TimedOut;
-                }
+            if self.drained && !self.reg.readable_by(deadline).await {
+                return Read::TimedOut;
             }
             let spare = self.input.spare();
             let want = spare.len();
-            match recv_now(&self.stream, spare) {
+            match recv_now(self.stream.as_raw_fd(), spare) {
                 None => {
                     self.drained = true;
                     self.streak = 0;
@@ -442,36 +428,6 @@ impl Input {
     /// `n` bytes were read into [`Self::spare`].
     fn filled(&mut self, n: usize) {
         self.end += n;
-    }
-}
-
-/// A non-blocking `recv` on the socket: `None` when no data is there yet.
-///
-/// glommio's own read would arm an `io_uring` poll after every read that
-/// does not fill the buffer (see [`crate::ready`] for why that is avoided).
-fn recv_now(stream: &TcpStream, buf: &mut [u8]) -> Option<std::io::Result<usize>> {
-    loop {
-        // SAFETY: recv writes at most buf.len() bytes into buf; fd is open
-        // for the lifetime of `stream`.
-        let n = unsafe {
-            libc::recv(
-                stream.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n >= 0 {
-            return Some(Ok(n.unsigned_abs()));
-        }
-        let err = std::io::Error::last_os_error();
-        match err.kind() {
-            // Interrupted: try again (waiting for an edge would wait for
-            // data that is already there).
-            std::io::ErrorKind::Interrupted => {}
-            std::io::ErrorKind::WouldBlock => return None,
-            _ => return Some(Err(err)),
-        }
     }
 }
 
