@@ -51,16 +51,6 @@ use std::time::{Duration, Instant};
 /// Events taken from epoll per `epoll_wait`.
 const EVENTS: usize = 256;
 
-/// Most harvests, and most sockets reported by them, between two I/O polls
-/// of the executor: harvesting again right after the woken connections ran
-/// is one `epoll_wait`, an executor round is several `io_uring_enter`s
-/// (glommio re-arms its timers every round); the bounds keep timers,
-/// accepts and other executors' messages from waiting long. Measured at
-/// `oha -q 25000`: `io_uring_enter` per request 0.53–0.70 → 0.33–0.39,
-/// CPU per request 20.6–22.6 → 17.9–21.1 µs (see bench/README.md).
-const HARVESTS_PER_POLL: u32 = 8;
-const REPORTED_PER_POLL: usize = 64;
-
 /// The poller's timer while epoll fails: first and longest wait.
 const BACKOFF_MIN: Duration = Duration::from_millis(1);
 const BACKOFF_MAX: Duration = Duration::from_millis(50);
@@ -191,13 +181,10 @@ impl Readiness {
 async fn poll_loop(r: Rc<Readiness>) {
     let mut events = vec![EpollEvent::empty(); EVENTS];
     let mut backoff = Duration::ZERO;
-    // Harvests since the executor last polled for I/O, and the sockets they
-    // reported.
-    let (mut rounds, mut reported) = (0, 0);
     loop {
         let step = match r.harvest(&mut events) {
-            Ok(0) => r.sleep().await.map(|()| 0),
-            Ok(n) => Ok(n),
+            Ok(0) => r.sleep().await.map(|()| false),
+            Ok(_) => Ok(true),
             Err(e) => Err(e),
         };
         match step {
@@ -206,22 +193,10 @@ async fn poll_loop(r: Rc<Readiness>) {
                     log::warn!("epoll readiness works again");
                     backoff = Duration::ZERO;
                 }
-                if found == 0 {
-                    // Slept: the executor polled for I/O meanwhile.
-                    (rounds, reported) = (0, 0);
-                } else {
-                    // Let the woken connections run, then look again: right
-                    // after them (a yield: one `epoll_wait`) while the
-                    // executor's round is short, else after its next I/O
-                    // poll (which costs glommio several `io_uring_enter`s).
-                    rounds += 1;
-                    reported += found;
-                    if rounds < HARVESTS_PER_POLL && reported < REPORTED_PER_POLL {
-                        futures_lite::future::yield_now().await;
-                    } else {
-                        (rounds, reported) = (0, 0);
-                        r.next_poll.wait().await;
-                    }
+                if found {
+                    // Let the woken connections run; look again after the
+                    // executor's next I/O poll.
+                    r.next_poll.wait().await;
                 }
             }
             Err(e) => {
