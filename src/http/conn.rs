@@ -140,10 +140,20 @@ pub fn has_room(cfg: &ConnConfig, tracker: &Tracker) -> bool {
 }
 
 /// Answers a connection over the cap with 503 and closes it.
-pub async fn refuse(mut stream: TcpStream) {
+pub async fn refuse(stream: TcpStream) {
+    unavailable(stream, "too many open connections; try again later").await;
+}
+
+/// Answers 503 with `message` and closes the connection.
+async fn unavailable(mut stream: TcpStream, message: &str) {
     let mut out = Vec::new();
-    let resp = Response::text(503, "too many open connections; try again later");
-    encode(&resp, false, false, &date::now(), &mut out);
+    encode(
+        &Response::text(503, message),
+        false,
+        false,
+        &date::now(),
+        &mut out,
+    );
     let _ = stream.write_all(&out).await;
 }
 
@@ -162,7 +172,13 @@ where
     let reg = match tracker.readiness.register(stream.as_raw_fd()) {
         Ok(reg) => reg,
         Err(e) => {
+            // The kernel's epoll limit (fs.epoll.max_user_watches) or memory.
             log::warn!("cannot register a connection with epoll: {e}");
+            unavailable(
+                stream,
+                &format!("cannot watch this connection ({e}); try again later"),
+            )
+            .await;
             return;
         }
     };
