@@ -160,9 +160,11 @@ fn kill9_then_rerun(when: When, nkeys: u32) {
 /// (each forwards what it does not own); re-running the command finishes
 /// the reshard.
 fn serves_then_finishes(c: &RsCluster, book: &Book, st: &RsStatus, nkeys: u32, ctx: &str) {
-    let owner = |h: u64| st.owner(h);
-    check_reads(&c.new_nodes(), book, &owner, None, REPLICA_LAG)
-        .unwrap_or_else(|e| panic!("after the restart ({ctx}): {e}"));
+    c.assert_reads(
+        book,
+        &|h| st.owner(h),
+        &format!("after the restart ({ctx})"),
+    );
     let all: Vec<u32> = (0..nkeys).collect();
     let (a, b) = all.split_at(all.len() / 2);
     let mut failed = set_keys(c.primary(0), book, a, None);
@@ -474,9 +476,11 @@ fn a_process_that_missed_a_split_learns_it_from_a_forwarded_request() {
     drop(cmd.kill());
     c.kill9_joining_forgetting_splits();
     c.start_joining();
-    let owner = |h: u64| caught.owner(h);
-    check_reads(&c.new_nodes(), &book, &owner, None, REPLICA_LAG)
-        .unwrap_or_else(|e| panic!("the process that missed the split: {e}"));
+    c.assert_reads(
+        &book,
+        &|h| caught.owner(h),
+        "the process that missed the split",
+    );
     let run = c.run_reshard(&[], RESHARD_DEADLINE);
     assert!(run.success(), "the re-run did not succeed:\n{run}");
     c.assert_finished(&book, "after a missed split and the re-run");

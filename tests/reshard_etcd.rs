@@ -467,15 +467,7 @@ fn etcd_kill9_during_copy_then_rerun_finishes() {
     assert_no_election(&e, &unsplit, QUIET, "after the restart during the copy");
     // Every acknowledged write, on every node, with the owner the stored
     // layout implies; then writes through both primaries.
-    let owner = |h: u64| st.owner(h);
-    check_reads(
-        &c.with_current_roles(c.new_nodes()),
-        &book,
-        &owner,
-        None,
-        REPLICA_LAG,
-    )
-    .unwrap_or_else(|err| panic!("after the restart during the copy: {err}"));
+    c.assert_reads(&book, &|h| st.owner(h), "after the restart during the copy");
     let all: Vec<u32> = (0..nkeys).collect();
     let (a, b) = all.split_at(all.len() / 2);
     let mut failed = set_keys(prim[&0].addr, &book, a, None);
@@ -612,15 +604,11 @@ fn etcd_a_process_that_missed_a_split_learns_it_from_etcd() {
         learned,
         "the restarted process did not learn pair 0's split from etcd: {last}"
     );
-    let owner = |h: u64| caught.owner(h);
-    check_reads(
-        &c.with_current_roles(c.new_nodes()),
+    c.assert_reads(
         &book,
-        &owner,
-        None,
-        REPLICA_LAG,
-    )
-    .unwrap_or_else(|err| panic!("after the restart of the process that missed the split: {err}"));
+        &|h| caught.owner(h),
+        "after the restart of the process that missed the split",
+    );
     let run = c.run_reshard(&[], RESHARD_DEADLINE);
     assert!(run.success(), "the re-run did not succeed:\n{run}");
     c.assert_finished(&book, "after a split learned from etcd");

@@ -1271,6 +1271,20 @@ impl RsCluster {
         })
     }
 
+    /// Every acknowledged write of `book`, read from every node of the new
+    /// layout (with `--etcd`, as the role it holds now: a replica may be
+    /// primary after a failover), placed by `owner`; panics with `ctx`.
+    pub fn assert_reads(&self, book: &Book, owner: &dyn Fn(u64) -> usize, ctx: &str) {
+        check_reads(
+            &self.with_current_roles(self.new_nodes()),
+            book,
+            owner,
+            self.token.as_deref(),
+            REPLICA_LAG,
+        )
+        .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+    }
+
     /// The final state of a finished reshard: `/admin/reshard` done with 4
     /// shards and every pair purged; every key in `book` read from every
     /// node of the NEW layout with its last acknowledged value and
@@ -1318,17 +1332,7 @@ impl RsCluster {
                 );
             }
         }
-        let owner = |h: u64| (h % NEW_SHARDS as u64) as usize;
-        // With --etcd a replica may hold the primary role now (after a
-        // failover): a node is checked as what it is.
-        check_reads(
-            &self.with_current_roles(self.new_nodes()),
-            book,
-            &owner,
-            self.token.as_deref(),
-            Duration::from_secs(15),
-        )
-        .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+        self.assert_reads(book, &|h| (h % NEW_SHARDS as u64) as usize, ctx);
         // Key counts: each key only on its owner (and the owner's replica).
         let written = book.written();
         let mut last = BTreeMap::new();
