@@ -1,8 +1,8 @@
 //! Readiness of one executor's client sockets, through one epoll instance.
 //!
 //! Per executor, not `Send`. Depends on [`crate::sched`] (waiting for the
-//! executor's next I/O poll), nix's epoll and glommio's `TcpStream` (see
-//! below); nothing above it.
+//! executor's next I/O poll), nix's epoll, glommio's `TcpStream` (see
+//! below) and glommio's timer (the sweeper); nothing above it.
 //!
 //! # Why this exists
 //!
@@ -36,6 +36,12 @@
 //! epoll descriptor for each sleep; the duplicate is closed with it. That
 //! is the only thing this module asks of glommio, and it is our own code:
 //! nothing here is copied from glommio.
+//!
+//! A wait may have a deadline (the connection's idle or request timeout).
+//! Deadlines are kept in the connection's slot and one sweeper task per
+//! executor wakes the expired ones every [`SWEEP`], instead of one glommio
+//! timer per wait: that timer cost every request an insert and a removal
+//! in glommio's timer `BTreeMap`, clock reads and a race of two futures.
 
 use crate::sched::NextPoll;
 use futures_lite::AsyncReadExt;
@@ -51,6 +57,10 @@ use std::time::{Duration, Instant};
 /// Events taken from epoll per `epoll_wait`.
 const EVENTS: usize = 256;
 
+/// How often the sweeper looks for waits past their deadline (the idle
+/// and request timeouts are whole seconds: a timeout fires up to this late).
+const SWEEP: Duration = Duration::from_millis(100);
+
 /// The poller's timer while epoll fails: first and longest wait.
 const BACKOFF_MIN: Duration = Duration::from_millis(1);
 const BACKOFF_MAX: Duration = Duration::from_millis(50);
@@ -63,6 +73,8 @@ pub struct Readiness {
     free: RefCell<Vec<usize>>,
     /// The poller task is running.
     polling: Cell<bool>,
+    /// The sweeper task is running.
+    sweeping: Cell<bool>,
     next_poll: Rc<NextPoll>,
 }
 
@@ -76,6 +88,10 @@ struct Slot {
     closed: bool,
     /// The connection waiting for it.
     waker: Option<Waker>,
+    /// Until when that connection waits (`None`: for ever).
+    deadline: Option<Instant>,
+    /// The sweeper found `deadline` passed while the connection waited.
+    expired: bool,
 }
 
 impl Readiness {
@@ -90,6 +106,7 @@ impl Readiness {
             slots: RefCell::default(),
             free: RefCell::default(),
             polling: Cell::new(false),
+            sweeping: Cell::new(false),
             next_poll,
         })
     }
@@ -157,6 +174,26 @@ impl Readiness {
         Ok(n)
     }
 
+    /// Wakes every connection whose wait passed its deadline; returns
+    /// whether any connection still waits with a deadline.
+    fn sweep(&self, now: Instant) -> bool {
+        let mut waiting = false;
+        for slot in self.slots.borrow_mut().iter_mut() {
+            match slot.deadline {
+                Some(d) if d <= now => {
+                    slot.deadline = None;
+                    slot.expired = true;
+                    if let Some(w) = slot.waker.take() {
+                        w.wake();
+                    }
+                }
+                Some(_) => waiting = true,
+                None => {}
+            }
+        }
+        waiting
+    }
+
     /// Sleeps until the epoll instance has something to report (see the
     /// module doc for how glommio is asked to wait for it).
     async fn sleep(&self) -> std::io::Result<()> {
@@ -212,6 +249,19 @@ async fn poll_loop(r: Rc<Readiness>) {
     }
 }
 
+/// The sweeper: every [`SWEEP`], wakes the connections whose wait ran
+/// past its deadline; ends once no connection waits with one (the next
+/// such wait starts it again), so an idle executor has no timer.
+async fn sweep_loop(r: Rc<Readiness>) {
+    loop {
+        glommio::timer::sleep(SWEEP).await;
+        if !r.sweep(Instant::now()) {
+            r.sweeping.set(false);
+            return;
+        }
+    }
+}
+
 /// A socket registered with a [`Readiness`].
 #[derive(Debug)]
 pub struct Registration {
@@ -227,23 +277,22 @@ impl Registration {
     /// (edge-triggered: what was already there is not reported again).
     #[must_use]
     pub fn readable(&self) -> Readable<'_> {
-        Readable { reg: self }
+        Readable {
+            reg: self,
+            deadline: None,
+            armed: false,
+        }
     }
 
-    /// [`Self::readable`], or `false` once `deadline` passed first.
-    pub async fn readable_by(&self, deadline: Instant) -> bool {
-        let left = deadline.saturating_duration_since(Instant::now());
-        futures_lite::future::or(
-            async {
-                self.readable().await;
-                true
-            },
-            async {
-                glommio::timer::sleep(left).await;
-                false
-            },
-        )
-        .await
+    /// [`Self::readable`] (`true`), or `false` once `deadline` passed
+    /// first, noticed by the sweeper up to [`SWEEP`] late.
+    #[must_use]
+    pub fn readable_by(&self, deadline: Instant) -> Readable<'_> {
+        Readable {
+            reg: self,
+            deadline: Some(deadline),
+            armed: false,
+        }
     }
 
     /// epoll reported that the peer closed its end (or an error): read
@@ -290,27 +339,50 @@ pub fn recv_now(fd: RawFd, buf: &mut [u8]) -> Option<std::io::Result<usize>> {
     }
 }
 
-/// Future returned by [`Registration::readable`].
+/// Future returned by [`Registration::readable`] and
+/// [`Registration::readable_by`]: `true` when readable, `false` when the
+/// deadline passed first.
 #[derive(Debug)]
 pub struct Readable<'a> {
     reg: &'a Registration,
+    deadline: Option<Instant>,
+    /// The deadline is in the slot (set at the first poll that waits).
+    armed: bool,
 }
 
 impl Future for Readable<'_> {
-    type Output = ();
+    type Output = bool;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut slots = self.reg.readiness.slots.borrow_mut();
-        let Some(slot) = slots.get_mut(self.reg.token) else {
-            return Poll::Ready(());
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        let this = self.get_mut();
+        let readiness = &this.reg.readiness;
+        let mut slots = readiness.slots.borrow_mut();
+        let Some(slot) = slots.get_mut(this.reg.token) else {
+            return Poll::Ready(true);
         };
         if std::mem::take(&mut slot.ready) {
             slot.waker = None;
-            Poll::Ready(())
-        } else {
-            slot.waker = Some(cx.waker().clone());
-            Poll::Pending
+            slot.deadline = None;
+            return Poll::Ready(true);
         }
+        if std::mem::take(&mut slot.expired) {
+            slot.waker = None;
+            return Poll::Ready(false);
+        }
+        slot.waker = Some(cx.waker().clone());
+        if let (false, Some(d)) = (this.armed, this.deadline) {
+            if d <= Instant::now() {
+                slot.waker = None;
+                return Poll::Ready(false);
+            }
+            this.armed = true;
+            slot.deadline = Some(d);
+            drop(slots);
+            if !readiness.sweeping.replace(true) {
+                glommio::spawn_local(sweep_loop(readiness.clone())).detach();
+            }
+        }
+        Poll::Pending
     }
 }
 
@@ -324,6 +396,8 @@ impl Drop for Readable<'_> {
             .get_mut(self.reg.token)
         {
             slot.waker = None;
+            slot.deadline = None;
+            slot.expired = false;
         }
     }
 }
@@ -433,6 +507,50 @@ mod tests {
             assert_eq!(r.harvest(&mut events).expect("harvest"), 0);
             assert!(poll_once(reg.readable()).await.is_none());
             assert!(!reg.peer_closed());
+        });
+    }
+
+    #[test]
+    fn a_wait_past_its_deadline_ends_false_and_the_sweeper_then_stops() {
+        run(async {
+            let (r, _np) = readiness();
+            let (a, mut b) = UnixStream::pair().expect("pair");
+            let reg = r.register(a.as_raw_fd()).expect("register");
+            // Nothing arrives: false, once the deadline passed and no
+            // later than the sweeper's next look.
+            let start = Instant::now();
+            let deadline = start + Duration::from_millis(200);
+            let ended = futures_lite::future::or(reg.readable_by(deadline), async {
+                glommio::timer::sleep(Duration::from_secs(5)).await;
+                true
+            })
+            .await;
+            assert!(!ended, "the wait did not end false within 5 s");
+            let took = start.elapsed();
+            assert!(
+                took >= Duration::from_millis(200) && took < Duration::from_millis(200) + SWEEP * 5,
+                "timed out after {took:?}"
+            );
+            // A deadline already passed: false at once, no sweeper needed.
+            assert_eq!(
+                poll_once(reg.readable_by(Instant::now())).await,
+                Some(false)
+            );
+            // Data before the deadline: true, and the sweeper stops once no
+            // wait has a deadline left.
+            b.write_all(b"x").expect("write");
+            assert!(
+                reg.readable_by(Instant::now() + Duration::from_secs(10))
+                    .await
+            );
+            let stop_by = Instant::now() + SWEEP * 20;
+            while r.sweeping.get() && Instant::now() < stop_by {
+                glommio::timer::sleep(SWEEP / 2).await;
+            }
+            assert!(
+                !r.sweeping.get(),
+                "the sweeper still runs with no deadline left"
+            );
         });
     }
 }

@@ -355,14 +355,17 @@ where
     /// else a wait of up to `timeout` for epoll to report it readable; the
     /// executor's next I/O poll first when the streak is long.
     async fn read_more(&mut self, timeout: Duration) -> Read {
-        let deadline = Instant::now() + timeout;
         if self.streak >= FAIR_STREAK {
             self.streak = 0;
             self.tracker.next_poll.wait().await;
         }
+        let mut deadline = None;
         loop {
-            if self.drained && !self.reg.readable_by(deadline).await {
-                return Read::TimedOut;
+            if self.drained {
+                let by = *deadline.get_or_insert_with(|| Instant::now() + timeout);
+                if !self.reg.readable_by(by).await {
+                    return Read::TimedOut;
+                }
             }
             let spare = self.input.spare();
             let want = spare.len();
