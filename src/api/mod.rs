@@ -550,8 +550,8 @@ impl Api {
                 };
                 (endpoint, result)
             }
-            b"/v1/batch" => (Endpoint::Batch, self.batch(&req).await),
-            b"/v1/kv" => (Endpoint::List, self.list(&req).await),
+            b"/v1/batch" => (Endpoint::Batch, Box::pin(self.batch(&req)).await),
+            b"/v1/kv" => (Endpoint::List, Box::pin(self.list(&req)).await),
             p if p.starts_with(b"/v1/kv/") => {
                 let result = match rest::parse_kv(&req, self.cfg.max_key) {
                     Ok(kv) => self.authorized_kv(&req, kv).await,
@@ -560,15 +560,21 @@ impl Api {
                 (Endpoint::Kv, result)
             }
             b"/status" => (Endpoint::Status, Ok(no_store(self.status()))),
-            b"/admin/promote" => (Endpoint::Admin, self.promote(&req).await.map(no_store)),
-            p if p == b"/admin/reshard" || p.starts_with(b"/admin/reshard/") => {
-                (Endpoint::Admin, self.reshard(&req).await.map(no_store))
-            }
+            b"/admin/promote" => (
+                Endpoint::Admin,
+                Box::pin(self.promote(&req)).await.map(no_store),
+            ),
+            p if p == b"/admin/reshard" || p.starts_with(b"/admin/reshard/") => (
+                Endpoint::Admin,
+                Box::pin(self.reshard(&req)).await.map(no_store),
+            ),
             b"/metrics" => (Endpoint::Metrics, Ok(no_store(self.metrics_text()))),
             b"/health" => (Endpoint::Health, Ok(no_store(Response::text(200, "ok")))),
             b"/ready" => (Endpoint::Ready, Ok(no_store(self.ready()))),
             // Every /internal/ path, known or not, checks the token first.
-            p if p.starts_with(b"/internal/") => (Endpoint::Internal, self.internal(&req).await),
+            p if p.starts_with(b"/internal/") => {
+                (Endpoint::Internal, Box::pin(self.internal(&req)).await)
+            }
             _ => (Endpoint::Other, Err(ApiError::UnknownPath)),
         }
     }
@@ -633,6 +639,20 @@ impl Api {
         if !resharding {
             return self.dispatch_once(kv, shard, forwarded, deadline_ms).await;
         }
+        // Boxed: the common case above keeps its future small.
+        Box::pin(self.dispatch_rerouting(kv, shard, forwarded, deadline_ms, same_layout)).await
+    }
+
+    /// [`Api::dispatch_via`] while a reshard runs: routes once more while
+    /// the key's owner moves.
+    async fn dispatch_rerouting(
+        &self,
+        kv: KvRequest,
+        shard: usize,
+        forwarded: bool,
+        deadline_ms: Option<u64>,
+        same_layout: bool,
+    ) -> Result<Response, ApiError> {
         let again = kv.clone();
         let mut result = self.dispatch_once(kv, shard, forwarded, deadline_ms).await;
         let until = Instant::now() + REROUTE_FOR;
@@ -754,11 +774,15 @@ impl Api {
                 };
                 let deadline = Instant::now() + budget;
                 let body = encode_kv_with_deadline(&kv, wall_deadline);
-                let resp = self
-                    .router
-                    .to_remote(&addr, b"/internal/kv", &body, deadline, resend)
-                    .await
-                    .map_err(owner_err)?;
+                let resp = Box::pin(self.router.to_remote(
+                    &addr,
+                    b"/internal/kv",
+                    &body,
+                    deadline,
+                    resend,
+                ))
+                .await
+                .map_err(owner_err)?;
                 Ok(from_remote(resp))
             }
         }
@@ -794,7 +818,7 @@ impl Api {
         // The sender's deadline, moved earlier by the clock-skew allowance.
         let apply_by = deadline_ms
             .map(|d| UNIX_EPOCH + Duration::from_millis(d).saturating_sub(self.cfg.clock_skew));
-        let executed = self.write(op, kv.cond, apply_by).await?;
+        let executed = Box::pin(self.write(op, kv.cond, apply_by)).await?;
         // `/set` and `/delete` also answer GET: no cache may store the
         // answer (and skip the write next time).
         Ok(self.tag(no_store(format(style, is_delete, executed))))
