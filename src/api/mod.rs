@@ -301,7 +301,7 @@ impl ApiError {
                         "{node} is a read-only replica; send writes to the primary at {primary}"
                     ),
                 )
-                .with_header("X-Shard", shard.to_string())
+                .with_header("X-Shard", *shard)
                 .with_header("X-Served-By", node.clone());
             }
             Self::Moved { node } => {
@@ -388,7 +388,7 @@ impl ApiError {
                 return overloaded(&format!(
                     "{node}: no primary for shard {shard} now ({why}); the write was not applied, retry shortly"
                 ))
-                .with_header("X-Shard", shard.to_string());
+                .with_header("X-Shard", *shard);
             }
             Self::NotReplicated { node, seq, wanted } => (
                 504,
@@ -1045,10 +1045,10 @@ fn read(
 /// replica, `X-Applied-Seq`.
 fn tag(resp: Response, node: &NodeInfo, applied: Option<u64>) -> Response {
     let resp = resp
-        .with_header("X-Shard", node.shard.to_string())
+        .with_header("X-Shard", node.shard)
         .with_header("X-Served-By", node.name.clone());
     match applied {
-        Some(seq) => resp.with_header("X-Applied-Seq", seq.to_string()),
+        Some(seq) => resp.with_header("X-Applied-Seq", seq),
         None => resp,
     }
 }
@@ -1069,30 +1069,30 @@ fn format(style: Style, is_delete: bool, executed: Executed) -> Response {
     let etag = |v: u64| format!("\"{v}\"");
     match (style, executed) {
         (Style::Query, Executed::Value { value, version }) => Response::new(200, BYTES, value)
-            .with_header("X-Version", version.to_string())
+            .with_header("X-Version", version)
             .with_header("Cache-Control", READ_CACHE_CONTROL),
         (Style::Rest, Executed::Value { value, version }) => Response::new(200, BYTES, value)
             .with_header("ETag", etag(version))
-            .with_header("X-Version", version.to_string())
+            .with_header("X-Version", version)
             .with_header("Cache-Control", READ_CACHE_CONTROL),
         // Only reads find nothing.
         (_, Executed::NotFound) => {
             Response::text(404, "key not found").with_header("Cache-Control", READ_CACHE_CONTROL)
         }
         (Style::Rest, Executed::Written { seq }) if is_delete => {
-            Response::new(204, TEXT, Vec::new()).with_header("X-Seq", seq.to_string())
+            Response::new(204, TEXT, Vec::new()).with_header("X-Seq", seq)
         }
         (Style::Query, Executed::Written { seq }) => {
-            Response::text(200, "OK").with_header("X-Seq", seq.to_string())
+            Response::text(200, "OK").with_header("X-Seq", seq)
         }
         (Style::Rest, Executed::Written { seq }) => Response::text(200, "OK")
             .with_header("ETag", etag(seq))
-            .with_header("X-Seq", seq.to_string()),
+            .with_header("X-Seq", seq),
         // A 304 repeats the ETag and Cache-Control of the 200 (RFC 9110
         // §15.4.5); it has no content, so no Content-Type either.
         (_, Executed::NotModified { version }) => Response::new(304, TEXT, Vec::new())
             .with_header("ETag", etag(version))
-            .with_header("X-Version", version.to_string())
+            .with_header("X-Version", version)
             .with_header("Cache-Control", READ_CACHE_CONTROL),
         (_, Executed::ConditionFailed { current }) => {
             let msg = match current {

@@ -7,7 +7,74 @@
 //! Content-Type nor a body (RFC 9112 §6.3).
 
 use std::borrow::Cow;
-use std::io::Write as _;
+
+/// A header value: borrowed for ever, owned, or a number kept inline
+/// (versions, seqs and shard numbers go out with every data response: no
+/// allocation and no `core::fmt` for them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderValue {
+    Static(&'static str),
+    Owned(String),
+    /// Decimal digits, ASCII, `len` of them.
+    Number {
+        digits: [u8; 20],
+        len: u8,
+    },
+}
+
+impl HeaderValue {
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Static(s) => s,
+            Self::Owned(s) => s,
+            Self::Number { digits, len } => {
+                std::str::from_utf8(&digits[..usize::from(*len)]).unwrap_or_default()
+            }
+        }
+    }
+}
+
+impl From<&'static str> for HeaderValue {
+    fn from(s: &'static str) -> Self {
+        Self::Static(s)
+    }
+}
+
+impl From<String> for HeaderValue {
+    fn from(s: String) -> Self {
+        Self::Owned(s)
+    }
+}
+
+impl From<Cow<'static, str>> for HeaderValue {
+    fn from(s: Cow<'static, str>) -> Self {
+        match s {
+            Cow::Borrowed(b) => Self::Static(b),
+            Cow::Owned(o) => Self::Owned(o),
+        }
+    }
+}
+
+impl From<u64> for HeaderValue {
+    fn from(n: u64) -> Self {
+        let mut buf = itoa::Buffer::new();
+        let text = buf.format(n).as_bytes();
+        // u64::MAX has 20 digits.
+        let mut digits = [0u8; 20];
+        digits[..text.len()].copy_from_slice(text);
+        Self::Number {
+            digits,
+            len: u8::try_from(text.len()).unwrap_or(20),
+        }
+    }
+}
+
+impl From<usize> for HeaderValue {
+    fn from(n: usize) -> Self {
+        Self::from(u64::try_from(n).unwrap_or(u64::MAX))
+    }
+}
 
 /// A response ready to encode. `Send`, so it can cross executors.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,7 +82,7 @@ pub struct Response {
     pub status: u16,
     pub content_type: &'static str,
     /// Extra headers (name, value); values must not contain CR or LF.
-    pub headers: Vec<(&'static str, Cow<'static, str>)>,
+    pub headers: Vec<(&'static str, HeaderValue)>,
     pub body: Vec<u8>,
     /// Close the connection after this response.
     pub close: bool,
@@ -47,9 +114,10 @@ impl Response {
         Self::new(status, TEXT, body)
     }
 
-    /// Adds a header; a `&'static str` value is not copied.
+    /// Adds a header; a `&'static str` value is not copied, a number is
+    /// kept inline.
     #[must_use]
-    pub fn with_header(mut self, name: &'static str, value: impl Into<Cow<'static, str>>) -> Self {
+    pub fn with_header(mut self, name: &'static str, value: impl Into<HeaderValue>) -> Self {
         self.headers.push((name, value.into()));
         self
     }
@@ -60,7 +128,7 @@ impl Response {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_ref())
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -106,16 +174,19 @@ pub fn bodiless(status: u16) -> bool {
 /// 1xx, 204 and 304 responses get neither Content-Type, Content-Length
 /// nor a body.
 pub fn encode(resp: &Response, head_only: bool, keep_alive: bool, date: &[u8], out: &mut Vec<u8>) {
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.status, reason(resp.status));
+    let mut num = itoa::Buffer::new();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(num.format(resp.status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason(resp.status).as_bytes());
+    out.extend_from_slice(b"\r\n");
     let bodiless = bodiless(resp.status);
     if !bodiless {
-        let _ = write!(
-            out,
-            "Content-Type: {}\r\nContent-Length: {}\r\n",
-            resp.content_type,
-            resp.body.len()
-        );
+        out.extend_from_slice(b"Content-Type: ");
+        out.extend_from_slice(resp.content_type.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Length: ");
+        out.extend_from_slice(num.format(resp.body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"Date: ");
     out.extend_from_slice(date);
@@ -123,7 +194,7 @@ pub fn encode(resp: &Response, head_only: bool, keep_alive: bool, date: &[u8], o
     for (name, value) in &resp.headers {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value.as_str().as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     if !keep_alive {
@@ -157,6 +228,17 @@ mod tests {
         let head = encoded(&r, true, false);
         assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");
         assert!(head.contains("Content-Length: 12"));
+    }
+
+    #[test]
+    fn numbers_are_header_values_without_formatting_machinery() {
+        for n in [0u64, 7, 10, 4_294_967_296, u64::MAX] {
+            assert_eq!(HeaderValue::from(n).as_str(), n.to_string());
+        }
+        assert_eq!(HeaderValue::from(12usize).as_str(), "12");
+        let r = Response::text(200, "OK").with_header("X-Seq", 42u64);
+        assert_eq!(r.header("x-seq"), Some("42"));
+        assert!(encoded(&r, false, true).contains("\r\nX-Seq: 42\r\n"));
     }
 
     #[test]
