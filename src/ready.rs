@@ -41,7 +41,8 @@
 //! Deadlines are kept in the connection's slot and one sweeper task per
 //! executor wakes the expired ones every [`SWEEP`], instead of one glommio
 //! timer per wait: that timer cost every request an insert and a removal
-//! in glommio's timer `BTreeMap`, clock reads and a race of two futures.
+//! in glommio's timer `BTreeMap`, more clock reads and a race of two
+//! futures. A timeout is therefore noticed up to [`SWEEP`] late.
 
 use crate::sched::NextPoll;
 use futures_lite::AsyncReadExt;
@@ -59,7 +60,7 @@ const EVENTS: usize = 256;
 
 /// How often the sweeper looks for waits past their deadline (the idle
 /// and request timeouts are whole seconds: a timeout fires up to this late).
-const SWEEP: Duration = Duration::from_millis(100);
+pub const SWEEP: Duration = Duration::from_millis(100);
 
 /// The poller's timer while epoll fails: first and longest wait.
 const BACKOFF_MIN: Duration = Duration::from_millis(1);
@@ -251,7 +252,9 @@ async fn poll_loop(r: Rc<Readiness>) {
 
 /// The sweeper: every [`SWEEP`], wakes the connections whose wait ran
 /// past its deadline; ends once no connection waits with one (the next
-/// such wait starts it again), so an idle executor has no timer.
+/// such wait starts it again). Connections between requests wait with
+/// their idle timeout, so it runs while an executor has connections and
+/// stops once it has none.
 async fn sweep_loop(r: Rc<Readiness>) {
     loop {
         glommio::timer::sleep(SWEEP).await;
@@ -320,7 +323,7 @@ impl Drop for Registration {
 }
 
 /// A non-blocking `recv` on socket `fd`: `None` when nothing is there yet
-/// (the caller then waits with [`Registration::readable`]); retried when
+/// (the caller then waits with [`Registration::readable_by`]); retried when
 /// interrupted (waiting for an edge would wait for data already there).
 pub fn recv_now(fd: RawFd, buf: &mut [u8]) -> Option<std::io::Result<usize>> {
     loop {

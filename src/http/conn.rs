@@ -108,9 +108,11 @@ impl Drop for Count<'_> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnConfig {
     pub limits: Limits,
-    /// Longest wait for the first byte of the next request.
+    /// Longest wait for the first byte of the next request (noticed up to
+    /// `ready::SWEEP`, 100 ms, late).
     pub idle_timeout: Duration,
-    /// Longest time from the first byte of a request to its last.
+    /// Longest time from the first byte of a request to its last (noticed
+    /// up to `ready::SWEEP` late).
     pub request_timeout: Duration,
     /// Most open connections per executor; more are answered 503 and closed.
     pub max_connections: usize,
@@ -352,8 +354,9 @@ where
 
     /// Reads more of the peer's requests into `input`, fairly (see the
     /// module doc): a non-blocking `recv` while the socket may hold more,
-    /// else a wait of up to `timeout` for epoll to report it readable; the
-    /// executor's next I/O poll first when the streak is long.
+    /// else a wait of up to `timeout` (from the first wait; a timeout too
+    /// large for the clock waits for ever) for epoll to report it readable;
+    /// the executor's next I/O poll first when the streak is long.
     async fn read_more(&mut self, timeout: Duration) -> Read {
         if self.streak >= FAIR_STREAK {
             self.streak = 0;
@@ -362,8 +365,12 @@ where
         let mut deadline = None;
         loop {
             if self.drained {
-                let by = *deadline.get_or_insert_with(|| Instant::now() + timeout);
-                if !self.reg.readable_by(by).await {
+                let by = *deadline.get_or_insert_with(|| Instant::now().checked_add(timeout));
+                let readable = match by {
+                    Some(by) => self.reg.readable_by(by).await,
+                    None => self.reg.readable().await,
+                };
+                if !readable {
                     return Read::TimedOut;
                 }
             }

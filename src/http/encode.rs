@@ -11,7 +11,7 @@ use std::borrow::Cow;
 /// A header value: borrowed for ever, owned, or a number kept inline
 /// (versions, seqs and shard numbers go out with every data response: no
 /// allocation and no `core::fmt` for them).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum HeaderValue {
     Static(&'static str),
     Owned(String),
@@ -34,6 +34,15 @@ impl HeaderValue {
         }
     }
 }
+
+/// Equal when the text is, however it is kept.
+impl PartialEq for HeaderValue {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for HeaderValue {}
 
 impl From<&'static str> for HeaderValue {
     fn from(s: &'static str) -> Self {
@@ -239,6 +248,11 @@ mod tests {
         let r = Response::text(200, "OK").with_header("X-Seq", 42u64);
         assert_eq!(r.header("x-seq"), Some("42"));
         assert!(encoded(&r, false, true).contains("\r\nX-Seq: 42\r\n"));
+        assert_eq!(HeaderValue::from(42u64), HeaderValue::from("42"));
+        assert_eq!(
+            HeaderValue::from(42u64),
+            HeaderValue::from("42".to_string())
+        );
     }
 
     #[test]
