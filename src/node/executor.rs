@@ -360,6 +360,11 @@ impl Duty {
             upstream,
             self.node.name.clone(),
             self.retain,
+            if self.sync_replicas > 0 {
+                Duration::ZERO
+            } else {
+                replication::APPLY_LINGER
+            },
         ));
         Mode::Replica { of, follow }
     }
