@@ -274,26 +274,17 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// Resolves once epoll reported the socket readable since the last
-    /// wait. Call only after a `recv` found the socket empty, or returned
-    /// less than it asked for while [`Self::peer_closed`] was false
-    /// (edge-triggered: what was already there is not reported again).
+    /// Resolves `true` once epoll reported the socket readable since the
+    /// last wait, or `false` once `deadline` (if any) passed first, noticed
+    /// by the sweeper up to [`SWEEP`] late. Call only after a `recv` found
+    /// the socket empty, or returned less than it asked for while
+    /// [`Self::peer_closed`] was false (edge-triggered: what was already
+    /// there is not reported again).
     #[must_use]
-    pub fn readable(&self) -> Readable<'_> {
+    pub fn readable(&self, deadline: Option<Instant>) -> Readable<'_> {
         Readable {
             reg: self,
-            deadline: None,
-            armed: false,
-        }
-    }
-
-    /// [`Self::readable`] (`true`), or `false` once `deadline` passed
-    /// first, noticed by the sweeper up to [`SWEEP`] late.
-    #[must_use]
-    pub fn readable_by(&self, deadline: Instant) -> Readable<'_> {
-        Readable {
-            reg: self,
-            deadline: Some(deadline),
+            deadline,
             armed: false,
         }
     }
@@ -323,7 +314,7 @@ impl Drop for Registration {
 }
 
 /// A non-blocking `recv` on socket `fd`: `None` when nothing is there yet
-/// (the caller then waits with [`Registration::readable_by`]); retried when
+/// (the caller then waits with [`Registration::readable`]); retried when
 /// interrupted (waiting for an edge would wait for data already there).
 pub fn recv_now(fd: RawFd, buf: &mut [u8]) -> Option<std::io::Result<usize>> {
     loop {
@@ -342,9 +333,8 @@ pub fn recv_now(fd: RawFd, buf: &mut [u8]) -> Option<std::io::Result<usize>> {
     }
 }
 
-/// Future returned by [`Registration::readable`] and
-/// [`Registration::readable_by`]: `true` when readable, `false` when the
-/// deadline passed first.
+/// Future returned by [`Registration::readable`]: `true` when readable,
+/// `false` when the deadline passed first.
 #[derive(Debug)]
 pub struct Readable<'a> {
     reg: &'a Registration,
@@ -421,6 +411,16 @@ mod tests {
             .run(test);
     }
 
+    /// `f`'s output, or `None` if it takes longer than 5 s (a broken wake-up
+    /// fails the test instead of hanging it).
+    async fn within_5s<T>(f: impl Future<Output = T>) -> Option<T> {
+        futures_lite::future::or(async { Some(f.await) }, async {
+            glommio::timer::sleep(Duration::from_secs(5)).await;
+            None
+        })
+        .await
+    }
+
     fn readiness() -> (Rc<Readiness>, Rc<NextPoll>) {
         let np = Rc::new(NextPoll::default());
         let r = Rc::new(Readiness::new(np.clone()).expect("epoll"));
@@ -436,15 +436,15 @@ mod tests {
             let mut events = vec![EpollEvent::empty(); EVENTS];
             assert_eq!(r.harvest(&mut events).expect("harvest"), 0);
             assert!(
-                poll_once(reg.readable()).await.is_none(),
+                poll_once(reg.readable(None)).await.is_none(),
                 "nothing to read yet"
             );
             b.write_all(b"x").expect("write");
             // epoll reports it while nobody waits...
             assert_eq!(r.harvest(&mut events).expect("harvest"), 1);
             // ...and the next wait sees it at once, exactly once.
-            assert!(poll_once(reg.readable()).await.is_some());
-            assert!(poll_once(reg.readable()).await.is_none());
+            assert!(poll_once(reg.readable(None)).await.is_some());
+            assert!(poll_once(reg.readable(None)).await.is_none());
             assert!(!reg.peer_closed());
         });
     }
@@ -459,7 +459,7 @@ mod tests {
             let waiter = {
                 let (reg, woke) = (reg.clone(), woke.clone());
                 glommio::spawn_local(async move {
-                    reg.readable().await;
+                    reg.readable(None).await;
                     woke.set(true);
                 })
             };
@@ -470,17 +470,7 @@ mod tests {
             }
             assert!(!woke.get());
             b.write_all(b"x").expect("write");
-            let done = futures_lite::future::or(
-                async {
-                    waiter.await;
-                    true
-                },
-                async {
-                    glommio::timer::sleep(Duration::from_secs(5)).await;
-                    false
-                },
-            )
-            .await;
+            let done = within_5s(waiter).await.is_some();
             assert!(
                 done && woke.get(),
                 "the waiting socket was not woken within 5 s"
@@ -508,7 +498,7 @@ mod tests {
             let reg = r.register(c.as_raw_fd()).expect("register");
             assert_eq!(reg.token, token, "the slot is reused");
             assert_eq!(r.harvest(&mut events).expect("harvest"), 0);
-            assert!(poll_once(reg.readable()).await.is_none());
+            assert!(poll_once(reg.readable(None)).await.is_none());
             assert!(!reg.peer_closed());
         });
     }
@@ -523,12 +513,8 @@ mod tests {
             // later than the sweeper's next look.
             let start = Instant::now();
             let deadline = start + Duration::from_millis(200);
-            let ended = futures_lite::future::or(reg.readable_by(deadline), async {
-                glommio::timer::sleep(Duration::from_secs(5)).await;
-                true
-            })
-            .await;
-            assert!(!ended, "the wait did not end false within 5 s");
+            let ended = within_5s(reg.readable(Some(deadline))).await;
+            assert_eq!(ended, Some(false), "the wait did not end false within 5 s");
             let took = start.elapsed();
             assert!(
                 took >= Duration::from_millis(200) && took < Duration::from_millis(200) + SWEEP * 5,
@@ -536,14 +522,14 @@ mod tests {
             );
             // A deadline already passed: false at once, no sweeper needed.
             assert_eq!(
-                poll_once(reg.readable_by(Instant::now())).await,
+                poll_once(reg.readable(Some(Instant::now()))).await,
                 Some(false)
             );
             // Data before the deadline: true, and the sweeper stops once no
             // wait has a deadline left.
             b.write_all(b"x").expect("write");
             assert!(
-                reg.readable_by(Instant::now() + Duration::from_secs(10))
+                reg.readable(Some(Instant::now() + Duration::from_secs(10)))
                     .await
             );
             let stop_by = Instant::now() + SWEEP * 20;

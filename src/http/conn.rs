@@ -142,15 +142,21 @@ pub fn has_room(cfg: &ConnConfig, tracker: &Tracker) -> bool {
 }
 
 /// Answers a connection over the cap with 503 and closes it.
-pub async fn refuse(stream: TcpStream) {
-    unavailable(stream, "too many open connections; try again later").await;
+pub async fn refuse(mut stream: TcpStream) {
+    answer_last(
+        &mut stream,
+        503,
+        "too many open connections; try again later",
+    )
+    .await;
 }
 
-/// Answers 503 with `message` and closes the connection.
-async fn unavailable(mut stream: TcpStream, message: &str) {
+/// Writes a plain-text answer with `Connection: close`, the connection's
+/// last (the caller closes it).
+async fn answer_last(stream: &mut TcpStream, status: u16, message: &str) {
     let mut out = Vec::new();
     encode(
-        &Response::text(503, message),
+        &Response::text(status, message),
         false,
         false,
         &date::now(),
@@ -164,7 +170,7 @@ async fn unavailable(mut stream: TcpStream, message: &str) {
 ///
 /// Each turn: answer every request already buffered, write the answers,
 /// make room for the next read, and read more.
-pub async fn serve<F, Fut>(stream: TcpStream, cfg: ConnConfig, tracker: &Tracker, handler: F)
+pub async fn serve<F, Fut>(mut stream: TcpStream, cfg: ConnConfig, tracker: &Tracker, handler: F)
 where
     F: Fn(Request) -> Fut,
     Fut: Future<Output = Response>,
@@ -176,8 +182,9 @@ where
         Err(e) => {
             // The kernel's epoll limit (fs.epoll.max_user_watches) or memory.
             log::warn!("cannot register a connection with epoll: {e}");
-            unavailable(
-                stream,
+            answer_last(
+                &mut stream,
+                503,
                 &format!("cannot watch this connection ({e}); try again later"),
             )
             .await;
@@ -366,11 +373,7 @@ where
         loop {
             if self.drained {
                 let by = *deadline.get_or_insert_with(|| Instant::now().checked_add(timeout));
-                let readable = match by {
-                    Some(by) => self.reg.readable_by(by).await,
-                    None => self.reg.readable().await,
-                };
-                if !readable {
+                if !self.reg.readable(by).await {
                     return Read::TimedOut;
                 }
             }
@@ -458,8 +461,10 @@ impl Input {
 }
 
 async fn timed_out(stream: &mut TcpStream) {
-    let mut out = Vec::new();
-    let resp = Response::text(408, "request not completed in time; closing the connection");
-    encode(&resp, false, false, &date::now(), &mut out);
-    let _ = stream.write_all(&out).await;
+    answer_last(
+        stream,
+        408,
+        "request not completed in time; closing the connection",
+    )
+    .await;
 }
