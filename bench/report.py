@@ -206,7 +206,54 @@ def load_rows(index_path):
         if "rate" in r["ex"]:
             r["asked"] = float(r["ex"]["rate"])
             r["short"] = r["asked"] > 0 and r["rps"] < (1 - RATE_SHORT) * r["asked"]
-    return rows
+    return with_medians(rows)
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    if not n:
+        return float("nan")
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+# Fields of a row that are a median over its rounds.
+MEDIAN_KEYS = ("rps", "p50_us", "p99_us", "p999_us", "cpu_us", "other_pct", "client_us")
+
+
+def with_medians(rows):
+    """Rows measured in rounds (extra `round=`, `agg=ID`, `aggref=REF`) are
+    replaced, where their first round stood, by one row ID holding the
+    median of each figure over the rounds that parsed (compared with REF,
+    nginx's median row); the rounds themselves stay in its `rounds`."""
+    out, aggs = [], {}
+    for r in rows:
+        agg_id = r["ex"].get("agg")
+        if not agg_id or "round" not in r["ex"]:
+            out.append(r)
+            continue
+        if agg_id not in aggs:
+            ex = {k: v for k, v in r["ex"].items() if k not in ("round", "agg", "aggref")}
+            a = dict(r, id=agg_id, ref=r["ex"].get("aggref", "-"), ex=ex, rounds=[])
+            aggs[agg_id] = a
+            out.append(a)
+        aggs[agg_id]["rounds"].append(r)
+    for a in aggs.values():
+        good = [r for r in a["rounds"] if ok_row(r)]
+        a["server_ok"] = all(r["server_ok"] for r in a["rounds"])
+        if not good:
+            a["parse_error"] = "; ".join(r["parse_error"] for r in a["rounds"])
+            continue
+        a["parse_error"] = None
+        for k in MEDIAN_KEYS:
+            a[k] = median([r[k] for r in good if r.get(k) == r.get(k)])
+        for k in ("requests", "non2xx", "errors"):
+            a[k] = sum(r[k] for r in good)
+        a["error_detail"] = "; ".join(r["error_detail"] for r in good if r["errors"])
+        a["codes"] = "; ".join(str(r["codes"]) for r in good if r.get("codes"))
+        if "asked" in a:
+            a["short"] = a["asked"] > 0 and a["rps"] < (1 - RATE_SHORT) * a["asked"]
+    return out
 
 
 def ref_of(r, by_id):
@@ -236,8 +283,15 @@ def p99_bound(ref):
 
 def table(index_path, header_path=None, conns=64):
     rows = load_rows(index_path)
-    by_id = {r["id"]: r for r in rows}
+    by_id = {x["id"]: x for r in rows for x in [r] + r.get("rounds", [])}
     main = [r for r in rows if r["sec"] == "main"]
+    # nginx's rows first, then each scenario's rows together (rows measured
+    # in interleaved rounds are recorded after the others of their group).
+    rank = {"nginx": -1}
+    for r in main:
+        rank.setdefault(r["group"], len(rank))
+    tools = {"wrk": 0, "wrk+lua": 1, "oha": 2}
+    main.sort(key=lambda r: (rank[r["group"]], r["depth"], r["conns"], tools.get(r["tool"], 3)))
     # Baseline rows (named by other rows' `base`) are shown together, right
     # after the last row compared with one of them.
     base_ids = {r["base"] for r in main if r["base"] not in ("-", "", r["id"]) and r["base"] in by_id}
@@ -311,19 +365,47 @@ def table(index_path, header_path=None, conns=64):
             with_ratio(r, ref, is_ref, "cpu_us", lambda x: "%.2f" % x),
             r["non2xx"], r["errors"], base_ratio, r["client_us"], r["other_pct"], fmt_bytes(r["rss"] * 1024)))
 
+    medians = [r for r in main if len(r.get("rounds", [])) > 1 and not r["parse_error"]]
+    if medians:
+        out.append("")
+        out.append("Rows measured in interleaved rounds (nginx, the owner, the replica, the forwarded GET, round after "
+                   "round) show the median of each figure over the rounds, compared with nginx's medians:")
+        out.append("")
+        for r in medians:
+            each = []
+            for x in r["rounds"]:
+                if not ok_row(x):
+                    each.append("failed")
+                    continue
+                xref, xis_ref = ref_of(x, by_id)
+                each.append("%s req/s p99 %s" % (
+                    with_ratio(x, xref, xis_ref, "rps", fmt_rps).replace(" (ref)", ""),
+                    with_ratio(x, xref, xis_ref, "p99_us", fmt_lat).replace(" (ref)", "")))
+            out.append("- %s, %s, %d conns: %d rounds: %s" % (r["scenario"], r["tool"], r["conns"], len(r["rounds"]),
+                                                           "; ".join(each)))
+
     # ------------------------------------------------------ fixed-rate table
     rate_rows = [r for r in rows if r["sec"] == "rate"]
     if rate_rows:
         out.append("")
         out.append("### Fixed rate (oha `-q`, `--latency-correction`: no coordinated omission)")
         out.append("")
+        nround = max((len(r.get("rounds", [])) for r in rate_rows), default=0)
+        if nround > 1:
+            out.append("Each row ran in %d interleaved rounds (nginx, then the owner, the replica and the forwarded "
+                       "GET, at each rate, round after round); its figures are the medians over the rounds, compared "
+                       "with nginx's medians. The last column lists every round's p99 with its ratio to nginx's "
+                       "p99 in the same round." % nround)
+            out.append("")
         out.append("| scenario | target | conns | asked req/s | achieved req/s | p50 (vs nginx) | p99 (vs nginx) "
-                   "| p99.9 (vs nginx) | server CPU µs/req (vs nginx) | non-2xx | socket errors | other CPU |")
-        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                   "| p99.9 (vs nginx) | server CPU µs/req (vs nginx) | non-2xx | socket errors | other CPU "
+                   "| p99 of each round (vs nginx) |")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for r in rate_rows:
-            row_notes(r)
+            for x in r.get("rounds", [r]):
+                row_notes(x)
             if r["parse_error"]:
-                out.append("| %s | %s | %d | %s | FAILED | | | | | | | |" % (
+                out.append("| %s | %s | %d | %s | FAILED | | | | | | | | |" % (
                     r["scenario"], r["target"], r["conns"], r["ex"].get("rate", "?")))
                 continue
             ref, is_ref = ref_of(r, by_id)
@@ -331,12 +413,19 @@ def table(index_path, header_path=None, conns=64):
             if r.get("short"):
                 achieved = "**%s ⚠ %.0f%% short**" % (achieved, (1 - r["rps"] / r["asked"]) * 100)
             flag = "" if r["server_ok"] else " ⚠ server died"
-            out.append("| %s%s | %s | %d | %s | %s | %s | %s | %s | %s | %d | %d | %.0f%% |" % (
+            each = []
+            for x in r.get("rounds", []):
+                if not ok_row(x):
+                    each.append("failed")
+                    continue
+                xref, xis_ref = ref_of(x, by_id)
+                each.append("%s" % with_ratio(x, xref, xis_ref, "p99_us", fmt_lat).replace(" (ref)", ""))
+            out.append("| %s%s | %s | %d | %s | %s | %s | %s | %s | %s | %d | %d | %.0f%% | %s |" % (
                 r["scenario"], flag, r["target"], r["conns"], fmt_rps(r["asked"]), achieved,
                 with_ratio(r, ref, is_ref, "p50_us", fmt_lat), with_ratio(r, ref, is_ref, "p99_us", fmt_lat),
                 with_ratio(r, ref, is_ref, "p999_us", fmt_lat),
                 with_ratio(r, ref, is_ref, "cpu_us", lambda x: "%.2f" % x),
-                r["non2xx"], r["errors"], r["other_pct"]))
+                r["non2xx"], r["errors"], r["other_pct"], "; ".join(each)))
 
     # ------------------------------------------------ GETs while SETs run
     wset = [r for r in rows if r["sec"] == "wset"]
@@ -436,6 +525,10 @@ def targets(rows, by_id, conns):
         met = r["p99_us"] <= bound
         limit = "max(%.1f × nginx %s, %s) = %s" % (P99_FACTOR, fmt_lat(ref["p99_us"]), fmt_lat(P99_FLOOR_US), fmt_lat(bound))
         measured = "p99 %s (%s nginx's)" % (fmt_lat(r["p99_us"]), fmt_ratio(r["p99_us"] / ref["p99_us"]) if ref["p99_us"] else "-")
+        rounds = [x for x in r.get("rounds", []) if ok_row(x)]
+        if len(rounds) > 1:
+            measured += ", the median of %d rounds (each: %s)" % (len(rounds), ", ".join(
+                fmt_lat(x["p99_us"]) for x in rounds))
         if extra_fail:
             measured += "; " + extra_fail
             met = False

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# corekv benchmark suite: one command, bounded (about 6 min once tools are
+# corekv benchmark suite: one command, bounded (about 8 min once tools are
 # installed and the release build is cached; < 12 min with DURATION=10).
 #
 #   bash bench/run.sh
@@ -15,7 +15,8 @@
 # references), THREADS=2 (wrk), DEPTH=16 (pipelining), KEYS=10000 (preloaded
 # keys), VALUE_SIZE=16, FIXED_KEY (the key of the fixed-key rows; default:
 # the first shard-0 key), RATE_PCTS="50 90" (fixed-rate rows, % of nginx's
-# oha req/s at CONNS), WSET_PCT=10 (share of SETs in the reads-while-writing
+# oha req/s at CONNS), RATE_ROUNDS=3 (interleaved rounds of the wrk rows at
+# CONNS and of the fixed-rate rows; the report compares medians), WSET_PCT=10 (share of SETs in the reads-while-writing
 # rows), WSET_CONNS=32 (their SET client's connections), WSET_RATE (their SET
 # rate; default from the owner GET oha row), FSYNC_COUNT=2000 /
 # FSYNC_MAX_S=10 (fsync probe), BASE_PORT=19080, NGINX_PORT=18080,
@@ -46,6 +47,7 @@ VALUE_SIZE="${VALUE_SIZE:-16}"
 BASE_PORT="${BASE_PORT:-19080}"
 NGINX_PORT="${NGINX_PORT:-18080}"
 RATE_PCTS="${RATE_PCTS:-50 90}"
+RATE_ROUNDS="${RATE_ROUNDS:-3}"
 WSET_PCT="${WSET_PCT:-10}"
 WSET_CONNS="${WSET_CONNS:-32}"
 FSYNC_COUNT="${FSYNC_COUNT:-2000}"
@@ -163,8 +165,9 @@ nginx_start "$NGINX_PORT" "$WORK/nginx" || die "could not start nginx"
 NG="http://127.0.0.1:$NGINX_PORT"
 NGS="nginx, return 200 (reference)"
 for c in $ALL_CONNS; do
-    MEASURE_EXTRA="g=nginx" measure "nginx-wrk-$c" "$NGS" wrk ":$NGINX_PORT" "$c" 1 "nginx-wrk-$c" "$NGINX_PID" "$NG/" \
-        -- wrk_run "$NG" "$c" mode=fixed path="$FIXED_PATH" || true
+    # wrk at CONNS: in rounds beside corekv's (run_rounds).
+    [ "$c" = "$CONNS" ] || MEASURE_EXTRA="g=nginx" measure "nginx-wrk-$c" "$NGS" wrk ":$NGINX_PORT" "$c" 1 \
+        "nginx-wrk-$c" "$NGINX_PID" "$NG/" -- wrk_run "$NG" "$c" mode=fixed path="$FIXED_PATH" || true
     MEASURE_EXTRA="g=nginx" measure "nginx-lua-$c" "$NGS" wrk+lua ":$NGINX_PORT" "$c" 1 "nginx-lua-$c" "$NGINX_PID" "$NG/" \
         -- wrk_run "$NG" "$c" mode=get keys="$WORK/keys0.txt" || true
     if use_oha; then
@@ -176,15 +179,13 @@ MEASURE_EXTRA="g=nginx" measure nginx-pipe "$NGS, pipelined" wrk+lua ":$NGINX_PO
     -- wrk_run "$NG" "$CONNS" mode=get keys="$WORK/keys0.txt" depth="$DEPTH" || true
 
 # Fixed rates: RATE_PCTS % of what oha got from nginx at CONNS connections.
+# nginx's fixed-rate rows run later, interleaved with corekv's (run_rate_rounds).
 declare -A RATE=()
 if use_oha && { want get-rate || want get-while-set; }; then
     NG_MAX="$(row_get oha "nginx-oha-$CONNS" rps)"
     if [ -n "$NG_MAX" ] && [ "${NG_MAX%.*}" -gt 0 ]; then
         for pct in $RATE_PCTS; do
             RATE[$pct]=$(( ${NG_MAX%.*} * pct / 100 ))
-            MEASURE_EXTRA="g=nginx;sec=rate;pct=$pct;rate=${RATE[$pct]}" measure "nginx-rate$pct" \
-                "$NGS, ${pct}% of its oha max" oha ":$NGINX_PORT" "$CONNS" 1 "nginx-rate$pct" "$NGINX_PID" "$NG/" \
-                -- oha_rate_run "$CONNS" "${RATE[$pct]}" --urls-from-file "$WORK/urls-nginx.txt" || true
         done
     else
         finding "no nginx oha rate at $CONNS connections: the fixed-rate rows are skipped"
@@ -246,8 +247,11 @@ run_get() {
     local g="$1" scen="$2" port="$3" urls="$4" c
     want "$g" || return 0
     for c in $CONNS_LIST; do
-        MEASURE_EXTRA="g=$g" measure "$g-wrk-$c" "$scen" wrk ":$port" "$c" 1 "nginx-wrk-$c" "$COREKV_PID" "$HK" \
-            -- wrk_run "$K:$port" "$c" mode=fixed path="$FIXED_PATH" || return 1
+        # wrk at CONNS: in rounds beside nginx's (run_rounds).
+        if [ "$c" != "$CONNS" ]; then
+            MEASURE_EXTRA="g=$g" measure "$g-wrk-$c" "$scen" wrk ":$port" "$c" 1 "nginx-wrk-$c" "$COREKV_PID" "$HK" \
+                -- wrk_run "$K:$port" "$c" mode=fixed path="$FIXED_PATH" || return 1
+        fi
         MEASURE_EXTRA="g=$g" measure "$g-lua-$c" "$scen" wrk+lua ":$port" "$c" 1 "nginx-lua-$c" "$COREKV_PID" "$HK" \
             -- wrk_run "$K:$port" "$c" mode=get keys="$WORK/keys0.txt" || return 1
         if use_oha; then
@@ -257,16 +261,60 @@ run_get() {
     done
 }
 
-# run_rate GROUP SCENARIO PORT URLFILE: oha at each fixed rate of RATE_PCTS.
-run_rate() {
-    local g="$1" scen="$2" port="$3" urls="$4" pct
-    want get-rate && use_oha || return 0
-    for pct in $RATE_PCTS; do
-        [ -n "${RATE[$pct]:-}" ] || continue
-        MEASURE_EXTRA="g=$g;sec=rate;pct=$pct;rate=${RATE[$pct]}" measure "$g-rate$pct" "$scen, ${pct}% of nginx's max" \
-            oha ":$port" "$CONNS" 1 "nginx-rate$pct" "$COREKV_PID" "$HK" \
-            -- oha_rate_run "$CONNS" "${RATE[$pct]}" --urls-from-file "$urls" || return 1
+# round_row ROUND ID AGGREF EXTRA -- SCENARIO TOOL TARGET CONNS DEPTH PID
+# HEALTH -- CMD...: one run of one round (row ID-rROUND, compared with
+# nginx's row AGGREF-rROUND of the same round; EXTRA as in MEASURE_EXTRA);
+# the report replaces a row's rounds by their median (row ID) and compares
+# it with nginx's median (row AGGREF).
+round_row() {
+    local round="$1" id="$2" aggref="$3" extra="$4"; shift 4
+    [ "$1" = "--" ] && shift
+    local scen="$1" tool="$2" target="$3" conns="$4" depth="$5" pid="$6" health="$7"; shift 7
+    MEASURE_EXTRA="$extra;round=$round;agg=$id;aggref=$aggref" \
+        measure "$id-r$round" "$scen" "$tool" "$target" "$conns" "$depth" "$aggref-r$round" "$pid" "$health" "$@"
+}
+
+# run_rounds: the rows the throughput and fixed-rate targets read, measured
+# in RATE_ROUNDS interleaved rounds: wrk (fixed key, CONNS connections) on
+# nginx, the owner, the replica and the forwarded GET, round after round;
+# then oha at each rate of RATE_PCTS in the same order. nginx (idle while
+# corekv is measured, and the other way round) runs beside corekv, so the
+# runs of one round see the same machine: on a shared 2-core VM one 5 s
+# run's p99 swings 2-3x and its req/s 10-20% from one minute to the next.
+run_rounds() {
+    nginx_start "$NGINX_PORT" "$WORK/nginx-rounds" || { finding "nginx did not start again for the interleaved rounds"; return 0; }
+    local round pct g port urls rc=0
+    local -A SCEN=([get-owner]="GET, key on this primary" [get-replica]="GET from the replica" [get-fwd]="GET, forwarded in-process")
+    local -A PORT=([get-owner]="$P0" [get-replica]="$R0" [get-fwd]="$P1")
+    for ((round = 1; round <= RATE_ROUNDS; round++)); do
+        round_row "$round" "nginx-wrk-$CONNS" "nginx-wrk-$CONNS" "g=nginx" -- "$NGS" wrk ":$NGINX_PORT" "$CONNS" 1 \
+            "$NGINX_PID" "$NG/" -- wrk_run "$NG" "$CONNS" mode=fixed path="$FIXED_PATH" || true
+        for g in get-owner get-replica get-fwd; do
+            want "$g" || continue
+            port="${PORT[$g]}"
+            round_row "$round" "$g-wrk-$CONNS" "nginx-wrk-$CONNS" "g=$g" -- "${SCEN[$g]}" wrk ":$port" "$CONNS" 1 \
+                "$COREKV_PID" "$HK" -- wrk_run "$K:$port" "$CONNS" mode=fixed path="$FIXED_PATH" || { rc=1; break 2; }
+        done
     done
+    if [ "$rc" = 0 ] && use_oha && [ ${#RATE[@]} -gt 0 ] && { want get-rate || want get-while-set; }; then
+        for ((round = 1; round <= RATE_ROUNDS; round++)); do
+            for pct in $RATE_PCTS; do
+                [ -n "${RATE[$pct]:-}" ] || continue
+                round_row "$round" "nginx-rate$pct" "nginx-rate$pct" "g=nginx;sec=rate;pct=$pct;rate=${RATE[$pct]}" \
+                    -- "$NGS, ${pct}% of its oha max" oha ":$NGINX_PORT" "$CONNS" 1 "$NGINX_PID" "$NG/" \
+                    -- oha_rate_run "$CONNS" "${RATE[$pct]}" --urls-from-file "$WORK/urls-nginx.txt" || true
+                want get-rate || continue
+                for g in get-owner get-replica get-fwd; do
+                    port="${PORT[$g]}"; urls="$WORK/urls-$g.txt"
+                    round_row "$round" "$g-rate$pct" "nginx-rate$pct" "g=$g;sec=rate;pct=$pct;rate=${RATE[$pct]}" \
+                        -- "${SCEN[$g]}, ${pct}% of nginx's max" oha ":$port" "$CONNS" 1 "$COREKV_PID" "$HK" \
+                        -- oha_rate_run "$CONNS" "${RATE[$pct]}" --urls-from-file "$urls" || { rc=1; break 3; }
+                done
+            done
+        done
+    fi
+    nginx_stop
+    return "$rc"
 }
 
 # run_pair GROUP SCENARIO PORT URLFILE LUA_ARGS...: wrk+lua and oha at CONNS.
@@ -336,9 +384,7 @@ alive=1
 run_get get-owner "GET, key on this primary" "$P0" "$WORK/urls-get-owner.txt" || alive=0
 [ $alive = 1 ] && { run_get get-replica "GET from the replica" "$R0" "$WORK/urls-get-replica.txt" || alive=0; }
 [ $alive = 1 ] && { run_get get-fwd "GET, forwarded in-process" "$P1" "$WORK/urls-get-fwd.txt" || alive=0; }
-[ $alive = 1 ] && { run_rate get-owner "GET, key on this primary" "$P0" "$WORK/urls-get-owner.txt" || alive=0; }
-[ $alive = 1 ] && { run_rate get-replica "GET from the replica" "$R0" "$WORK/urls-get-replica.txt" || alive=0; }
-[ $alive = 1 ] && { run_rate get-fwd "GET, forwarded in-process" "$P1" "$WORK/urls-get-fwd.txt" || alive=0; }
+[ $alive = 1 ] && { run_rounds || alive=0; }
 [ $alive = 1 ] && want get-pipe && { MEASURE_EXTRA="g=get-pipe" measure get-pipe "GET pipelined, key on this primary" \
     wrk+lua ":$P0" "$CONNS" "$DEPTH" nginx-pipe "$COREKV_PID" "$HK" \
     -- wrk_run "$K:$P0" "$CONNS" mode=get keys="$WORK/keys0.txt" depth="$DEPTH" || alive=0; }
@@ -348,7 +394,7 @@ if [ $alive = 1 ] && want get-while-set; then
     # SETs at WSET_PCT % of the requests: WSET_PCT/(100-WSET_PCT) of the
     # owner's GET rate measured above without writes.
     src="owner GET oha row"; get_rps="$(row_get oha "get-owner-oha-$CONNS" rps)"
-    [ -n "$get_rps" ] || { src="owner GET wrk row"; get_rps="$(row_get wrk "get-owner-wrk-$CONNS" rps)"; }
+    [ -n "$get_rps" ] || { src="owner GET wrk row"; get_rps="$(row_get wrk "get-owner-wrk-$CONNS-r1" rps)"; }
     if [ -z "$get_rps" ]; then
         src="half of nginx's oha row"; get_rps="$(row_get oha "nginx-oha-$CONNS" rps)"
         [ -z "$get_rps" ] || get_rps=$(( ${get_rps%.*} / 2 ))
