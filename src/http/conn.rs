@@ -129,7 +129,15 @@ impl Default for ConnConfig {
     }
 }
 
-const INITIAL_BUF: usize = 16 * 1024;
+/// A new connection's input and output buffers; each grows as a request
+/// or response needs (input up to the largest request the limits allow).
+const INITIAL_BUF: usize = 4 * 1024;
+
+/// Once a request is answered and written, a buffer grown past this goes
+/// back to [`INITIAL_BUF`]: an idle keep-alive connection must not keep
+/// the largest request or response it ever carried (10,000 connections
+/// that each once sent an 8 MiB body would hold 80 GB).
+const KEEP_BUF: usize = 64 * 1024;
 
 /// Reads in a row that did not empty the socket, after which a connection
 /// lets the executor poll for I/O before it reads again.
@@ -326,6 +334,9 @@ where
                 return false;
             }
             self.out.clear();
+            if self.out.capacity() > KEEP_BUF {
+                self.out.shrink_to(INITIAL_BUF);
+            }
         }
         true
     }
@@ -429,10 +440,15 @@ impl Input {
         self.start == self.end
     }
 
-    /// Nothing is buffered: the next read starts at the front.
+    /// Nothing is buffered: the next read starts at the front, and a
+    /// buffer grown past [`KEEP_BUF`] shrinks back to [`INITIAL_BUF`].
     fn clear(&mut self) {
         self.start = 0;
         self.end = 0;
+        if self.buf.len() > KEEP_BUF {
+            self.buf.truncate(INITIAL_BUF);
+            self.buf.shrink_to_fit();
+        }
     }
 
     /// When the buffer is full, moves the unparsed bytes to its front or,
@@ -467,4 +483,56 @@ async fn timed_out(stream: &mut TcpStream) {
         "request not completed in time; closing the connection",
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{INITIAL_BUF, Input, KEEP_BUF};
+
+    /// Fills the spare room of `input` as a read would.
+    fn fill(input: &mut Input) {
+        let n = input.spare().len();
+        input.spare().fill(b'x');
+        input.filled(n);
+    }
+
+    #[test]
+    fn a_buffer_grown_for_a_large_request_shrinks_once_it_is_answered() {
+        let max = 16 * KEEP_BUF;
+        let mut input = Input::new(max);
+        assert_eq!(input.buf.len(), INITIAL_BUF);
+        // A partial request that never fits: the buffer doubles up to max.
+        while input.buf.len() < max {
+            fill(&mut input);
+            input.compact_or_grow();
+        }
+        assert_eq!(input.buf.len(), max);
+        fill(&mut input);
+        input.compact_or_grow();
+        assert_eq!(input.buf.len(), max, "never past max");
+        // Answered: nothing is buffered, the next read starts small.
+        input.consume(input.unparsed().len());
+        assert!(input.is_empty());
+        input.clear();
+        assert_eq!(input.buf.len(), INITIAL_BUF);
+        assert!(input.buf.capacity() <= KEEP_BUF);
+        assert_eq!(input.spare().len(), INITIAL_BUF);
+    }
+
+    #[test]
+    fn a_buffer_within_keep_buf_is_kept_as_it_is() {
+        let mut input = Input::new(16 * KEEP_BUF);
+        while input.buf.len() < KEEP_BUF {
+            fill(&mut input);
+            input.compact_or_grow();
+        }
+        input.consume(input.unparsed().len());
+        input.clear();
+        assert_eq!(
+            input.buf.len(),
+            KEEP_BUF,
+            "kept: the next request of that size needs no regrowth"
+        );
+        assert_eq!(input.unparsed().len(), 0);
+    }
 }
