@@ -249,6 +249,7 @@ def with_medians(rows):
             a[k] = median([r[k] for r in good if r.get(k) == r.get(k)])
         for k in ("requests", "non2xx", "errors"):
             a[k] = sum(r[k] for r in good)
+        a["rss"] = a["rounds"][-1]["rss"]  # the server's RSS after the last round
         a["error_detail"] = "; ".join(r["error_detail"] for r in good if r["errors"])
         a["codes"] = "; ".join(str(r["codes"]) for r in good if r.get("codes"))
         if "asked" in a:
