@@ -62,9 +62,19 @@ fn file_size(path: &Path) -> (u64, u64) {
 /// 150 keys of 64 KiB written four times (one create, three overwrites)
 /// by four writers: once the replica has applied everything and the log is
 /// trimmed, the two redb files (primary + replica) take at most 2.5 times
-/// the logical bytes of primary + replica, on disk and in length. Before
-/// large entries were kept in pieces, each 64 KiB value took a 128 KiB
-/// page and the files' lengths were over 3 times the logical bytes.
+/// the logical bytes of primary + replica on disk. Before large entries
+/// were kept in pieces, each 64 KiB value took a 128 KiB page: 6.1 times
+/// on disk, 9.7 times in length.
+///
+/// Length: redb grows a small file by doubling it, and whether the
+/// primary's file doubles once more during the writes depends on how far
+/// the replica lagged (the primary's log may hold up to its data's size
+/// meanwhile, by design: README "Disk space"). The two files usually end at
+/// 1.96 times the logical bytes in length (primary 12.8 MB, replica 25.7
+/// MB); about one run in fifteen, with the other test of this file beside
+/// it, at 2.29 or 2.61 times (the primary's file doubled; the bytes on disk
+/// stayed under 1.9 times). The length bound, 4 times, leaves room for one
+/// more doubling of either file and still fails the layout before pieces.
 #[test]
 fn overwrites_stay_within_the_space_bound() {
     const KEYS: usize = 150;
@@ -143,7 +153,7 @@ fn overwrites_stay_within_the_space_bound() {
          {disk:.2}x on disk, {len:.2}x in length"
     );
     assert!(disk <= 2.5, "disk use {disk:.2}x the logical bytes");
-    assert!(len <= 2.5, "file length {len:.2}x the logical bytes");
+    assert!(len <= 4.0, "file length {len:.2}x the logical bytes");
 }
 
 /// With the replica down, the primary's log is trimmed to
