@@ -252,7 +252,8 @@ def with_medians(rows):
         a["rss"] = a["rounds"][-1]["rss"]  # the server's RSS after the last round
         a["error_detail"] = "; ".join(r["error_detail"] for r in good if r["errors"])
         a["codes"] = "; ".join(str(r["codes"]) for r in good if r.get("codes"))
-        if "asked" in a:
+        if "rate" in a["ex"]:
+            a["asked"] = float(a["ex"]["rate"])
             a["short"] = a["asked"] > 0 and a["rps"] < (1 - RATE_SHORT) * a["asked"]
     return out
 
@@ -338,7 +339,8 @@ def table(index_path, header_path=None, conns=64):
     out.append("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     durable = []
     for r in main:
-        row_notes(r)
+        for x in r.get("rounds", [r]):
+            row_notes(x)
         if r["parse_error"]:
             out.append("| %s | %s | %s | %d × %d | FAILED | | | | | | | | | | |" % (
                 r["scenario"], r["tool"], r["target"], r["conns"], r["depth"]))
@@ -498,7 +500,8 @@ def table(index_path, header_path=None, conns=64):
             shown += "; and %d more" % (len(noisy) - 6)
         notes.insert(0, "- the machine was not quiet during %d of %d runs: other processes or kernel work charged to "
                         "neither the server nor the client used more than %.0f%% of a core (column \"other CPU\"); "
-                        "treat these rows with care. Worst: %s" % (len(noisy), len(rows), NOISY_PCT, shown))
+                        "treat these rows with care. Worst: %s" % (
+                            len(noisy), sum(len(r.get("rounds", [r])) for r in rows), NOISY_PCT, shown))
     if notes:
         out.append("")
         out.append("Problems seen during this run:")

@@ -179,7 +179,7 @@ MEASURE_EXTRA="g=nginx" measure nginx-pipe "$NGS, pipelined" wrk+lua ":$NGINX_PO
     -- wrk_run "$NG" "$CONNS" mode=get keys="$WORK/keys0.txt" depth="$DEPTH" || true
 
 # Fixed rates: RATE_PCTS % of what oha got from nginx at CONNS connections.
-# nginx's fixed-rate rows run later, interleaved with corekv's (run_rate_rounds).
+# nginx's fixed-rate rows run later, interleaved with corekv's (run_rounds).
 declare -A RATE=()
 if use_oha && { want get-rate || want get-while-set; }; then
     NG_MAX="$(row_get oha "nginx-oha-$CONNS" rps)"
@@ -282,7 +282,7 @@ round_row() {
 # runs of one round see the same machine: on a shared 2-core VM one 5 s
 # run's p99 swings 2-3x and its req/s 10-20% from one minute to the next.
 run_rounds() {
-    nginx_start "$NGINX_PORT" "$WORK/nginx-rounds" || { finding "nginx did not start again for the interleaved rounds"; return 0; }
+    nginx_start "$NGINX_PORT" "$WORK/nginx-rounds" || die "nginx did not start again for the interleaved rounds"
     local round pct g port urls rc=0
     local -A SCEN=([get-owner]="GET, key on this primary" [get-replica]="GET from the replica" [get-fwd]="GET, forwarded in-process")
     local -A PORT=([get-owner]="$P0" [get-replica]="$R0" [get-fwd]="$P1")
