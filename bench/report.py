@@ -311,6 +311,18 @@ def table(index_path, header_path=None, conns=64):
     notes = []
     noisy = []
 
+    def per_round(r, show):
+        """Each round of `r`, as `show(fig)` puts it; `fig(key, fmt)` is that
+        round's figure with its ratio to nginx's in the same round."""
+        each = []
+        for x in r.get("rounds", []):
+            if not ok_row(x):
+                each.append("failed")
+                continue
+            xref, xis_ref = ref_of(x, by_id)
+            each.append(show(lambda key, fmt: with_ratio(x, xref, xis_ref, key, fmt).replace(" (ref)", "")))
+        return each
+
     def row_notes(r):
         if r["parse_error"]:
             notes.append("- %s / %s / %d conns: %s" % (r["scenario"], r["tool"], r["conns"], r["parse_error"]))
@@ -375,15 +387,7 @@ def table(index_path, header_path=None, conns=64):
                    "round) show the median of each figure over the rounds, compared with nginx's medians:")
         out.append("")
         for r in medians:
-            each = []
-            for x in r["rounds"]:
-                if not ok_row(x):
-                    each.append("failed")
-                    continue
-                xref, xis_ref = ref_of(x, by_id)
-                each.append("%s req/s p99 %s" % (
-                    with_ratio(x, xref, xis_ref, "rps", fmt_rps).replace(" (ref)", ""),
-                    with_ratio(x, xref, xis_ref, "p99_us", fmt_lat).replace(" (ref)", "")))
+            each = per_round(r, lambda fig: "%s req/s p99 %s" % (fig("rps", fmt_rps), fig("p99_us", fmt_lat)))
             out.append("- %s, %s, %d conns: %d rounds: %s" % (r["scenario"], r["tool"], r["conns"], len(r["rounds"]),
                                                            "; ".join(each)))
 
@@ -416,13 +420,7 @@ def table(index_path, header_path=None, conns=64):
             if r.get("short"):
                 achieved = "**%s ⚠ %.0f%% short**" % (achieved, (1 - r["rps"] / r["asked"]) * 100)
             flag = "" if r["server_ok"] else " ⚠ server died"
-            each = []
-            for x in r.get("rounds", []):
-                if not ok_row(x):
-                    each.append("failed")
-                    continue
-                xref, xis_ref = ref_of(x, by_id)
-                each.append("%s" % with_ratio(x, xref, xis_ref, "p99_us", fmt_lat).replace(" (ref)", ""))
+            each = per_round(r, lambda fig: fig("p99_us", fmt_lat))
             out.append("| %s%s | %s | %d | %s | %s | %s | %s | %s | %s | %d | %d | %.0f%% | %s |" % (
                 r["scenario"], flag, r["target"], r["conns"], fmt_rps(r["asked"]), achieved,
                 with_ratio(r, ref, is_ref, "p50_us", fmt_lat), with_ratio(r, ref, is_ref, "p99_us", fmt_lat),
