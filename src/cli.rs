@@ -162,6 +162,13 @@ struct Args {
           default_value_t = Options::default().cache_bytes >> 20)]
     cache_mb: usize,
 
+    /// A write-ahead journal of N MiB per node file: a primary's group
+    /// commit flushes one append to it instead of redb's pages (0: off;
+    /// see README, The write-ahead journal).
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = whole,
+          default_value_t = Options::default().journal_bytes >> 20)]
+    journal_mb: u64,
+
     /// Acknowledge writes before they are on disk (testing only: loses
     /// acknowledged writes on a crash).
     #[arg(long)]
@@ -411,6 +418,7 @@ where
         log_level: args.log_level.0,
         spin_before_park: Duration::from_micros(args.spin_us),
         cache_bytes: args.cache_mb.saturating_mul(1 << 20),
+        journal_bytes: args.journal_mb.saturating_mul(1 << 20),
         preempt_timer: Duration::from_micros(args.preempt_us),
         etcd: args.etcd.map(|a| a.0),
         etcd_prefix: args.etcd_prefix,

@@ -104,6 +104,9 @@ pub struct Options {
     pub spin_before_park: Duration,
     /// redb page cache per node file.
     pub cache_bytes: usize,
+    /// Write-ahead journal per node file (0: none; see
+    /// `storage::Store::attach_journal`).
+    pub journal_bytes: u64,
     /// glommio `preempt_timer`: longest run of tasks before the executor
     /// polls for I/O again.
     pub preempt_timer: Duration,
@@ -161,6 +164,7 @@ impl Default for Options {
             log_level: Level::Info,
             spin_before_park: DEFAULT_SPIN,
             cache_bytes: crate::storage::DEFAULT_CACHE_BYTES,
+            journal_bytes: 0,
             preempt_timer: DEFAULT_PREEMPT,
             etcd: None,
             etcd_prefix: crate::control::DEFAULT_PREFIX.to_string(),
@@ -409,6 +413,17 @@ fn open_stores(
             }
             Err(e) => return Err(storage(StartError::Storage(e))),
         };
+        let mut store = store;
+        let replayed = store
+            .attach_journal(opts.journal_bytes)
+            .map_err(|e| storage(StartError::Storage(e)))?;
+        if replayed > 0 {
+            log_at!(
+                Level::Info,
+                &n.name,
+                "replayed {replayed} journaled writes past the last durable commit"
+            );
+        }
         stores.push(
             NodeStore::start(
                 store,

@@ -69,7 +69,7 @@ impl Store {
                 }
             }
         };
-        txn.commit()?;
+        self.commit(txn)?;
         Ok(start)
     }
 }
