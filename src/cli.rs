@@ -165,7 +165,7 @@ struct Args {
     /// A write-ahead journal of N MiB per node file: a primary's group
     /// commit flushes one append to it instead of redb's pages (0: off;
     /// see README, The write-ahead journal).
-    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = whole,
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = journal_mb,
           default_value_t = Options::default().journal_bytes >> 20)]
     journal_mb: u64,
 
@@ -233,6 +233,16 @@ fn positive<T: std::str::FromStr + Default + PartialEq>(text: &str) -> Result<T,
 
 fn whole(text: &str) -> Result<u64, String> {
     text.parse().map_err(|_| "needs a whole number".to_string())
+}
+
+/// Largest `--journal-mb` (the journal is preallocated at start).
+const MAX_JOURNAL_MB: u64 = 16 * 1024;
+
+fn journal_mb(text: &str) -> Result<u64, String> {
+    whole(text)
+        .ok()
+        .filter(|&n| n <= MAX_JOURNAL_MB)
+        .ok_or_else(|| format!("needs a whole number from 0 to {MAX_JOURNAL_MB}"))
 }
 
 fn addresses(text: &str) -> Result<Addresses, String> {
@@ -532,6 +542,8 @@ mod tests {
             "2000",
             "--cache-mb",
             "2",
+            "--journal-mb",
+            "4",
             "--token",
             "-secret",
         ]);
@@ -548,6 +560,7 @@ mod tests {
         assert_eq!(o.spin_before_park, Duration::from_micros(50));
         assert_eq!(o.preempt_timer, Duration::from_millis(2));
         assert_eq!(o.cache_bytes, 2 << 20);
+        assert_eq!(o.journal_bytes, 4 << 20);
         assert_eq!(o.token.as_deref(), Some("-secret"));
         assert_eq!(run(&["--log-level", "warning"]).log_level, Level::Warn);
         // The last of a repeated option wins.
@@ -609,6 +622,8 @@ mod tests {
             ("--forward-timeout-ms", "0"),
             ("--preempt-us", "0"),
             ("--cache-mb", "0"),
+            ("--journal-mb", "16385"),
+            ("--journal-mb", "-1"),
             ("--log-retention", "-1"),
             ("--clock-skew-ms", "x"),
             ("--spin-us", "1e3"),

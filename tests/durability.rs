@@ -490,6 +490,8 @@ struct CrashReport {
     /// Start attempts refused with "Address already in use".
     bind_retries: usize,
     acked_per_cycle: Vec<u64>,
+    /// Restarts whose log says a journal replay brought writes back.
+    journal_replays: usize,
     samples: Vec<String>,
     line: String,
 }
@@ -663,6 +665,7 @@ fn crash_routine_in(
     // Start attempts refused with "Address already in use" (the harness
     // retries them): how long the killed process's ports stayed taken.
     let bind_retries = c.procs[0].logs().matches("Address already in use").count();
+    let journal_replays = c.procs[0].logs().matches("journaled writes past").count();
     let other: Vec<String> = logs.iter().flat_map(|l| l.other.iter().cloned()).collect();
     let line = format!(
         "{label}: cycles={cycles} acked={acked} lost={lost} mismatched={mismatched} \
@@ -695,6 +698,7 @@ fn crash_routine_in(
         other,
         bind_retries,
         acked_per_cycle,
+        journal_replays,
         samples,
         line,
     }
@@ -745,9 +749,9 @@ fn crash_kill9_loses_no_acknowledged_write() {
 }
 
 /// The same routine with the write-ahead journal (`--journal-mb 1`: a
-/// primary's commits reach redb's file only at a checkpoint, every ~1 MiB
-/// of journal, so most kills leave writes that only the journal's replay
-/// brings back).
+/// primary's commits reach redb's file only at its next durable commit:
+/// the once-a-second log trim, a full journal, a restart's epoch start; so
+/// kills leave writes that only the journal's replay brings back).
 #[test]
 fn crash_kill9_with_journal_loses_no_acknowledged_write() {
     const CYCLES: usize = 8;
@@ -764,6 +768,11 @@ fn crash_kill9_with_journal_loses_no_acknowledged_write() {
         r.acked_per_cycle
     );
     assert_no_loss(&r);
+    assert!(
+        r.journal_replays > 0,
+        "no restart replayed journaled writes: the journal was not exercised: {}",
+        r.line
+    );
 }
 
 /// The same routine with `--no-fsync`: the test must be able to see loss.

@@ -31,7 +31,7 @@
 use super::types::{StorageError, WriteOp};
 use std::fs::File;
 use std::os::unix::fs::FileExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const MAGIC: u32 = 0x434b_564a; // "CKVJ"
 /// Bytes before a record's payload.
@@ -43,7 +43,6 @@ const FILL: usize = 1 << 20;
 #[derive(Debug)]
 pub(super) struct Journal {
     file: File,
-    path: PathBuf,
     capacity: u64,
     /// Offset of the next record.
     end: u64,
@@ -63,12 +62,17 @@ pub(super) struct Scan {
 
 impl Journal {
     /// Opens (or creates) the journal at `path`, preallocated to
-    /// `capacity` bytes of zeros (written and synced once), positioned at
-    /// offset 0 of generation 0 until [`Journal::position`] says otherwise.
+    /// `capacity` bytes of zeros (written and synced once, with the
+    /// directory entry), positioned at offset 0 of generation 0 until
+    /// [`Journal::position`] says otherwise. What the file already holds is
+    /// flushed first: a record written by a process that died before its
+    /// own flush may be replayed, and must then be on disk before anyone
+    /// reads it. A file this call created and could not fill is removed.
     ///
     /// # Errors
     /// The file cannot be created, written or synced.
     pub fn open(path: &Path, capacity: u64) -> std::io::Result<Self> {
+        let existed = path.exists();
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -76,28 +80,33 @@ impl Journal {
             .truncate(false)
             .open(path)?;
         let mut len = file.metadata()?.len();
+        file.sync_data()?;
         if len < capacity {
-            let zeros = vec![0u8; FILL];
-            while len < capacity {
-                let n = usize::try_from(capacity - len).map_or(FILL, |left| left.min(FILL));
-                file.write_all_at(&zeros[..n], len)?;
-                len += n as u64;
+            let filled = (|| {
+                let zeros = vec![0u8; FILL];
+                while len < capacity {
+                    let n = usize::try_from(capacity - len).map_or(FILL, |left| left.min(FILL));
+                    file.write_all_at(&zeros[..n], len)?;
+                    len += n as u64;
+                }
+                file.sync_all()?;
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+                File::open(dir.unwrap_or(Path::new(".")))?.sync_all()
+            })();
+            if let Err(e) = filled {
+                if !existed {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e);
             }
-            file.sync_all()?;
         }
         Ok(Self {
             file,
-            path: path.to_path_buf(),
             capacity,
             end: 0,
             generation: 0,
             buf: Vec::new(),
         })
-    }
-
-    /// The file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// The generation records are written under now.
@@ -171,7 +180,7 @@ impl Journal {
                 break;
             }
             let ops = decode_payload(&payload, count)?;
-            let last = first + ops.len() as u64 - 1;
+            let last = first.saturating_add(ops.len() as u64 - 1);
             if first > next {
                 // A gap: the store lacks entries this journal does not hold.
                 break;
@@ -221,10 +230,33 @@ impl Journal {
         self.buf[28..32].copy_from_slice(&plen.to_le_bytes());
         let crc = crc32fast::hash(&self.buf[8..]);
         self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
-        self.file.write_all_at(&self.buf, self.end)?;
-        self.file.sync_data()?;
+        let written = self
+            .file
+            .write_all_at(&self.buf, self.end)
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = written {
+            // The record may be in the file anyway: it must never count
+            // (its writers hear that it was not applied). `Store::reopen`
+            // repeats this if it fails here.
+            let _ = self.cut();
+            return Err(e);
+        }
         self.end += self.buf.len() as u64;
         Ok(true)
+    }
+
+    /// Makes the end of the records final: zeros over the header at the
+    /// current end (where a write that failed may have left a record) and
+    /// a flush.
+    ///
+    /// # Errors
+    /// The write or the flush failed.
+    pub fn cut(&self) -> std::io::Result<()> {
+        if self.end + HEAD as u64 > self.capacity.max(self.file.metadata()?.len()) {
+            return Ok(());
+        }
+        self.file.write_all_at(&[0u8; HEAD], self.end)?;
+        self.file.sync_data()
     }
 }
 

@@ -310,8 +310,9 @@ fn record_of(
 
 /// Applies the entries `j` holds past `db`'s seq in the generation `db`
 /// records (read up to `limit` bytes, all when `None`), in one commit
-/// without a flush, and positions `j` after its last valid record; returns
-/// how many entries were applied. See [`Store::attach_journal`].
+/// without a flush, and positions `j` after its last valid record, cut
+/// there (so that a record whose flush failed past `limit` never counts);
+/// returns how many entries were applied. See [`Store::attach_journal`].
 fn replay(
     db: &Database,
     j: &mut journal::Journal,
@@ -351,6 +352,7 @@ fn replay(
         txn.commit()?;
     }
     j.position(generation, scan.end);
+    j.cut().map_err(|e| StorageError::Db(e.into()))?;
     Ok(scan.entries.len())
 }
 
@@ -472,13 +474,31 @@ impl Store {
     /// # Errors
     /// The journal cannot be created or read, or the replay cannot commit.
     pub fn attach_journal(&mut self, capacity: u64) -> Result<usize, StorageError> {
-        if capacity == 0 || !matches!(self.durability, Durability::Immediate) {
-            return Ok(0);
-        }
         let mut path = self.path.clone().into_os_string();
         path.push(".journal");
-        let mut j = journal::Journal::open(Path::new(&path), capacity)
-            .map_err(|e| StorageError::Db(e.into()))?;
+        let path = PathBuf::from(path);
+        let io = |e: std::io::Error| StorageError::Db(e.into());
+        if capacity == 0 || !matches!(self.durability, Durability::Immediate) {
+            // No journal from now on; one left by an earlier run may hold
+            // acknowledged writes: replay it, make that durable, remove it.
+            if !path.exists() {
+                return Ok(0);
+            }
+            let len = std::fs::metadata(&path).map_err(io)?.len();
+            let mut j = journal::Journal::open(&path, len).map_err(io)?;
+            let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+            let db = db.as_ref().ok_or(StorageError::Reopening)?;
+            let replayed = replay(db, &mut j, None)?;
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            txn.open_table(META)?
+                .insert(META_JOURNAL, j.generation() + 1)?;
+            txn.commit()?;
+            drop(j);
+            std::fs::remove_file(&path).map_err(io)?;
+            return Ok(replayed);
+        }
+        let mut j = journal::Journal::open(&path, capacity).map_err(io)?;
         let replayed = {
             let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
             let db = db.as_ref().ok_or(StorageError::Reopening)?;
@@ -501,16 +521,6 @@ impl Store {
         };
         self.journal = Some(Mutex::new(j));
         Ok(replayed)
-    }
-
-    /// The journal's file and the bytes of records in its current
-    /// generation (`None`: no journal).
-    #[must_use]
-    pub fn journal_usage(&self) -> Option<(PathBuf, u64)> {
-        self.journal.as_ref().map(|j| {
-            let j = j.lock().unwrap_or_else(PoisonError::into_inner);
-            (j.path().to_path_buf(), j.used())
-        })
     }
 
     /// The file this store keeps its data in.
@@ -542,7 +552,9 @@ impl Store {
 
     /// A write transaction with the store's durability. With a journal it
     /// also starts the next journal generation (see
-    /// [`Store::attach_journal`]); commit it with [`Store::commit`].
+    /// [`Store::attach_journal`]); commit it with [`Store::commit`], which
+    /// moves the journal to that generation (both compute it from the
+    /// journal's current one: redb runs one write transaction at a time).
     fn begin_write(&self) -> Result<redb::WriteTransaction, StorageError> {
         let txn = self.with_db(|db| {
             let mut txn = db.begin_write()?;
@@ -802,7 +814,13 @@ impl Store {
         if j.append(first, committed.iter().copied())
             .map_err(|e| StorageError::Db(e.into()))?
         {
-            txn.commit()?;
+            // The batch is durable in the journal: whatever stops redb's
+            // commit now, a reopen (which replays it) must decide.
+            txn.commit().map_err(|e| {
+                StorageError::Db(
+                    std::io::Error::other(format!("commit after the journal append: {e}")).into(),
+                )
+            })?;
         } else {
             // The journal is full: a durable commit (with everything before
             // it) and a new generation.
@@ -1793,5 +1811,51 @@ mod tests {
         assert_eq!(s.attach_journal(64 * 1024).expect("attach"), 0);
         assert_eq!(s.seq().expect("seq"), 0);
         assert_eq!(s.key_count().expect("count"), 0);
+    }
+
+    #[test]
+    fn a_journal_left_when_the_journal_is_turned_off_is_replayed_and_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = crash_child(dir.path(), "writes", 64 * 1024);
+        assert_eq!(out.matches("ACK ").count(), 200);
+        let path = dir.path().join("p.redb");
+        let journal = dir.path().join("p.redb.journal");
+        {
+            let mut s = Store::open(&path, true).expect("reopen");
+            assert_eq!(s.attach_journal(0).expect("replay"), 200);
+            assert!(!journal.exists(), "the journal is removed once replayed");
+            assert_all_acked(&s, 1);
+        }
+        // Durable without it: a second open has everything, nothing to replay.
+        let mut s = Store::open(&path, true).expect("reopen");
+        assert_eq!(s.attach_journal(0).expect("nothing"), 0);
+        assert_all_acked(&s, 1);
+    }
+
+    #[test]
+    fn a_record_past_the_flushed_end_never_counts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.redb");
+        let mut s = Store::open(&path, true).expect("open");
+        s.attach_journal(64 * 1024).expect("journal");
+        s.commit_writes(&[w(set("a", "1"))]).expect("commit");
+        // A record whose write reached the file but whose flush failed: in
+        // the file past the end the store counts.
+        {
+            let mut j = s.journal.as_ref().expect("journal").lock().expect("lock");
+            let (generation, end) = (j.generation(), j.used());
+            assert!(j.append(2, [set("b", "lost")].iter()).expect("append"));
+            j.position(generation, end);
+        }
+        s.reopen().expect("reopen");
+        assert_eq!(s.seq().expect("seq"), 1);
+        assert_eq!(s.get(b"b").expect("get"), None);
+        drop(s);
+        // Nor after a restart (the reopen cut the journal at its end).
+        let mut s = Store::open(&path, true).expect("open");
+        assert_eq!(s.attach_journal(64 * 1024).expect("replay"), 0);
+        assert_eq!(s.seq().expect("seq"), 1);
+        assert_eq!(s.get(b"b").expect("get"), None);
+        assert_eq!(s.get(b"a").expect("get").expect("a").value, b"1");
     }
 }
