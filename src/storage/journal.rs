@@ -281,13 +281,7 @@ fn decode_payload(payload: &[u8], count: u32) -> Result<Vec<WriteOp>, StorageErr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn set(k: &str, v: &str) -> WriteOp {
-        WriteOp::Set {
-            key: k.as_bytes().to_vec(),
-            value: v.as_bytes().to_vec(),
-        }
-    }
+    use crate::storage::tests::set;
 
     #[test]
     fn appended_records_scan_back_after_the_given_seq() {

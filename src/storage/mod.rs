@@ -268,6 +268,31 @@ fn put_record(
     Ok(())
 }
 
+/// The data and log tables of a write transaction, for [`write_entry`].
+type EntryTables<'a, 't> = (
+    &'a mut DataTables<'t>,
+    &'a mut Table<'t, u64, &'static [u8]>,
+    &'a mut Table<'t, &'static [u8], &'static [u8]>,
+);
+
+/// Stores `op` as write `seq`: the data change and its log record
+/// (`record`: scratch space for the encoding).
+fn write_entry(
+    (data, log, log_pieces): EntryTables<'_, '_>,
+    usage: &mut Usage,
+    record: &mut Vec<u8>,
+    seq: u64,
+    op: &WriteOp,
+) -> Result<(), StorageError> {
+    match op {
+        WriteOp::Set { key, value } => data.put(usage, key, seq, value)?,
+        WriteOp::Delete { key } => data.remove(usage, key)?,
+    }
+    record.clear();
+    op.encode_into(record);
+    put_record(log, log_pieces, usage, seq, record)
+}
+
 /// Removes log record `seq` and its pieces; false when there was none.
 fn remove_record(
     log: &mut Table<u64, &'static [u8]>,
@@ -338,13 +363,8 @@ fn replay(
             let mut usage = Usage::load(&meta)?;
             let mut record = Vec::new();
             for (seq, op) in &scan.entries {
-                match op {
-                    WriteOp::Set { key, value } => data.put(&mut usage, key, *seq, value)?,
-                    WriteOp::Delete { key } => data.remove(&mut usage, key)?,
-                }
-                record.clear();
-                op.encode_into(&mut record);
-                put_record(&mut log, &mut log_pieces, &mut usage, *seq, &record)?;
+                let tables = (&mut data, &mut log, &mut log_pieces);
+                write_entry(tables, &mut usage, &mut record, *seq, op)?;
             }
             meta.insert(META_SEQ, last)?;
             usage.save(&mut meta)?;
@@ -770,13 +790,8 @@ impl Store {
                     }
                 }
                 seq += 1;
-                match &w.op {
-                    WriteOp::Set { key, value } => data.put(&mut usage, key, seq, value)?,
-                    WriteOp::Delete { key } => data.remove(&mut usage, key)?,
-                }
-                record.clear();
-                w.op.encode_into(&mut record);
-                put_record(&mut log, &mut log_pieces, &mut usage, seq, &record)?;
+                let tables = (&mut data, &mut log, &mut log_pieces);
+                write_entry(tables, &mut usage, &mut record, seq, &w.op)?;
                 outcomes.push(Outcome::Committed(seq));
             }
             for _ in 0..2 * writes.len() + 64 {
@@ -1012,17 +1027,12 @@ impl Store {
                         got: e.seq,
                     });
                 }
-                match &e.op {
-                    WriteOp::Set { key, value } => data.put(&mut usage, key, e.seq, value)?,
-                    WriteOp::Delete { key } => data.remove(&mut usage, key)?,
-                }
-                record.clear();
-                e.op.encode_into(&mut record);
                 // The log holds nothing past the applied seq (both change in
                 // the same transactions); a stale record would only be
                 // replaced, with its pieces and bytes.
                 remove_record(&mut log, &mut log_pieces, &mut usage, e.seq)?;
-                put_record(&mut log, &mut log_pieces, &mut usage, e.seq, &record)?;
+                let tables = (&mut data, &mut log, &mut log_pieces);
+                write_entry(tables, &mut usage, &mut record, e.seq, &e.op)?;
                 applied = e.seq;
             }
             let upto = applied.saturating_sub(keep.entries);
@@ -1166,7 +1176,7 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn set(k: &str, v: &str) -> WriteOp {
+    pub(super) fn set(k: &str, v: &str) -> WriteOp {
         WriteOp::Set {
             key: k.as_bytes().to_vec(),
             value: v.as_bytes().to_vec(),
