@@ -144,7 +144,7 @@ impl Journal {
         let mut out = Scan::default();
         let mut off = 0u64;
         let mut head = [0u8; HEAD];
-        let mut next = after + 1;
+        let mut next = after.saturating_add(1);
         while off + HEAD as u64 <= len {
             self.file.read_exact_at(&mut head, off).map_err(io)?;
             let word =
@@ -186,12 +186,12 @@ impl Journal {
                 break;
             }
             for (i, op) in ops.into_iter().enumerate() {
-                let seq = first + i as u64;
+                let seq = first.saturating_add(i as u64);
                 if seq >= next {
                     out.entries.push((seq, op));
                 }
             }
-            next = next.max(last + 1);
+            next = next.max(last.saturating_add(1));
             off += HEAD as u64 + plen;
             out.end = off;
         }

@@ -488,8 +488,9 @@ impl Store {
     /// records: the checkpoint holds their entries. Replay (here and in
     /// [`Store::reopen`], before the store is readable again) applies the
     /// current generation's entries past the seq redb recovered to, without
-    /// a flush (they stay in the journal). A no-op for `capacity` 0 or a
-    /// store opened without fsync.
+    /// a flush (they stay in the journal). With `capacity` 0, or for a
+    /// store opened without fsync, no journal is attached; one an earlier
+    /// run left is replayed, committed durably and removed.
     ///
     /// # Errors
     /// The journal cannot be created or read, or the replay cannot commit.
