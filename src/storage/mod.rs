@@ -268,29 +268,69 @@ fn put_record(
     Ok(())
 }
 
-/// The data and log tables of a write transaction, for [`write_entry`].
-type EntryTables<'a, 't> = (
-    &'a mut DataTables<'t>,
-    &'a mut Table<'t, u64, &'static [u8]>,
-    &'a mut Table<'t, &'static [u8], &'static [u8]>,
-);
+/// The tables of a transaction that stores entries (a primary's writes,
+/// a replica's applies, a journal replay) and its running byte counts.
+struct Entries<'t> {
+    meta: Table<'t, &'static str, u64>,
+    data: DataTables<'t>,
+    log: Table<'t, u64, &'static [u8]>,
+    log_pieces: Table<'t, &'static [u8], &'static [u8]>,
+    usage: Usage,
+    /// Scratch space for a record's encoding.
+    record: Vec<u8>,
+}
 
-/// Stores `op` as write `seq`: the data change and its log record
-/// (`record`: scratch space for the encoding).
-fn write_entry(
-    (data, log, log_pieces): EntryTables<'_, '_>,
-    usage: &mut Usage,
-    record: &mut Vec<u8>,
-    seq: u64,
-    op: &WriteOp,
-) -> Result<(), StorageError> {
-    match op {
-        WriteOp::Set { key, value } => data.put(usage, key, seq, value)?,
-        WriteOp::Delete { key } => data.remove(usage, key)?,
+impl<'t> Entries<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Self, StorageError> {
+        let meta = txn.open_table(META)?;
+        let usage = Usage::load(&meta)?;
+        Ok(Self {
+            meta,
+            data: DataTables::open(txn)?,
+            log: txn.open_table(LOG)?,
+            log_pieces: txn.open_table(LOG_PIECES)?,
+            usage,
+            record: Vec::new(),
+        })
     }
-    record.clear();
-    op.encode_into(record);
-    put_record(log, log_pieces, usage, seq, record)
+
+    /// The committed (primary) or applied (replica) seq.
+    fn seq(&self) -> Result<u64, StorageError> {
+        Ok(self.meta.get(META_SEQ)?.map_or(0, |v| v.value()))
+    }
+
+    /// Stores `op` as write `seq`: the data change and its log record.
+    fn write(&mut self, seq: u64, op: &WriteOp) -> Result<(), StorageError> {
+        match op {
+            WriteOp::Set { key, value } => self.data.put(&mut self.usage, key, seq, value)?,
+            WriteOp::Delete { key } => self.data.remove(&mut self.usage, key)?,
+        }
+        self.record.clear();
+        op.encode_into(&mut self.record);
+        put_record(
+            &mut self.log,
+            &mut self.log_pieces,
+            &mut self.usage,
+            seq,
+            &self.record,
+        )
+    }
+
+    /// The lowest seq still in the log.
+    fn first_logged(&self) -> Result<Option<u64>, StorageError> {
+        Ok(self.log.first()?.map(|(k, _)| k.value()))
+    }
+
+    /// Removes log record `seq` (see [`remove_record`]).
+    fn remove_record(&mut self, seq: u64) -> Result<bool, StorageError> {
+        remove_record(&mut self.log, &mut self.log_pieces, &mut self.usage, seq)
+    }
+
+    /// Records `seq` as the committed (applied) seq, and the byte counts.
+    fn finish(mut self, seq: u64) -> Result<(), StorageError> {
+        self.meta.insert(META_SEQ, seq)?;
+        self.usage.save(&mut self.meta)
+    }
 }
 
 /// Removes log record `seq` and its pieces; false when there was none.
@@ -333,6 +373,16 @@ fn record_of(
     }
 }
 
+/// A write transaction of `db` with `durability`.
+fn write_txn(
+    db: &Database,
+    durability: Durability,
+) -> Result<redb::WriteTransaction, StorageError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(durability)?;
+    Ok(txn)
+}
+
 /// Applies the entries `j` holds past `db`'s seq in the generation `db`
 /// records (read up to `limit` bytes, all when `None`), in one commit
 /// without a flush, and positions `j` after its last valid record, cut
@@ -353,22 +403,12 @@ fn replay(
     };
     let scan = j.scan(generation, seq, limit)?;
     if let Some(&(last, _)) = scan.entries.last() {
-        let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::None)?;
-        {
-            let mut meta = txn.open_table(META)?;
-            let mut data = DataTables::open(&txn)?;
-            let mut log = txn.open_table(LOG)?;
-            let mut log_pieces = txn.open_table(LOG_PIECES)?;
-            let mut usage = Usage::load(&meta)?;
-            let mut record = Vec::new();
-            for (seq, op) in &scan.entries {
-                let tables = (&mut data, &mut log, &mut log_pieces);
-                write_entry(tables, &mut usage, &mut record, *seq, op)?;
-            }
-            meta.insert(META_SEQ, last)?;
-            usage.save(&mut meta)?;
+        let txn = write_txn(db, Durability::None)?;
+        let mut entries = Entries::open(&txn)?;
+        for (seq, op) in &scan.entries {
+            entries.write(*seq, op)?;
         }
+        entries.finish(last)?;
         txn.commit()?;
     }
     j.position(generation, scan.end);
@@ -510,8 +550,7 @@ impl Store {
             let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
             let db = db.as_ref().ok_or(StorageError::Reopening)?;
             let replayed = replay(db, &mut j, None)?;
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
+            let txn = write_txn(db, Durability::Immediate)?;
             txn.open_table(META)?
                 .insert(META_JOURNAL, j.generation() + 1)?;
             txn.commit()?;
@@ -577,11 +616,7 @@ impl Store {
     /// moves the journal to that generation (both compute it from the
     /// journal's current one: redb runs one write transaction at a time).
     fn begin_write(&self) -> Result<redb::WriteTransaction, StorageError> {
-        let txn = self.with_db(|db| {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(self.durability)?;
-            Ok(txn)
-        })?;
+        let txn = self.with_db(|db| write_txn(db, self.durability))?;
         if let Some(j) = &self.journal {
             let next = j
                 .lock()
@@ -766,46 +801,34 @@ impl Store {
         outcomes.clear();
         let mut txn = if self.journal.is_some() {
             // Flushed through the journal below.
-            self.with_db(|db| {
-                let mut txn = db.begin_write()?;
-                txn.set_durability(Durability::None)?;
-                Ok(txn)
-            })?
+            self.with_db(|db| write_txn(db, Durability::None))?
         } else {
             self.begin_write()?
         };
         {
-            let mut meta = txn.open_table(META)?;
-            let mut data = DataTables::open(&txn)?;
-            let mut log = txn.open_table(LOG)?;
-            let mut log_pieces = txn.open_table(LOG_PIECES)?;
-            let mut usage = Usage::load(&meta)?;
-            let mut seq = meta.get(META_SEQ)?.map_or(0, |v| v.value());
-            let mut record = Vec::new();
+            let mut entries = Entries::open(&txn)?;
+            let mut seq = entries.seq()?;
             for w in writes {
                 if w.cond != Cond::Always {
-                    let current = data.version(w.op.key())?;
+                    let current = entries.data.version(w.op.key())?;
                     if !w.cond.holds(current) {
                         outcomes.push(Outcome::ConditionFailed { current });
                         continue;
                     }
                 }
                 seq += 1;
-                let tables = (&mut data, &mut log, &mut log_pieces);
-                write_entry(tables, &mut usage, &mut record, seq, &w.op)?;
+                entries.write(seq, &w.op)?;
                 outcomes.push(Outcome::Committed(seq));
             }
             for _ in 0..2 * writes.len() + 64 {
-                let first = log.first()?.map(|(k, _)| k.value());
-                match first {
+                match entries.first_logged()? {
                     Some(first) if first <= trim_upto => {
-                        remove_record(&mut log, &mut log_pieces, &mut usage, first)?;
+                        entries.remove_record(first)?;
                     }
                     _ => break,
                 }
             }
-            meta.insert(META_SEQ, seq)?;
-            usage.save(&mut meta)?;
+            entries.finish(seq)?;
         }
         let Some(j) = &self.journal else {
             return self.commit(txn);
@@ -1011,13 +1034,8 @@ impl Store {
         let txn = self.begin_write()?;
         epochs::record(&txn, history, false)?;
         let applied = {
-            let mut meta = txn.open_table(META)?;
-            let mut data = DataTables::open(&txn)?;
-            let mut log = txn.open_table(LOG)?;
-            let mut log_pieces = txn.open_table(LOG_PIECES)?;
-            let mut usage = Usage::load(&meta)?;
-            let mut record = Vec::new();
-            let mut applied = meta.get(META_SEQ)?.map_or(0, |v| v.value());
+            let mut w = Entries::open(&txn)?;
+            let mut applied = w.seq()?;
             for e in entries {
                 if e.seq <= applied {
                     continue;
@@ -1031,24 +1049,21 @@ impl Store {
                 // The log holds nothing past the applied seq (both change in
                 // the same transactions); a stale record would only be
                 // replaced, with its pieces and bytes.
-                remove_record(&mut log, &mut log_pieces, &mut usage, e.seq)?;
-                let tables = (&mut data, &mut log, &mut log_pieces);
-                write_entry(tables, &mut usage, &mut record, e.seq, &e.op)?;
+                w.remove_record(e.seq)?;
+                w.write(e.seq, &e.op)?;
                 applied = e.seq;
             }
             let upto = applied.saturating_sub(keep.entries);
-            let bound = keep.bytes.min(usage.data);
+            let bound = keep.bytes.min(w.usage.data);
             for _ in 0..2 * entries.len() + 64 {
-                let first = log.first()?.map(|(k, _)| k.value());
-                match first {
-                    Some(first) if first <= upto || usage.log > bound => {
-                        remove_record(&mut log, &mut log_pieces, &mut usage, first)?;
+                match w.first_logged()? {
+                    Some(first) if first <= upto || w.usage.log > bound => {
+                        w.remove_record(first)?;
                     }
                     _ => break,
                 }
             }
-            meta.insert(META_SEQ, applied)?;
-            usage.save(&mut meta)?;
+            w.finish(applied)?;
             applied
         };
         self.commit(txn)?;
